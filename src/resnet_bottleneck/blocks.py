@@ -1,0 +1,199 @@
+"""Residual blocks: the bottleneck block of the seed and the companion basic block.
+
+Both blocks are plain Flax Linen modules. With their defaults they are exactly the
+textbook blocks of the founding specification (flax's default ``Conv`` and ``BatchNorm``,
+batch statistics, ``'SAME'`` padding, identity shortcut), so their variable trees,
+initial values and outputs are those of anyone's ``@nn.compact`` textbook solution.
+Every option below defaults to that behaviour.
+
+The blocks do not know about train/eval: like the Flax ImageNet example, the caller
+injects ``norm`` (for example ``partial(nn.BatchNorm, use_running_average=not train)``)
+and ``conv``. Submodules keep the textbook names (``Conv_0``, ``BatchNorm_0``, ...)
+whatever is injected, the way torchvision's ``bn1`` stays ``bn1`` for any
+``norm_layer``, so checkpoints and weight conversion do not depend on the choice.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from . import _checks
+
+ModuleDef = Any
+
+STRIDE_PLACEMENTS = ("3x3", "1x1")
+PADDINGS = ("SAME", "torch")
+
+#: The textbook normalisation: BatchNorm on the batch's statistics (training mode).
+TRAIN_BATCH_NORM = partial(nn.BatchNorm, use_running_average=False)
+
+
+def _pair(name: str, value: Any) -> tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints; got {value!r}")
+        return (_checks.positive_int(name, value[0]), _checks.positive_int(name, value[1]))
+    n = _checks.positive_int(name, value)
+    return (n, n)
+
+
+def _conv(block, index: int, features: int, kernel: int, strides=(1, 1), groups: int = 1, dilation: int = 1):
+    """The block's ``index``-th convolution, padded as ``block.padding`` says."""
+    if kernel == 1:
+        padding = "VALID"  # a 1x1 conv never pads, whatever the stride
+    elif block.padding == "SAME":
+        padding = "SAME"
+    else:  # torchvision: padding=dilation on both sides, also when strided
+        padding = ((dilation, dilation), (dilation, dilation))
+    return block.conv(
+        features,
+        (kernel, kernel),
+        strides=strides,
+        padding=padding,
+        kernel_dilation=(dilation, dilation),
+        feature_group_count=groups,
+        use_bias=block.use_bias,
+        kernel_init=block.kernel_init,
+        dtype=block.dtype,
+        param_dtype=block.param_dtype,
+        name=f"Conv_{index}",
+    )
+
+
+def _norm(block, index: int, zero_init: bool = False):
+    kwargs = {"scale_init": nn.initializers.zeros_init()} if zero_init else {}
+    return block.norm(dtype=block.dtype, param_dtype=block.param_dtype, name=f"BatchNorm_{index}", **kwargs)
+
+
+def _shortcut(block, x, features: int, strides: tuple[int, int], index: int):
+    """Identity, or a 1x1 conv + BN projection (``Conv_index``/``BatchNorm_index``)."""
+    in_features = x.shape[-1]
+    needed = in_features != features or strides != (1, 1)
+    project = needed if block.projection is None else bool(block.projection)
+    if needed and not project:
+        raise ValueError(
+            f"projection=False needs an identity shortcut, but the input has {in_features} channels "
+            f"and strides {strides} while the block outputs {features} channels at stride (1, 1); "
+            "use projection=None (automatic) or True"
+        )
+    if not project:
+        return x
+    residual = _conv(block, index, features, 1, strides=strides)(x)
+    return _norm(block, index)(residual)
+
+
+def _check_common(block) -> tuple[int, int]:
+    _checks.one_of("padding", block.padding, PADDINGS)
+    if block.projection is not None and not isinstance(block.projection, bool):
+        raise TypeError(f"projection must be None (automatic), True or False; got {block.projection!r}")
+    _checks.positive_int("dilation", block.dilation)
+    return _pair("strides", block.strides)
+
+
+class BottleneckBlock(nn.Module):
+    """ResNet bottleneck block: 1x1 squeeze -> 3x3 at low width -> 1x1 expand, + shortcut.
+
+    ``Conv1x1(mid) -> BN -> ReLU -> Conv3x3(mid) -> BN -> ReLU -> Conv1x1(out) -> BN
+    -> (+ shortcut) -> ReLU``. There is no ReLU between the last BN and the add.
+
+    Attributes:
+      mid_features: width of the squeezed representation (usually ``out_features // 4``;
+        ResNeXt and Wide ResNet widen it).
+      out_features: channels out.
+      strides: spatial stride of the block, an int or an (h, w) pair.
+      stride_on: where the stride sits. ``'3x3'`` is ResNet v1.5 (torchvision, timm,
+        the Flax ImageNet example): the strided conv sees every input position and
+        the model is about 0.5% top-1 better. ``'1x1'`` is the paper's v1 (Keras,
+        Caffe): the first 1x1 conv strides, skipping three in four positions unseen.
+      projection: ``None`` adds a 1x1 conv + BN on the shortcut exactly when the input's
+        channels differ from ``out_features`` or ``strides`` is not 1; ``True`` always
+        adds it; ``False`` never does (and refuses inputs that then cannot be added).
+      groups: groups of the 3x3 conv (ResNeXt cardinality); divides ``mid_features``.
+      dilation: dilation of the 3x3 conv (detection/segmentation backbones).
+      use_bias: conv biases. ``True`` is flax's default and the seed's; the models use
+        ``False`` because every conv is followed by BN.
+      zero_init_last: start the last BN's scale at zero, so the block starts as the
+        identity (Goyal et al., 2017).
+      padding: ``'SAME'`` (flax's, the seed's) or ``'torch'`` (symmetric, as torchvision).
+        They differ only for the strided 3x3 on an even input: ``'SAME'`` pads (0, 1),
+        torchvision (1, 1). Use ``'torch'`` with torchvision weights.
+      norm: the normalisation constructor; the textbook's training-mode BatchNorm by
+        default. Pass ``partial(nn.BatchNorm, use_running_average=True, ...)`` for eval,
+        momentum or epsilon.
+      conv: the convolution constructor (``nn.Conv`` signature).
+      kernel_init: initializer of the conv kernels (flax's default, LeCun normal).
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); ``None`` follows the inputs.
+      param_dtype: parameter dtype; BatchNorm statistics stay in it.
+    """
+
+    mid_features: int
+    out_features: int
+    strides: int | tuple[int, int] = 1
+    stride_on: str = "3x3"
+    projection: bool | None = None
+    groups: int = 1
+    dilation: int = 1
+    use_bias: bool = True
+    zero_init_last: bool = False
+    padding: str = "SAME"
+    norm: ModuleDef = TRAIN_BATCH_NORM
+    conv: ModuleDef = nn.Conv
+    kernel_init: Callable = nn.linear.default_kernel_init
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        mid = _checks.positive_int("mid_features", self.mid_features)
+        out = _checks.positive_int("out_features", self.out_features)
+        groups = _checks.positive_int("groups", self.groups)
+        strides = _check_common(self)
+        _checks.one_of("stride_on", self.stride_on, STRIDE_PLACEMENTS)
+        if mid % groups:
+            raise ValueError(f"groups must divide mid_features; got groups={groups}, mid_features={mid}")
+        s1, s3 = ((1, 1), strides) if self.stride_on == "3x3" else (strides, (1, 1))
+
+        y = _conv(self, 0, mid, 1, strides=s1)(x)
+        y = nn.relu(_norm(self, 0)(y))
+        y = _conv(self, 1, mid, 3, strides=s3, groups=groups, dilation=self.dilation)(y)
+        y = nn.relu(_norm(self, 1)(y))
+        y = _conv(self, 2, out, 1)(y)
+        y = _norm(self, 2, zero_init=self.zero_init_last)(y)
+        return nn.relu(y + _shortcut(self, x, out, strides, 3))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: ``Conv3x3 -> BN -> ReLU -> Conv3x3 -> BN -> (+ shortcut) -> ReLU``.
+
+    The companion of :class:`BottleneckBlock` (ResNet-18/34). The stride sits on the
+    first 3x3 conv. Attributes mean what they mean for :class:`BottleneckBlock`;
+    ``features`` is both the width and the output channels.
+    """
+
+    features: int
+    strides: int | tuple[int, int] = 1
+    projection: bool | None = None
+    dilation: int = 1
+    use_bias: bool = True
+    zero_init_last: bool = False
+    padding: str = "SAME"
+    norm: ModuleDef = TRAIN_BATCH_NORM
+    conv: ModuleDef = nn.Conv
+    kernel_init: Callable = nn.linear.default_kernel_init
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        features = _checks.positive_int("features", self.features)
+        strides = _check_common(self)
+
+        y = _conv(self, 0, features, 3, strides=strides, dilation=self.dilation)(x)
+        y = nn.relu(_norm(self, 0)(y))
+        y = _conv(self, 1, features, 3, dilation=self.dilation)(y)
+        y = _norm(self, 1, zero_init=self.zero_init_last)(y)
+        return nn.relu(y + _shortcut(self, x, features, strides, 2))

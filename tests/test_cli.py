@@ -1,0 +1,125 @@
+"""The resnet-bottleneck command: through a subprocess, as a user runs it, and in-process for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import resnet_bottleneck as rb
+from resnet_bottleneck.cli import main
+from resnet_bottleneck.forward import worked_example_input
+
+from textbook import textbook_bottleneck_forward
+
+SCRIPT = Path(sys.executable).parent / "resnet-bottleneck"
+
+
+def run(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "resnet_bottleneck", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def test_default_runs_the_worked_example():
+    result = subprocess.run([str(SCRIPT), "forward", "--json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["seed"], report["mid_features"], report["out_features"], report["input_shape"]) == (0, 2, 4, [4, 4, 4])
+    assert [s["shape"] for s in report["stages"]] == [
+        [1, 4, 4, 4], [1, 4, 4, 2], [1, 4, 4, 2], [1, 4, 4, 2], [1, 4, 4, 2], [1, 4, 4, 4], [1, 4, 4, 4], [64]
+    ]
+    expected = textbook_bottleneck_forward(0, jnp.asarray(worked_example_input()), 2, 4)
+    np.testing.assert_allclose(report["output"], expected, atol=1e-5)
+
+
+def test_text_walkthrough_names_every_stage():
+    result = run("forward")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "ResNet bottleneck block: seed 0, mid_features 2, out_features 4"
+    steps = [line for line in lines if line[:2] in {f"{i}." for i in range(1, 9)}]
+    assert [s.split()[0] for s in steps] == [f"{i}." for i in range(1, 9)]
+    assert "Conv1x1(2)" in steps[1] and "(1, 4, 4, 2)" in steps[1]
+    assert "Conv3x3(2, 'SAME')" in steps[3]
+    assert "Conv1x1(4)" in steps[5] and "(1, 4, 4, 4)" in steps[5]
+    assert "(+ x_b)" in steps[6] and "(64,)" in steps[7]
+    assert "Output (64 values):" in result.stdout
+
+
+def test_input_and_output_files(tmp_path):
+    x = np.random.default_rng(1).standard_normal((5, 3, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = run("forward", "--input", "x.npy", "--seed", "4294967295", "--mid", "9", "--out", "6",
+                 "--output", "y.npy", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    y = np.load(tmp_path / "y.npy")
+    np.testing.assert_array_equal(y, rb.resnet_bottleneck_forward(2**32 - 1, x, 9, 6))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy", "y.npy"]  # no temporary left behind
+
+
+def one_line_error(result_or_stderr, *fragments):
+    stderr = result_or_stderr if isinstance(result_or_stderr, str) else result_or_stderr.stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_bad_input_through_the_process(tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((3, 3, 3), np.float32))
+    result = run("forward", "--input", "x.npy", "--output", "y.npy", cwd=tmp_path)
+    assert result.returncode == 2
+    one_line_error(result, "x must have out_features=4 channels", "(3, 3, 3)")
+    assert not (tmp_path / "y.npy").exists()  # nothing written on failure
+    result = run("forward", "--seed", "-1")
+    assert result.returncode == 2
+    one_line_error(result, "seed must be an integer in [0, 2**32); got -1")
+
+
+@pytest.mark.parametrize("args,fragments", [
+    ([], ["the following arguments are required: COMMAND"]),
+    (["backward"], ["invalid choice: 'backward'"]),
+    (["forward", "--mid", "x"], ["argument --mid: invalid integer: 'x'"]),
+    (["forward", "--mid", "0"], ["mid_features must be a positive integer; got 0"]),
+    (["forward", "--out", "-4"], ["out_features must be a positive integer; got -4"]),
+    (["forward", "--seed", "4294967296"], ["seed must be an integer in [0, 2**32); got 4294967296"]),
+    (["forward", "--input", "missing.npy"], ["--input: no such file: missing.npy"]),
+    (["forward", "--input", "notes.txt"], ["--input: cannot read notes.txt as a .npy array"]),
+    (["forward", "--input", "objects.npy"], ["--input: cannot read objects.npy", "pickle"]),
+    (["forward", "--input", "nan.npy"], ["x must be finite; got 1 NaN/Inf value(s)"]),
+    (["forward", "--input", "flat.npy", "--out", "3"], ["x must be a 3-D array (H, W, C); got shape (12,) (1-D)"]),
+    (["forward", "--output", "no/such/dir/y.npy"], ["directory no/such/dir does not exist"]),
+    (["forward", "--bogus"], ["unrecognized arguments: --bogus"]),
+])
+def test_bad_input_is_one_line_and_status_2(args, fragments, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("not an array")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    nan = np.ones((2, 2, 4), np.float32)
+    nan[1, 0, 2] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    np.save(tmp_path / "flat.npy", np.ones(12, np.float32))
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    one_line_error(captured.err, *fragments)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat.npy", "nan.npy", "notes.txt", "objects.npy"]
+
+
+def test_library_import_changes_no_global_settings():
+    code = (
+        "import os, jax; before = (os.environ.get('XLA_FLAGS'), jax.config.jax_enable_x64, "
+        "jax.config.jax_numpy_rank_promotion, jax.config.jax_default_matmul_precision); "
+        "import resnet_bottleneck; after = (os.environ.get('XLA_FLAGS'), jax.config.jax_enable_x64, "
+        "jax.config.jax_numpy_rank_promotion, jax.config.jax_default_matmul_precision); "
+        "print(before == after)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.stdout.strip() == "True", result.stderr
