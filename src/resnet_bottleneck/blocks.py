@@ -163,7 +163,7 @@ class BottleneckBlock(nn.Module):
         y = nn.relu(_norm(self, 1)(y))
         y = _conv(self, 2, out, 1)(y)
         y = _norm(self, 2, zero_init=self.zero_init_last)(y)
-        return nn.relu(y + _shortcut(self, x, out, strides, 3))
+        return nn.relu(y + _shortcut(self, x, out, strides, 3).astype(y.dtype))
 
 
 class BasicBlock(nn.Module):
@@ -196,4 +196,4 @@ class BasicBlock(nn.Module):
         y = nn.relu(_norm(self, 0)(y))
         y = _conv(self, 1, features, 3, dilation=self.dilation)(y)
         y = _norm(self, 1, zero_init=self.zero_init_last)(y)
-        return nn.relu(y + _shortcut(self, x, features, strides, 2))
+        return nn.relu(y + _shortcut(self, x, features, strides, 2).astype(y.dtype))

@@ -73,6 +73,36 @@ def _forward(args) -> int:
     return 0
 
 
+def _cost(args) -> int:
+    from . import cost
+
+    if args.model is not None:
+        report = cost.model_cost(args.model, args.image_size)
+        if args.json:
+            print(json.dumps(report))
+        else:
+            print(f"{report['model']} at {args.image_size}x{args.image_size}: {report['params']:,} parameters, "
+                  f"{report['macs']:,} MACs ({report['macs'] / 1e9:.3f} GMACs) per image")
+    else:
+        rows = cost.seed_table(args.out, args.mid, args.wide, args.size)
+        if args.json:
+            print(json.dumps({"size": args.size, "rows": [vars(r) for r in rows],
+                              "params_ratio": rows[0].params / rows[1].params}))
+        else:
+            width = max(len(r.what) for r in rows)
+            print(f"{'':<{width}}  {'params':>12}  {'MACs at ' + str(args.size) + 'x' + str(args.size):>18}")
+            for r in rows:
+                print(f"{r.what:<{width}}  {r.params:>12,}  {r.macs:>18,}")
+            print(f"The bottleneck triple has {rows[0].params / rows[1].params:.2f}x fewer parameters (and MACs) "
+                  f"than one 3x3 conv at {args.out}; two 3x3 convs at {args.wide} cost "
+                  f"{rows[2].params / 1e6:.1f}M parameters.")
+    if args.plot is not None:
+        cost.plot_block_costs(args.plot, size=args.size)
+        if not args.json:
+            print(f"Wrote {args.plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="The ResNet bottleneck block and its family in JAX/Flax.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -91,6 +121,23 @@ def build_parser() -> argparse.ArgumentParser:
     forward.add_argument("--output", metavar="Y.npy", help="also write the flattened output here")
     forward.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     forward.set_defaults(run=_forward)
+
+    cost = commands.add_parser(
+        "cost",
+        help="parameters and MACs: of a model (--model), or the seed's block arithmetic",
+        description="With --model: one model's parameters and multiply-accumulates per image (convs and "
+        "classifier, as torchvision counts them). Without: the seed's arithmetic, a basic 3x3 conv "
+        "against the bottleneck triple, in parameters and MACs at one feature-map size.",
+    )
+    cost.add_argument("--model", help="a model name, e.g. resnet50")
+    cost.add_argument("--image-size", type=_int, default=224, help="input height and width (default 224)")
+    cost.add_argument("--out", type=_int, default=256, help="block width for the seed table (default 256)")
+    cost.add_argument("--mid", type=_int, default=64, help="bottleneck mid width for the seed table (default 64)")
+    cost.add_argument("--wide", type=_int, default=2048, help="full width for the seed table (default 2048)")
+    cost.add_argument("--size", type=_int, default=56, help="feature-map size for MACs (default 56)")
+    cost.add_argument("--plot", metavar="FILE.png", help="draw params and MACs against width (matplotlib)")
+    cost.add_argument("--json", action="store_true", help="print one JSON object")
+    cost.set_defaults(run=_cost)
     return parser
 
 
@@ -102,6 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(err, file=sys.stderr)
         return 2
-    except (TypeError, ValueError, OSError) as err:
+    except (TypeError, ValueError, OSError, ImportError) as err:
         print(f"{PROG} {getattr(args, 'command', '')}: error: {err}".replace("  ", " "), file=sys.stderr)
         return 2

@@ -1,0 +1,321 @@
+"""The bottleneck family as data: ResNet-18...152, ResNeXt, Wide ResNet, and their backbones.
+
+One :class:`ResNet` module and one table, :data:`CONFIGS`; every named model is a row
+of that table, with torchvision's names, widths and parameter counts. The layout is
+torchvision's: a 7x7/2 stem conv, BN, ReLU and a 3x3/2 max-pool, four stages of
+blocks at strides 4, 8, 16 and 32, global average pooling and a linear classifier.
+Padding is torchvision's explicit, symmetric padding (flax's ``'SAME'`` pads a
+stride-2 conv on an even input (0, 1) instead of (1, 1)), and the stride of a
+bottleneck stage sits on its 3x3 conv (ResNet v1.5) unless ``stride_on='1x1'``.
+
+The model is unaware of the training loop: ``__call__(x, train)`` builds the BatchNorm
+for batch statistics (``train=True``) or running averages (``train=False``) once and
+injects it into every block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from . import _checks
+from .blocks import STRIDE_PLACEMENTS, BasicBlock, BottleneckBlock
+
+STAGE_NAMES = ("C2", "C3", "C4", "C5")
+
+# torchvision's initialisation: He normal, fan-out, for every conv.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One row of the family.
+
+    Attributes:
+      block: ``"basic"`` (two 3x3 convs) or ``"bottleneck"`` (1x1, 3x3, 1x1).
+      stage_sizes: blocks in each of the four stages.
+      groups: groups of each bottleneck's 3x3 conv (ResNeXt cardinality).
+      width_per_group: channels per group of the 3x3 conv at the first stage. The mid
+        width of stage i is ``64 * 2**i * width_per_group // 64 * groups``, as
+        torchvision computes it (Wide ResNet doubles it with 128).
+      stem_width: channels of the stem, and the base width of the stages.
+    """
+
+    block: str
+    stage_sizes: tuple[int, ...]
+    groups: int = 1
+    width_per_group: int = 64
+    stem_width: int = 64
+
+
+CONFIGS: dict[str, Config] = {
+    "resnet18": Config("basic", (2, 2, 2, 2)),
+    "resnet34": Config("basic", (3, 4, 6, 3)),
+    "resnet50": Config("bottleneck", (3, 4, 6, 3)),
+    "resnet101": Config("bottleneck", (3, 4, 23, 3)),
+    "resnet152": Config("bottleneck", (3, 8, 36, 3)),
+    "resnext50_32x4d": Config("bottleneck", (3, 4, 6, 3), groups=32, width_per_group=4),
+    "resnext101_32x8d": Config("bottleneck", (3, 4, 23, 3), groups=32, width_per_group=8),
+    "resnext101_64x4d": Config("bottleneck", (3, 4, 23, 3), groups=64, width_per_group=4),
+    "wide_resnet50_2": Config("bottleneck", (3, 4, 6, 3), width_per_group=128),
+    "wide_resnet101_2": Config("bottleneck", (3, 4, 23, 3), width_per_group=128),
+    # Not torchvision's: the full layout, one block a stage at a quarter of the width, for
+    # tests, examples and laptops (0.5M parameters before the classifier).
+    "resnet_tiny": Config("bottleneck", (1, 1, 1, 1), stem_width=16),
+}
+
+EXPANSION = {"basic": 1, "bottleneck": 4}
+
+
+def _stage_widths(config: Config, i: int) -> tuple[int, int]:
+    """(mid, out) channels of stage ``i``'s blocks, as torchvision computes them."""
+    planes = config.stem_width * 2**i
+    if config.block == "basic":
+        return planes, planes
+    mid = int(planes * (config.width_per_group / 64.0)) * config.groups
+    return mid, planes * EXPANSION["bottleneck"]
+
+
+class _ScanStep(nn.Module):
+    """Wraps a block as an ``nn.scan`` body: carry in, carry out."""
+
+    block: Any
+
+    @nn.compact
+    def __call__(self, x, _):
+        return self.block(name="block")(x), None
+
+
+class ResNet(nn.Module):
+    """A ResNet of basic or bottleneck blocks, on NHWC input.
+
+    Attributes:
+      stage_sizes: blocks in each stage (four for the torchvision layouts).
+      block: ``"basic"`` or ``"bottleneck"``.
+      groups: groups of the bottleneck 3x3 convs (ResNeXt).
+      width_per_group: see :class:`Config`.
+      num_classes: classifier outputs; ``None`` for a headless backbone whose
+        ``__call__`` returns the last stage's feature map.
+      stem_width: channels of the stem (and the base width of the stages).
+      stride_on: ``'3x3'`` (v1.5, torchvision) or ``'1x1'`` (v1, the paper, Keras).
+      zero_init_last: zero-init each block's last BN scale (Goyal et al., 2017).
+      bn_momentum: Flax's convention: the weight of the *old* running value.
+        PyTorch's ``momentum=0.1`` is Flax's ``0.9``.
+      bn_epsilon: BatchNorm epsilon.
+      axis_name: a mapped axis to synchronise BatchNorm statistics over (``pmap`` /
+        ``shard_map``); not needed under ``jit`` with sharded inputs.
+      dtype: compute dtype (``jnp.bfloat16`` for mixed precision); parameters and
+        BatchNorm statistics stay ``param_dtype``; logits are returned in float32.
+      param_dtype: parameter dtype.
+      remat: recompute each block's activations in the backward pass
+        (``jax.checkpoint``): less memory for deep models, one more forward.
+      scan: run the identical blocks of each stage (all but the first) as one
+        ``nn.scan``, so a deep model traces and compiles one block per stage. Its
+        parameters are stacked under ``layerN_scan``; :func:`unscan_variables` and
+        :func:`scan_variables` convert between the two layouts.
+    """
+
+    stage_sizes: Sequence[int]
+    block: str = "bottleneck"
+    groups: int = 1
+    width_per_group: int = 64
+    num_classes: int | None = 1000
+    stem_width: int = 64
+    stride_on: str = "3x3"
+    zero_init_last: bool = False
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    axis_name: str | None = None
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    remat: bool = False
+    scan: bool = False
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, *, features: bool = False):
+        """Logits, the last feature map (headless), or every stage's output.
+
+        Args:
+          x: images, ``(N, H, W, 3)``.
+          train: batch statistics (and running-average updates: apply with
+            ``mutable=['batch_stats']``) if true, running averages if false.
+          features: return ``{'stem': ..., 'C2': ..., ..., 'C5': ...}`` (see
+            :func:`feature_info`) instead of running the head.
+        """
+        config = self._config()
+        if x.ndim != 4:
+            raise ValueError(f"x must be a 4-D batch of images (N, H, W, C); got shape {x.shape}")
+        norm = partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon,
+            axis_name=self.axis_name,
+        )
+        common = dict(
+            norm=norm,
+            use_bias=False,
+            padding="torch",
+            kernel_init=conv_kernel_init,
+            zero_init_last=self.zero_init_last,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        if config.block == "bottleneck":
+            common.update(groups=config.groups, stride_on=self.stride_on)
+        block_cls = BottleneckBlock if config.block == "bottleneck" else BasicBlock
+        if self.remat:
+            block_cls = nn.remat(block_cls)
+
+        x = jnp.asarray(x, self.dtype) if self.dtype is not None else x
+        x = nn.Conv(self.stem_width, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False,
+                    kernel_init=conv_kernel_init, dtype=self.dtype, param_dtype=self.param_dtype, name="conv1")(x)
+        x = nn.relu(norm(dtype=self.dtype, param_dtype=self.param_dtype, name="bn1")(x))
+        outputs = {"stem": x}
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # pads with -inf, as torch
+
+        for i, size in enumerate(config.stage_sizes):
+            mid, out = _stage_widths(config, i)
+            widths = (mid, out) if config.block == "bottleneck" else (out,)
+            make = partial(block_cls, *widths, **common)
+            x = make(strides=1 if i == 0 else 2, name=f"layer{i + 1}_0")(x)
+            if self.scan and size > 1:
+                body = nn.scan(
+                    _ScanStep,
+                    variable_axes={"params": 0, "batch_stats": 0},
+                    split_rngs={"params": True},
+                    length=size - 1,
+                )
+                x, _ = body(make, name=f"layer{i + 1}_scan")(x, None)
+            else:
+                for j in range(1, size):
+                    x = make(name=f"layer{i + 1}_{j}")(x)
+            if i < len(STAGE_NAMES):
+                outputs[STAGE_NAMES[i]] = x
+
+        if features:
+            return outputs
+        if self.num_classes is None:
+            return x
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
+        return jnp.asarray(x, jnp.float32)
+
+    def _config(self) -> Config:
+        _checks.one_of("block", self.block, tuple(EXPANSION))
+        _checks.one_of("stride_on", self.stride_on, STRIDE_PLACEMENTS)
+        if not self.stage_sizes or len(self.stage_sizes) > len(STAGE_NAMES):
+            raise ValueError(f"stage_sizes must list 1 to {len(STAGE_NAMES)} stages; got {self.stage_sizes!r}")
+        sizes = tuple(_checks.positive_int("stage_sizes", n) for n in self.stage_sizes)
+        if self.num_classes is not None:
+            _checks.positive_int("num_classes", self.num_classes)
+        groups = _checks.positive_int("groups", self.groups)
+        width = _checks.positive_int("width_per_group", self.width_per_group)
+        _checks.positive_int("stem_width", self.stem_width)
+        if self.block == "basic" and (groups, width) != (1, 64):
+            raise ValueError(f"basic blocks support only groups=1, width_per_group=64; got {groups}, {width}")
+        return Config(self.block, sizes, groups, width, self.stem_width)
+
+
+def _model_name(name: Any) -> str:
+    if not isinstance(name, str) or name not in CONFIGS:
+        raise ValueError(f"name must be one of {', '.join(CONFIGS)}; got {name!r}")
+    return name
+
+
+def create_model(name: str, num_classes: int | None = 1000, **options) -> ResNet:
+    """A family member by torchvision's name, e.g. ``create_model('resnet50')``.
+
+    Args:
+      name: a key of :data:`CONFIGS`.
+      num_classes: classifier outputs, or ``None`` for a headless backbone.
+      **options: any other :class:`ResNet` attribute (``dtype``, ``remat``, ``scan``,
+        ``stride_on``, ``zero_init_last``, ``bn_momentum``, ...).
+    """
+    config = CONFIGS[_model_name(name)]
+    fixed = {"stage_sizes", "block", "groups", "width_per_group"} & set(options)
+    if fixed:
+        raise TypeError(f"create_model({name!r}) fixes {', '.join(sorted(fixed))}; use ResNet(...) to change them")
+    options = {"stem_width": config.stem_width, **options}
+    return ResNet(
+        stage_sizes=config.stage_sizes,
+        block=config.block,
+        groups=config.groups,
+        width_per_group=config.width_per_group,
+        num_classes=num_classes,
+        **options,
+    )
+
+
+def feature_info(model: ResNet | str) -> list[dict]:
+    """Name, channels and stride of each output of ``model(x, features=True)``.
+
+    ``stem`` is the stem's activation before the max-pool (stride 2, as timm's
+    ``act1``); ``C2``...``C5`` are the stages' outputs at strides 4 to 32, the
+    inputs detection and segmentation heads (FPN, DeepLab) consume.
+    """
+    if isinstance(model, str):
+        model = create_model(model)
+    config = model._config()
+    info = [{"name": "stem", "channels": model.stem_width, "stride": 2}]
+    for i in range(len(config.stage_sizes)):
+        info.append({"name": STAGE_NAMES[i], "channels": _stage_widths(config, i)[1],
+                     "stride": 4 * 2**i})
+    return info
+
+
+def count_params(variables) -> int:
+    """Number of trainable parameters (the ``params`` collection; BN statistics excluded)."""
+    params = variables.get("params", variables) if hasattr(variables, "get") else variables
+    return int(sum(leaf.size for leaf in jax.tree_util.tree_leaves(params)))
+
+
+def _map_stages(variables, fn):
+    out = {}
+    for collection, tree in variables.items():
+        tree = dict(tree)
+        out[collection] = fn(tree)
+    return out
+
+
+def unscan_variables(variables):
+    """Variables of a ``scan=True`` model in the layout of the plain model (``layerN_j``)."""
+
+    def unstack(tree):
+        result = {}
+        for key, value in tree.items():
+            if key.endswith("_scan"):
+                stage = key[: -len("_scan")]
+                inner = value["block"]
+                n = jax.tree_util.tree_leaves(inner)[0].shape[0]
+                for j in range(n):
+                    result[f"{stage}_{j + 1}"] = jax.tree_util.tree_map(lambda a, j=j: a[j], inner)
+            else:
+                result[key] = value
+        return result
+
+    return _map_stages(variables, unstack)
+
+
+def scan_variables(variables):
+    """Variables of a plain model in the layout of its ``scan=True`` twin."""
+
+    def stack(tree):
+        result, stages = {}, {}
+        for key, value in tree.items():
+            stage, _, index = key.rpartition("_")
+            if key.startswith("layer") and index.isdigit() and index != "0":
+                stages.setdefault(stage, {})[int(index)] = value
+            else:
+                result[key] = value
+        for stage, blocks in stages.items():
+            ordered = [blocks[j] for j in sorted(blocks)]
+            result[f"{stage}_scan"] = {"block": jax.tree_util.tree_map(lambda *a: jnp.stack(a), *ordered)}
+        return result
+
+    return _map_stages(variables, stack)

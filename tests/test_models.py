@@ -1,0 +1,192 @@
+"""The family: torchvision's parameter counts, backbone outputs, train/eval, remat and scan."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_bottleneck import CONFIGS, ResNet, create_model, feature_info
+from resnet_bottleneck.models import count_params, scan_variables, unscan_variables
+
+# torchvision.models.<name>(): sum(p.numel() for p in model.parameters())
+TORCHVISION_PARAMS = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+    "resnext50_32x4d": 25_028_904,
+    "resnext101_32x8d": 88_791_336,
+    "resnext101_64x4d": 83_455_272,
+    "wide_resnet50_2": 68_883_240,
+    "wide_resnet101_2": 126_886_696,
+}
+
+
+def abstract_init(model, shape=(1, 64, 64, 3)):
+    return jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct(shape, jnp.float32))
+
+
+@pytest.mark.parametrize("name", list(TORCHVISION_PARAMS))
+def test_parameter_counts_equal_torchvision(name):
+    assert count_params(abstract_init(create_model(name))) == TORCHVISION_PARAMS[name]
+
+
+def test_every_torchvision_name_is_in_the_table():
+    assert set(TORCHVISION_PARAMS) <= set(CONFIGS)
+
+
+def test_num_classes_changes_only_the_classifier():
+    assert count_params(abstract_init(create_model("resnet50", num_classes=10))) == 25_557_032 - 2049 * 990
+    headless = abstract_init(create_model("resnet50", num_classes=None))
+    assert "fc" not in headless["params"]
+    assert count_params(headless) == 25_557_032 - 2049 * 1000
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (65, 47)])
+def test_stage_outputs_match_feature_info(hw):
+    model = create_model("resnet50")
+    variables = abstract_init(model)
+    x = jax.ShapeDtypeStruct((2, *hw, 3), jnp.float32)
+    outputs = jax.eval_shape(lambda v, x: model.apply(v, x, features=True), variables, x)
+    info = feature_info("resnet50")
+    assert [i["name"] for i in info] == ["stem", "C2", "C3", "C4", "C5"]
+    assert set(outputs) == {i["name"] for i in info}
+    assert [(i["channels"], i["stride"]) for i in info] == [(64, 2), (256, 4), (512, 8), (1024, 16), (2048, 32)]
+    for i in info:
+        assert outputs[i["name"]].shape == (2, -(-hw[0] // i["stride"]), -(-hw[1] // i["stride"]), i["channels"])
+    headless = create_model("resnet50", num_classes=None)
+    c5 = jax.eval_shape(lambda v, x: headless.apply(v, x), abstract_init(headless), x)
+    assert c5.shape == outputs["C5"].shape
+    assert feature_info("resnet18")[-1] == {"name": "C5", "channels": 512, "stride": 32}
+
+
+def tiny(**options):
+    return ResNet(stage_sizes=(2, 3), block="bottleneck", stem_width=8, num_classes=5, **options)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return np.random.default_rng(0).standard_normal((4, 32, 32, 3)).astype(np.float32)
+
+
+def loss_fn(model, variables, x, train=True):
+    def loss(params):
+        logits, state = model.apply({**variables, "params": params}, x, train=train, mutable=["batch_stats"])
+        return jnp.mean(jax.nn.log_softmax(logits)[:, 0] * -1.0), (logits, state)
+
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+
+
+def test_every_parameter_gets_a_gradient(batch):
+    model = tiny()
+    variables = model.init(jax.random.PRNGKey(0), batch)
+    (_, _), grads = loss_fn(model, variables, batch)
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        assert np.abs(np.asarray(g)).max() > 0, jax.tree_util.keystr(path)
+
+
+def test_train_updates_running_stats_and_eval_uses_them(batch):
+    model = tiny()
+    variables = model.init(jax.random.PRNGKey(0), batch)
+    _, state = model.apply(variables, batch, train=True, mutable=["batch_stats"])
+    before, after = variables["batch_stats"]["bn1"]["mean"], state["batch_stats"]["bn1"]["mean"]
+    assert not np.allclose(before, after)
+    # torch's momentum 0.1 is flax's 0.9: new = 0.9 * old + 0.1 * batch mean
+    stem = jax.lax.conv_general_dilated(batch, variables["params"]["conv1"]["kernel"], (2, 2), ((3, 3), (3, 3)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(after, 0.9 * before + 0.1 * stem.mean(axis=(0, 1, 2)), atol=1e-5)
+    eval_a = model.apply(variables, batch, train=False)
+    eval_b = model.apply({**variables, "batch_stats": state["batch_stats"]}, batch, train=False)
+    assert not np.allclose(eval_a, eval_b, atol=1e-4)  # eval reads the running statistics
+    np.testing.assert_allclose(model.apply(variables, batch[:1], train=False), eval_a[:1], atol=1e-5)  # per example
+
+
+def test_remat_and_scan_are_the_same_function(batch):
+    plain = tiny()
+    variables = plain.init(jax.random.PRNGKey(0), batch)
+    (loss_p, (logits_p, state_p)), grads_p = loss_fn(plain, variables, batch)
+
+    (loss_r, (logits_r, state_r)), grads_r = loss_fn(tiny(remat=True), variables, batch)
+    np.testing.assert_allclose(logits_r, logits_p, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(grads_r), jax.tree_util.tree_leaves(grads_p)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+    for options in ({"scan": True}, {"scan": True, "remat": True}):
+        scanned = tiny(**options)
+        scan_vars = scan_variables(variables)
+        assert jax.tree_util.tree_structure(scan_vars) == jax.tree_util.tree_structure(
+            scanned.init(jax.random.PRNGKey(0), batch))
+        assert scan_vars["params"]["layer2_scan"]["block"]["Conv_0"]["kernel"].shape[0] == 2
+        (loss_s, (logits_s, state_s)), grads_s = loss_fn(scanned, scan_vars, batch)
+        np.testing.assert_allclose(logits_s, logits_p, rtol=1e-5, atol=1e-5)
+        grads_s = unscan_variables({"params": grads_s})["params"]
+        assert jax.tree_util.tree_structure(grads_s) == jax.tree_util.tree_structure(grads_p)
+        for a, b in zip(jax.tree_util.tree_leaves(grads_s), jax.tree_util.tree_leaves(grads_p)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        for a, b in zip(jax.tree_util.tree_leaves(unscan_variables(state_s)), jax.tree_util.tree_leaves(state_p)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_scan_round_trip_is_exact(batch):
+    variables = tiny(scan=True).init(jax.random.PRNGKey(3), batch)
+    back = scan_variables(unscan_variables(variables))
+    assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(variables)
+    for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(variables)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_zero_init_last_and_stride_placement(batch):
+    v = tiny(zero_init_last=True).init(jax.random.PRNGKey(0), batch)
+    for name in ("layer1_0", "layer1_1", "layer2_0", "layer2_2"):
+        np.testing.assert_array_equal(v["params"][name]["BatchNorm_2"]["scale"], 0.0)
+        assert np.all(np.asarray(v["params"][name]["BatchNorm_0"]["scale"]) == 1.0)
+    v = tiny().init(jax.random.PRNGKey(0), batch)
+    v15 = tiny().apply(v, batch)
+    v1 = tiny(stride_on="1x1").apply(v, batch)  # same weights, the paper's placement
+    assert v15.shape == v1.shape and not np.allclose(v15, v1, atol=1e-4)
+
+
+def test_bfloat16_model(batch):
+    model32, model16 = tiny(), tiny(dtype=jnp.bfloat16)
+    variables = model32.init(jax.random.PRNGKey(0), batch)
+    logits16, state16 = model16.apply(variables, batch, train=True, mutable=["batch_stats"])
+    logits32, _ = model32.apply(variables, batch, train=True, mutable=["batch_stats"])
+    assert logits16.dtype == jnp.float32
+    assert {a.dtype for a in jax.tree_util.tree_leaves(state16)} == {jnp.dtype("float32")}
+    assert {a.dtype for a in jax.tree_util.tree_leaves(model16.init(jax.random.PRNGKey(0), batch))} == {jnp.dtype("float32")}
+    np.testing.assert_allclose(logits16, logits32, atol=0.15, rtol=0.1)
+
+
+def test_torch_padding_in_the_stem():
+    # An even input: flax 'SAME' would pad the 7x7/2 stem (2, 3); torchvision pads (3, 3).
+    model = ResNet(stage_sizes=(1,), stem_width=4, num_classes=None)
+    x = np.zeros((1, 8, 8, 3), np.float32)
+    x[0, 0, 0, 0] = 1.0  # a single impulse in the corner
+    variables = model.init(jax.random.PRNGKey(0), x)
+    stem = model.apply(variables, x, features=True, capture_intermediates=True,
+                       mutable=["intermediates"])[1]["intermediates"]["conv1"]["__call__"][0]
+    kernel = np.asarray(variables["params"]["conv1"]["kernel"])
+    # With pad 3, output (0, 0) reads input (0, 0) at tap (3, 3).
+    np.testing.assert_allclose(stem[0, 0, 0], kernel[3, 3, 0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda: create_model("resnet51"), ValueError, r"name must be one of resnet18, .*; got 'resnet51'"),
+    (lambda: create_model(50), ValueError, r"name must be one of .*; got 50"),
+    (lambda: create_model("resnet50", groups=2), TypeError, r"create_model\('resnet50'\) fixes groups"),
+    (lambda: abstract_init(create_model("resnet50", num_classes=0)), ValueError, r"num_classes must be a positive integer; got 0"),
+    (lambda: abstract_init(create_model("resnet50"), shape=(64, 64, 3)), ValueError, r"x must be a 4-D batch of images \(N, H, W, C\); got shape \(64, 64, 3\)"),
+    (lambda: abstract_init(ResNet(stage_sizes=())), ValueError, r"stage_sizes must list 1 to 4 stages; got \(\)"),
+    (lambda: abstract_init(ResNet(stage_sizes=(2, 0))), ValueError, r"stage_sizes must be a positive integer; got 0"),
+    (lambda: abstract_init(ResNet(stage_sizes=(2,), block="wide")), ValueError, r"block must be one of 'basic', 'bottleneck'; got 'wide'"),
+    (lambda: abstract_init(ResNet(stage_sizes=(2,), block="basic", groups=32)), ValueError, r"basic blocks support only groups=1"),
+])
+def test_bad_model_arguments_are_named(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_model_is_a_plain_linen_module():
+    assert isinstance(create_model("resnet18"), nn.Module)
