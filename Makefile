@@ -28,6 +28,7 @@ test: $(VENV)/.test
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/bench_forward.py --write
 	$(BIN)/python benchmarks/bench_models.py --write
+	$(BIN)/python benchmarks/bench_fold.py --write
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -2,8 +2,10 @@
 
 from .blocks import BasicBlock, BottleneckBlock
 from .cost import layer_costs, model_cost
+from .fold import fold_batchnorm
 from .forward import resnet_basic_forward, resnet_bottleneck_forward
 from .models import CONFIGS, ResNet, create_model, feature_info
+from .torch_io import from_torchvision, to_torchvision
 
 __all__ = [
     "CONFIGS",
@@ -12,10 +14,13 @@ __all__ = [
     "ResNet",
     "create_model",
     "feature_info",
+    "fold_batchnorm",
+    "from_torchvision",
     "layer_costs",
     "model_cost",
     "resnet_basic_forward",
     "resnet_bottleneck_forward",
+    "to_torchvision",
 ]
 
 __version__ = "0.1.0"

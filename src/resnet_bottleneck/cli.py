@@ -103,6 +103,74 @@ def _cost(args) -> int:
     return 0
 
 
+def _convert(args) -> int:
+    from .torch_io import CHECKPOINT_FORMAT, from_torchvision, load_state_dict, save_variables
+
+    if not args.output.endswith(".safetensors"):
+        raise UsageError(f"OUT must end in .safetensors; got {args.output}")
+    model, variables = from_torchvision(load_state_dict(args.input), args.model)
+    save_variables(args.output, variables, {"model": args.model, "num_classes": str(model.num_classes),
+                                            "format": CHECKPOINT_FORMAT})
+    print(f"Converted {args.input} ({args.model}, {model.num_classes} classes) to {args.output}")
+    return 0
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def preprocess(path: str, resize: int = 256, crop: int = 224) -> np.ndarray:
+    """torchvision's ImageNet evaluation transform: resize the short side, center crop, normalise. HWC."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            w, h = image.size  # torchvision: the long side is truncated, the crop offset rounded
+            size = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
+            image = image.resize(size, Image.BILINEAR)
+            w, h = image.size
+            left, top = int(round((w - crop) / 2.0)), int(round((h - crop) / 2.0))
+            image = image.crop((left, top, left + crop, top + crop))
+            array = np.asarray(image, np.float32) / 255.0
+    except FileNotFoundError:
+        raise UsageError(f"no such image: {path}") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise UsageError(f"cannot read image {path} ({err})") from None
+    return (array - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
+
+
+def _predict(args) -> int:
+    import jax
+
+    labels = None
+    if args.labels is not None:
+        try:
+            with open(args.labels) as f:
+                labels = [line.strip() for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(f"--labels: cannot read {args.labels} as text, one class name a line ({err})") from None
+    from .torch_io import load_model
+
+    model, variables = load_model(args.weights, args.model)
+    if labels is not None and len(labels) != model.num_classes:
+        raise UsageError(f"--labels: {args.labels} has {len(labels)} names for {model.num_classes} classes")
+    images = [preprocess(p) for p in args.images]  # every image is checked before any work
+    forward = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False)))
+    results = []
+    for path, image in zip(args.images, images):
+        probs = np.asarray(forward(variables, image[None]))[0]
+        top = np.argsort(-probs)[: min(5, probs.size)]
+        results.append({"image": path, "top5": [
+            {"class": int(i), "probability": float(probs[i]), **({"label": labels[i]} if labels else {})} for i in top]})
+        if not args.json:
+            print(path + ": " + ", ".join(
+                f"{r['class']}{' ' + r['label'] if 'label' in r else ''} ({r['probability']:.3f})" for r in results[-1]["top5"]))
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="The ResNet bottleneck block and its family in JAX/Flax.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -138,6 +206,30 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--plot", metavar="FILE.png", help="draw params and MACs against width (matplotlib)")
     cost.add_argument("--json", action="store_true", help="print one JSON object")
     cost.set_defaults(run=_cost)
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert torchvision weights to a Flax checkpoint (.safetensors)",
+        description="Read torchvision weights (.safetensors, or .pth/.pt through torch.load(weights_only=True)) "
+        "and write this library's variables as a .safetensors file (keys 'params/conv1/kernel', ...).",
+    )
+    convert.add_argument("input", metavar="IN", help="torchvision weights: .safetensors, .pth or .pt")
+    convert.add_argument("output", metavar="OUT", help="the Flax checkpoint to write (.safetensors)")
+    convert.add_argument("--model", required=True, help="the torchvision model name, e.g. resnet50")
+    convert.set_defaults(run=_convert)
+
+    predict = commands.add_parser(
+        "predict",
+        help="classify images: top-5 classes with probabilities",
+        description="torchvision's ImageNet preprocessing (resize 256, center crop 224, mean/std), then the top-5 "
+        "classes of each image.",
+    )
+    predict.add_argument("images", metavar="IMAGE", nargs="+")
+    predict.add_argument("--weights", required=True, help="a converted .safetensors checkpoint or torchvision weights")
+    predict.add_argument("--model", required=True, help="the model name, e.g. resnet50")
+    predict.add_argument("--labels", help="a text file with one class name per line")
+    predict.add_argument("--json", action="store_true", help="print one JSON list")
+    predict.set_defaults(run=_predict)
     return parser
 
 

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from . import _checks
 from .blocks import STRIDE_PLACEMENTS, BasicBlock, BottleneckBlock
+from .norm import BatchNorm
 
 STAGE_NAMES = ("C2", "C3", "C4", "C5")
 
@@ -91,6 +92,18 @@ class _ScanStep(nn.Module):
         return self.block(name="block")(x), None
 
 
+class FoldedNorm(nn.Module):
+    """Stands where a BatchNorm was folded into the conv before it: the identity."""
+
+    dtype: Any = None
+    param_dtype: Any = None
+    scale_init: Any = None
+    use_running_average: bool | None = None
+
+    def __call__(self, x):
+        return x
+
+
 class ResNet(nn.Module):
     """A ResNet of basic or bottleneck blocks, on NHWC input.
 
@@ -105,15 +118,18 @@ class ResNet(nn.Module):
       stride_on: ``'3x3'`` (v1.5, torchvision) or ``'1x1'`` (v1, the paper, Keras).
       zero_init_last: zero-init each block's last BN scale (Goyal et al., 2017).
       bn_momentum: Flax's convention: the weight of the *old* running value.
-        PyTorch's ``momentum=0.1`` is Flax's ``0.9``.
+        PyTorch's ``momentum=0.1`` is Flax's ``0.9``. The running variance folds in the
+        unbiased batch variance, as PyTorch's does (:class:`~resnet_bottleneck.norm.BatchNorm`).
       bn_epsilon: BatchNorm epsilon.
       axis_name: a mapped axis to synchronise BatchNorm statistics over (``pmap`` /
         ``shard_map``); not needed under ``jit`` with sharded inputs.
       dtype: compute dtype (``jnp.bfloat16`` for mixed precision); parameters and
-        BatchNorm statistics stay ``param_dtype``; logits are returned in float32.
+        BatchNorm statistics stay ``param_dtype``; logits are returned in float32 (or wider).
       param_dtype: parameter dtype.
       remat: recompute each block's activations in the backward pass
         (``jax.checkpoint``): less memory for deep models, one more forward.
+      folded: inference form made by :func:`~resnet_bottleneck.fold.fold_batchnorm`:
+        every BatchNorm folded into the conv before it (which gains a bias).
       scan: run the identical blocks of each stage (all but the first) as one
         ``nn.scan``, so a deep model traces and compiles one block per stage. Its
         parameters are stacked under ``layerN_scan``; :func:`unscan_variables` and
@@ -135,6 +151,7 @@ class ResNet(nn.Module):
     param_dtype: Any = jnp.float32
     remat: bool = False
     scan: bool = False
+    folded: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False, *, features: bool = False):
@@ -151,15 +168,19 @@ class ResNet(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"x must be a 4-D batch of images (N, H, W, C); got shape {x.shape}")
         norm = partial(
-            nn.BatchNorm,
+            BatchNorm,
             use_running_average=not train,
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,
             axis_name=self.axis_name,
         )
+        if self.folded:
+            if train:
+                raise ValueError("a folded model (BatchNorm folded into convs) is for inference: call it with train=False")
+            norm = FoldedNorm
         common = dict(
             norm=norm,
-            use_bias=False,
+            use_bias=self.folded,
             padding="torch",
             kernel_init=conv_kernel_init,
             zero_init_last=self.zero_init_last,
@@ -173,7 +194,7 @@ class ResNet(nn.Module):
             block_cls = nn.remat(block_cls)
 
         x = jnp.asarray(x, self.dtype) if self.dtype is not None else x
-        x = nn.Conv(self.stem_width, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False,
+        x = nn.Conv(self.stem_width, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=self.folded,
                     kernel_init=conv_kernel_init, dtype=self.dtype, param_dtype=self.param_dtype, name="conv1")(x)
         x = nn.relu(norm(dtype=self.dtype, param_dtype=self.param_dtype, name="bn1")(x))
         outputs = {"stem": x}
@@ -204,7 +225,7 @@ class ResNet(nn.Module):
             return x
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
-        return jnp.asarray(x, jnp.float32)
+        return jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32))  # bf16 logits come back as float32
 
     def _config(self) -> Config:
         _checks.one_of("block", self.block, tuple(EXPANSION))

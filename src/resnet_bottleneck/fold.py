@@ -1,0 +1,55 @@
+"""Inference: fold each eval-mode BatchNorm into the conv before it.
+
+In eval mode ``BN(conv(x)) = conv(x) * m + (beta - mean * m)`` with
+``m = gamma / sqrt(var + eps)``, which is one conv with kernel ``W * m`` and bias
+``beta - mean * m``. The folded model runs one op where there were two and reads no
+statistics.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import traverse_util
+
+from .models import ResNet
+
+
+def _bn_to_conv(module: tuple[str, ...]) -> tuple[str, ...]:
+    *parent, last = module
+    if last == "bn1":
+        return (*parent, "conv1")
+    return (*parent, last.replace("BatchNorm_", "Conv_"))
+
+
+def fold_batchnorm(model: ResNet, variables) -> tuple[ResNet, dict]:
+    """An inference model and its variables with every BatchNorm folded into its conv.
+
+    Args:
+      model: a :class:`~resnet_bottleneck.models.ResNet` (plain or scanned layout).
+      variables: its ``{'params': ..., 'batch_stats': ...}``.
+
+    Returns:
+      ``(folded_model, {'params': ...})``; call ``folded_model.apply(v, x)`` (eval only).
+    """
+    if not isinstance(model, ResNet):
+        raise TypeError(f"model must be a resnet_bottleneck ResNet; got {type(model).__name__}")
+    if model.folded:
+        raise ValueError("model is already folded")
+    if "batch_stats" not in variables:
+        raise ValueError("variables must hold 'batch_stats' (the running statistics to fold)")
+    params = traverse_util.flatten_dict(dict(variables["params"]))
+    stats = traverse_util.flatten_dict(dict(variables["batch_stats"]))
+    folded = {k: v for k, v in params.items() if not (k[-2] == "bn1" or k[-2].startswith("BatchNorm_"))}
+    for (*module, name), mean in stats.items():
+        if name != "mean":
+            continue
+        module = tuple(module)
+        var = stats[(*module, "var")]
+        gamma, beta = params[(*module, "scale")], params[(*module, "bias")]
+        multiplier = gamma * jnp.reciprocal(jnp.sqrt(var + model.bn_epsilon))
+        conv = _bn_to_conv(module)
+        kernel = params[(*conv, "kernel")]
+        per_output = multiplier.shape[:-1] + (1,) * (kernel.ndim - multiplier.ndim) + multiplier.shape[-1:]
+        folded[(*conv, "kernel")] = kernel * multiplier.reshape(per_output)  # scanned kernels lead with the block axis
+        folded[(*conv, "bias")] = beta - mean * multiplier
+    return model.clone(folded=True), {"params": traverse_util.unflatten_dict(folded)}
