@@ -158,17 +158,96 @@ def _predict(args) -> int:
     images = [preprocess(p) for p in args.images]  # every image is checked before any work
     forward = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False)))
     results = []
-    for path, image in zip(args.images, images):
+    live = len(images) > 1 and sys.stderr.isatty()
+    for done, (path, image) in enumerate(zip(args.images, images)):
+        if live:
+            print(f"\r[{done + 1}/{len(images)}] {path[-50:]:<50}", end="", file=sys.stderr, flush=True)
         probs = np.asarray(forward(variables, image[None]))[0]
         top = np.argsort(-probs)[: min(5, probs.size)]
         results.append({"image": path, "top5": [
             {"class": int(i), "probability": float(probs[i]), **({"label": labels[i]} if labels else {})} for i in top]})
         if not args.json:
+            if live:
+                print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
             print(path + ": " + ", ".join(
                 f"{r['class']}{' ' + r['label'] if 'label' in r else ''} ({r['probability']:.3f})" for r in results[-1]["top5"]))
+    if live:
+        print(file=sys.stderr)
     if args.json:
         print(json.dumps(results))
     return 0
+
+
+def _train(args) -> int:
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from . import train as training
+
+    config = training.Config(
+        model=args.model, data=args.data, image_size=args.image_size, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.lr, momentum=args.momentum, nesterov=not args.no_nesterov,
+        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+        augment=args.augment, bf16=args.bf16, seed=args.seed, test_fraction=args.test_fraction,
+    )
+    from .models import _model_name
+
+    _model_name(config.model)
+    try:
+        config.check()
+    except training.TrainingError as err:
+        raise UsageError(f"{PROG} train: error: {err}") from None
+    if config.data is not None and not Path(config.data).is_dir():
+        raise UsageError(f"--data: {config.data} is not a directory")
+    training.maybe_initialize_distributed()
+    out = Path(args.out if args.out is not None else f"runs/{config.model}-seed{config.seed}")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        result = training.train(
+            config,
+            checkpoint_dir=out / "checkpoints",
+            checkpoint_every=args.checkpoint_every,
+            keep_checkpoints=args.keep,
+            metrics_path=out / "metrics.jsonl",
+            plot_path=out / "curves.png",
+            progress=not args.json,
+        )
+    except training.DivergedError as err:
+        print(f"{PROG} train: error: {err}", file=sys.stderr)
+        return 1
+    except training.TrainingError as err:
+        if created:  # this run wrote nothing worth keeping: leave no half-made directory
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise UsageError(f"{PROG} train: error: {err}") from None
+    summary = {
+        "test_accuracy": result.test_accuracy,
+        "epochs": result.epochs,
+        "steps": result.steps,
+        "images_per_second": result.images_per_second,
+        "seconds": result.seconds,
+        "checkpoint": result.checkpoint,
+        "metrics": result.metrics,
+        "plot": result.plot,
+        "resumed_from_step": result.resumed_from,
+        "config": asdict(config),
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"test accuracy {result.test_accuracy:.4f} after {result.epochs} epochs ({result.steps} steps) in "
+              f"{result.seconds:.1f} s, {result.images_per_second:,.0f} training images/s")
+        print(f"checkpoint {result.checkpoint}; metrics {result.metrics}; curves {result.plot}")
+    return 0
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,6 +309,34 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--labels", help="a text file with one class name per line")
     predict.add_argument("--json", action="store_true", help="print one JSON list")
     predict.set_defaults(run=_predict)
+
+    train = commands.add_parser(
+        "train",
+        help="train a model: scikit-learn's digits by default, or an ImageFolder directory",
+        description="Train with SGD (Nesterov momentum, weight decay on kernels only), warmup + cosine schedule "
+        "and label smoothing, data-parallel over every device. Checkpoints go to OUT/checkpoints; running the "
+        "same command again resumes exactly where the last checkpoint left off.",
+    )
+    train.add_argument("--model", default="resnet_tiny", help="model name (default resnet_tiny)")
+    train.add_argument("--data", help="ImageFolder root (root/class_x/image.png); default: scikit-learn's digits")
+    train.add_argument("--image-size", type=_int, default=32, help="images are resized to this (default 32)")
+    train.add_argument("--epochs", type=_int, default=15)
+    train.add_argument("--batch-size", type=_int, default=64, help="global batch size (default 64)")
+    train.add_argument("--lr", type=_float, default=0.1, help="peak learning rate (default 0.1)")
+    train.add_argument("--momentum", type=_float, default=0.9)
+    train.add_argument("--no-nesterov", action="store_true", help="plain momentum instead of Nesterov's")
+    train.add_argument("--weight-decay", type=_float, default=5e-4)
+    train.add_argument("--warmup-epochs", type=_float, default=1.0)
+    train.add_argument("--label-smoothing", type=_float, default=0.1)
+    train.add_argument("--augment", action="store_true", help="random resized crop and flip (not for digits)")
+    train.add_argument("--bf16", action="store_true", help="compute in bfloat16 (float32 parameters)")
+    train.add_argument("--seed", type=_int, default=0)
+    train.add_argument("--test-fraction", type=_float, default=0.2, help="held-out share (default 0.2)")
+    train.add_argument("--out", help="run directory (default runs/MODEL-seedSEED)")
+    train.add_argument("--checkpoint-every", type=_int, default=50, help="steps between checkpoints (default 50)")
+    train.add_argument("--keep", type=_int, default=3, help="checkpoints kept (default 3)")
+    train.add_argument("--json", action="store_true", help="no progress; print one JSON summary")
+    train.set_defaults(run=_train)
     return parser
 
 
