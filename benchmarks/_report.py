@@ -57,6 +57,14 @@ def update_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     tmp.replace(path)
 
 
+def write_section(name: str, title: str, table: str, note: str = "", text: str = "") -> None:
+    """A BENCHMARKS.md section: title, machine, the exact command (+ ``note``), ``text``, ``table``."""
+    lines = [f"## {title}", "", f"Machine: {machine()}.", f"Command: `{command()}`{note}.", ""]
+    if text:
+        lines += [text, ""]
+    update_section(name, "\n".join([*lines, table]))
+
+
 def median(values) -> float:
     values = sorted(values)
     n = len(values)

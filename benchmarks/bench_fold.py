@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import command, machine, median, update_section  # noqa: E402
+from _report import median, write_section  # noqa: E402
 
 from resnet_bottleneck import create_model  # noqa: E402
 from resnet_bottleneck.fold import fold_batchnorm  # noqa: E402
@@ -60,17 +60,9 @@ def main() -> None:
         rows.append(f"| {args.model} | {batch} | {t_plain * 1e3:.0f} ms | {t_fold * 1e3:.0f} ms | "
                     f"**{t_plain / t_fold:.2f}x** | {batch / t_plain:.1f} -> {batch / t_fold:.1f} | {error:.1e} |")
         print(rows[-1], flush=True)
-    table = "\n".join(rows)
-    print(table)
     if args.write:
-        update_section("fold", "\n".join([
-            "## Inference with BatchNorm folded into the convs (`fold_batchnorm`)",
-            "",
-            f"Machine: {machine()}.",
-            f"Command: `{command()}` (medians of {args.repeats} interleaved rounds, float32, 224x224).",
-            "",
-            table,
-        ]))
+        write_section("fold", "Inference with BatchNorm folded into the convs (`fold_batchnorm`)", "\n".join(rows),
+                      note=f" (medians of {args.repeats} interleaved rounds, float32, 224x224)")
 
 
 if __name__ == "__main__":

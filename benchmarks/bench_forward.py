@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -24,7 +23,7 @@ from textbook import textbook_bottleneck_forward  # noqa: E402
 import resnet_bottleneck as rb  # noqa: E402
 from resnet_bottleneck import forward as forward_module  # noqa: E402
 
-from _report import command, machine, median, update_section  # noqa: E402
+from _report import median, write_section  # noqa: E402
 
 
 def per_call(fn, calls: int) -> float:
@@ -68,18 +67,13 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        update_section("forward", "\n".join([
-            "## `resnet_bottleneck_forward`: per-call cost against the textbook eager solution",
-            "",
-            f"Machine: {machine()}.",
-            f"Command: `{command()}` (medians of {args.repeats} interleaved rounds).",
-            "",
-            "Ours checks its arguments, then dispatches an executable compiled once per (shape, dtype, "
+        write_section(
+            "forward", "`resnet_bottleneck_forward`: per-call cost against the textbook eager solution", table,
+            note=f" (medians of {args.repeats} interleaved rounds)",
+            text="Ours checks its arguments, then dispatches an executable compiled once per (shape, dtype, "
             "widths); the textbook solution traces `init` and `apply` op by op on every call. "
             "\"Bare executable\" is the compiled function called directly, without our argument checks.",
-            "",
-            table,
-        ]))
+        )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import command, machine, update_section  # noqa: E402
+from _report import write_section  # noqa: E402
 
 from resnet_bottleneck import create_model  # noqa: E402
 
@@ -77,18 +77,13 @@ def main() -> None:
         lines.append(f"| {label} | {r['trace_s']:.1f} s | {r['compile_s']:.1f} s | {r['temp_gib']:.2f} GiB | {r['total_gib']:.2f} GiB |")
         print(lines[-1], flush=True)
     if args.write:
-        update_section("deep-models", "\n".join([
-            f"## {args.model}: compile time and train-step memory, with and without remat and scan",
-            "",
-            f"Machine: {machine()}.",
-            f"Command: `{command()}`.",
-            "",
-            f"One SGD train step (forward, backward, update; BatchNorm in training mode), batch {args.batch}, "
+        write_section(
+            "deep-models", f"{args.model}: compile time and train-step memory, with and without remat and scan",
+            "\n".join(lines),
+            text=f"One SGD train step (forward, backward, update; BatchNorm in training mode), batch {args.batch}, "
             f"{args.image_size}x{args.image_size}, float32, jitted with the variables donated. Times are one "
             "run each; memory is what XLA plans for the compiled step (`memory_analysis()`), nothing is executed.",
-            "",
-            *lines,
-        ]))
+        )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import command, machine, median, update_section  # noqa: E402
+from _report import median, write_section  # noqa: E402
 
 from resnet_bottleneck import create_model  # noqa: E402
 from resnet_bottleneck.train import Config, train  # noqa: E402
@@ -110,14 +110,9 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        update_section("train", "\n".join([
-            f"## Training throughput: {args.model}, batch {args.batch}, {args.image_size}x{args.image_size}, float32",
-            "",
-            f"Machine: {machine()}.",
-            f"Command: `{command()}` (medians of {args.repeats} interleaved rounds of {args.steps} steps).",
-            "",
-            table,
-        ]))
+        write_section("train", f"Training throughput: {args.model}, batch {args.batch}, "
+                      f"{args.image_size}x{args.image_size}, float32", table,
+                      note=f" (medians of {args.repeats} interleaved rounds of {args.steps} steps)")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from resnet_bottleneck.cli import main
-from resnet_bottleneck.train import Config, Dataset, TrainingError, train
+from resnet_bottleneck.train import Config, train
 
 # A small, fast run: 8x8 digits upsampled to 16; 1,438 training images make 22 steps an epoch.
 SMALL = ["--image-size", "16", "--batch-size", "64", "--epochs", "2", "--checkpoint-every", "5", "--keep", "2"]

@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 
-from . import _checks
 from ._files import atomic_write
 
 PROG = "resnet-bottleneck"

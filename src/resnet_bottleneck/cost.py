@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import traverse_util
 
 from . import _checks
 from .models import count_params, create_model

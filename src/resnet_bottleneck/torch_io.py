@@ -115,9 +115,11 @@ def _format_problems(what: str, missing, unexpected, wrong) -> str:
 
 
 def _unwrap(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A training checkpoint's ``{'state_dict': ...}`` or ``{'model': ...}``, or the tensors themselves."""
+    if any(k.endswith(".weight") for k in state_dict):
+        return state_dict
     for key in ("state_dict", "model"):
-        if set(state_dict) == {key} or (key in state_dict and isinstance(state_dict[key], Mapping)
-                                         and not any(k.endswith(".weight") for k in state_dict)):
+        if isinstance(state_dict.get(key), Mapping):
             return state_dict[key]
     return state_dict
 
