@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -299,6 +299,7 @@ class Result:
     plot: str | None
     resumed_from: int | None = None
     history: list = field(default_factory=list)
+    state: Any = field(default=None, repr=False)  # the final train state: params, batch_stats, opt_state, step
 
 
 def _batches(n: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
@@ -483,7 +484,7 @@ def train(
             print("curves not drawn: matplotlib is not installed (pip install 'resnet-bottleneck[train]')",
                   file=sys.stderr)
             plot_path = None
-    result = Result(
+    return Result(
         test_accuracy=test_accuracy,
         epochs=config.epochs,
         steps=step,
@@ -494,9 +495,8 @@ def train(
         plot=str(plot_path) if plot_path is not None else None,
         resumed_from=resumed_from,
         history=history,
+        state=state,
     )
-    result.state = state  # for callers that want the trained variables
-    return result
 
 
 def _resume_history(path, step: int) -> list[dict]:
