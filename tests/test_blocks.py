@@ -201,3 +201,34 @@ def test_bfloat16_compute_with_float32_parameters_and_statistics(rng):
 def test_bad_options_are_named(block, error, message):
     with pytest.raises(error, match=message):
         block.init(jax.random.PRNGKey(0), jnp.ones((1, 4, 4, 8)))
+
+
+@pytest.mark.parametrize("strides,hw,use_bias", [(1, (8, 8), True), (2, (8, 8), False), (2, (7, 5), True)])
+def test_fast_conv_is_the_same_function(strides, hw, use_bias, rng):
+    """1x1 convs as dots (the models' default): the same variables, outputs and gradients as nn.Conv."""
+    from resnet_bottleneck.blocks import FastConv
+
+    x = rng.standard_normal((2, *hw, 8)).astype(np.float32)
+    plain = BottleneckBlock(4, 16, strides=strides, use_bias=use_bias, padding="torch")
+    fast = plain.clone(conv=FastConv)
+    v_plain, v_fast = plain.init(jax.random.PRNGKey(0), x), fast.init(jax.random.PRNGKey(0), x)
+    assert jax.tree_util.tree_structure(v_plain) == jax.tree_util.tree_structure(v_fast)
+    for a, b in zip(jax.tree_util.tree_leaves(v_plain), jax.tree_util.tree_leaves(v_fast)):
+        np.testing.assert_array_equal(a, b)
+
+    def loss(block, params):
+        y, _ = block.apply({**v_plain, "params": params}, x, mutable=["batch_stats"])
+        return jnp.sum(y * jnp.arange(y.size, dtype=y.dtype).reshape(y.shape) / y.size), y
+
+    (l_p, y_p), g_p = jax.jit(jax.value_and_grad(partial(loss, plain), has_aux=True))(v_plain["params"])
+    (l_f, y_f), g_f = jax.jit(jax.value_and_grad(partial(loss, fast), has_aux=True))(v_plain["params"])
+    np.testing.assert_allclose(y_f, y_p, rtol=1e-5, atol=1e-5)
+    scale = max(float(np.abs(b).max()) for b in jax.tree_util.tree_leaves(g_p))
+    for a, b in zip(jax.tree_util.tree_leaves(g_f), jax.tree_util.tree_leaves(g_p)):
+        # conv biases before a BN have zero true gradient: compare to the gradients' overall scale
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
+    # The fast path is really taken: only the 3x3 remains a convolution.
+    hlo = jax.jit(lambda v: fast.apply(v, x, mutable=["batch_stats"])).lower(v_plain).as_text()
+    assert hlo.count("stablehlo.convolution") == 1
+    assert jax.jit(lambda v: plain.apply(v, x, mutable=["batch_stats"])).lower(v_plain).as_text().count(
+        "stablehlo.convolution") == (4 if strides != 1 or x.shape[-1] != 16 else 3)

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
 from . import _checks
 
@@ -30,6 +31,35 @@ PADDINGS = ("SAME", "torch")
 
 #: The textbook normalisation: BatchNorm on the batch's statistics (training mode).
 TRAIN_BATCH_NORM = partial(nn.BatchNorm, use_running_average=False)
+
+
+_NHWC = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+    """``lax.conv_general_dilated``, with 1x1 convolutions computed as a matrix product.
+
+    A 1x1 conv is a dot over channels at every (strided) position. XLA:CPU runs it as a
+    convolution several times slower than as a dot, and its gradient far slower still
+    (measured here on (8, 56, 56, 256) -> 64: forward 20.7 vs 9.5 ms, gradient 199 vs
+    34 ms). Everything else goes to ``lax.conv_general_dilated`` unchanged. Pass it to
+    ``nn.Conv(conv_general_dilated=...)``: parameters and their names stay flax's.
+    """
+    unpadded = padding in ("VALID", "SAME") or all(tuple(p) == (0, 0) for p in padding)
+    pointwise = (rhs.ndim == 4 and rhs.shape[:2] == (1, 1) and feature_group_count == 1 and unpadded
+                 and tuple(lhs_dilation or (1, 1)) == (1, 1) and dimension_numbers == _NHWC and not kwargs)
+    if not pointwise:
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+                                        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                                        feature_group_count=feature_group_count, precision=precision, **kwargs)
+    sh, sw = window_strides
+    x = lhs[:, ::sh, ::sw, :] if (sh, sw) != (1, 1) else lhs  # a 1x1 conv reads only the strided positions
+    return lax.dot_general(x, rhs[0, 0], (((3,), (0,)), ((), ())), precision=precision)
+
+
+#: ``nn.Conv`` with 1x1 convolutions as dots: the same module, parameters and names.
+FastConv = partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 
 def _pair(name: str, value: Any) -> tuple[int, int]:

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _checks
-from .blocks import STRIDE_PLACEMENTS, BasicBlock, BottleneckBlock
+from .blocks import STRIDE_PLACEMENTS, BasicBlock, BottleneckBlock, FastConv
 from .norm import BatchNorm
 
 STAGE_NAMES = ("C2", "C3", "C4", "C5")
@@ -180,6 +180,7 @@ class ResNet(nn.Module):
             norm = FoldedNorm
         common = dict(
             norm=norm,
+            conv=FastConv,
             use_bias=self.folded,
             padding="torch",
             kernel_init=conv_kernel_init,
