@@ -1,6 +1,6 @@
 """resnet-bottleneck: the ResNet bottleneck block and its family in JAX/Flax Linen."""
 
-from .blocks import BasicBlock, BottleneckBlock
+from .blocks import BasicBlock, BottleneckBlock, FastConv
 from .cost import layer_costs, model_cost
 from .fold import fold_batchnorm
 from .forward import resnet_basic_forward, resnet_bottleneck_forward
@@ -11,6 +11,7 @@ __all__ = [
     "CONFIGS",
     "BasicBlock",
     "BottleneckBlock",
+    "FastConv",
     "ResNet",
     "create_model",
     "feature_info",
