@@ -297,12 +297,8 @@ def count_params(variables) -> int:
     return int(sum(leaf.size for leaf in jax.tree_util.tree_leaves(params)))
 
 
-def _map_stages(variables, fn):
-    out = {}
-    for collection, tree in variables.items():
-        tree = dict(tree)
-        out[collection] = fn(tree)
-    return out
+def _per_collection(variables, fn):
+    return {collection: fn(dict(tree)) for collection, tree in variables.items()}
 
 
 def unscan_variables(variables):
@@ -321,7 +317,7 @@ def unscan_variables(variables):
                 result[key] = value
         return result
 
-    return _map_stages(variables, unstack)
+    return _per_collection(variables, unstack)
 
 
 def scan_variables(variables):
@@ -340,4 +336,4 @@ def scan_variables(variables):
             result[f"{stage}_scan"] = {"block": jax.tree_util.tree_map(lambda *a: jnp.stack(a), *ordered)}
         return result
 
-    return _map_stages(variables, stack)
+    return _per_collection(variables, stack)

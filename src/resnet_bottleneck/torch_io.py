@@ -94,6 +94,15 @@ def _from_torch(array: np.ndarray, kind: str) -> np.ndarray:
     return array
 
 
+def _to_torch(array: np.ndarray, kind: str) -> np.ndarray:
+    """The inverse of :func:`_from_torch`: HWIO -> OIHW, (in, out) -> (out, in)."""
+    if kind == "conv":
+        return array.transpose(3, 2, 0, 1)
+    if kind == "dense":
+        return array.T
+    return array
+
+
 def _to_numpy(value) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch.Tensor, without importing torch
         value = value.detach().cpu()
@@ -151,9 +160,11 @@ def from_torchvision(state_dict: Mapping[str, Any], name: str, **options) -> tup
     layout = _layout(model)
     expected = {key for key, *_ in layout}
     missing = sorted(expected - set(state_dict))
-    unexpected = sorted(k for k in state_dict if k not in expected and not k.endswith(".num_batches_tracked"))
-    unexpected += sorted(k for k in state_dict if k.endswith(".num_batches_tracked")
-                         and k[: -len("num_batches_tracked")] + "running_mean" not in expected)
+    def expected_or_bn_counter(key):  # num_batches_tracked belongs to every BN that is expected
+        counter = key.endswith(".num_batches_tracked")
+        return key[: -len("num_batches_tracked")] + "running_mean" in expected if counter else key in expected
+
+    unexpected = sorted(k for k in state_dict if not expected_or_bn_counter(k))
     wrong, flat = [], {}
     for key, path, shape, kind in layout:
         if key not in state_dict:
@@ -164,7 +175,7 @@ def from_torchvision(state_dict: Mapping[str, Any], name: str, **options) -> tup
             continue
         flat[path] = jnp.asarray(_from_torch(array, kind).astype(np.float32))
     if missing or unexpected or wrong:
-        raise ValueError(_format_problems(f"state_dict does not fit torchvision's {name}", missing, sorted(unexpected), wrong))
+        raise ValueError(_format_problems(f"state_dict does not fit torchvision's {name}", missing, unexpected, wrong))
     return model, traverse_util.unflatten_dict(flat)
 
 
@@ -201,9 +212,8 @@ def to_torchvision(variables, name: str, *, as_numpy: bool = False, dtype=np.flo
     _, flat, expected = _checked_layout(variables, name)
     out = {}
     for path, (key, _, kind) in expected.items():
-        array = np.asarray(flat[path], dtype)
-        array = array.transpose(3, 2, 0, 1) if kind == "conv" else array.T if kind == "dense" else array
-        out[key] = np.array(array, order="C")  # a writable copy: torch refuses read-only arrays
+        # a writable copy: torch refuses read-only arrays
+        out[key] = np.array(_to_torch(np.asarray(flat[path], dtype), kind), order="C")
         if key.endswith(".running_var"):
             out[key[: -len("running_var")] + "num_batches_tracked"] = np.zeros((), np.int64)
     if as_numpy:

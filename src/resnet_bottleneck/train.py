@@ -371,8 +371,9 @@ def train(
     total_steps = config.epochs * steps_per_epoch
     optimizer = make_optimizer(config, steps_per_epoch)
     sample = _to_float(train_set.images[:1])
-    mean = _to_float(train_set.images).mean(axis=(0, 1, 2))
-    std = _to_float(train_set.images).std(axis=(0, 1, 2)) + 1e-6
+    pixels = _to_float(train_set.images)
+    mean, std = pixels.mean(axis=(0, 1, 2)), pixels.std(axis=(0, 1, 2)) + 1e-6
+    del pixels
 
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
