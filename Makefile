@@ -26,6 +26,7 @@ test: $(VENV)/.test
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.test
+	$(BIN)/python benchmarks/bench_cpu.py --write
 	$(BIN)/python benchmarks/bench_forward.py --write
 	$(BIN)/python benchmarks/bench_models.py --write
 	$(BIN)/python benchmarks/bench_fold.py --write

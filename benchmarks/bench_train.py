@@ -13,66 +13,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import median, write_section  # noqa: E402
+import _workloads as w  # noqa: E402
+from _report import write_section  # noqa: E402
 
-from resnet_bottleneck import create_model  # noqa: E402
+import resnet_bottleneck as rb  # noqa: E402
 from resnet_bottleneck.train import Config, train  # noqa: E402
-
-
-def ours(name, batch, size):
-    model = create_model(name)
-    tx = optax.sgd(0.01, momentum=0.9)
-    x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, size, size, 3)), jnp.float32)
-    y = jnp.asarray(np.random.default_rng(1).integers(0, 1000, batch), jnp.int32)
-    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x[:1])
-    state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
-
-    @jax.jit
-    def step(state, x, y):
-        params, stats, opt = state
-
-        def loss(p):
-            logits, new = model.apply({"params": p, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new["batch_stats"]
-
-        (value, stats), grads = jax.value_and_grad(loss, has_aux=True)(params)
-        updates, opt = tx.update(grads, opt, params)
-        return (optax.apply_updates(params, updates), stats, opt), value
-
-    holder = {"state": state}
-
-    def run():
-        holder["state"], value = step(holder["state"], x, y)
-        value.block_until_ready()
-
-    return run
-
-
-def theirs(name, batch, size):
-    import torch
-    import torchvision
-
-    torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
-    model = getattr(torchvision.models, name)(weights=None).to(memory_format=torch.channels_last).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(batch, 3, size, size).to(memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (batch,))
-
-    def run():
-        opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    return run
 
 
 def main() -> None:
@@ -85,19 +33,10 @@ def main() -> None:
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
 
-    runners = {"PyTorch (torchvision, channels_last)": theirs(args.model, args.batch, args.image_size),
-               "ours (jitted step)": ours(args.model, args.batch, args.image_size)}
-    for run in runners.values():
-        run()
-        run()  # compile / warm up
-    times = {k: [] for k in runners}
-    for _ in range(args.repeats):
-        for label, run in runners.items():
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                run()
-            times[label].append((time.perf_counter() - start) / args.steps)
-    rates = {k: args.batch / median(v) for k, v in times.items()}
+    runners = {"PyTorch (torchvision, channels_last)": w.torch_train_step(args.model, args.batch, args.image_size),
+               "ours (jitted step)": w.flax_train_step(args.model, args.batch, args.image_size, jit=rb.jit)}
+    seconds = w.interleaved(runners, args.repeats, inner=args.steps)
+    rates = {k: args.batch / v for k, v in seconds.items()}
     torch_rate = rates["PyTorch (torchvision, channels_last)"]
     lines = ["| contestant | step | images/s | vs PyTorch |", "|---|---|---|---|"]
     for label, rate in rates.items():

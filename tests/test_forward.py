@@ -120,15 +120,19 @@ def test_ill_conditioned_batch_norm_is_the_textbooks_own():
     eager, kappa = eager_textbook(TextbookBasic(8), 0, x)
     jitted = np.asarray(jax.jit(textbook_basic_forward, static_argnums=2)(0, jnp.asarray(x), 8))
     assert kappa > 1000 and np.abs(jitted - eager).max() > TOL  # the formula's own float32 spread
-    np.testing.assert_array_equal(rb.resnet_basic_forward(0, x, 8), jitted)
-    close(rb.resnet_basic_forward(0, x, 8), eager, tolerance(eager, kappa))
+    ours = rb.resnet_basic_forward(0, x, 8)
+    close(ours, jitted, tolerance(jitted, kappa))
+    close(ours, eager, tolerance(eager, kappa))
 
 
-@pytest.mark.parametrize("shape,mid", [((4, 4, 4), 2), ((3, 7, 5), 9), ((1, 1, 3), 1)])
-def test_bit_identical_to_textbook_under_jit(shape, mid, rng):
+@pytest.mark.parametrize("shape,mid", [((4, 4, 4), 2), ((3, 7, 5), 9), ((1, 1, 3), 1), ((6, 6, 32), 8)])
+def test_within_1e5_of_textbook_under_jit(shape, mid, rng):
+    """The fast path (1x1 convs as dots, our compile options) against the jitted textbook."""
     x = image(rng, *shape)
     jitted = jax.jit(textbook_bottleneck_forward, static_argnums=(2, 3))(np.uint32(5), jnp.asarray(x), mid, shape[-1])
-    np.testing.assert_array_equal(rb.resnet_bottleneck_forward(5, x, mid, shape[-1]), jitted)
+    ours = np.asarray(rb.resnet_bottleneck_forward(5, x, mid, shape[-1]))
+    close(ours, jitted)
+    assert ours.any()  # not vacuous: the block produced something to compare
 
 
 def test_one_by_one_spatial_input():

@@ -190,3 +190,61 @@ def test_bad_model_arguments_are_named(call, error, message):
 
 def test_model_is_a_plain_linen_module():
     assert isinstance(create_model("resnet18"), nn.Module)
+
+
+# --- the fast path of the models ------------------------------------------------------
+
+def numpy_max_pool(x, g, window=3, stride=2, pad=1):
+    """Eager oracle: max-pool with -inf padding, and its gradient routed to each window's
+    first maximum in row-major order (PyTorch's CPU kernel's rule)."""
+    n, h, w, c = x.shape
+    xp = np.full((n, h + 2 * pad, w + 2 * pad, c), -np.inf)
+    xp[:, pad:pad + h, pad:pad + w] = x
+    oh, ow = (h + 2 * pad - window) // stride + 1, (w + 2 * pad - window) // stride + 1
+    y, dxp = np.zeros((n, oh, ow, c)), np.zeros_like(xp)
+    for b in range(n):
+        for i in range(oh):
+            for j in range(ow):
+                for ch in range(c):
+                    patch = xp[b, i * stride:i * stride + window, j * stride:j * stride + window, ch]
+                    k = int(np.argmax(patch))  # argmax returns the first maximum in row-major order
+                    y[b, i, j, ch] = patch.flat[k]
+                    dxp[b, i * stride + k // window, j * stride + k % window, ch] += g[b, i, j, ch]
+    return y, dxp[:, pad:pad + h, pad:pad + w]
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 8, 3), (1, 7, 7, 2), (1, 2, 3, 1)])
+def test_max_pool_values_and_first_max_gradient(shape, rng):
+    from resnet_bottleneck.models import _max_of, _windows, max_pool
+
+    x = np.maximum(np.round(rng.standard_normal(shape) * 2) / 2, 0).astype(np.float32)  # many ties, at 0 and above
+    y = max_pool(jnp.asarray(x), 3, 2, 1)
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    dx = jax.vjp(lambda x: max_pool(x, 3, 2, 1), jnp.asarray(x))[1](jnp.asarray(g))[0]
+    y_ref, dx_ref = numpy_max_pool(x.astype(np.float64), g.astype(np.float64))
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(y, nn.max_pool(jnp.asarray(x), (3, 3), (2, 2), ((1, 1), (1, 1))))
+    # the wrong variant: plain autodiff of the same maximum splits ties, and the oracle sees it
+    split = jax.vjp(lambda x: _max_of(_windows(x, 3, 2, 1)), jnp.asarray(x))[1](jnp.asarray(g))[0]
+    assert np.abs(np.asarray(split) - dx_ref).max() > 1e-3
+
+
+def test_fast_model_agrees_with_plain_nn_conv(batch):
+    """The default model (1x1 convs as dots, compiled with our options) is the nn.Conv model's function."""
+    import resnet_bottleneck as rb
+
+    fast, plain = tiny(), tiny(conv=nn.Conv)
+    variables = plain.init(jax.random.PRNGKey(0), batch)
+    assert jax.tree_util.tree_structure(fast.init(jax.random.PRNGKey(0), batch)) == jax.tree_util.tree_structure(variables)
+
+    def run(model, jit):
+        def loss(params):
+            logits, state = model.apply({**variables, "params": params}, batch, train=True, mutable=["batch_stats"])
+            return jnp.mean(jax.nn.log_softmax(logits)[:, 0] * -1.0), (logits, state)
+
+        return jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+
+    for a, b in zip(jax.tree_util.tree_leaves(run(fast, rb.jit)), jax.tree_util.tree_leaves(run(plain, jax.jit))):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        assert np.abs(a - b).max(initial=0.0) <= 1e-4 * max(np.abs(b).max(initial=0.0), 1e-30)

@@ -6,6 +6,7 @@ from .fold import fold_batchnorm
 from .forward import resnet_basic_forward, resnet_bottleneck_forward
 from .models import CONFIGS, ResNet, create_model, feature_info
 from .torch_io import from_torchvision, to_torchvision
+from .xla import compiler_options, jit
 
 __all__ = [
     "CONFIGS",
@@ -14,9 +15,11 @@ __all__ = [
     "FastConv",
     "ResNet",
     "create_model",
+    "compiler_options",
     "feature_info",
     "fold_batchnorm",
     "from_torchvision",
+    "jit",
     "layer_costs",
     "model_cost",
     "resnet_basic_forward",

@@ -149,13 +149,14 @@ def _predict(args) -> int:
                 labels = [line.strip() for line in f if line.strip()]
         except (OSError, UnicodeDecodeError) as err:
             raise UsageError(f"--labels: cannot read {args.labels} as text, one class name a line ({err})") from None
+    from . import xla
     from .torch_io import load_model
 
     model, variables = load_model(args.weights, args.model)
     if labels is not None and len(labels) != model.num_classes:
         raise UsageError(f"--labels: {args.labels} has {len(labels)} names for {model.num_classes} classes")
     images = [preprocess(p) for p in args.images]  # every image is checked before any work
-    forward = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False)))
+    forward = xla.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False)))
     results = []
     live = len(images) > 1 and sys.stderr.isatty()
     for done, (path, image) in enumerate(zip(args.images, images)):

@@ -3,9 +3,10 @@
 ``resnet_bottleneck_forward(seed, x, mid_features, out_features)`` batches ``x``,
 initialises a :class:`~resnet_bottleneck.blocks.BottleneckBlock` with
 ``jax.random.PRNGKey(seed)``, applies it with ``mutable=['batch_stats']`` and returns
-the output flattened: exactly the textbook solution. It is compiled once per
-(shape, dtype, widths) and reused, so calling it in a loop costs a dispatch, not a
-trace of init and apply.
+the output flattened: the textbook solution, within float32 rounding (see README,
+"Numerics"). It is compiled once per (shape, dtype, widths), with this backend's
+:func:`~resnet_bottleneck.xla.compiler_options`, and reused, so calling it in a loop
+costs a dispatch, not a trace of init and apply.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from functools import partial
 import jax
 import numpy as np
 
-from . import _checks
+from . import _checks, xla
 from .blocks import BasicBlock, BottleneckBlock
 
 _traces = 0
@@ -35,12 +36,12 @@ def _init_apply(block, seed, x):
     return y.reshape(-1)
 
 
-@partial(jax.jit, static_argnums=(0, 1))
+@partial(xla.jit, static_argnums=(0, 1))
 def _bottleneck(mid_features: int, out_features: int, seed, x):
     return _init_apply(BottleneckBlock(mid_features, out_features), seed, x)
 
 
-@partial(jax.jit, static_argnums=(0,))
+@partial(xla.jit, static_argnums=(0,))
 def _basic(features: int, seed, x):
     return _init_apply(BasicBlock(features), seed, x)
 

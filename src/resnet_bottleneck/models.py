@@ -33,6 +33,54 @@ STAGE_NAMES = ("C2", "C3", "C4", "C5")
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def _windows(x, window: int, stride: int, padding: int) -> list:
+    """The ``window**2`` strided views of ``x`` padded with -inf, one per window offset."""
+    n, h, w, c = x.shape
+    oh, ow = (h + 2 * padding - window) // stride + 1, (w + 2 * padding - window) // stride + 1
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
+    return [jax.lax.slice(xp, (0, i, j, 0), (n, i + stride * (oh - 1) + 1, j + stride * (ow - 1) + 1, c), (1, stride, stride, 1))
+            for i in range(window) for j in range(window)]
+
+
+def _max_of(views):
+    y = views[0]
+    for view in views[1:]:
+        y = jnp.maximum(y, view)
+    return y
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool(x, window: int, stride: int, padding: int):
+    """Max-pool over square windows, padding with -inf (as torch); NHWC.
+
+    The same values as ``nn.max_pool``. Its gradient goes to the first maximum of each
+    window in row-major order, as PyTorch's does; computed from strided views rather
+    than XLA's ``select_and_scatter``, which is ~6x slower on XLA:CPU (ResNet-50's stem
+    pool at batch 8: 136 ms against 20 ms for forward + backward).
+    """
+    return _max_of(_windows(x, window, stride, padding))
+
+
+def _max_pool_fwd(x, window, stride, padding):
+    y = _max_of(_windows(x, window, stride, padding))
+    return y, (x, y)
+
+
+def _max_pool_bwd(window, stride, padding, residuals, g):
+    x, y = residuals
+    views, to_input = jax.vjp(lambda x: _windows(x, window, stride, padding), x)
+    taken = jnp.zeros(y.shape, bool)
+    routed = []
+    for view in views:
+        first = (view == y) & ~taken
+        taken = taken | first
+        routed.append(jnp.where(first, g, jnp.zeros_like(g)))
+    return to_input(routed)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
 @dataclass(frozen=True)
 class Config:
     """One row of the family.
@@ -134,6 +182,9 @@ class ResNet(nn.Module):
         ``nn.scan``, so a deep model traces and compiles one block per stage. Its
         parameters are stacked under ``layerN_scan``; :func:`unscan_variables` and
         :func:`scan_variables` convert between the two layouts.
+      conv: the blocks' convolution constructor; :data:`~resnet_bottleneck.blocks.FastConv`
+        (1x1 convs as matrix products) by default, ``nn.Conv`` for the plain form. The
+        variables are the same either way.
     """
 
     stage_sizes: Sequence[int]
@@ -152,6 +203,7 @@ class ResNet(nn.Module):
     remat: bool = False
     scan: bool = False
     folded: bool = False
+    conv: Any = FastConv
 
     @nn.compact
     def __call__(self, x, train: bool = False, *, features: bool = False):
@@ -180,7 +232,7 @@ class ResNet(nn.Module):
             norm = FoldedNorm
         common = dict(
             norm=norm,
-            conv=FastConv,
+            conv=self.conv,
             use_bias=self.folded,
             padding="torch",
             kernel_init=conv_kernel_init,
@@ -199,7 +251,7 @@ class ResNet(nn.Module):
                     kernel_init=conv_kernel_init, dtype=self.dtype, param_dtype=self.param_dtype, name="conv1")(x)
         x = nn.relu(norm(dtype=self.dtype, param_dtype=self.param_dtype, name="bn1")(x))
         outputs = {"stem": x}
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # pads with -inf, as torch
+        x = max_pool(x, 3, 2, 1)
 
         for i, size in enumerate(config.stage_sizes):
             mid, out = _stage_widths(config, i)

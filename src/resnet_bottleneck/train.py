@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from . import _checks
+from . import _checks, xla
 from .models import ResNet, create_model
 
 DEFAULT_MODEL = "resnet_tiny"
@@ -396,10 +396,10 @@ def train(
     else:
         state = jax.jit(init_state, out_shardings=state_sharding)()
 
-    train_step = jax.jit(make_train_step(model, optimizer, num_classes, config.label_smoothing),
+    train_step = xla.jit(make_train_step(model, optimizer, num_classes, config.label_smoothing),
                          in_shardings=(state_sharding, batch_sharding, batch_sharding),
                          out_shardings=(state_sharding, replicated), donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(model), in_shardings=(state_sharding, batch_sharding, batch_sharding, batch_sharding),
+    eval_step = xla.jit(make_eval_step(model), in_shardings=(state_sharding, batch_sharding, batch_sharding, batch_sharding),
                         out_shardings=replicated)
 
     def put(array, sharding):
