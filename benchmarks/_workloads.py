@@ -33,8 +33,11 @@ def block_flops(batch: int, size: int, channels: int, mid: int) -> float:
     return 2.0 * batch * size * size * (channels * mid + 9 * mid * mid + mid * channels)
 
 
-def interleaved(runners: dict, repeats: int, inner: int = 1) -> dict[str, float]:
-    """Median seconds per call of each runner, rounds interleaved (after two warm-up calls)."""
+def interleaved(runners: dict, repeats: int, inner: int = 1, stat=median) -> dict[str, float]:
+    """Seconds per call of each runner, rounds interleaved (after two warm-up calls).
+
+    ``stat`` summarises the rounds: the median by default; ``min`` for a peak.
+    """
     for run in runners.values():
         run()
         run()
@@ -45,7 +48,7 @@ def interleaved(runners: dict, repeats: int, inner: int = 1) -> dict[str, float]
             for _ in range(inner):
                 run()
             times[label].append((time.perf_counter() - start) / inner)
-    return {k: median(v) for k, v in times.items()}
+    return {k: stat(v) for k, v in times.items()}
 
 
 def _rng_array(shape, seed, dtype=jnp.float32):

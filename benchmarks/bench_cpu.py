@@ -78,7 +78,7 @@ def main() -> None:
         print(f"{label:44s} " + "  ".join(f"{k} {v * 1e3:8.1f} ms" for k, v in seconds.items()), flush=True)
 
     n = 2048
-    peak = w.interleaved({TORCH: w.torch_matmul(n), OURS: w.flax_matmul(n, rb.jit)}, args.repeats, inner=3)
+    peak = w.interleaved({TORCH: w.torch_matmul(n), OURS: w.flax_matmul(n, rb.jit)}, args.repeats, inner=3, stat=min)
     peak_gflops = {k: 2 * n**3 / v / 1e9 for k, v in peak.items()}
     print(f"matmul {n}x{n} f32: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak_gflops.items()), flush=True)
 
@@ -106,7 +106,7 @@ def main() -> None:
     }, 3 * 2.0 * macs * b, repeats=max(3, args.repeats - 2))
 
     top = max(peak_gflops.values())
-    lines = [f"Matmul peak measured in this run ({n}x{n}, float32): "
+    lines = [f"Matmul peak measured in this run ({n}x{n}, float32, best of {args.repeats} rounds): "
              + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak_gflops.items()) + ".", "",
              f"| workload (batch {b}) | {TORCH} | {PLAIN} | {OURS} | ours vs PyTorch (time) | ours GFLOP/s (% of peak) |",
              "|---|---|---|---|---|---|"]
@@ -117,6 +117,7 @@ def main() -> None:
         gflops = flops / seconds[OURS] / 1e9
         lines.append(f"| {label} | {cell(seconds[TORCH])} | {cell(seconds[PLAIN])} | {cell(seconds[OURS])} | "
                      f"**{ratio:.2f}x** | {gflops:.0f} ({100 * gflops / top:.0f}%) |")
+    lines += ["", *verdicts(rows, top)]
     table = "\n".join(lines)
     print(table)
     if args.write:
@@ -126,6 +127,30 @@ def main() -> None:
                       text=("Time ratios below 1 mean ours is faster. The 3x3 conv row shows why "
                             "`resnet_bottleneck.jit` compiles with its own options on CPU (see `xla.py`). "
                             f"Plot: [{PLOT.name}](benchmarks/{PLOT.name})."))
+
+
+def verdicts(rows, peak: float) -> list[str]:
+    """The issue's targets, read off this run's rows (time ratios ours / PyTorch)."""
+    ratio = {label: s[OURS] / s[TORCH] for label, s, _ in rows}
+    torch_infer = next(flops / s[TORCH] / 1e9 for label, s, flops in rows if "inference" in label)
+    forward = [v for k, v in ratio.items() if k.startswith("block") and k.endswith(", forward")]
+    backward = [v for k, v in ratio.items() if k.startswith("block") and k.endswith("forward + backward")]
+    infer = next(v for k, v in ratio.items() if "inference" in k)
+    train = next(v for k, v in ratio.items() if "training" in k)
+
+    def verdict(ok):
+        return "**met**" if ok else "**not met**"
+
+    return [
+        f"- Block forward <= 1.0x PyTorch's time at all four stages: {verdict(max(forward) <= 1.0)} "
+        f"(worst {max(forward):.2f}x).",
+        f"- Block forward + backward <= 1.0x at all four stages: {verdict(max(backward) <= 1.0)} "
+        f"(worst {max(backward):.2f}x, best {min(backward):.2f}x).",
+        f"- ResNet-50 inference >= 1.2x PyTorch's images/s: {verdict(1 / infer >= 1.2)} ({1 / infer:.2f}x). "
+        f"PyTorch's inference runs at {torch_infer:.0f} GFLOP/s; 1.2x that is {1.2 * torch_infer:.0f} GFLOP/s, "
+        f"{120 * torch_infer / peak:.0f}% of the best matmul measured in this run.",
+        f"- ResNet-50 training >= 1.0x PyTorch's images/s: {verdict(1 / train >= 1.0)} ({1 / train:.2f}x).",
+    ]
 
 
 def plot(rows, batch: int) -> None:
