@@ -57,7 +57,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     sh, sw = window_strides
     x = lhs[:, ::sh, ::sw, :] if (sh, sw) != (1, 1) else lhs  # a 1x1 conv reads only the strided positions
     # As a 2-D product: the weight gradient then contracts one axis, not three, which
-    # XLA:CPU would transpose into a copy first (1.3x slower for the 56x56x256 block's).
+    # XLA:CPU would transpose into a copy first (the 56x56 block's 1x1 weight gradients
+    # measured 1.3x and 3x slower that way).
     y = lax.dot_general(x.reshape(-1, x.shape[-1]), rhs[0, 0], (((1,), (0,)), ((), ())), precision=precision)
     return y.reshape(*x.shape[:-1], rhs.shape[-1])
 
