@@ -1,8 +1,8 @@
 """Inference with BatchNorm folded into the convs against the unfolded eval model.
 
 ResNet-50 (or --model), eval mode, random weights with running statistics taken from a
-batch of activations, float32, each --batch at 224x224; both compiled once, then timed
-interleaved; medians.
+batch of activations, float32, each --batch at 224x224; both compiled once (with
+``resnet_bottleneck.jit``), then timed interleaved; medians.
 
     python benchmarks/bench_fold.py [--model resnet50] [--batch 1 8] [--repeats 7] [--write]
 """
@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import median, write_section  # noqa: E402
 
-from resnet_bottleneck import create_model  # noqa: E402
+from resnet_bottleneck import create_model, jit  # noqa: E402
 from resnet_bottleneck.fold import fold_batchnorm  # noqa: E402
 
 
@@ -40,8 +40,8 @@ def main() -> None:
     calibrate = jax.jit(lambda v, x: model.clone(bn_momentum=0.0).apply(v, x, train=True, mutable=["batch_stats"])[1])
     variables = {"params": variables["params"], **calibrate(variables, x8)}
     folded_model, folded = fold_batchnorm(model, variables)
-    plain = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    fast = jax.jit(folded_model.apply)
+    plain = jit(lambda v, x: model.apply(v, x, train=False))
+    fast = jit(folded_model.apply)
     rows = [
         "| model | batch | unfolded eval | BN folded | speed-up | images/s unfolded -> folded | max rel. difference |",
         "|---|---|---|---|---|---|---|",
