@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _workloads as w  # noqa: E402
-from _report import write_section  # noqa: E402
+from _report import median, write_section  # noqa: E402
 
 import resnet_bottleneck as rb  # noqa: E402
 
@@ -62,7 +62,10 @@ def main(argv=None) -> dict:
         stages, matmul_n, block_batch = ((8, 32, 8), (4, 64, 16)), 256, 2
     device = jax.devices()[0]
     bf16 = jnp.bfloat16
-    peak_seconds = w.interleaved({"matmul": w.flax_matmul(matmul_n, rb.jit, bf16)}, repeats, inner=steps)["matmul"]
+    def timed(run, stat=median):
+        return w.interleaved({"run": run}, repeats, inner=steps, stat=stat)["run"]
+
+    peak_seconds = timed(w.flax_matmul(matmul_n, rb.jit, bf16), stat=min)  # a peak: the best round
     measured_peak = 2 * matmul_n**3 / peak_seconds / 1e12
     spec = spec_peak(device)
     top = spec or measured_peak
@@ -78,13 +81,12 @@ def main(argv=None) -> dict:
               + (f"  {images / seconds:10.1f} img/s" if images else ""), flush=True)
 
     macs = rb.model_cost(model, size)["macs"]
-    train = w.interleaved({"t": w.flax_train_step(model, batch, size, jit=rb.jit, dtype=bf16)}, repeats, inner=steps)["t"]
+    train = timed(w.flax_train_step(model, batch, size, jit=rb.jit, dtype=bf16))
     row(f"{model} training step, batch {batch}", train, 3 * 2.0 * macs * batch, images=batch)
-    infer = w.interleaved({"i": w.flax_eval(model, batch, size, jit=rb.jit, fold=True, dtype=bf16)}, repeats, inner=steps)["i"]
+    infer = timed(w.flax_eval(model, batch, size, jit=rb.jit, fold=True, dtype=bf16))
     row(f"{model} inference (BN folded), batch {batch}", infer, 2.0 * macs * batch, images=batch)
     for s, channels, mid in stages:
-        seconds = w.interleaved({"b": w.flax_block(block_batch, s, channels, mid, jit=rb.jit, dtype=bf16, backward=True)},
-                                repeats, inner=steps)["b"]
+        seconds = timed(w.flax_block(block_batch, s, channels, mid, jit=rb.jit, dtype=bf16, backward=True))
         row(f"block {s}x{s}x{channels}/{mid}, batch {block_batch}, fwd + bwd", seconds,
             3 * w.block_flops(block_batch, s, channels, mid))
 

@@ -223,8 +223,8 @@ def _relative_close(fast, plain, rtol=1e-4):
 
 def _forward_and_grads(block, variables, x, jit):
     """Output, updated statistics and the gradients of every parameter and of the input."""
-    weights = jnp.asarray(np.random.default_rng(7).standard_normal(block.apply(
-        variables, x, mutable=["batch_stats"])[0].shape), jnp.float32)
+    shape = jax.eval_shape(lambda v, x: block.apply(v, x, mutable=["batch_stats"])[0], variables, x).shape
+    weights = jnp.asarray(np.random.default_rng(7).standard_normal(shape), jnp.float32)
 
     def loss(params, x):
         y, state = block.apply({**variables, "params": params}, x, mutable=["batch_stats"])
