@@ -11,6 +11,16 @@ from pathlib import Path
 
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
+# The benchmarks opt in to glibc keeping freed memory (before any JAX computation; PyTorch
+# shares the process, so it runs under the same allocator): otherwise XLA:CPU page-faults
+# through every call's scratch buffers. BENCH_SYSTEM_MALLOC=1 measures without it.
+if os.environ.get("BENCH_SYSTEM_MALLOC") == "1":
+    REUSES_MEMORY = False
+else:
+    from resnet_bottleneck import reuse_freed_memory
+
+    REUSES_MEMORY = reuse_freed_memory()
+
 
 def machine() -> str:
     import jax
@@ -32,9 +42,10 @@ def machine() -> str:
         mem = f", {kb / 2**20:.0f} GiB"
     except (OSError, AttributeError):
         pass
+    allocator = "freed memory reused (`reuse_freed_memory()`)" if REUSES_MEMORY else "the system allocator's defaults"
     return (
         f"{cpu}, {cores} cores{mem}; Python {platform.python_version()}, jax {jax.__version__} "
-        f"({jax.default_backend()}), {platform.system()} {platform.machine()}"
+        f"({jax.default_backend()}), {platform.system()} {platform.machine()}; {allocator}"
     )
 
 

@@ -234,6 +234,8 @@ def _forward_and_grads(block, variables, x, jit):
     return y, state, grads
 
 
+PLAIN_NORM = partial(nn.BatchNorm, use_running_average=False)
+
 FAST_CASES = [
     (BottleneckBlock, dict(mid_features=4, out_features=16), (2, 8, 8, 8)),
     (BottleneckBlock, dict(mid_features=4, out_features=16, strides=2, use_bias=False, padding="torch"), (2, 8, 8, 8)),
@@ -245,8 +247,9 @@ FAST_CASES = [
 
 
 @pytest.mark.parametrize("cls,options,shape", FAST_CASES)
-def test_fast_default_agrees_with_plain_nn_conv(cls, options, shape, rng):
-    """The default (1x1 convs as dots, compiled with our options) is the plain nn.Conv block's function.
+def test_fast_default_agrees_with_plain_flax(cls, options, shape, rng):
+    """The default (1x1 convs as dots, BatchNorm's gradient by hand, compiled with our options)
+    is the function of the plain block: ``nn.Conv`` and ``nn.BatchNorm`` under ``jax.jit``.
 
     Same variables and initial values; outputs, BatchNorm statistics and the gradients of every
     parameter and of the input within 1e-4 of each leaf's scale (float32).
@@ -254,7 +257,7 @@ def test_fast_default_agrees_with_plain_nn_conv(cls, options, shape, rng):
     import resnet_bottleneck as rb
 
     x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
-    fast, plain = cls(**options), cls(**options, conv=nn.Conv)
+    fast, plain = cls(**options), cls(**options, conv=nn.Conv, norm=PLAIN_NORM)
     v_fast, v_plain = fast.init(jax.random.PRNGKey(0), x), plain.init(jax.random.PRNGKey(0), x)
     assert jax.tree_util.tree_structure(v_fast) == jax.tree_util.tree_structure(v_plain)
     for a, b in zip(jax.tree_util.tree_leaves(v_fast), jax.tree_util.tree_leaves(v_plain)):
@@ -284,7 +287,7 @@ def test_a_wrong_fast_path_would_be_caught(rng):
 
     x = jnp.asarray(rng.standard_normal((2, 8, 8, 8)), jnp.float32)
     wrong = BottleneckBlock(4, 16, strides=2, conv=partial(nn.Conv, conv_general_dilated=off_by_a_little))
-    plain = BottleneckBlock(4, 16, strides=2, conv=nn.Conv)
+    plain = BottleneckBlock(4, 16, strides=2, conv=nn.Conv, norm=PLAIN_NORM)
     variables = plain.init(jax.random.PRNGKey(0), x)
     with pytest.raises(AssertionError):
         _relative_close(_forward_and_grads(wrong, variables, x, jax.jit), _forward_and_grads(plain, variables, x, jax.jit))

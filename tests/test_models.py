@@ -248,3 +248,30 @@ def test_fast_model_agrees_with_plain_nn_conv(batch):
     for a, b in zip(jax.tree_util.tree_leaves(run(fast, rb.jit)), jax.tree_util.tree_leaves(run(plain, jax.jit))):
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
         assert np.abs(a - b).max(initial=0.0) <= 1e-4 * max(np.abs(b).max(initial=0.0), 1e-30)
+
+
+def test_global_average_pool_is_the_mean_and_keeps_convs_off_ynnpack(rng):
+    """The classifier's pooling: the spatial mean, in float32 even for bfloat16 input. Under our
+    XLA:CPU options a plain ``jnp.mean`` would pull the conv before it into a YNNPACK fusion
+    (the slow kernels for convs there); the product with ones leaves it to XLA."""
+    import resnet_bottleneck as rb
+    from resnet_bottleneck.models import global_average_pool
+
+    x = jnp.asarray(rng.standard_normal((2, 7, 5, 6)), jnp.float32)
+    np.testing.assert_allclose(global_average_pool(x), jnp.mean(x, axis=(1, 2)), rtol=1e-6, atol=1e-6)
+    half = global_average_pool(x.astype(jnp.bfloat16))
+    assert half.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(half, np.float32), jnp.mean(x, axis=(1, 2)), rtol=1e-2, atol=1e-2)
+
+    x = jnp.ones((8, 7, 7, 512), jnp.float32)  # the last stage's shape: compiled, not run
+    k = jnp.ones((3, 3, 512, 512), jnp.float32)
+
+    def head(pool):
+        def f(x):
+            y = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            return pool(jax.nn.relu(y))
+        return rb.jit(f).lower(x).compile().as_text()
+
+    if jax.default_backend() == "cpu":
+        assert "__ynn_fusion" in head(lambda y: jnp.mean(y, axis=(1, 2)))
+        assert "__ynn_fusion" not in head(global_average_pool)

@@ -1,10 +1,14 @@
 """Per-compilation options: chosen per backend, in effect where we compile, nowhere else."""
 
 import os
+import platform
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax import lax
 
 import resnet_bottleneck as rb
@@ -46,3 +50,36 @@ def test_jit_is_jax_jit_otherwise(rng):
     before = os.environ.get("XLA_FLAGS")
     rb.jit(lambda x: x + 1)(jnp.ones(3))
     assert os.environ.get("XLA_FLAGS") == before  # compiling with options sets nothing process-wide
+
+
+_FAULTS = """
+import resource, sys
+import jax, jax.numpy as jnp
+import resnet_bottleneck as rb
+if sys.argv[1] == "reuse":
+    assert rb.reuse_freed_memory()
+f = jax.jit(lambda a: ((a @ a) @ a)[:8])  # two 64 MB intermediates per call
+a = jnp.full((4096, 4096), 1e-3, jnp.float32)
+for _ in range(6):  # the heap grows to its high-water mark over the first few calls
+    f(a).block_until_ready()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+    f(a).block_until_ready()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _page_faults_of_calls(mode: str) -> int:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return int(done.stdout.split()[-1])
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_reuse_freed_memory_stops_the_page_faults_and_import_does_not_do_it():
+    """Each call of a jitted function maps its 64 MB intermediates afresh (16,384 pages each)
+    unless glibc is told to keep freed memory; importing the library alone changes nothing."""
+    after_import, reused = _page_faults_of_calls("import-only"), _page_faults_of_calls("reuse")
+    assert after_import > 3 * 16_384
+    assert reused < after_import / 10

@@ -6,7 +6,7 @@ from .fold import fold_batchnorm
 from .forward import resnet_basic_forward, resnet_bottleneck_forward
 from .models import CONFIGS, ResNet, create_model, feature_info
 from .torch_io import from_torchvision, to_torchvision
-from .xla import compiler_options, jit
+from .xla import compiler_options, jit, reuse_freed_memory
 
 __all__ = [
     "CONFIGS",
@@ -24,6 +24,7 @@ __all__ = [
     "model_cost",
     "resnet_basic_forward",
     "resnet_bottleneck_forward",
+    "reuse_freed_memory",
     "to_torchvision",
 ]
 

@@ -3,8 +3,9 @@
 Both blocks are plain Flax Linen modules. With their defaults they are the textbook
 blocks of the founding specification (flax's ``Conv`` and ``BatchNorm``, batch
 statistics, ``'SAME'`` padding, identity shortcut): the same variable tree and initial
-values as anyone's ``@nn.compact`` textbook solution, and the same outputs up to float32
-rounding, because the 1x1 convs are computed as matrix products (:data:`FastConv`).
+values as anyone's ``@nn.compact`` textbook solution, and the same outputs and gradients
+up to float32 rounding, because the 1x1 convs are computed as matrix products
+(:data:`FastConv`) and BatchNorm's gradient in closed form (:data:`TRAIN_BATCH_NORM`).
 Every option below defaults to that behaviour.
 
 The blocks do not know about train/eval: like the Flax ImageNet example, the caller
@@ -24,14 +25,16 @@ import jax.numpy as jnp
 from jax import lax
 
 from . import _checks
+from .norm import FLAX_BATCH_NORM
 
 ModuleDef = Any
 
 STRIDE_PLACEMENTS = ("3x3", "1x1")
 PADDINGS = ("SAME", "torch")
 
-#: The textbook normalisation: BatchNorm on the batch's statistics (training mode).
-TRAIN_BATCH_NORM = partial(nn.BatchNorm, use_running_average=False)
+#: The textbook normalisation, Flax's ``nn.BatchNorm`` on the batch's statistics (training
+#: mode), with a hand-written gradient: the same variables, statistics and running averages.
+TRAIN_BATCH_NORM = FLAX_BATCH_NORM
 
 
 _NHWC = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
@@ -156,9 +159,10 @@ class BottleneckBlock(nn.Module):
       padding: ``'SAME'`` (flax's, the seed's) or ``'torch'`` (symmetric, as torchvision).
         They differ only for the strided 3x3 on an even input: ``'SAME'`` pads (0, 1),
         torchvision (1, 1). Use ``'torch'`` with torchvision weights.
-      norm: the normalisation constructor; the textbook's training-mode BatchNorm by
-        default. Pass ``partial(nn.BatchNorm, use_running_average=True, ...)`` for eval,
-        momentum or epsilon.
+      norm: the normalisation constructor; by default the textbook's training-mode
+        BatchNorm (flax's ``nn.BatchNorm``, with its gradient in closed form). Pass
+        ``partial(nn.BatchNorm, use_running_average=True, ...)`` for eval, momentum or
+        epsilon (or ``partial(TRAIN_BATCH_NORM, ...)`` for the same with the fast gradient).
       conv: the convolution constructor (``nn.Conv`` signature). The default,
         :data:`FastConv`, is ``nn.Conv`` with the 1x1 convs computed as matrix products:
         the same variables and initial values, results within float32 rounding of

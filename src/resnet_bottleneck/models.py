@@ -49,6 +49,21 @@ def _max_of(views):
     return y
 
 
+def global_average_pool(x):
+    """Mean over the spatial axes of NHWC ``x``, as ``(N, C)``; accumulated in float32 or wider.
+
+    Written as a product with a vector of ones, not a reduction: under our XLA:CPU options
+    a reduction goes to YNNPACK, whose fusion then swallows every conv of the last stage
+    above it and runs them slower than XLA's own kernels (ResNet-50 inference at batch
+    8: 3.5-7% slower end to end, measured both ways in one run).
+    """
+    n, h, w, c = x.shape
+    ones = jnp.ones((h * w,), x.dtype)
+    total = jnp.einsum("nsc,s->nc", x.reshape(n, h * w, c), ones,
+                       preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
+    return (total / (h * w)).astype(x.dtype)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def max_pool(x, window: int, stride: int, padding: int):
     """Max-pool over square windows, padding with -inf (as torch); NHWC.
@@ -276,7 +291,7 @@ class ResNet(nn.Module):
             return outputs
         if self.num_classes is None:
             return x
-        x = jnp.mean(x, axis=(1, 2))
+        x = global_average_pool(x)
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
         return jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32))  # bf16 logits come back as float32
 

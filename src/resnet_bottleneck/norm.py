@@ -8,16 +8,81 @@ its running statistics if the update is the same, so the models use this module.
 variables are Flax's (``params: scale, bias``; ``batch_stats: mean, var``).
 
 ``momentum`` is Flax's convention, the weight of the old value: PyTorch's ``0.1`` is ``0.9``.
+With ``momentum=0.99, unbiased_running_var=False, use_fast_variance=True`` it is Flax's
+``nn.BatchNorm`` (:data:`FLAX_BATCH_NORM`, the blocks' default): same variables, same
+statistics, same running averages.
+
+In training mode the gradient is written by hand (:func:`batch_norm`), not derived by
+autodiff: two passes over the activations instead of the five or so that autodiff's
+chain through mean, variance and normalisation makes. BatchNorm is memory-bound, and on
+this project's CPU the hand-written gradient made the bottleneck block's forward +
+backward 6-12% faster at ResNet-50's stage shapes.
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+
+def _channels(v, ndim: int):
+    """A per-channel vector shaped to broadcast against an ``ndim``-d activation."""
+    return v.reshape((1,) * (ndim - 1) + (-1,))
+
+
+def _statistics(x, fast_variance: bool):
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axes)
+    if fast_variance:  # Flax's default: E[x^2] - E[x]^2, one pass, clipped at 0
+        return mean, jnp.maximum(0.0, jnp.square(x).mean(axes) - jnp.square(mean))
+    return mean, jnp.square(x - _channels(mean, x.ndim)).mean(axes)  # two passes, as PyTorch
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm(x, scale, bias, epsilon: float, fast_variance: bool):
+    """Training-mode BatchNorm over all axes but the last: ``(y, mean, var)``, in float32 or wider.
+
+    ``y = (x - mean) * rsqrt(var + epsilon) * scale + bias`` with the batch's ``mean``
+    and biased ``var``; ``fast_variance`` computes ``var`` as ``E[x^2] - E[x]^2`` (Flax's
+    default) instead of ``E[(x - E[x])^2]``. The gradient, of all three outputs, is the
+    closed form: one pass of reductions and one elementwise pass over the activations.
+    """
+    return _batch_norm_fwd(x, scale, bias, epsilon, fast_variance)[0]
+
+
+def _batch_norm_fwd(x, scale, bias, epsilon, fast_variance):
+    xs = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    mean, var = _statistics(xs, fast_variance)
+    inv = jax.lax.rsqrt(var + epsilon)
+    y = (xs - _channels(mean, x.ndim)) * _channels(inv * scale, x.ndim) + _channels(bias, x.ndim)
+    return (y, mean, var), (x, mean, inv, scale)
+
+
+def _batch_norm_bwd(epsilon, fast_variance, residuals, cotangents):
+    x, mean, inv, scale = residuals
+    dy, dmean, dvar = cotangents
+    axes, n = tuple(range(x.ndim - 1)), x.size // x.shape[-1]
+    xs = x.astype(dy.dtype)
+    dbias = dy.sum(axes)
+    # sum(dy * x_hat), from sum(dy * x): written with (x - mean) XLA would keep the forward's
+    # copy of (x - mean) alive until here, one more activation per BatchNorm (+50% memory
+    # for ResNet-50). The cancellation costs ~|mean| / std ulps, harmless in float32.
+    dscale = ((dy * xs).sum(axes) - mean * dbias) * inv
+    a = inv * scale
+    # dx = a (dy - mean(dy) - x_hat mean(dy x_hat)) + dmean / n + 2 dvar (x - mean) / n
+    slope = (a * inv * dscale - 2.0 * dvar) / n
+    offset = (dmean - a * dbias) / n
+    centred = xs - _channels(mean, x.ndim)
+    dx = _channels(a, x.ndim) * dy - _channels(slope, x.ndim) * centred + _channels(offset, x.ndim)
+    return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
+
+
+batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
 
 
 class BatchNorm(nn.Module):
@@ -30,6 +95,9 @@ class BatchNorm(nn.Module):
       epsilon: added to the variance.
       unbiased_running_var: fold ``var * n / (n - 1)`` into the running variance, as
         PyTorch does; ``False`` folds the biased variance, as ``flax.linen.BatchNorm``.
+      use_fast_variance: batch variance as ``E[x^2] - E[x]^2`` (Flax's default; one pass,
+        less exact when the mean is large against the spread) instead of PyTorch's
+        ``E[(x - E[x])^2]``.
       axis_name: a mapped axis (``pmap``/``shard_map``) to average the statistics over.
       dtype: output dtype; statistics are always computed in float32 or wider.
       param_dtype: dtype of ``scale``, ``bias`` and the running statistics.
@@ -39,6 +107,7 @@ class BatchNorm(nn.Module):
     momentum: float = 0.9
     epsilon: float = 1e-5
     unbiased_running_var: bool = True
+    use_fast_variance: bool = False
     axis_name: str | None = None
     dtype: Any = None
     param_dtype: Any = jnp.float32
@@ -55,27 +124,36 @@ class BatchNorm(nn.Module):
         bias = self.param("bias", self.bias_init, features, self.param_dtype)
         stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
         broadcast = (1,) * (x.ndim - 1) + features
-
+        dtype = self.dtype if self.dtype is not None else jnp.result_type(x.dtype, self.param_dtype)
+        sync = self.axis_name is not None and not self.is_initializing()
         if use_running_average:
             mean, var = ra_mean.value.astype(stat_dtype), ra_var.value.astype(stat_dtype)
+            multiplier = jax.lax.rsqrt(var + self.epsilon) * scale.astype(stat_dtype)
+            shift = bias.astype(stat_dtype) - mean * multiplier
+            y = x.astype(stat_dtype) * multiplier.reshape(broadcast) + shift.reshape(broadcast)
+            return y.astype(dtype)
+        if sync:  # statistics averaged over devices: autodiff through the collectives
+            xs, axes = x.astype(stat_dtype), tuple(range(x.ndim - 1))
+            mean = jax.lax.pmean(xs.mean(axes), self.axis_name)
+            if self.use_fast_variance:
+                second = jax.lax.pmean(jnp.square(xs).mean(axes), self.axis_name)
+                var = jnp.maximum(0.0, second - jnp.square(mean))
+            else:
+                var = jax.lax.pmean(jnp.square(xs - _channels(mean, x.ndim)).mean(axes), self.axis_name)
+            multiplier = jax.lax.rsqrt(var + self.epsilon) * scale.astype(stat_dtype)
+            shift = bias.astype(stat_dtype) - mean * multiplier
+            y = xs * _channels(multiplier, x.ndim) + _channels(shift, x.ndim)
         else:
-            axes = tuple(range(x.ndim - 1))
-            xs = x.astype(stat_dtype)
-            sync = self.axis_name is not None and not self.is_initializing()
-            mean = xs.mean(axes)
-            if sync:
-                mean = jax.lax.pmean(mean, self.axis_name)
-            var = jnp.square(xs - mean.reshape(broadcast)).mean(axes)  # two passes, as PyTorch
-            if sync:
-                var = jax.lax.pmean(var, self.axis_name)
-            if not self.is_initializing():
-                n = math.prod(x.shape[:-1]) * (jax.lax.psum(1, self.axis_name) if sync else 1)
-                folded = var * (n / max(n - 1, 1)) if self.unbiased_running_var else var
-                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean.astype(self.param_dtype)
-                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * folded.astype(self.param_dtype)
-
-        multiplier = jax.lax.rsqrt(var + self.epsilon) * scale.astype(stat_dtype)
-        shift = bias.astype(stat_dtype) - mean * multiplier
-        y = x.astype(stat_dtype) * multiplier.reshape(broadcast) + shift.reshape(broadcast)
-        dtype = self.dtype if self.dtype is not None else jnp.result_type(x.dtype, self.param_dtype)
+            y, mean, var = batch_norm(x, scale.astype(stat_dtype), bias.astype(stat_dtype), self.epsilon,
+                                      self.use_fast_variance)
+        if not self.is_initializing():
+            n = math.prod(x.shape[:-1]) * (jax.lax.psum(1, self.axis_name) if sync else 1)
+            folded = var * (n / max(n - 1, 1)) if self.unbiased_running_var else var
+            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean.astype(self.param_dtype)
+            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * folded.astype(self.param_dtype)
         return y.astype(dtype)
+
+
+#: Flax's ``nn.BatchNorm`` in training mode, with the hand-written gradient: the blocks' default.
+FLAX_BATCH_NORM = partial(BatchNorm, use_running_average=False, momentum=0.99, unbiased_running_var=False,
+                          use_fast_variance=True)
