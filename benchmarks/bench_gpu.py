@@ -62,6 +62,7 @@ def main(argv=None) -> dict:
         stages, matmul_n, block_batch = ((8, 32, 8), (4, 64, 16)), 256, 2
     device = jax.devices()[0]
     bf16 = jnp.bfloat16
+
     def timed(run, stat=median):
         return w.interleaved({"run": run}, repeats, inner=steps, stat=stat)["run"]
 

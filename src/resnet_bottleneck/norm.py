@@ -35,12 +35,14 @@ def _channels(v, ndim: int):
     return v.reshape((1,) * (ndim - 1) + (-1,))
 
 
-def _statistics(x, fast_variance: bool):
+def _statistics(x, fast_variance: bool, axis_name: str | None = None):
+    """Per-channel batch mean and biased variance, averaged over ``axis_name`` if given."""
     axes = tuple(range(x.ndim - 1))
-    mean = x.mean(axes)
+    average = (lambda v: v) if axis_name is None else (lambda v: jax.lax.pmean(v, axis_name))
+    mean = average(x.mean(axes))
     if fast_variance:  # Flax's default: E[x^2] - E[x]^2, one pass, clipped at 0
-        return mean, jnp.maximum(0.0, jnp.square(x).mean(axes) - jnp.square(mean))
-    return mean, jnp.square(x - _channels(mean, x.ndim)).mean(axes)  # two passes, as PyTorch
+        return mean, jnp.maximum(0.0, average(jnp.square(x).mean(axes)) - jnp.square(mean))
+    return mean, average(jnp.square(x - _channels(mean, x.ndim)).mean(axes))  # two passes, as PyTorch
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -123,30 +125,20 @@ class BatchNorm(nn.Module):
         scale = self.param("scale", self.scale_init, features, self.param_dtype)
         bias = self.param("bias", self.bias_init, features, self.param_dtype)
         stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
-        broadcast = (1,) * (x.ndim - 1) + features
         dtype = self.dtype if self.dtype is not None else jnp.result_type(x.dtype, self.param_dtype)
         sync = self.axis_name is not None and not self.is_initializing()
         if use_running_average:
             mean, var = ra_mean.value.astype(stat_dtype), ra_var.value.astype(stat_dtype)
-            multiplier = jax.lax.rsqrt(var + self.epsilon) * scale.astype(stat_dtype)
-            shift = bias.astype(stat_dtype) - mean * multiplier
-            y = x.astype(stat_dtype) * multiplier.reshape(broadcast) + shift.reshape(broadcast)
-            return y.astype(dtype)
-        if sync:  # statistics averaged over devices: autodiff through the collectives
-            xs, axes = x.astype(stat_dtype), tuple(range(x.ndim - 1))
-            mean = jax.lax.pmean(xs.mean(axes), self.axis_name)
-            if self.use_fast_variance:
-                second = jax.lax.pmean(jnp.square(xs).mean(axes), self.axis_name)
-                var = jnp.maximum(0.0, second - jnp.square(mean))
-            else:
-                var = jax.lax.pmean(jnp.square(xs - _channels(mean, x.ndim)).mean(axes), self.axis_name)
-            multiplier = jax.lax.rsqrt(var + self.epsilon) * scale.astype(stat_dtype)
-            shift = bias.astype(stat_dtype) - mean * multiplier
-            y = xs * _channels(multiplier, x.ndim) + _channels(shift, x.ndim)
+        elif sync:  # statistics averaged over devices: autodiff through the collectives
+            mean, var = _statistics(x.astype(stat_dtype), self.use_fast_variance, self.axis_name)
         else:
             y, mean, var = batch_norm(x, scale.astype(stat_dtype), bias.astype(stat_dtype), self.epsilon,
                                       self.use_fast_variance)
-        if not self.is_initializing():
+        if use_running_average or sync:
+            multiplier = jax.lax.rsqrt(var + self.epsilon) * scale.astype(stat_dtype)
+            shift = bias.astype(stat_dtype) - mean * multiplier
+            y = x.astype(stat_dtype) * _channels(multiplier, x.ndim) + _channels(shift, x.ndim)
+        if not use_running_average and not self.is_initializing():
             n = math.prod(x.shape[:-1]) * (jax.lax.psum(1, self.axis_name) if sync else 1)
             folded = var * (n / max(n - 1, 1)) if self.unbiased_running_var else var
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean.astype(self.param_dtype)

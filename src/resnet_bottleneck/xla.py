@@ -117,4 +117,4 @@ def reuse_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _NEVER_TRIM))
-    return all([mallopt(option, value) == 1 for option, value in settings])
+    return all([mallopt(option, value) == 1 for option, value in settings])  # a list: set all three
