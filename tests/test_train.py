@@ -242,3 +242,25 @@ def test_batch_that_does_not_divide_over_the_devices(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "--batch-size 30 does not divide over 4 devices" in lines[0], done.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_reuse_freed_memory_only_when_asked_and_before_training(flag, tmp_path, monkeypatch):
+    import resnet_bottleneck.train as training
+    from resnet_bottleneck import xla
+
+    events = []
+    monkeypatch.setattr(xla, "reuse_freed_memory", lambda: events.append("reuse") or True)
+
+    def stop(*args, **kwargs):
+        events.append("train")
+        raise training.TrainingError("stopped by the test")
+
+    monkeypatch.setattr(training, "train", stop)
+    args = ["train", *SMALL, "--out", str(tmp_path / "run")] + (["--reuse-freed-memory"] if flag else [])
+    assert main(args) == 2
+    assert events == (["reuse", "train"] if flag else ["train"])
+    # A bad input is refused before the process-wide setting is touched.
+    events.clear()
+    assert main(["train", "--batch-size", "0", "--reuse-freed-memory", "--out", str(tmp_path / "r2")]) == 2
+    assert events == []

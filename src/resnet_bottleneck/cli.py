@@ -199,6 +199,10 @@ def _train(args) -> int:
         raise UsageError(f"{PROG} train: error: {err}") from None
     if config.data is not None and not Path(config.data).is_dir():
         raise UsageError(f"--data: {config.data} is not a directory")
+    if args.reuse_freed_memory:  # before JAX's first computation, after every check of the input
+        from . import xla
+
+        xla.reuse_freed_memory()
     training.maybe_initialize_distributed()
     out = Path(args.out if args.out is not None else f"runs/{config.model}-seed{config.seed}")
     created = not out.exists()
@@ -335,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run directory (default runs/MODEL-seedSEED)")
     train.add_argument("--checkpoint-every", type=_int, default=50, help="steps between checkpoints (default 50)")
     train.add_argument("--keep", type=_int, default=3, help="checkpoints kept (default 3)")
+    train.add_argument("--reuse-freed-memory", action="store_true",
+                       help="have glibc keep freed memory for reuse: ~8-10%% faster for ResNet-50 on CPU, slower "
+                       "for small models (see resnet_bottleneck.reuse_freed_memory)")
     train.add_argument("--json", action="store_true", help="no progress; print one JSON summary")
     train.set_defaults(run=_train)
     return parser

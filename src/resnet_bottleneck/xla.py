@@ -103,10 +103,10 @@ def reuse_freed_memory() -> bool:
     default ``resnet-bottleneck train`` (a tiny model, batch 64 at 32x32) 20% slower
     (33.6 vs 27.5 s), because all threads then share one heap and its lock.
 
-    **Process-wide, so never done on import** nor by the command line: the benchmarks opt
-    in; call it yourself at the start of a script when it pays. It must run before JAX
-    runs its first computation (the worker threads pick their heap then), and the process
-    keeps its peak memory afterwards. Returns whether the options were set (``False`` off
+    **Process-wide, so never done on import**, and by the command line only when asked
+    (``train --reuse-freed-memory``); the benchmarks opt in. Call it yourself at the start
+    of a script when it pays. It must run before JAX runs its first computation (the
+    worker threads pick their heap then), and the process keeps its peak memory afterwards. Returns whether the options were set (``False`` off
     glibc, e.g. on macOS, where nothing is changed).
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
