@@ -106,8 +106,9 @@ def reuse_freed_memory() -> bool:
     **Process-wide, so never done on import**, and by the command line only when asked
     (``train --reuse-freed-memory``); the benchmarks opt in. Call it yourself at the start
     of a script when it pays. It must run before JAX runs its first computation (the
-    worker threads pick their heap then), and the process keeps its peak memory afterwards. Returns whether the options were set (``False`` off
-    glibc, e.g. on macOS, where nothing is changed).
+    worker threads pick their heap then), and the process keeps its peak memory afterwards.
+    Returns whether the options were set (``False`` off glibc, e.g. on macOS, where nothing
+    is changed).
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
