@@ -14,6 +14,7 @@ import resnet_bottleneck as rb
 from resnet_bottleneck.cli import main
 from resnet_bottleneck.forward import worked_example_input
 
+from helpers import one_line_error
 from textbook import textbook_bottleneck_forward
 
 SCRIPT = Path(sys.executable).parent / "resnet-bottleneck"
@@ -62,30 +63,21 @@ def test_input_and_output_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy", "y.npy"]  # no temporary left behind
 
 
-def one_line_error(result_or_stderr, *fragments):
-    stderr = result_or_stderr if isinstance(result_or_stderr, str) else result_or_stderr.stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert "Traceback" not in stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 def test_bad_input_through_the_process(tmp_path):
     np.save(tmp_path / "x.npy", np.ones((3, 3, 3), np.float32))
     result = run("forward", "--input", "x.npy", "--output", "y.npy", cwd=tmp_path)
     assert result.returncode == 2
-    one_line_error(result, "x must have out_features=4 channels", "(3, 3, 3)")
+    one_line_error(result.stderr, "x must have out_features=4 channels", "(3, 3, 3)")
     assert not (tmp_path / "y.npy").exists()  # nothing written on failure
     result = run("forward", "--seed", "-1")
     assert result.returncode == 2
-    one_line_error(result, "seed must be an integer in [0, 2**32); got -1")
+    one_line_error(result.stderr, "seed must be an integer in [0, 2**32); got -1")
 
 
 @pytest.mark.parametrize("args,fragments", [
     ([], ["the following arguments are required: COMMAND"]),
     (["backward"], ["invalid choice: 'backward'"]),
-    (["forward", "--mid", "x"], ["argument --mid: invalid integer: 'x'"]),
+    (["forward", "--mid", "x"], ["argument --mid: invalid int value: 'x'"]),
     (["forward", "--mid", "0"], ["mid_features must be a positive integer; got 0"]),
     (["forward", "--out", "-4"], ["out_features must be a positive integer; got -4"]),
     (["forward", "--seed", "4294967296"], ["seed must be an integer in [0, 2**32); got 4294967296"]),

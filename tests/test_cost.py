@@ -10,7 +10,7 @@ import pytest
 
 from resnet_bottleneck import create_model, layer_costs, model_cost
 from resnet_bottleneck.cli import main
-from resnet_bottleneck.cost import bottleneck_params, seed_table
+from resnet_bottleneck.cost import bottleneck_params, spec_table
 
 # torchvision's model table (GFLOPS column, which counts multiply-accumulates) at 224x224.
 TORCHVISION_GMACS = {
@@ -63,14 +63,14 @@ def test_agrees_with_xla_cost_analysis(name, size):
 
 
 def test_seed_arithmetic():
-    rows = seed_table()
+    rows = spec_table()
     assert rows[0].params == 589_824  # one 3x3 conv, 256 -> 256: 9 * 256^2
     assert rows[1].params == 69_632  # 256*64 + 9*64*64 + 64*256
     assert round(rows[0].params / rows[1].params, 2) == 8.47
     assert rows[2].params == 75_497_472  # two 3x3 convs at 2048: ~75M
     assert rows[3].params == bottleneck_params(512, 2048) == 4_456_448
     assert [r.macs for r in rows] == [r.params * 56 * 56 for r in rows]
-    assert [r.macs for r in seed_table(size=7)] == [r.params * 49 for r in rows]
+    assert [r.macs for r in spec_table(size=7)] == [r.params * 49 for r in rows]
 
 
 def test_cost_cli_json():
@@ -82,7 +82,7 @@ def test_cost_cli_json():
     assert report["params"] == 25_557_032 and abs(report["macs"] / 4.089e9 - 1) < 0.005
 
 
-def test_cost_cli_seed_table_and_plot(tmp_path, capsys):
+def test_cost_cli_spec_table_and_plot(tmp_path, capsys):
     assert main(["cost", "--plot", str(tmp_path / "cost.png")]) == 0
     out = capsys.readouterr().out
     assert "589,824" in out and "69,632" in out and "75,497,472" in out and "8.47x fewer" in out

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_bottleneck import CONFIGS, ResNet, create_model, feature_info
+from resnet_bottleneck import CONFIGS, BasicBlock, BottleneckBlock, ResNet, create_model, feature_info
 from resnet_bottleneck.models import count_params, scan_variables, unscan_variables
 
 # torchvision.models.<name>(): sum(p.numel() for p in model.parameters())
@@ -63,7 +63,7 @@ def test_stage_outputs_match_feature_info(hw):
 
 
 def tiny(**options):
-    return ResNet(stage_sizes=(2, 3), block="bottleneck", stem_width=8, num_classes=5, **options)
+    return ResNet(stage_sizes=(2, 3), block=BottleneckBlock, stem_width=8, num_classes=5, **options)
 
 
 @pytest.fixture(scope="module")
@@ -180,8 +180,8 @@ def test_torch_padding_in_the_stem():
     (lambda: abstract_init(create_model("resnet50"), shape=(64, 64, 3)), ValueError, r"x must be a 4-D batch of images \(N, H, W, C\); got shape \(64, 64, 3\)"),
     (lambda: abstract_init(ResNet(stage_sizes=())), ValueError, r"stage_sizes must list 1 to 4 stages; got \(\)"),
     (lambda: abstract_init(ResNet(stage_sizes=(2, 0))), ValueError, r"stage_sizes must be a positive integer; got 0"),
-    (lambda: abstract_init(ResNet(stage_sizes=(2,), block="wide")), ValueError, r"block must be one of 'basic', 'bottleneck'; got 'wide'"),
-    (lambda: abstract_init(ResNet(stage_sizes=(2,), block="basic", groups=32)), ValueError, r"basic blocks support only groups=1"),
+    (lambda: abstract_init(ResNet(stage_sizes=(2,), block="bottleneck")), TypeError, r"block must be a block class such as BottleneckBlock or BasicBlock; got 'bottleneck'"),
+    (lambda: abstract_init(ResNet(stage_sizes=(2,), block=BasicBlock, groups=32)), ValueError, r"basic blocks support only groups=1"),
 ])
 def test_bad_model_arguments_are_named(call, error, message):
     with pytest.raises(error, match=message):

@@ -221,7 +221,7 @@ def test_augment_is_deterministic_and_keeps_shape():
     (lambda root: None, ["--model", "resnet51"], "name must be one of"),
     (lambda root: None, ["--batch-size", "0"], "batch_size must be a positive integer; got 0"),
     (lambda root: None, ["--label-smoothing", "1.5"], "--label-smoothing must be in [0, 1); got 1.5"),
-    (lambda root: None, ["--lr", "abc"], "argument --lr: invalid number: 'abc'"),
+    (lambda root: None, ["--lr", "abc"], "argument --lr: invalid float value: 'abc'"),
     (lambda root: None, ["--batch-size", "5000"], "--batch-size 5000 is larger than the 1438 training images"),
 ])
 def test_bad_input_is_one_line(setup, args, fragment, tmp_path, capsys):

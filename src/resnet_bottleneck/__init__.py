@@ -5,7 +5,7 @@ from .cost import layer_costs, model_cost
 from .fold import fold_batchnorm
 from .forward import resnet_basic_forward, resnet_bottleneck_forward
 from .models import CONFIGS, ResNet, create_model, feature_info
-from .torch_io import from_torchvision, to_torchvision
+from .io.torchvision import from_torchvision, to_torchvision
 from .xla import compiler_options, jit, reuse_freed_memory
 
 __all__ = [

@@ -1,12 +1,16 @@
-"""Residual blocks: the bottleneck block of the seed and the companion basic block.
+"""Residual blocks: the founding specification's bottleneck block and the companion basic block.
 
 Both blocks are plain Flax Linen modules. With their defaults they are the textbook
 blocks of the founding specification (flax's ``Conv`` and ``BatchNorm``, batch
 statistics, ``'SAME'`` padding, identity shortcut): the same variable tree and initial
 values as anyone's ``@nn.compact`` textbook solution, and the same outputs and gradients
 up to float32 rounding, because the 1x1 convs are computed as matrix products
-(:data:`FastConv`) and BatchNorm's gradient in closed form (:data:`TRAIN_BATCH_NORM`).
+(:data:`FastConv`) and BatchNorm's gradient in closed form (:data:`~.norm.FLAX_BATCH_NORM`).
 Every option below defaults to that behaviour.
+
+Each block class carries what a model needs to build a stage of it, as torchvision's and
+timm's do: ``expansion`` (output channels per ``planes``), ``stage_args`` (its constructor
+arguments for a stage) and ``shortcut_index`` (the index of its projection's conv and norm).
 
 The blocks do not know about train/eval: like the Flax ImageNet example, the caller
 injects ``norm`` (for example ``partial(nn.BatchNorm, use_running_average=not train)``)
@@ -18,7 +22,7 @@ whatever is injected, the way torchvision's ``bn1`` stays ``bn1`` for any
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -32,22 +36,16 @@ ModuleDef = Any
 STRIDE_PLACEMENTS = ("3x3", "1x1")
 PADDINGS = ("SAME", "torch")
 
-#: The textbook normalisation, Flax's ``nn.BatchNorm`` on the batch's statistics (training
-#: mode), with a hand-written gradient: the same variables, statistics and running averages.
-TRAIN_BATCH_NORM = FLAX_BATCH_NORM
-
-
 _NHWC = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+def conv_1x1_as_dot(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                    dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
     """``lax.conv_general_dilated``, with 1x1 convolutions computed as a matrix product.
 
-    A 1x1 conv is a dot over channels at every (strided) position. XLA:CPU runs it as a
-    convolution several times slower than as a dot, and its gradient far slower still
-    (measured here on (8, 56, 56, 256) -> 64: forward 20.7 vs 9.5 ms, gradient 199 vs
-    34 ms). Everything else goes to ``lax.conv_general_dilated`` unchanged. Pass it to
+    A 1x1 conv is a dot over channels at every (strided) position, and XLA:CPU runs it
+    (and far more so its gradient) much faster as a dot (see BENCHMARKS.md). Everything
+    else goes to ``lax.conv_general_dilated`` unchanged. Pass it to
     ``nn.Conv(conv_general_dilated=...)``: parameters and their names stay flax's.
     """
     unpadded = padding in ("VALID", "SAME") or all(tuple(p) == (0, 0) for p in padding)
@@ -60,14 +58,13 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     sh, sw = window_strides
     x = lhs[:, ::sh, ::sw, :] if (sh, sw) != (1, 1) else lhs  # a 1x1 conv reads only the strided positions
     # As a 2-D product: the weight gradient then contracts one axis, not three, which
-    # XLA:CPU would transpose into a copy first (the 56x56 block's 1x1 weight gradients
-    # measured 1.3x and 3x slower that way).
+    # XLA:CPU would first transpose into a copy.
     y = lax.dot_general(x.reshape(-1, x.shape[-1]), rhs[0, 0], (((1,), (0,)), ((), ())), precision=precision)
     return y.reshape(*x.shape[:-1], rhs.shape[-1])
 
 
 #: ``nn.Conv`` with 1x1 convolutions as dots: the same module, parameters and names.
-FastConv = partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+FastConv = partial(nn.Conv, conv_general_dilated=conv_1x1_as_dot)
 
 
 def _pair(name: str, value: Any) -> tuple[int, int]:
@@ -152,25 +149,28 @@ class BottleneckBlock(nn.Module):
         adds it; ``False`` never does (and refuses inputs that then cannot be added).
       groups: groups of the 3x3 conv (ResNeXt cardinality); divides ``mid_features``.
       dilation: dilation of the 3x3 conv (detection/segmentation backbones).
-      use_bias: conv biases. ``True`` is flax's default and the seed's; the models use
+      use_bias: conv biases. ``True`` is flax's default and the specification's; the models use
         ``False`` because every conv is followed by BN.
       zero_init_last: start the last BN's scale at zero, so the block starts as the
         identity (Goyal et al., 2017).
-      padding: ``'SAME'`` (flax's, the seed's) or ``'torch'`` (symmetric, as torchvision).
+      padding: ``'SAME'`` (flax's, the specification's) or ``'torch'`` (symmetric, as torchvision).
         They differ only for the strided 3x3 on an even input: ``'SAME'`` pads (0, 1),
         torchvision (1, 1). Use ``'torch'`` with torchvision weights.
       norm: the normalisation constructor; by default the textbook's training-mode
         BatchNorm (flax's ``nn.BatchNorm``, with its gradient in closed form). Pass
         ``partial(nn.BatchNorm, use_running_average=True, ...)`` for eval, momentum or
-        epsilon (or ``partial(TRAIN_BATCH_NORM, ...)`` for the same with the fast gradient).
+        epsilon (or ``partial(FLAX_BATCH_NORM, ...)`` for the same with the fast gradient).
       conv: the convolution constructor (``nn.Conv`` signature). The default,
         :data:`FastConv`, is ``nn.Conv`` with the 1x1 convs computed as matrix products:
         the same variables and initial values, results within float32 rounding of
-        ``nn.Conv``'s and much faster on XLA:CPU. Pass ``nn.Conv`` for the plain form.
+        ``nn.Conv``'s, faster on XLA:CPU. Pass ``nn.Conv`` for the plain form.
       kernel_init: initializer of the conv kernels (flax's default, LeCun normal).
       dtype: compute dtype (e.g. ``jnp.bfloat16``); ``None`` follows the inputs.
       param_dtype: parameter dtype; BatchNorm statistics stay in it.
     """
+
+    expansion: ClassVar[int] = 4
+    shortcut_index: ClassVar[int] = 3
 
     mid_features: int
     out_features: int
@@ -182,11 +182,21 @@ class BottleneckBlock(nn.Module):
     use_bias: bool = True
     zero_init_last: bool = False
     padding: str = "SAME"
-    norm: ModuleDef = TRAIN_BATCH_NORM
+    norm: ModuleDef = FLAX_BATCH_NORM
     conv: ModuleDef = FastConv
     kernel_init: Callable = nn.linear.default_kernel_init
     dtype: Any = None
     param_dtype: Any = jnp.float32
+
+    @classmethod
+    def stage_args(cls, planes: int, *, groups: int = 1, width_per_group: int = 64, stride_on: str = "3x3") -> dict:
+        """Constructor arguments of a stage's blocks at ``planes`` (torchvision's widths).
+
+        The 3x3 conv is ``int(planes * width_per_group / 64) * groups`` wide (ResNeXt
+        groups it, Wide ResNet doubles it) and the block outputs ``planes * expansion``.
+        """
+        mid = int(planes * (width_per_group / 64.0)) * groups
+        return {"mid_features": mid, "out_features": planes * cls.expansion, "groups": groups, "stride_on": stride_on}
 
     @nn.compact
     def __call__(self, x):
@@ -205,7 +215,7 @@ class BottleneckBlock(nn.Module):
         y = nn.relu(_norm(self, 1)(y))
         y = _conv(self, 2, out, 1)(y)
         y = _norm(self, 2, zero_init=self.zero_init_last)(y)
-        return nn.relu(y + _shortcut(self, x, out, strides, 3).astype(y.dtype))
+        return nn.relu(y + _shortcut(self, x, out, strides, self.shortcut_index).astype(y.dtype))
 
 
 class BasicBlock(nn.Module):
@@ -216,6 +226,9 @@ class BasicBlock(nn.Module):
     ``features`` is both the width and the output channels.
     """
 
+    expansion: ClassVar[int] = 1
+    shortcut_index: ClassVar[int] = 2
+
     features: int
     strides: int | tuple[int, int] = 1
     projection: bool | None = None
@@ -223,11 +236,25 @@ class BasicBlock(nn.Module):
     use_bias: bool = True
     zero_init_last: bool = False
     padding: str = "SAME"
-    norm: ModuleDef = TRAIN_BATCH_NORM
+    norm: ModuleDef = FLAX_BATCH_NORM
     conv: ModuleDef = FastConv
     kernel_init: Callable = nn.linear.default_kernel_init
     dtype: Any = None
     param_dtype: Any = jnp.float32
+
+    @classmethod
+    def stage_args(cls, planes: int, *, groups: int = 1, width_per_group: int = 64, stride_on: str = "3x3") -> dict:
+        """Constructor arguments of a stage's blocks at ``planes``.
+
+        A basic block has one width, so ``groups`` and ``width_per_group`` must keep their
+        defaults (torchvision raises the same way); the stride always sits on the first 3x3
+        conv, so ``stride_on`` is only checked.
+        """
+        if (groups, width_per_group) != (1, 64):
+            raise ValueError(f"basic blocks support only groups=1, width_per_group=64; "
+                             f"got groups={groups!r}, width_per_group={width_per_group!r}")
+        _checks.one_of("stride_on", stride_on, STRIDE_PLACEMENTS)
+        return {"features": planes * cls.expansion}
 
     @nn.compact
     def __call__(self, x):
@@ -238,4 +265,4 @@ class BasicBlock(nn.Module):
         y = nn.relu(_norm(self, 0)(y))
         y = _conv(self, 1, features, 3, dilation=self.dilation)(y)
         y = _norm(self, 1, zero_init=self.zero_init_last)(y)
-        return nn.relu(y + _shortcut(self, x, features, strides, 2).astype(y.dtype))
+        return nn.relu(y + _shortcut(self, x, features, strides, self.shortcut_index).astype(y.dtype))

@@ -3,8 +3,8 @@
 Two views. :func:`model_cost` reads a family model's real layers (their kernels and
 the shapes of their outputs, evaluated abstractly) and counts the MACs of its convs and
 its classifier, as torchvision's model table does (resnet50: 4.09 GMACs at 224).
-:func:`seed_table` redoes the founding specification's arithmetic from the closed-form
-costs of one conv, so a reader can check the seed's "8x cheaper" and "~75M".
+:func:`spec_table` redoes the founding specification's arithmetic from the closed-form
+costs of one conv, so a reader can check its "8x cheaper" and "~75M".
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ class Row:
     macs: int
 
 
-def seed_table(out_features: int = 256, mid_features: int = 64, wide_features: int = 2048, size: int = 56) -> list[Row]:
-    """The seed's comparison: one basic 3x3 conv vs the bottleneck triple, and full width.
+def spec_table(out_features: int = 256, mid_features: int = 64, wide_features: int = 2048, size: int = 56) -> list[Row]:
+    """The specification's comparison: one basic 3x3 conv vs the bottleneck triple, and full width.
 
     MACs are for one ``size x size`` feature map at stride 1 (every weight is used once
     per output position).

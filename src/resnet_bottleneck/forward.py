@@ -19,17 +19,7 @@ import numpy as np
 from . import _checks, xla
 from .blocks import BasicBlock, BottleneckBlock
 
-_traces = 0
-
-
-def trace_count() -> int:
-    """How many times the compiled forward functions have been traced in this process."""
-    return _traces
-
-
 def _init_apply(block, seed, x):
-    global _traces
-    _traces += 1
     x_b = x[None, ...]
     variables = block.init(jax.random.PRNGKey(seed), x_b)
     y, _ = block.apply(variables, x_b, mutable=["batch_stats"])
@@ -104,7 +94,7 @@ def worked_example_input() -> np.ndarray:
 
 
 def bottleneck_walkthrough(x_shape: tuple[int, ...], mid_features: int, out_features: int) -> list[dict]:
-    """The seed's walk-through for an input of ``x_shape``: each stage's shape, from the model.
+    """The specification's walk-through for an input of ``x_shape``: each stage's shape, from the model.
 
     The shapes are read off the block's own intermediates (``capture_intermediates``),
     evaluated abstractly, so they are the shapes the real forward produces.

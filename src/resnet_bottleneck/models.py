@@ -15,7 +15,6 @@ injects it into every block.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Sequence
 
@@ -96,53 +95,23 @@ def _max_pool_bwd(window, stride, padding, residuals, g):
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
-@dataclass(frozen=True)
-class Config:
-    """One row of the family.
-
-    Attributes:
-      block: ``"basic"`` (two 3x3 convs) or ``"bottleneck"`` (1x1, 3x3, 1x1).
-      stage_sizes: blocks in each of the four stages.
-      groups: groups of each bottleneck's 3x3 conv (ResNeXt cardinality).
-      width_per_group: channels per group of the 3x3 conv at the first stage. The mid
-        width of stage i is ``64 * 2**i * width_per_group // 64 * groups``, as
-        torchvision computes it (Wide ResNet doubles it with 128).
-      stem_width: channels of the stem, and the base width of the stages.
-    """
-
-    block: str
-    stage_sizes: tuple[int, ...]
-    groups: int = 1
-    width_per_group: int = 64
-    stem_width: int = 64
-
-
-CONFIGS: dict[str, Config] = {
-    "resnet18": Config("basic", (2, 2, 2, 2)),
-    "resnet34": Config("basic", (3, 4, 6, 3)),
-    "resnet50": Config("bottleneck", (3, 4, 6, 3)),
-    "resnet101": Config("bottleneck", (3, 4, 23, 3)),
-    "resnet152": Config("bottleneck", (3, 8, 36, 3)),
-    "resnext50_32x4d": Config("bottleneck", (3, 4, 6, 3), groups=32, width_per_group=4),
-    "resnext101_32x8d": Config("bottleneck", (3, 4, 23, 3), groups=32, width_per_group=8),
-    "resnext101_64x4d": Config("bottleneck", (3, 4, 23, 3), groups=64, width_per_group=4),
-    "wide_resnet50_2": Config("bottleneck", (3, 4, 6, 3), width_per_group=128),
-    "wide_resnet101_2": Config("bottleneck", (3, 4, 23, 3), width_per_group=128),
+#: The family, one row a model: the :class:`ResNet` constructor arguments of each of
+#: torchvision's names (``create_model(name)`` is ``ResNet(**CONFIGS[name])``).
+CONFIGS: dict[str, dict[str, Any]] = {
+    "resnet18": dict(block=BasicBlock, stage_sizes=(2, 2, 2, 2)),
+    "resnet34": dict(block=BasicBlock, stage_sizes=(3, 4, 6, 3)),
+    "resnet50": dict(block=BottleneckBlock, stage_sizes=(3, 4, 6, 3)),
+    "resnet101": dict(block=BottleneckBlock, stage_sizes=(3, 4, 23, 3)),
+    "resnet152": dict(block=BottleneckBlock, stage_sizes=(3, 8, 36, 3)),
+    "resnext50_32x4d": dict(block=BottleneckBlock, stage_sizes=(3, 4, 6, 3), groups=32, width_per_group=4),
+    "resnext101_32x8d": dict(block=BottleneckBlock, stage_sizes=(3, 4, 23, 3), groups=32, width_per_group=8),
+    "resnext101_64x4d": dict(block=BottleneckBlock, stage_sizes=(3, 4, 23, 3), groups=64, width_per_group=4),
+    "wide_resnet50_2": dict(block=BottleneckBlock, stage_sizes=(3, 4, 6, 3), width_per_group=128),
+    "wide_resnet101_2": dict(block=BottleneckBlock, stage_sizes=(3, 4, 23, 3), width_per_group=128),
     # Not torchvision's: the full layout, one block a stage at a quarter of the width, for
     # tests, examples and laptops (0.5M parameters before the classifier).
-    "resnet_tiny": Config("bottleneck", (1, 1, 1, 1), stem_width=16),
+    "resnet_tiny": dict(block=BottleneckBlock, stage_sizes=(1, 1, 1, 1), stem_width=16),
 }
-
-EXPANSION = {"basic": 1, "bottleneck": 4}
-
-
-def _stage_widths(config: Config, i: int) -> tuple[int, int]:
-    """(mid, out) channels of stage ``i``'s blocks, as torchvision computes them."""
-    planes = config.stem_width * 2**i
-    if config.block == "basic":
-        return planes, planes
-    mid = int(planes * (config.width_per_group / 64.0)) * config.groups
-    return mid, planes * EXPANSION["bottleneck"]
 
 
 class _ScanStep(nn.Module):
@@ -155,16 +124,13 @@ class _ScanStep(nn.Module):
         return self.block(name="block")(x), None
 
 
-class FoldedNorm(nn.Module):
-    """Stands where a BatchNorm was folded into the conv before it: the identity."""
+def _identity(x):
+    return x
 
-    dtype: Any = None
-    param_dtype: Any = None
-    scale_init: Any = None
-    use_running_average: bool | None = None
 
-    def __call__(self, x):
-        return x
+def folded_norm(**_):
+    """Stands where a BatchNorm was folded into the conv before it: the identity, no variables."""
+    return _identity
 
 
 class ResNet(nn.Module):
@@ -172,9 +138,11 @@ class ResNet(nn.Module):
 
     Attributes:
       stage_sizes: blocks in each stage (four for the torchvision layouts).
-      block: ``"basic"`` or ``"bottleneck"``.
-      groups: groups of the bottleneck 3x3 convs (ResNeXt).
-      width_per_group: see :class:`Config`.
+      block: the block class, :class:`~.blocks.BottleneckBlock` or :class:`~.blocks.BasicBlock`
+        (or any class with their ``expansion``, ``shortcut_index`` and ``stage_args``).
+      groups: groups of the bottleneck 3x3 convs (ResNeXt cardinality).
+      width_per_group: channels per group of the 3x3 convs at the first stage (64 for
+        ResNet, 128 for Wide ResNet); see :meth:`~.blocks.BottleneckBlock.stage_args`.
       num_classes: classifier outputs; ``None`` for a headless backbone whose
         ``__call__`` returns the last stage's feature map.
       stem_width: channels of the stem (and the base width of the stages).
@@ -203,7 +171,7 @@ class ResNet(nn.Module):
     """
 
     stage_sizes: Sequence[int]
-    block: str = "bottleneck"
+    block: type = BottleneckBlock
     groups: int = 1
     width_per_group: int = 64
     num_classes: int | None = 1000
@@ -231,7 +199,7 @@ class ResNet(nn.Module):
           features: return ``{'stem': ..., 'C2': ..., ..., 'C5': ...}`` (see
             :func:`feature_info`) instead of running the head.
         """
-        config = self._config()
+        sizes = self._check()
         if x.ndim != 4:
             raise ValueError(f"x must be a 4-D batch of images (N, H, W, C); got shape {x.shape}")
         norm = partial(
@@ -244,7 +212,7 @@ class ResNet(nn.Module):
         if self.folded:
             if train:
                 raise ValueError("a folded model (BatchNorm folded into convs) is for inference: call it with train=False")
-            norm = FoldedNorm
+            norm = folded_norm
         common = dict(
             norm=norm,
             conv=self.conv,
@@ -255,11 +223,7 @@ class ResNet(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
-        if config.block == "bottleneck":
-            common.update(groups=config.groups, stride_on=self.stride_on)
-        block_cls = BottleneckBlock if config.block == "bottleneck" else BasicBlock
-        if self.remat:
-            block_cls = nn.remat(block_cls)
+        block_cls = nn.remat(self.block) if self.remat else self.block
 
         x = jnp.asarray(x, self.dtype) if self.dtype is not None else x
         x = nn.Conv(self.stem_width, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=self.folded,
@@ -268,10 +232,8 @@ class ResNet(nn.Module):
         outputs = {"stem": x}
         x = max_pool(x, 3, 2, 1)
 
-        for i, size in enumerate(config.stage_sizes):
-            mid, out = _stage_widths(config, i)
-            widths = (mid, out) if config.block == "bottleneck" else (out,)
-            make = partial(block_cls, *widths, **common)
+        for i, size in enumerate(sizes):
+            make = partial(block_cls, **self._stage_args(i), **common)
             x = make(strides=1 if i == 0 else 2, name=f"layer{i + 1}_0")(x)
             if self.scan and size > 1:
                 body = nn.scan(
@@ -295,20 +257,26 @@ class ResNet(nn.Module):
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
         return jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32))  # bf16 logits come back as float32
 
-    def _config(self) -> Config:
-        _checks.one_of("block", self.block, tuple(EXPANSION))
+    def _stage_args(self, i: int) -> dict:
+        """The block constructor arguments of stage ``i``."""
+        return self.block.stage_args(self.stem_width * 2**i, groups=self.groups, width_per_group=self.width_per_group,
+                                     stride_on=self.stride_on)
+
+    def _check(self) -> tuple[int, ...]:
+        """The attributes checked (errors name the attribute); the stage sizes as ints."""
+        if not all(hasattr(self.block, a) for a in ("expansion", "shortcut_index", "stage_args")):
+            raise TypeError(f"block must be a block class such as BottleneckBlock or BasicBlock; got {self.block!r}")
         _checks.one_of("stride_on", self.stride_on, STRIDE_PLACEMENTS)
         if not self.stage_sizes or len(self.stage_sizes) > len(STAGE_NAMES):
             raise ValueError(f"stage_sizes must list 1 to {len(STAGE_NAMES)} stages; got {self.stage_sizes!r}")
         sizes = tuple(_checks.positive_int("stage_sizes", n) for n in self.stage_sizes)
         if self.num_classes is not None:
             _checks.positive_int("num_classes", self.num_classes)
-        groups = _checks.positive_int("groups", self.groups)
-        width = _checks.positive_int("width_per_group", self.width_per_group)
+        _checks.positive_int("groups", self.groups)
+        _checks.positive_int("width_per_group", self.width_per_group)
         _checks.positive_int("stem_width", self.stem_width)
-        if self.block == "basic" and (groups, width) != (1, 64):
-            raise ValueError(f"basic blocks support only groups=1, width_per_group=64; got {groups}, {width}")
-        return Config(self.block, sizes, groups, width, self.stem_width)
+        self._stage_args(0)  # the block's own checks of groups and widths
+        return sizes
 
 
 def _model_name(name: Any) -> str:
@@ -327,18 +295,10 @@ def create_model(name: str, num_classes: int | None = 1000, **options) -> ResNet
         ``stride_on``, ``zero_init_last``, ``bn_momentum``, ...).
     """
     config = CONFIGS[_model_name(name)]
-    fixed = {"stage_sizes", "block", "groups", "width_per_group"} & set(options)
+    fixed = set().union(*CONFIGS.values()) & set(options)  # what makes the architecture the name's
     if fixed:
         raise TypeError(f"create_model({name!r}) fixes {', '.join(sorted(fixed))}; use ResNet(...) to change them")
-    options = {"stem_width": config.stem_width, **options}
-    return ResNet(
-        stage_sizes=config.stage_sizes,
-        block=config.block,
-        groups=config.groups,
-        width_per_group=config.width_per_group,
-        num_classes=num_classes,
-        **options,
-    )
+    return ResNet(**config, **options, num_classes=num_classes)
 
 
 def feature_info(model: ResNet | str) -> list[dict]:
@@ -350,10 +310,10 @@ def feature_info(model: ResNet | str) -> list[dict]:
     """
     if isinstance(model, str):
         model = create_model(model)
-    config = model._config()
+    sizes = model._check()
     info = [{"name": "stem", "channels": model.stem_width, "stride": 2}]
-    for i in range(len(config.stage_sizes)):
-        info.append({"name": STAGE_NAMES[i], "channels": _stage_widths(config, i)[1],
+    for i in range(len(sizes)):
+        info.append({"name": STAGE_NAMES[i], "channels": model.stem_width * 2**i * model.block.expansion,
                      "stride": 4 * 2**i})
     return info
 

@@ -1,6 +1,6 @@
 """BatchNorm with PyTorch's conventions, for the models.
 
-Flax's ``nn.BatchNorm`` (the seed's, and the blocks' default) computes the batch variance
+Flax's ``nn.BatchNorm`` (the specification's, and the blocks' default) computes the batch variance
 as ``E[x^2] - E[x]^2`` and folds the *biased* variance into its running average. PyTorch
 computes ``E[(x - E[x])^2]`` and folds the *unbiased* variance (``n / (n - 1)``) into
 ``running_var``. A model trained here and run in torchvision (or the reverse) only keeps
@@ -13,10 +13,9 @@ With ``momentum=0.99, unbiased_running_var=False, use_fast_variance=True`` it is
 statistics, same running averages.
 
 In training mode the gradient is written by hand (:func:`batch_norm`), not derived by
-autodiff: two passes over the activations instead of the five or so that autodiff's
-chain through mean, variance and normalisation makes. BatchNorm is memory-bound, and on
-this project's CPU the hand-written gradient made the bottleneck block's forward +
-backward 6-12% faster at ResNet-50's stage shapes.
+autodiff: two passes over the activations instead of the several that autodiff's chain
+through mean, variance and normalisation makes, which matters because BatchNorm is
+memory-bound (figures in BENCHMARKS.md).
 """
 
 from __future__ import annotations

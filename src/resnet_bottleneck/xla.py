@@ -1,12 +1,9 @@
 """Per-compilation XLA options: the fastest settings for our shapes, chosen per backend.
 
-XLA:CPU (jax 0.10) hands convolutions, dots and elementwise fusions to YNNPACK by
-default. For a ResNet those are the slow choices: on this project's CPU the 3x3,
-64-channel conv at 56x56, batch 8, forward + backward takes ~3x as long as with XLA's
-own Eigen kernels (first row of the CPU table in ``BENCHMARKS.md``), and YNNPACK's
-elementwise fusions make the strided slices of a max-pool's gradient ~6x slower.
-YNNPACK's reductions, on the other hand, are the fast ones for BatchNorm's statistics.
-:data:`CPU_OPTIONS` keeps exactly those.
+XLA:CPU hands convolutions, dots and elementwise fusions to YNNPACK by default. For a
+ResNet those are the slow choices (a 3x3 conv's gradient, a max-pool's strided slices),
+while YNNPACK's reductions are the fast ones for BatchNorm's statistics:
+:data:`CPU_OPTIONS` keeps exactly those (the CPU table in BENCHMARKS.md measures it).
 
 These are options of one compilation (``jax.jit(..., compiler_options=...)``), never
 ``XLA_FLAGS`` or jax config: importing this library changes nothing for other code.
@@ -90,25 +87,16 @@ _NEVER_TRIM = 2**31 - 1
 def reuse_freed_memory() -> bool:
     """Have glibc keep and reuse freed memory, so XLA:CPU's buffers stop page-faulting.
 
-    XLA:CPU allocates each execution's scratch buffer afresh, from a worker thread; glibc
-    serves any allocation that large from a worker thread with a new ``mmap`` and returns
-    it on free. So every call touches all of it as new pages: 751 MB, about 185,000 page
-    faults, for each ResNet-50 training step at batch 8 (PyTorch, whose tensors are
-    smaller, reuses its memory and faults almost never). This sets glibc's ``mallopt``
-    options so that all threads share the main heap, nothing is ``mmap``-ed, and freed
-    memory is kept: the second call reuses the first one's pages.
-
-    It pays where activations are large and hurts where they are small: a ResNet-50 SGD
-    step at batch 8, 224x224, ran ~8-10% faster on this project's 2-core CPU, but the
-    default ``resnet-bottleneck train`` (a tiny model, batch 64 at 32x32) 20% slower
-    (33.6 vs 27.5 s), because all threads then share one heap and its lock.
+    XLA:CPU allocates each execution's scratch buffers afresh from worker threads, and
+    glibc serves those with new ``mmap``s that every call page-faults through. This sets
+    glibc's ``mallopt`` so that all threads share the main heap, nothing is ``mmap``-ed and
+    freed memory is kept for reuse. It pays where activations are large (a ResNet-50 step)
+    and costs where they are small (the shared heap's lock); BENCHMARKS.md has both.
 
     **Process-wide, so never done on import**, and by the command line only when asked
-    (``train --reuse-freed-memory``); the benchmarks opt in. Call it yourself at the start
-    of a script when it pays. It must run before JAX runs its first computation (the
-    worker threads pick their heap then), and the process keeps its peak memory afterwards.
-    Returns whether the options were set (``False`` off glibc, e.g. on macOS, where nothing
-    is changed).
+    (``train --reuse-freed-memory``); the benchmarks opt in. Call it before JAX runs its
+    first computation; the process keeps its peak memory afterwards. Returns whether the
+    options were set (``False`` off glibc, e.g. on macOS, where nothing is changed).
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False

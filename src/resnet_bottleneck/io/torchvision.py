@@ -30,22 +30,22 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from .models import ResNet, _model_name, create_model
+from ..models import ResNet, _model_name, create_model
+from .safetensors import read_tensors
 
 _BN = (("scale", "params", "weight"), ("bias", "params", "bias"), ("mean", "batch_stats", "running_mean"),
        ("var", "batch_stats", "running_var"))
 
 
-def _torch_module(flax_module: tuple[str, ...], block: str) -> str:
+def _torch_module(flax_module: tuple[str, ...], block: type) -> str:
     """The torchvision name of one of our modules, e.g. ('layer1_0', 'Conv_3') -> 'layer1.0.downsample.0'."""
     if len(flax_module) == 1:
         return flax_module[0]  # conv1, bn1, fc
     stage, layer = flax_module
     i, j = stage[len("layer"):].split("_")
     kind, index = layer.split("_")
-    main = 3 if block == "bottleneck" else 2
     k = int(index)
-    if k < main:
+    if k < block.shortcut_index:
         name = f"conv{k + 1}" if kind == "Conv" else f"bn{k + 1}"
     else:
         name = "downsample.0" if kind == "Conv" else "downsample.1"
@@ -235,15 +235,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"no such weights file: {path}")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, ValueError, OSError) as err:
-            raise ValueError(f"{path} is not a readable .safetensors file ({err})") from None
-        except Exception as err:  # safetensors raises its own errors for truncated headers
-            raise ValueError(f"{path} is not a readable .safetensors file ({type(err).__name__}: {err})") from None
+        return read_tensors(path)[0]
     if suffix in (".pth", ".pt", ".bin"):
         try:
             import torch
@@ -263,57 +255,3 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             raise ValueError(f"{path} holds a {type(loaded).__name__}, not a state_dict")
         return {k: _to_numpy(v) for k, v in _unwrap(loaded).items()}
     raise ValueError(f"weights file must end in .safetensors, .pth or .pt; got {path.name}")
-
-
-def save_variables(path: str | os.PathLike, variables, metadata: Mapping[str, str] | None = None) -> Path:
-    """Write variables as a ``.safetensors`` file, keys ``collection/module/.../name``; atomic."""
-    from safetensors.numpy import save
-
-    from ._files import atomic_write
-
-    flat = {"/".join(k): np.ascontiguousarray(np.asarray(v)) for k, v in traverse_util.flatten_dict(dict(variables)).items()}
-    data = save(flat, metadata=dict(metadata or {}))
-    return atomic_write(path, lambda f: f.write(data))
-
-
-def load_variables(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
-    """Variables and metadata written by :func:`save_variables`."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such checkpoint: {path}")
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            metadata = f.metadata() or {}
-            flat = {tuple(k.split("/")): jnp.asarray(f.get_tensor(k)) for k in f.keys()}
-    except Exception as err:  # safetensors' own error types vary by version
-        raise ValueError(f"{path} is not a readable .safetensors checkpoint ({type(err).__name__}: {err})") from None
-    return traverse_util.unflatten_dict(flat), metadata
-
-
-CHECKPOINT_FORMAT = "resnet-bottleneck variables"
-
-
-def load_model(path: str | os.PathLike, name: str) -> tuple[ResNet, dict]:
-    """``(model, variables)`` from a checkpoint written by ``convert`` or from torchvision weights.
-
-    Raises:
-      ValueError: the file is unreadable, holds another model, or does not fit ``name``.
-    """
-    path = Path(path)
-    if path.suffix.lower() == ".safetensors" and path.is_file():
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                metadata = f.metadata() or {}
-        except Exception as err:  # safetensors' own error types vary by version
-            raise ValueError(f"{path} is not a readable .safetensors file ({type(err).__name__}: {err})") from None
-        if metadata.get("format") == CHECKPOINT_FORMAT:
-            if metadata.get("model") != name:
-                raise ValueError(f"{path} holds {metadata.get('model')!r} variables, not {name!r}")
-            variables, _ = load_variables(path)
-            model, _, _ = _checked_layout(variables, name)
-            return model, variables
-    return from_torchvision(load_state_dict(path), name)

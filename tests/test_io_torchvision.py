@@ -1,6 +1,6 @@
-"""Parity with torchvision's own modules: eval, train, gradients, round trips; safe loading; folding."""
+"""torchvision weights in and out: parity with torchvision's own modules (eval, train, gradients),
+bit-exact round trips, strict layouts, and safe loading of .pth/.safetensors files."""
 
-import json
 import os
 import pickle
 
@@ -12,51 +12,11 @@ import torch
 import torchvision
 
 from resnet_bottleneck import create_model
-from resnet_bottleneck.fold import fold_batchnorm
-from resnet_bottleneck.torch_io import (
-    from_torchvision,
-    load_state_dict,
-    load_variables,
-    save_variables,
-    to_torchvision,
-)
+from resnet_bottleneck.io.torchvision import from_torchvision, load_state_dict, to_torchvision
+
+from helpers import assert_close_to_scale, random_torchvision, torch_stages
 
 torch.set_num_threads(2)
-
-
-def random_torchvision(name, seed=0, num_classes=1000):
-    """A torchvision model with random weights and randomised BatchNorm affine and running statistics."""
-    torch.manual_seed(seed)
-    model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                c = m.num_features
-                m.weight.copy_(0.5 + torch.rand(c, generator=g))
-                m.bias.copy_(0.1 * torch.randn(c, generator=g))
-                m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-    return model.eval()
-
-
-def torch_stages(model, x):
-    """torchvision's stage outputs (stem after ReLU, layer1..4) and logits, NHWC numpy."""
-    seen = {}
-    hooks = [model.relu.register_forward_hook(lambda m, i, o: seen.setdefault("stem", o))]
-    for i, stage in enumerate(["C2", "C3", "C4", "C5"]):
-        hooks.append(getattr(model, f"layer{i + 1}").register_forward_hook(lambda m, i, o, s=stage: seen.__setitem__(s, o)))
-    logits = model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
-    for h in hooks:
-        h.remove()
-    return {k: v.detach().numpy().transpose(0, 2, 3, 1) for k, v in seen.items()}, logits.detach().numpy()
-
-
-def assert_close_to_scale(ours, theirs, rel=1e-4, what=""):
-    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-    assert ours.shape == theirs.shape, (what, ours.shape, theirs.shape)
-    scale = max(np.abs(theirs).max(), 1e-12)
-    assert np.abs(ours - theirs).max() <= rel * scale, (what, np.abs(ours - theirs).max() / scale)
 
 
 @pytest.fixture(scope="module", params=["resnet50", "resnet18"])
@@ -216,114 +176,3 @@ def test_truncated_or_wrong_files_are_clear_errors(tmp_path):
         load_state_dict(tmp_path / "w.ckpt")
     with pytest.raises(FileNotFoundError, match="no such weights file"):
         load_state_dict(tmp_path / "missing.pth")
-
-
-def test_save_and_load_variables_round_trip(tmp_path, converted):
-    name, _, model, variables = converted
-    save_variables(tmp_path / "v.safetensors", variables, {"model": name})
-    back, meta = load_variables(tmp_path / "v.safetensors")
-    assert meta == {"model": name}
-    for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(variables)):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_fold_batchnorm_agrees_with_the_eval_model(converted):
-    name, tv, model, variables = converted
-    folded_model, folded = fold_batchnorm(model, variables)
-    assert "batch_stats" not in folded
-    assert not any("BatchNorm" in "/".join(map(str, p)) or "bn1" in str(p)
-                   for p, _ in jax.tree_util.tree_leaves_with_path(folded["params"]))
-    x = np.random.default_rng(5).standard_normal((2, 64, 64, 3)).astype(np.float32)
-    expected = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
-    got = jax.jit(folded_model.apply)(folded, x)
-    assert_close_to_scale(got, expected, what="folded logits")
-    with pytest.raises(ValueError, match="folded model .* is for inference"):
-        folded_model.apply(folded, x, train=True)
-
-
-# --- convert and predict --------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def small_weights(tmp_path_factory):
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("weights")
-    tv = random_torchvision("resnet18", seed=3, num_classes=10)
-    torch.save(tv.state_dict(), root / "r18.pth")
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (300, 260, 3), dtype=np.uint8)).save(root / "a.png")
-    Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)).convert("L").save(root / "b.jpg")
-    (root / "labels.txt").write_text("\n".join(f"class-{i}" for i in range(10)) + "\n")
-    (root / "broken.png").write_bytes(b"\x89PNG not really")
-    from resnet_bottleneck.torch_io import CHECKPOINT_FORMAT
-
-    save_variables(root / "r18.safetensors", from_torchvision(tv.state_dict(), "resnet18")[1],
-                   {"model": "resnet18", "format": CHECKPOINT_FORMAT})
-    return root, tv
-
-
-def test_preprocess_is_torchvisions(small_weights):
-    from torchvision import transforms
-
-    from resnet_bottleneck.cli import preprocess
-    from PIL import Image
-
-    root, _ = small_weights
-    reference = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
-                                    transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
-    for name in ("a.png", "b.jpg"):
-        expected = reference(Image.open(root / name).convert("RGB")).numpy().transpose(1, 2, 0)
-        np.testing.assert_allclose(preprocess(str(root / name)), expected, atol=1e-5)
-
-
-def test_convert_then_predict(small_weights, tmp_path, capsys):
-    from resnet_bottleneck.cli import main, preprocess
-
-    root, tv = small_weights
-    out = tmp_path / "r18.safetensors"
-    assert main(["convert", str(root / "r18.pth"), str(out), "--model", "resnet18"]) == 0
-    variables, meta = load_variables(out)
-    assert meta["model"] == "resnet18" and meta["num_classes"] == "10"
-    _, expected = from_torchvision(torch.load(root / "r18.pth", weights_only=True), "resnet18")
-    for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(expected)):
-        np.testing.assert_array_equal(a, b)
-    capsys.readouterr()
-
-    images = [str(root / "a.png"), str(root / "b.jpg")]
-    assert main(["predict", *images, "--weights", str(out), "--model", "resnet18", "--json",
-                 "--labels", str(root / "labels.txt")]) == 0
-    results = json.loads(capsys.readouterr().out)
-    for result, path in zip(results, images):
-        x = torch.from_numpy(preprocess(path).transpose(2, 0, 1)[None].copy())
-        probs = torch.softmax(tv.eval()(x), dim=1)[0].detach().numpy()
-        top = np.argsort(-probs)[:5]
-        assert [r["class"] for r in result["top5"]] == top.tolist()
-        np.testing.assert_allclose([r["probability"] for r in result["top5"]], probs[top], atol=1e-4)
-        assert result["top5"][0]["label"] == f"class-{top[0]}"
-    # torchvision weights straight from the .pth give the same answer
-    assert main(["predict", images[0], "--weights", str(root / "r18.pth"), "--model", "resnet18"]) == 0
-    assert capsys.readouterr().out.startswith(images[0] + ": " + str(results[0]["top5"][0]["class"]) + " (")
-
-
-@pytest.mark.parametrize("args,fragment", [
-    (["convert", "{root}/missing.pth", "{tmp}/o.safetensors", "--model", "resnet18"], "no such weights file"),
-    (["convert", "{root}/r18.pth", "{tmp}/o.npz", "--model", "resnet18"], "OUT must end in .safetensors"),
-    (["convert", "{root}/r18.pth", "{tmp}/o.safetensors", "--model", "resnet50"], "state_dict does not fit torchvision's resnet50"),
-    (["convert", "{root}/r18.pth", "{tmp}/o.safetensors", "--model", "resnet5"], "name must be one of"),
-    (["predict", "{root}/a.png", "--weights", "{root}/r18.pth", "--model", "resnet34"], "state_dict does not fit torchvision's resnet34"),
-    (["predict", "{root}/a.png", "--weights", "{root}/r18.safetensors", "--model", "resnet34"], "holds 'resnet18' variables, not 'resnet34'"),
-    (["predict", "{root}/a.png", "--weights", "{root}/none.safetensors", "--model", "resnet18"], "no such weights file"),
-    (["predict", "{root}/nope.png", "--weights", "{root}/r18.pth", "--model", "resnet18"], "no such image: "),
-    (["predict", "{root}/broken.png", "--weights", "{root}/r18.pth", "--model", "resnet18"], "cannot read image"),
-    (["predict", "{root}/a.png", "--weights", "{root}/r18.pth", "--model", "resnet18", "--labels", "{root}/a.png"], "--labels"),
-])
-def test_convert_and_predict_bad_input(args, fragment, small_weights, tmp_path, capsys):
-    from resnet_bottleneck.cli import main
-
-    root, _ = small_weights
-    args = [a.format(root=root, tmp=tmp_path) for a in args]
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and fragment in err[0], err
-    assert list(tmp_path.iterdir()) == []  # nothing half-written

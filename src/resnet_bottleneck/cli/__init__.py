@@ -1,0 +1,44 @@
+"""The ``resnet-bottleneck`` command line: one module per subcommand, flags -> library calls.
+
+Every subcommand reports bad input the same way: one line on stderr,
+``resnet-bottleneck <command>: error: <message>``, and exit status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import convert, cost, forward, predict, train
+from ._common import PROG, UsageError
+
+#: The subcommands, in the order ``--help`` lists them; each has ``add_parser(commands)``.
+COMMANDS = (forward, cost, convert, predict, train)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage + message; we want one line
+        raise UsageError(message, prog=self.prog)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="The ResNet bottleneck block and its family in JAX/Flax.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    for command in COMMANDS:
+        command.add_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0, 1 for a diverged run, 2 for bad input)."""
+    args = None
+    try:
+        args = build_parser().parse_args(argv)
+        return args.run(args)
+    except UsageError as err:
+        prog, message = err.prog, str(err)
+    except (TypeError, ValueError, OSError, ImportError) as err:
+        prog, message = None, str(err)
+    prog = prog or f"{PROG} {getattr(args, 'command', '')}".rstrip()
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message
+    return 2

@@ -1,0 +1,88 @@
+"""``resnet-bottleneck predict``: top-5 classes of images, with torchvision's evaluation transform."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+from ._common import UsageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser(
+        "predict",
+        help="classify images: top-5 classes with probabilities",
+        description="torchvision's ImageNet preprocessing (resize 256, center crop 224, mean/std), then the top-5 "
+        "classes of each image.",
+    )
+    parser.add_argument("images", metavar="IMAGE", nargs="+")
+    parser.add_argument("--weights", required=True, help="a converted .safetensors checkpoint or torchvision weights")
+    parser.add_argument("--model", required=True, help="the model name, e.g. resnet50")
+    parser.add_argument("--labels", help="a text file with one class name per line")
+    parser.add_argument("--json", action="store_true", help="print one JSON list")
+    parser.set_defaults(run=run)
+
+
+def preprocess(path: str, resize: int = 256, crop: int = 224) -> np.ndarray:
+    """torchvision's ImageNet evaluation transform: resize the short side, center crop, normalise. HWC."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            w, h = image.size  # torchvision: the long side is truncated, the crop offset rounded
+            size = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
+            image = image.resize(size, Image.BILINEAR)
+            w, h = image.size
+            left, top = int(round((w - crop) / 2.0)), int(round((h - crop) / 2.0))
+            image = image.crop((left, top, left + crop, top + crop))
+            array = np.asarray(image, np.float32) / 255.0
+    except FileNotFoundError:
+        raise UsageError(f"no such image: {path}") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise UsageError(f"cannot read image {path} ({err})") from None
+    return (array - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
+
+
+def run(args) -> int:
+    import jax
+
+    labels = None
+    if args.labels is not None:
+        try:
+            with open(args.labels) as f:
+                labels = [line.strip() for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(f"--labels: cannot read {args.labels} as text, one class name a line ({err})") from None
+    from .. import xla
+    from ..io import load_model
+
+    model, variables = load_model(args.weights, args.model)
+    if labels is not None and len(labels) != model.num_classes:
+        raise UsageError(f"--labels: {args.labels} has {len(labels)} names for {model.num_classes} classes")
+    images = [preprocess(p) for p in args.images]  # every image is checked before any work
+    forward = xla.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False)))
+    results = []
+    live = len(images) > 1 and sys.stderr.isatty()
+    for done, (path, image) in enumerate(zip(args.images, images)):
+        if live:
+            print(f"\r[{done + 1}/{len(images)}] {path[-50:]:<50}", end="", file=sys.stderr, flush=True)
+        probs = np.asarray(forward(variables, image[None]))[0]
+        top = np.argsort(-probs)[: min(5, probs.size)]
+        results.append({"image": path, "top5": [
+            {"class": int(i), "probability": float(probs[i]), **({"label": labels[i]} if labels else {})} for i in top]})
+        if not args.json:
+            if live:
+                print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
+            print(path + ": " + ", ".join(
+                f"{r['class']}{' ' + r['label'] if 'label' in r else ''} ({r['probability']:.3f})" for r in results[-1]["top5"]))
+    if live:
+        print(file=sys.stderr)
+    if args.json:
+        print(json.dumps(results))
+    return 0
