@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import resnet_bottleneck as rb
-from resnet_bottleneck.cli import main
+from resnet_bottleneck.cli import COMMANDS, main
 from resnet_bottleneck.forward import worked_example_input
 
 from helpers import one_line_error
@@ -71,22 +71,22 @@ def test_bad_input_through_the_process(tmp_path):
     assert not (tmp_path / "y.npy").exists()  # nothing written on failure
     result = run("forward", "--seed", "-1")
     assert result.returncode == 2
-    one_line_error(result.stderr, "seed must be an integer in [0, 2**32); got -1")
+    one_line_error(result.stderr, "argument --seed: must be an integer in [0, 2**32); got -1")
 
 
 @pytest.mark.parametrize("args,fragments", [
     ([], ["the following arguments are required: COMMAND"]),
     (["backward"], ["invalid choice: 'backward'"]),
-    (["forward", "--mid", "x"], ["argument --mid: invalid int value: 'x'"]),
-    (["forward", "--mid", "0"], ["mid_features must be a positive integer; got 0"]),
-    (["forward", "--out", "-4"], ["out_features must be a positive integer; got -4"]),
-    (["forward", "--seed", "4294967296"], ["seed must be an integer in [0, 2**32); got 4294967296"]),
-    (["forward", "--input", "missing.npy"], ["--input: no such file: missing.npy"]),
-    (["forward", "--input", "notes.txt"], ["--input: cannot read notes.txt as a .npy array"]),
-    (["forward", "--input", "objects.npy"], ["--input: cannot read objects.npy", "pickle"]),
-    (["forward", "--input", "nan.npy"], ["x must be finite; got 1 NaN/Inf value(s)"]),
-    (["forward", "--input", "flat.npy", "--out", "3"], ["x must be a 3-D array (H, W, C); got shape (12,) (1-D)"]),
-    (["forward", "--output", "no/such/dir/y.npy"], ["directory no/such/dir does not exist"]),
+    (["forward", "--mid", "x"], ["argument --mid: must be a positive integer; got 'x'"]),
+    (["forward", "--mid", "0"], ["argument --mid: must be a positive integer; got 0"]),
+    (["forward", "--out", "-4"], ["argument --out: must be a positive integer; got -4"]),
+    (["forward", "--seed", "4294967296"], ["argument --seed: must be an integer in [0, 2**32); got 4294967296"]),
+    (["forward", "--input", "missing.npy"], ["argument --input: no such file: missing.npy"]),
+    (["forward", "--input", "notes.txt"], ["argument --input: cannot read notes.txt as a .npy array"]),
+    (["forward", "--input", "objects.npy"], ["argument --input: cannot read objects.npy", "pickle"]),
+    (["forward", "--input", "nan.npy"], ["argument --input: x must be finite; got 1 NaN/Inf value(s)"]),
+    (["forward", "--input", "flat.npy", "--out", "3"], ["argument --input: x must be a 3-D array (H, W, C); got shape (12,) (1-D)"]),
+    (["forward", "--output", "no/such/dir/y.npy"], ["argument --output: cannot write no/such/dir/y.npy: directory no/such/dir does not exist"]),
     (["forward", "--bogus"], ["unrecognized arguments: --bogus"]),
 ])
 def test_bad_input_is_one_line_and_status_2(args, fragments, tmp_path, capsys, monkeypatch):
@@ -102,6 +102,32 @@ def test_bad_input_is_one_line_and_status_2(args, fragments, tmp_path, capsys, m
     assert captured.out == ""
     one_line_error(captured.err, *fragments)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flat.npy", "nan.npy", "notes.txt", "objects.npy"]
+
+
+#: One bad input per subcommand (run in an empty directory holding only ``w.ckpt``) and what its
+#: one-line error must hold: the argument, the value given and what was expected. A subcommand
+#: in ``cli.COMMANDS`` without a row here fails the test below.
+BAD_INPUT = {
+    "forward": (["--mid", "0"], ["argument --mid: ", "got 0", "must be a positive integer"]),
+    "cost": (["--model", "resnet5"], ["argument --model: ", "got 'resnet5'", "must be one of resnet18, ", "resnet50?"]),
+    "convert": (["w.ckpt", "w.npz", "--model", "resnet18"], ["argument OUT: ", "got w.npz", "must end in .safetensors"]),
+    "predict": (["a.png", "--weights", "w.ckpt", "--model", "resnet18"],
+                ["argument --weights: ", "got w.ckpt", "must end in .safetensors, .pth or .pt"]),
+    "train": (["--epochs", "-1"], ["argument --epochs: ", "got -1", "must be a positive integer"]),
+}
+
+
+@pytest.mark.parametrize("command", [module.__name__.rpartition(".")[2] for module in COMMANDS])
+def test_every_subcommand_reports_bad_input_in_one_style(command, tmp_path, capsys, monkeypatch):
+    assert command in BAD_INPUT, f"add one bad input of the {command!r} subcommand to BAD_INPUT"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w.ckpt").write_bytes(b"not weights")
+    args, fragments = BAD_INPUT[command]
+    assert main([command, *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    one_line_error(captured.err, *fragments, prog=f"resnet-bottleneck {command}")
+    assert [p.name for p in tmp_path.iterdir()] == ["w.ckpt"]  # nothing written
 
 
 def test_library_import_changes_no_global_settings():

@@ -3,10 +3,13 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import torchvision
 
+from resnet_bottleneck import create_model
 from resnet_bottleneck.cli import main
 from resnet_bottleneck.cli.predict import preprocess
 from resnet_bottleneck.io.safetensors import CHECKPOINT_FORMAT, load_variables, save_variables
@@ -74,20 +77,80 @@ def test_convert_then_predict(small_weights, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["convert", "{root}/missing.pth", "{tmp}/o.safetensors", "--model", "resnet18"], "no such weights file"),
-    (["convert", "{root}/r18.pth", "{tmp}/o.npz", "--model", "resnet18"], "OUT must end in .safetensors"),
-    (["convert", "{root}/r18.pth", "{tmp}/o.safetensors", "--model", "resnet50"], "state_dict does not fit torchvision's resnet50"),
-    (["convert", "{root}/r18.pth", "{tmp}/o.safetensors", "--model", "resnet5"], "name must be one of"),
-    (["predict", "{root}/a.png", "--weights", "{root}/r18.pth", "--model", "resnet34"], "state_dict does not fit torchvision's resnet34"),
-    (["predict", "{root}/a.png", "--weights", "{root}/r18.safetensors", "--model", "resnet34"], "holds 'resnet18' variables, not 'resnet34'"),
-    (["predict", "{root}/a.png", "--weights", "{root}/none.safetensors", "--model", "resnet18"], "no such weights file"),
-    (["predict", "{root}/nope.png", "--weights", "{root}/r18.pth", "--model", "resnet18"], "no such image: "),
-    (["predict", "{root}/broken.png", "--weights", "{root}/r18.pth", "--model", "resnet18"], "cannot read image"),
-    (["predict", "{root}/a.png", "--weights", "{root}/r18.pth", "--model", "resnet18", "--labels", "{root}/a.png"], "--labels"),
+    (["convert", "{root}/missing.pth", "{tmp}/o.safetensors", "--model", "resnet18"], "argument IN: no such weights file"),
+    (["convert", "{root}/r18.pth", "{tmp}/o.npz", "--model", "resnet18"], "argument OUT: must end in .safetensors"),
+    (["convert", "{root}/r18.pth", "{tmp}/o.safetensors", "--model", "resnet50"], "argument IN: {root}/r18.pth does not fit torchvision's resnet50; it fits resnet18. "),
+    (["convert", "{root}/r18.pth", "{tmp}/o.safetensors", "--model", "resnet5"], "argument --model: must be one of"),
+    (["predict", "{root}/a.png", "--weights", "{root}/r18.pth", "--model", "resnet34"], "argument --weights: {root}/r18.pth does not fit torchvision's resnet34; it fits resnet18"),
+    (["predict", "{root}/a.png", "--weights", "{root}/r18.safetensors", "--model", "resnet34"], "argument --weights: {root}/r18.safetensors holds 'resnet18' variables, not 'resnet34'"),
+    (["predict", "{root}/a.png", "--weights", "{root}/none.safetensors", "--model", "resnet18"], "argument --weights: no such weights file"),
+    (["predict", "{root}/nope.png", "--weights", "{root}/r18.pth", "--model", "resnet18"], "argument IMAGE: no such file: {root}/nope.png"),
+    (["predict", "{root}/broken.png", "--weights", "{root}/r18.pth", "--model", "resnet18"], "argument IMAGE: cannot read {root}/broken.png as an image"),
+    (["predict", "{root}/a.png", "--weights", "{root}/r18.pth", "--model", "resnet18", "--labels", "{root}/a.png"], "argument --labels: cannot read {root}/a.png as text"),
 ])
 def test_convert_and_predict_bad_input(args, fragment, small_weights, tmp_path, capsys):
     root, _ = small_weights
     args = [a.format(root=root, tmp=tmp_path) for a in args]
     assert main(args) == 2
-    one_line_error(capsys.readouterr().err, fragment, prog=f"resnet-bottleneck {args[0]}")
+    one_line_error(capsys.readouterr().err, fragment.format(root=root), prog=f"resnet-bottleneck {args[0]}")
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+@pytest.fixture(scope="module")
+def bottleneck_files(tmp_path_factory):
+    """Files with torchvision's keys and shapes (int8 zeros: only names and shapes are read on a mismatch)."""
+    from safetensors.numpy import save_file
+
+    root = tmp_path_factory.mktemp("family")
+    for name in ("resnet50", "resnet101", "resnext50_32x4d"):
+        with torch.device("meta"):
+            sd = getattr(torchvision.models, name)(weights=None).state_dict()
+        save_file({k: np.zeros(tuple(v.shape), np.int8) for k, v in sd.items()}, str(root / f"{name}.safetensors"))
+    return root
+
+
+@pytest.mark.parametrize("weights,model", [(a, b) for a in ("resnet50", "resnet101", "resnext50_32x4d")
+                                           for b in ("resnet50", "resnet101", "resnext50_32x4d") if a != b])
+def test_weights_of_another_model_are_named_in_one_short_line(bottleneck_files, weights, model, capsys, monkeypatch):
+    monkeypatch.chdir(bottleneck_files)
+    assert main(["convert", f"{weights}.safetensors", "out.safetensors", "--model", model]) == 2
+    line = one_line_error(capsys.readouterr().err, f"argument IN: {weights}.safetensors does not fit torchvision's "
+                          f"{model}; it fits {weights}. ", prog="resnet-bottleneck convert")
+    assert len(line) < 300, line
+    assert not (bottleneck_files / "out.safetensors").exists()
+
+
+def test_verbose_lists_every_difference(small_weights, tmp_path, capsys):
+    root, _ = small_weights
+    # resnet34 has 8 basic blocks more than resnet18, each 2 conv weights and 2 BNs of 4 tensors
+    for argv in (["convert", str(root / "r18.pth"), str(tmp_path / "o.safetensors")],
+                 ["predict", str(root / "a.png"), "--weights", str(root / "r18.pth")]):
+        assert main([*argv, "--model", "resnet34", "--verbose"]) == 2
+        lines = capsys.readouterr().err.splitlines()
+        assert lines[0].startswith(f"resnet-bottleneck {argv[0]}: error: argument ") and "it fits resnet18" in lines[0]
+        assert lines[1] == "80 missing:" and len(lines) == 2 + 80, lines[:3]
+        assert {"  layer1.2.conv1.weight", "  layer3.5.bn2.running_var", "  layer4.2.conv2.weight"} <= set(lines)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_names_the_classes(small_weights, tmp_path, capsys):
+    """ImageNet's names for 1,000 classes (torchvision's own list the oracle); a file's own names before them."""
+    from torchvision.models import ResNet50_Weights
+
+    root, _ = small_weights
+    image = str(root / "a.png")
+    rng = np.random.default_rng(0)
+    for num_classes, metadata in ((1000, {}), (3, {"classes": json.dumps(["cat", "dog", "eel"])})):
+        abstract = jax.eval_shape(create_model("resnet_tiny", num_classes=num_classes).init, jax.random.PRNGKey(0),
+                                  jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))  # jit(init) is slow to compile
+        variables = jax.tree_util.tree_map(lambda a: rng.uniform(0.5, 1.0, a.shape).astype(a.dtype), abstract)
+        save_variables(tmp_path / f"tiny{num_classes}.safetensors", variables,
+                       {"model": "resnet_tiny", "format": CHECKPOINT_FORMAT, **metadata})
+    assert main(["predict", image, "--weights", str(tmp_path / "tiny1000.safetensors"), "--model", "resnet_tiny",
+                 "--json"]) == 0
+    top5 = json.loads(capsys.readouterr().out)[0]["top5"]
+    categories = ResNet50_Weights.IMAGENET1K_V2.meta["categories"]
+    assert [r["label"] for r in top5] == [categories[r["class"]] for r in top5]
+    assert main(["predict", image, "--weights", str(tmp_path / "tiny3.safetensors"), "--model", "resnet_tiny"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(image + ": ") and all(f"{i} {name} (" in line for i, name in enumerate(["cat", "dog", "eel"]))

@@ -94,12 +94,14 @@ def test_cost_cli_spec_table_and_plot(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["cost", "--model", "resnet51"], "name must be one of"),
-    (["cost", "--model", "resnet50", "--image-size", "0"], "image_size must be a positive integer; got 0"),
-    (["cost", "--size", "0"], "size must be a positive integer; got 0"),
-    (["cost", "--plot", "/no/such/dir/x.png"], "directory /no/such/dir does not exist"),
+    (["cost", "--model", "resnet51"], "argument --model: must be one of"),
+    (["cost", "--model", "resnet50", "--image-size", "0"], "argument --image-size: must be a positive integer; got 0"),
+    (["cost", "--size", "0"], "argument --size: must be a positive integer; got 0"),
+    (["cost", "--plot", "/no/such/dir/x.png"], "argument --plot: cannot write /no/such/dir/x.png: directory /no/such/dir does not exist"),
 ])
 def test_cost_cli_bad_input(args, fragment, capsys):
     assert main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0], err
+    assert captured.out == ""  # nothing printed before the error, not even the table

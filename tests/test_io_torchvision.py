@@ -11,8 +11,9 @@ import pytest
 import torch
 import torchvision
 
-from resnet_bottleneck import create_model
-from resnet_bottleneck.io.torchvision import from_torchvision, load_state_dict, to_torchvision
+from resnet_bottleneck import CONFIGS, create_model
+from resnet_bottleneck.io.torchvision import (WeightsMismatch, detect_architecture, from_torchvision, load_state_dict,
+                                             to_torchvision)
 
 from helpers import assert_close_to_scale, random_torchvision, torch_stages
 
@@ -103,27 +104,102 @@ def test_resnext_and_wide_layouts_load_strictly():
         tv.load_state_dict(to_torchvision(variables, name), strict=True)
 
 
-def test_mismatches_are_listed_in_full():
-    sd = dict(torchvision.models.resnet18(weights=None).state_dict())
-    del sd["layer1.0.conv1.weight"], sd["fc.bias"]
-    sd["layer5.0.conv1.weight"] = torch.zeros(1)
-    sd["bn1.weight"] = torch.zeros(65)
-    with pytest.raises(ValueError) as err:
+def _meta_state_dict(name, **kwargs):
+    """torchvision's own keys and shapes for ``name``, without allocating or initialising a tensor."""
+    with torch.device("meta"):
+        return getattr(torchvision.models, name)(weights=None, **kwargs).state_dict()
+
+
+FAMILY = [name for name in CONFIGS if hasattr(torchvision.models, name)]
+
+
+def test_every_torchvision_layout_is_detected():
+    """Our abstract layout of every family name is torchvision's, key for key and shape for shape."""
+    assert len(FAMILY) == len(CONFIGS) - 1  # all but resnet_tiny
+    for name in FAMILY:
+        assert detect_architecture(_meta_state_dict(name)) == name, name
+    assert detect_architecture({"model": _meta_state_dict("resnext101_64x4d", num_classes=7)}) == "resnext101_64x4d"
+    headless = {k: v for k, v in _meta_state_dict("resnet50").items() if not k.startswith("fc.")}
+    assert detect_architecture(headless) is None
+
+
+@pytest.fixture(scope="module")
+def bottleneck_dicts():
+    return {name: _meta_state_dict(name) for name in ("resnet50", "resnet101", "resnext50_32x4d")}
+
+
+@pytest.mark.parametrize("weights,model", [(a, b) for a in ("resnet50", "resnet101", "resnext50_32x4d")
+                                           for b in ("resnet50", "resnet101", "resnext50_32x4d") if a != b])
+def test_weights_of_another_model_name_it(bottleneck_dicts, weights, model):
+    with pytest.raises(WeightsMismatch) as info:
+        from_torchvision(bottleneck_dicts[weights], model)
+    err = info.value.with_source(f"/data/{weights}-weights.pth")
+    message = str(err)
+    assert isinstance(err, ValueError) and err.fits == weights and err.nearest == weights
+    assert len(message) < 300 and "\n" not in message, message
+    assert message.startswith(f"/data/{weights}-weights.pth does not fit torchvision's {model}; it fits {weights}. ")
+    # the full lists, against torchvision's own keys and shapes of both models
+    ours, theirs = bottleneck_dicts[weights], bottleneck_dicts[model]
+    counter = "num_batches_tracked"
+    assert set(err.missing) == {k for k in theirs if k not in ours and not k.endswith(counter)}
+    assert set(err.unexpected) == {k for k in ours if k not in theirs}  # a BN that is not expected, counter and all
+    assert {k: (got, want) for k, got, want in err.wrong_shape} == {
+        k: (tuple(ours[k].shape), tuple(theirs[k].shape)) for k in ours if k in theirs and ours[k].shape != theirs[k].shape}
+    shown = sum(len(group) for group in (err.missing, err.unexpected, err.wrong_shape))
+    assert len(err.details().splitlines()) == shown + sum(map(bool, (err.missing, err.unexpected, err.wrong_shape)))
+
+
+def test_a_truncated_state_dict_fits_none_and_says_what_is_missing_first(bottleneck_dicts):
+    keys = list(bottleneck_dicts["resnet50"])
+    cut = keys.index("layer3.2.conv3.weight")
+    truncated = {k: bottleneck_dicts["resnet50"][k] for k in keys[:cut]}
+    with pytest.raises(WeightsMismatch) as info:
+        from_torchvision(truncated, "resnet50")
+    err = info.value
+    assert (err.fits, err.nearest, err.unexpected, err.wrong_shape) == (None, "resnet50", [], [])
+    assert err.missing[:3] == ["layer3.2.conv3.weight", "layer3.2.bn3.weight", "layer3.2.bn3.bias"]  # where it was cut
+    missing = len([k for k in keys[cut:] if not k.endswith("num_batches_tracked")])
+    assert str(err).startswith("state_dict does not fit torchvision's resnet50; it fits none of the family (nearest: "
+                               f"resnet50). {missing} missing: layer3.2.conv3.weight, "), str(err)
+    # the nearest is the model it was cut from: none of its tensors unexplained, the fewest missing
+    keys = list(bottleneck_dicts["resnet101"])
+    truncated = {k: bottleneck_dicts["resnet101"][k] for k in keys[: keys.index("layer3.10.conv1.weight")]}
+    for model, first in (("resnet50", "layer4.0.conv1.weight"), ("resnet101", "layer3.10.conv1.weight")):
+        with pytest.raises(WeightsMismatch, match=rf"fits none of the family \(nearest: resnet101\)\. \d+ missing: "
+                                                  rf"{first}, "):
+            from_torchvision(truncated, model)
+
+
+def test_shapes_are_checked_before_any_tensor_is_read():
+    """Meta tensors have no data: a mismatch must be found from names and shapes alone."""
+    sd = _meta_state_dict("resnet18")
+    sd["bn1.weight"] = torch.zeros(65, device="meta")
+    sd["layer5.0.conv1.weight"] = torch.zeros(1, device="meta")
+    del sd["fc.bias"]
+    with pytest.raises(WeightsMismatch) as info:
         from_torchvision(sd, "resnet18")
-    message = str(err.value)
-    for fragment in ("2 missing: fc.bias, layer1.0.conv1.weight", "1 unexpected: layer5.0.conv1.weight",
-                     "1 wrongly shaped: bn1.weight (65,) (expected (64,))"):
-        assert fragment in message, message
-    with pytest.raises(ValueError, match=r"state_dict does not fit torchvision's resnet50: .*missing: .*layer1.0.conv3.weight"):
-        from_torchvision(torchvision.models.resnet18(weights=None).state_dict(), "resnet50")
+    err = info.value
+    assert (err.missing, err.unexpected, err.wrong_shape) == (["fc.bias"], ["layer5.0.conv1.weight"],
+                                                                [("bn1.weight", (65,), (64,))])
+    assert str(err) == ("state_dict does not fit torchvision's resnet18; it fits none of the family (nearest: resnet18). "
+                        "1 missing: fc.bias; 1 wrongly shaped: bn1.weight (65,), expected (64,); "
+                        "1 unexpected: layer5.0.conv1.weight")
+    with pytest.raises(WeightsMismatch, match=r"state_dict does not fit torchvision's resnet18; it fits resnet18 with 10 "
+                                              r"classes\. 2 wrongly shaped: fc\.weight \(10, 512\), expected \(1000, 512\)"):
+        from_torchvision(_meta_state_dict("resnet18", num_classes=10), "resnet18", num_classes=1000)
 
 
-def test_to_torchvision_lists_bad_variables():
-    model = create_model("resnet18")
-    variables = jax.tree_util.tree_map(np.asarray, jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+def test_to_torchvision_names_the_model_the_variables_fit():
+    abstract = jax.eval_shape(create_model("resnet18", num_classes=10).init, jax.random.PRNGKey(0),
+                              jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+    with pytest.raises(WeightsMismatch, match=r"^variables do not fit resnet34; it fits resnet18\. 80 missing: "
+                                              r"params/layer1_2/Conv_0/kernel, "):
+        to_torchvision(abstract, "resnet34")
+    variables = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), abstract)
     del variables["params"]["layer1_0"]["Conv_0"]
     variables["params"]["extra"] = {"kernel": np.zeros(3)}
-    with pytest.raises(ValueError, match=r"1 missing: params/layer1_0/Conv_0/kernel; 1 unexpected: params/extra/kernel"):
+    with pytest.raises(WeightsMismatch, match=r"it fits none of the family \(nearest: resnet18\)\. 1 missing: "
+                                              r"params/layer1_0/Conv_0/kernel; 1 unexpected: params/extra/kernel$"):
         to_torchvision(variables, "resnet18")
 
 

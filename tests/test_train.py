@@ -217,11 +217,11 @@ def test_augment_is_deterministic_and_keeps_shape():
     (lambda root: (root / "d" / "cls").mkdir(parents=True), ["--data", "{root}/d"], "class folder {root}/d/cls has no images"),
     (lambda root: (write_folder(root / "c"), (root / "c" / "dog" / "bad.png").write_bytes(b"\x89PNG broken")),
      ["--data", "{root}/c"], "cannot read image {root}/c/dog/bad.png"),
-    (lambda root: None, ["--data", "{root}/missing"], "--data: {root}/missing is not a directory"),
-    (lambda root: None, ["--model", "resnet51"], "name must be one of"),
-    (lambda root: None, ["--batch-size", "0"], "batch_size must be a positive integer; got 0"),
+    (lambda root: None, ["--data", "{root}/missing"], "argument --data: {root}/missing is not a directory"),
+    (lambda root: None, ["--model", "resnet51"], "argument --model: must be one of"),
+    (lambda root: None, ["--batch-size", "0"], "argument --batch-size: must be a positive integer; got 0"),
     (lambda root: None, ["--label-smoothing", "1.5"], "--label-smoothing must be in [0, 1); got 1.5"),
-    (lambda root: None, ["--lr", "abc"], "argument --lr: invalid float value: 'abc'"),
+    (lambda root: None, ["--lr", "abc"], "argument --lr: must be a finite number >= 0; got 'abc'"),
     (lambda root: None, ["--batch-size", "5000"], "--batch-size 5000 is larger than the 1438 training images"),
 ])
 def test_bad_input_is_one_line(setup, args, fragment, tmp_path, capsys):

@@ -1,7 +1,9 @@
 """The ``resnet-bottleneck`` command line: one module per subcommand, flags -> library calls.
 
 Every subcommand reports bad input the same way: one line on stderr,
-``resnet-bottleneck <command>: error: <message>``, and exit status 2; no traceback.
+``resnet-bottleneck <command>: error: <message>`` naming the argument, its value and what was
+expected, and exit status 2; no traceback. Under ``--verbose`` (``convert``, ``predict``) an
+error with details (every mismatched tensor of a weights file) prints them below that line.
 """
 
 from __future__ import annotations
@@ -36,9 +38,12 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.run(args)
     except UsageError as err:
-        prog, message = err.prog, str(err)
+        prog, message, details = err.prog, str(err), err.details
     except (TypeError, ValueError, OSError, ImportError) as err:
         prog, message = None, str(err)
+        details = err.details() if callable(getattr(err, "details", None)) else None
     prog = prog or f"{PROG} {getattr(args, 'command', '')}".rstrip()
     print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message
+    if details and getattr(args, "verbose", False):
+        print(details, file=sys.stderr)
     return 2

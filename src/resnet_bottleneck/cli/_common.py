@@ -1,13 +1,68 @@
-"""What the subcommands share: the program's name and the one error they raise."""
+"""What the subcommands share: the program's name, the one error they raise, and argument
+types that check a value as it is parsed (``argument --mid: must be a positive integer; got 0``)."""
 
 from __future__ import annotations
+
+import argparse
+import math
+from contextlib import contextmanager
+
+from .._checks import SEED_LIMIT
 
 PROG = "resnet-bottleneck"
 
 
 class UsageError(Exception):
-    """Bad command-line input: reported as ``PROG COMMAND: error: message``, exit status 2."""
+    """Bad command-line input: reported as ``PROG COMMAND: error: message``, exit status 2.
 
-    def __init__(self, message: str, prog: str | None = None):
+    ``details``, if any, is printed below that line under ``--verbose``.
+    """
+
+    def __init__(self, message: str, prog: str | None = None, details: str | None = None):
         super().__init__(message)
         self.prog = prog
+        self.details = details
+
+
+@contextmanager
+def argument(name: str):
+    """Bad input found inside names the command-line argument it came from, as argparse's own
+    errors do: ``argument NAME: message``."""
+    try:
+        yield
+    except (ValueError, OSError) as err:
+        details = err.details() if callable(getattr(err, "details", None)) else None
+        raise UsageError(f"argument {name}: {err}", details=details) from None
+
+
+def _checked(convert, accept, expected: str):
+    """An argparse type: ``convert(text)``, refused as ``must be {expected}; got ...`` unless ``accept(value)``."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {expected}; got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {expected}; got {value}")
+        return value
+
+    return parse
+
+
+positive_int = _checked(int, lambda n: n > 0, "a positive integer")
+seed = _checked(int, lambda n: 0 <= n < SEED_LIMIT, "an integer in [0, 2**32)")
+non_negative = _checked(float, lambda x: math.isfinite(x) and x >= 0, "a finite number >= 0")
+
+
+def model_name(text: str) -> str:
+    """argparse type: a key of ``CONFIGS``, with the nearest name suggested for a typo."""
+    import difflib
+
+    from ..models import CONFIGS
+
+    if text not in CONFIGS:
+        close = difflib.get_close_matches(text, CONFIGS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(CONFIGS)}; got {text!r}{hint}")
+    return text

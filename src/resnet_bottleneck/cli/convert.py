@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import UsageError
+from ._common import UsageError, argument, model_name
 
 
 def add_parser(commands) -> None:
@@ -10,22 +10,28 @@ def add_parser(commands) -> None:
         "convert",
         help="convert torchvision weights to a Flax checkpoint (.safetensors)",
         description="Read torchvision weights (.safetensors, or .pth/.pt through torch.load(weights_only=True)) "
-        "and write this library's variables as a .safetensors file (keys 'params/conv1/kernel', ...).",
+        "and write this library's variables as a .safetensors file (keys 'params/conv1/kernel', ...). Weights "
+        "of another model are refused, naming the family model they fit.",
     )
     parser.add_argument("input", metavar="IN", help="torchvision weights: .safetensors, .pth or .pt")
     parser.add_argument("output", metavar="OUT", help="the Flax checkpoint to write (.safetensors)")
-    parser.add_argument("--model", required=True, help="the torchvision model name, e.g. resnet50")
+    parser.add_argument("--model", required=True, type=model_name, help="the torchvision model name, e.g. resnet50")
+    parser.add_argument("--verbose", action="store_true",
+                        help="on weights that do not fit --model, list every differing tensor below the one-line "
+                        "error (several lines)")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
     from ..io.safetensors import CHECKPOINT_FORMAT, save_variables
-    from ..io.torchvision import from_torchvision, load_state_dict
+    from ..io.torchvision import load_torchvision
 
     if not args.output.endswith(".safetensors"):
-        raise UsageError(f"OUT must end in .safetensors; got {args.output}")
-    model, variables = from_torchvision(load_state_dict(args.input), args.model)
-    save_variables(args.output, variables, {"model": args.model, "num_classes": str(model.num_classes),
-                                            "format": CHECKPOINT_FORMAT})
+        raise UsageError(f"argument OUT: must end in .safetensors; got {args.output}")
+    with argument("IN"):
+        model, variables = load_torchvision(args.input, args.model)
+    with argument("OUT"):
+        save_variables(args.output, variables, {"model": args.model, "num_classes": str(model.num_classes),
+                                                "format": CHECKPOINT_FORMAT})
     print(f"Converted {args.input} ({args.model}, {model.num_classes} classes) to {args.output}")
     return 0

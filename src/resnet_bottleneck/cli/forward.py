@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from .._files import atomic_write
-from ._common import UsageError
+from ._common import UsageError, argument, positive_int, seed
 
 
 def add_parser(commands) -> None:
@@ -19,9 +19,9 @@ def add_parser(commands) -> None:
         "(4, 4, 4) input, mid 2, out 4.",
     )
     parser.add_argument("--input", metavar="X.npy", help="(H, W, C) input array; C must equal --out")
-    parser.add_argument("--seed", type=int, default=0, help="PRNG seed in [0, 2**32) (default 0)")
-    parser.add_argument("--mid", type=int, default=2, help="mid_features (default 2)")
-    parser.add_argument("--out", type=int, default=4, help="out_features (default 4)")
+    parser.add_argument("--seed", type=seed, default=0, help="PRNG seed in [0, 2**32) (default 0)")
+    parser.add_argument("--mid", type=positive_int, default=2, help="mid_features (default 2)")
+    parser.add_argument("--out", type=positive_int, default=4, help="out_features (default 4)")
     parser.add_argument("--output", metavar="Y.npy", help="also write the flattened output here")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(run=run)
@@ -31,19 +31,21 @@ def _load_npy(path: str, option: str) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
-        raise UsageError(f"{option}: no such file: {path}") from None
+        raise UsageError(f"argument {option}: no such file: {path}") from None
     except (OSError, ValueError) as err:
-        raise UsageError(f"{option}: cannot read {path} as a .npy array ({err})") from None
+        raise UsageError(f"argument {option}: cannot read {path} as a .npy array ({err})") from None
 
 
 def run(args) -> int:
     from ..forward import bottleneck_walkthrough, resnet_bottleneck_forward, worked_example_input
 
     x = worked_example_input() if args.input is None else _load_npy(args.input, "--input")
-    y = np.asarray(resnet_bottleneck_forward(args.seed, x, args.mid, args.out))
+    with argument("--input"):  # the flags are checked as parsed: what is left is the array
+        y = np.asarray(resnet_bottleneck_forward(args.seed, x, args.mid, args.out))
     stages = bottleneck_walkthrough(tuple(np.shape(x)), args.mid, args.out)
     if args.output is not None:
-        atomic_write(args.output, lambda f: np.save(f, y, allow_pickle=False))
+        with argument("--output"):
+            atomic_write(args.output, lambda f: np.save(f, y, allow_pickle=False))
     if args.json:
         print(json.dumps({
             "seed": args.seed,

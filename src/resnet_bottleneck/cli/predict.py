@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from ._common import UsageError
+from ._common import UsageError, argument, model_name
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -18,13 +18,18 @@ def add_parser(commands) -> None:
         "predict",
         help="classify images: top-5 classes with probabilities",
         description="torchvision's ImageNet preprocessing (resize 256, center crop 224, mean/std), then the top-5 "
-        "classes of each image.",
+        "classes of each image, named by --labels, else by the weights file's own class names, else by "
+        "ImageNet's for a 1,000-class model; otherwise by index.",
     )
     parser.add_argument("images", metavar="IMAGE", nargs="+")
     parser.add_argument("--weights", required=True, help="a converted .safetensors checkpoint or torchvision weights")
-    parser.add_argument("--model", required=True, help="the model name, e.g. resnet50")
-    parser.add_argument("--labels", help="a text file with one class name per line")
+    parser.add_argument("--model", required=True, type=model_name, help="the model name, e.g. resnet50")
+    parser.add_argument("--labels", help="a text file with one class name per line (overrides the weights' own "
+                        "names and ImageNet's)")
     parser.add_argument("--json", action="store_true", help="print one JSON list")
+    parser.add_argument("--verbose", action="store_true",
+                        help="on weights that do not fit --model, list every differing tensor below the one-line "
+                        "error (several lines)")
     parser.set_defaults(run=run)
 
 
@@ -43,28 +48,28 @@ def preprocess(path: str, resize: int = 256, crop: int = 224) -> np.ndarray:
             image = image.crop((left, top, left + crop, top + crop))
             array = np.asarray(image, np.float32) / 255.0
     except FileNotFoundError:
-        raise UsageError(f"no such image: {path}") from None
+        raise UsageError(f"argument IMAGE: no such file: {path}") from None
     except (UnidentifiedImageError, OSError) as err:
-        raise UsageError(f"cannot read image {path} ({err})") from None
+        raise UsageError(f"argument IMAGE: cannot read {path} as an image ({err})") from None
     return (array - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
 
 
 def run(args) -> int:
     import jax
 
-    labels = None
-    if args.labels is not None:
-        try:
-            with open(args.labels) as f:
-                labels = [line.strip() for line in f if line.strip()]
-        except (OSError, UnicodeDecodeError) as err:
-            raise UsageError(f"--labels: cannot read {args.labels} as text, one class name a line ({err})") from None
     from .. import xla
-    from ..io import load_model
+    from ..io import class_names, load_model
+    from ..io.classes import read_labels
+    from ..io.safetensors import read_tensors
 
-    model, variables = load_model(args.weights, args.model)
-    if labels is not None and len(labels) != model.num_classes:
-        raise UsageError(f"--labels: {args.labels} has {len(labels)} names for {model.num_classes} classes")
+    if args.labels is not None:
+        with argument("--labels"):
+            read_labels(args.labels)  # a bad labels file is reported before any weights are read
+    with argument("--weights"):
+        model, variables = load_model(args.weights, args.model)
+        metadata = read_tensors(args.weights, header_only=True)[1] if args.weights.lower().endswith(".safetensors") else {}
+    with argument("--labels" if args.labels is not None else "--weights"):
+        labels = class_names(model.num_classes, metadata, args.labels)
     images = [preprocess(p) for p in args.images]  # every image is checked before any work
     forward = xla.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False)))
     results = []

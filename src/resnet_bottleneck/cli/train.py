@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ._common import PROG, UsageError
+from ._common import PROG, UsageError, model_name, non_negative, positive_int, seed
 
 
 def add_parser(commands) -> None:
@@ -16,24 +16,24 @@ def add_parser(commands) -> None:
         "and label smoothing, data-parallel over every device. Checkpoints go to OUT/checkpoints; running the "
         "same command again resumes exactly where the last checkpoint left off.",
     )
-    parser.add_argument("--model", default="resnet_tiny", help="model name (default resnet_tiny)")
+    parser.add_argument("--model", default="resnet_tiny", type=model_name, help="model name (default resnet_tiny)")
     parser.add_argument("--data", help="ImageFolder root (root/class_x/image.png); default: scikit-learn's digits")
-    parser.add_argument("--image-size", type=int, default=32, help="images are resized to this (default 32)")
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--batch-size", type=int, default=64, help="global batch size (default 64)")
-    parser.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default 0.1)")
-    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--image-size", type=positive_int, default=32, help="images are resized to this (default 32)")
+    parser.add_argument("--epochs", type=positive_int, default=15)
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="global batch size (default 64)")
+    parser.add_argument("--lr", type=non_negative, default=0.1, help="peak learning rate (default 0.1)")
+    parser.add_argument("--momentum", type=non_negative, default=0.9)
     parser.add_argument("--no-nesterov", action="store_true", help="plain momentum instead of Nesterov's")
-    parser.add_argument("--weight-decay", type=float, default=5e-4)
-    parser.add_argument("--warmup-epochs", type=float, default=1.0)
+    parser.add_argument("--weight-decay", type=non_negative, default=5e-4)
+    parser.add_argument("--warmup-epochs", type=non_negative, default=1.0)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--augment", action="store_true", help="random resized crop and flip (not for digits)")
     parser.add_argument("--bf16", action="store_true", help="compute in bfloat16 (float32 parameters)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out share (default 0.2)")
     parser.add_argument("--out", help="run directory (default runs/MODEL-seedSEED)")
-    parser.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (default 50)")
-    parser.add_argument("--keep", type=int, default=3, help="checkpoints kept (default 3)")
+    parser.add_argument("--checkpoint-every", type=positive_int, default=50, help="steps between checkpoints (default 50)")
+    parser.add_argument("--keep", type=positive_int, default=3, help="checkpoints kept (default 3)")
     parser.add_argument("--reuse-freed-memory", action="store_true",
                        help="have glibc keep freed memory for reuse: ~8-10%% faster for ResNet-50 on CPU, slower "
                        "for small models (see resnet_bottleneck.reuse_freed_memory)")
@@ -53,15 +53,12 @@ def run(args) -> int:
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
         augment=args.augment, bf16=args.bf16, seed=args.seed, test_fraction=args.test_fraction,
     )
-    from ..models import _model_name
-
-    _model_name(config.model)
     try:
         config.check()
     except training.TrainingError as err:
         raise UsageError(str(err)) from None
     if config.data is not None and not Path(config.data).is_dir():
-        raise UsageError(f"--data: {config.data} is not a directory")
+        raise UsageError(f"argument --data: {config.data} is not a directory")
     if args.reuse_freed_memory:  # before JAX's first computation, after every check of the input
         from .. import xla
 

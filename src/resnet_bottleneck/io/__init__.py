@@ -1,4 +1,5 @@
-"""Weights in and out, one module per format: :mod:`.safetensors` (ours), :mod:`.torchvision`."""
+"""Weights in and out, one module per format: :mod:`.safetensors` (ours), :mod:`.torchvision`;
+and the names of a model's classes (:mod:`.classes`)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,17 @@ import os
 from pathlib import Path
 
 from ..models import ResNet
+from .classes import class_names, imagenet_classes
 from .safetensors import CHECKPOINT_FORMAT, load_variables, read_tensors
-from .torchvision import _checked_layout, from_torchvision, load_state_dict
+from .torchvision import WeightsMismatch, _checked_layout, detect_architecture, load_torchvision
 
 
 def load_model(path: str | os.PathLike, name: str) -> tuple[ResNet, dict]:
     """``(model, variables)`` from a file written by ``convert`` or from torchvision weights.
 
     Raises:
-      ValueError: the file is unreadable, holds another model, or does not fit ``name``.
+      ValueError: the file is unreadable, holds another model, or does not fit ``name``
+        (a :class:`WeightsMismatch` naming the file and the model it fits).
     """
     path = Path(path)
     if path.suffix.lower() == ".safetensors":
@@ -23,6 +26,12 @@ def load_model(path: str | os.PathLike, name: str) -> tuple[ResNet, dict]:
             if metadata.get("model") != name:
                 raise ValueError(f"{path} holds {metadata.get('model')!r} variables, not {name!r}")
             variables, _ = load_variables(path)
-            model, _, _ = _checked_layout(variables, name)
+            try:
+                model, _, _ = _checked_layout(variables, name)
+            except WeightsMismatch as err:
+                raise err.with_source(path) from None
             return model, variables
-    return from_torchvision(load_state_dict(path), name)
+    return load_torchvision(path, name)
+
+
+__all__ = ["WeightsMismatch", "class_names", "detect_architecture", "imagenet_classes", "load_model", "load_torchvision"]

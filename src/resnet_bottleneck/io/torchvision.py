@@ -15,12 +15,18 @@ the *old* running value, so torch 0.1 == flax 0.9 (the models' default).
 
 Nothing here needs PyTorch except :func:`to_torchvision` returning tensors and loading
 ``.pth`` files; ``.safetensors`` files are read with ``safetensors.numpy``.
+
+Tensors that do not fit the model asked for raise :class:`WeightsMismatch`, which names the
+family model they do fit (:func:`detect_architecture`: keys and shapes against every name
+of ``CONFIGS``) or the nearest one, in one short line; its attributes hold the full lists.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ..models import ResNet, _model_name, create_model
+from ..models import CONFIGS, ResNet, _model_name, create_model
 from .safetensors import read_tensors
 
 _BN = (("scale", "params", "weight"), ("bias", "params", "bias"), ("mean", "batch_stats", "running_mean"),
@@ -112,16 +118,182 @@ def _to_numpy(value) -> np.ndarray:
     return np.asarray(value)
 
 
-def _format_problems(what: str, missing, unexpected, wrong) -> str:
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing: {', '.join(missing)}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected: {', '.join(unexpected)}")
-    if wrong:
-        parts.append(f"{len(wrong)} wrongly shaped: " + ", ".join(f"{k} {got} (expected {want})" for k, got, want in wrong))
-    return f"{what}: " + "; ".join(parts)
+# --- which family model do these tensors fit? -------------------------------------------
 
+
+@functools.lru_cache(maxsize=None)
+def _traced_layout(config: tuple) -> tuple:
+    return tuple(_layout(ResNet(**dict(config), num_classes=1)))
+
+
+@functools.lru_cache(maxsize=None)
+def _family_layout(name: str, num_classes: int) -> tuple:
+    """``_layout(create_model(name, num_classes))``, traced cheaply and cached.
+
+    The blocks of a stage after its first have the same tensors (what ``scan=True`` relies
+    on), so the model is traced with at most two blocks a stage and the second block's
+    entries are repeated for the rest (resnet50, resnet101 and resnet152 share one trace),
+    and with one class, the classifier's last axis set to ``num_classes`` after.
+    """
+    config = dict(CONFIGS[name])
+    sizes = tuple(config.pop("stage_sizes"))
+    config["stage_sizes"] = tuple(min(n, 2) for n in sizes)
+    entries = []
+    for key, path, shape, kind in _traced_layout(tuple(sorted(config.items()))):
+        if path[1] == "fc":
+            shape = (*shape[:-1], num_classes)
+        entries.append((key, path, shape, kind))
+        second = re.fullmatch(r"layer(\d+)_1", path[1])  # a stage's second block: repeated for the rest
+        if second:
+            i = second[1]
+            entries += [(key.replace(f"layer{i}.1.", f"layer{i}.{j}.", 1), (path[0], f"layer{i}_{j}", *path[2:]), shape, kind)
+                        for j in range(2, sizes[int(i) - 1])]
+    return tuple(entries)
+
+
+@functools.lru_cache(maxsize=None)
+def _expected_shapes(name: str, num_classes: int, torch: bool) -> dict[str, tuple]:
+    """Tensor name -> shape of ``name``: torchvision's keys and shapes, or our ``collection/module/name`` ones."""
+    if torch:
+        return {key: _to_torch_shape(shape, kind) for key, _, shape, kind in _family_layout(name, num_classes)}
+    return {"/".join(path): tuple(shape) for _, path, shape, _ in _family_layout(name, num_classes)}
+
+
+def _classes(shapes: Mapping[str, tuple], torch: bool) -> int:
+    """The classifier's outputs, read from ``fc``; 1000 without one."""
+    fc = shapes.get("fc.weight" if torch else "params/fc/kernel")
+    return int(fc[0] if torch else fc[1]) if fc is not None and len(fc) == 2 else 1000
+
+
+_LEAVES = ("weight", "kernel", "scale", "bias", "running_mean", "mean", "running_var", "var", "num_batches_tracked")
+
+
+def _model_order(key: str):
+    """Sort key for tensor names in model order: the stem, the stages block by block (each
+    conv before its norm, the projection last), the classifier; for torchvision's keys and ours."""
+    parts = key.split("/")[1:] if "/" in key else key.split(".")
+    head = {"conv1": 0, "bn1": 1, "fc": 3}.get(parts[0], 2)
+    module = ".".join(parts[:-1]).replace("downsample.0", "conv99").replace("downsample.1", "bn99")
+    numbers = tuple(int(n) for n in re.findall(r"\d+", module))
+    norm = re.search(r"(bn|BatchNorm_)\d+$", module) is not None
+    leaf = _LEAVES.index(parts[-1]) if parts[-1] in _LEAVES else len(_LEAVES)
+    return head, numbers, norm, leaf, key
+
+
+def _differences(shapes: Mapping[str, tuple], expected: Mapping[str, tuple], torch: bool):
+    """``(missing, unexpected, wrong_shape)`` in model order; a BatchNorm's ``num_batches_tracked`` is optional."""
+    def bn_counter(key):
+        return torch and key.endswith(".num_batches_tracked") and key[: -len("num_batches_tracked")] + "running_mean" in expected
+
+    missing = sorted((k for k in expected if k not in shapes), key=_model_order)
+    unexpected = sorted((k for k in shapes if k not in expected and not bn_counter(k)), key=_model_order)
+    wrong = sorted(((k, tuple(shapes[k]), tuple(want)) for k, want in expected.items()
+                    if k in shapes and tuple(shapes[k]) != tuple(want)), key=lambda w: _model_order(w[0]))
+    return missing, unexpected, wrong
+
+
+def _detect(shapes: Mapping[str, tuple], torch: bool) -> tuple[str | None, str]:
+    """``(fits, nearest)``: the family model whose tensors are exactly these (or None), and the
+    nearest one: the fewest tensors it cannot explain (unexpected or wrongly shaped), then the
+    fewest missing, so that a truncated file is nearest the model it was cut from."""
+    num_classes = _classes(shapes, torch)
+    best = None
+    for name in CONFIGS:
+        missing, unexpected, wrong = _differences(shapes, _expected_shapes(name, num_classes, torch), torch)
+        score = (len(unexpected) + len(wrong), len(missing))
+        if score == (0, 0):
+            return name, name
+        if best is None or score < best[0]:
+            best = (score, name)
+    return None, best[1]
+
+
+def _shapes(state_dict: Mapping[str, Any]) -> tuple[Mapping[str, Any], dict[str, tuple]]:
+    """The (unwrapped) state_dict and its tensors' shapes, read without converting any tensor."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping of tensor names to tensors; got {type(state_dict).__name__}")
+    state_dict = _unwrap(state_dict)
+    return state_dict, {k: tuple(np.shape(v)) for k, v in state_dict.items()}
+
+
+def detect_architecture(state_dict: Mapping[str, Any]) -> str | None:
+    """The family model (a key of ``CONFIGS``) whose torchvision keys and shapes these are, or None.
+
+    Only names and shapes are read (meta tensors will do); ``num_classes`` is whatever ``fc`` has.
+    """
+    return _detect(_shapes(state_dict)[1], torch=True)[0]
+
+
+class WeightsMismatch(ValueError):
+    """Tensors that do not fit the model asked for: which family model they fit, and how they differ.
+
+    ``str()`` is one short line: the file (``source``), the model asked for, the model the
+    tensors fit (``fits``; or none of the family, and the ``nearest``), the counts and the
+    first few differences, missing ones first. The full lists are attributes: ``missing`` and
+    ``unexpected`` (tensor names) and ``wrong_shape`` (``(name, shape, expected shape)``);
+    :meth:`details` writes them one a line.
+    """
+
+    #: ``str()`` names at most this many differences, in at most ``BUDGET`` characters; the rest are counted
+    SHOWN, BUDGET = 3, 100
+
+    def __init__(self, name: str, missing, unexpected, wrong_shape, fits: str | None, nearest: str, *,
+                 what: str = "state_dict", num_classes: int | None = None, source: str | None = None):
+        self.name, self.what, self.source = name, what, source
+        self.missing, self.unexpected, self.wrong_shape = list(missing), list(unexpected), list(wrong_shape)
+        self.fits, self.nearest, self.num_classes = fits, nearest, num_classes
+        super().__init__(str(self))
+
+    def with_source(self, source: str | os.PathLike) -> "WeightsMismatch":
+        """The same error, naming the file the tensors came from."""
+        return WeightsMismatch(self.name, self.missing, self.unexpected, self.wrong_shape, self.fits, self.nearest,
+                               what=self.what, num_classes=self.num_classes, source=str(source))
+
+    def _groups(self):
+        shaped = [f"{k} {got}, expected {want}" for k, got, want in self.wrong_shape]
+        return (("missing", self.missing), ("wrongly shaped", shaped), ("unexpected", self.unexpected))
+
+    def __str__(self) -> str:
+        subject = self.source or self.what
+        verb = "do" if subject == "variables" else "does"
+        target = f"torchvision's {self.name}" if self.what == "state_dict" else self.name
+        if self.fits is None:
+            fit = f"it fits none of the family (nearest: {self.nearest})"
+        else:
+            fit = f"it fits {self.fits}" + (f" with {self.num_classes} classes" if self.num_classes else "")
+        left, budget, parts = self.SHOWN, self.BUDGET, []
+        for label, items in self._groups():
+            if not items:
+                continue
+            named = []
+            for item in items[:left]:
+                if len(item) > budget and (named or left < self.SHOWN):  # the first is named however long
+                    break
+                named.append(item)
+                budget -= len(item) + 2
+            left = left - len(named) if len(named) == len(items) else 0  # no later group named before this one's rest
+            more = f" and {len(items) - len(named)} more" if len(items) > len(named) else ""
+            parts.append(f"{len(items)} {label}" + (f": {', '.join(named)}{more}" if named else ""))
+        return f"{subject} {verb} not fit {target}; {fit}. " + "; ".join(parts)
+
+    def details(self) -> str:
+        """Every difference, one a line, grouped as missing, wrongly shaped and unexpected."""
+        lines = []
+        for label, items in self._groups():
+            if items:
+                lines += [f"{len(items)} {label}:"] + [f"  {item}" for item in items]
+        return "\n".join(lines)
+
+
+def _mismatch(name: str, shapes: Mapping[str, tuple], num_classes: int, torch: bool) -> WeightsMismatch | None:
+    """The error for ``shapes`` against model ``name`` with ``num_classes`` outputs, or None if they fit."""
+    missing, unexpected, wrong = _differences(shapes, _expected_shapes(name, num_classes, torch), torch)
+    if not (missing or unexpected or wrong):
+        return None
+    fits, nearest = _detect(shapes, torch)
+    detected = _classes(shapes, torch)
+    return WeightsMismatch(name, missing, unexpected, wrong, fits, nearest, what="state_dict" if torch else "variables",
+                           num_classes=detected if fits is not None and detected != num_classes else None)
 
 def _unwrap(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
     """A training checkpoint's ``{'state_dict': ...}`` or ``{'model': ...}``, or the tensors themselves."""
@@ -146,54 +318,48 @@ def from_torchvision(state_dict: Mapping[str, Any], name: str, **options) -> tup
       ``(model, {'params': ..., 'batch_stats': ...})``; ``num_classes`` is read from ``fc``.
 
     Raises:
-      ValueError: listing every missing, unexpected and wrongly shaped tensor.
+      WeightsMismatch: a ``ValueError`` naming the family model the tensors fit, if any, the
+        counts and first few of the missing, wrongly shaped and unexpected tensors; the full
+        lists are its attributes. Shapes are checked before any tensor is converted.
     """
     name = _model_name(name)
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"state_dict must be a mapping of tensor names to tensors; got {type(state_dict).__name__}")
-    state_dict = _unwrap(state_dict)
+    state_dict, shapes = _shapes(state_dict)
     num_classes = options.pop("num_classes", None)
     if num_classes is None:
-        fc = state_dict.get("fc.weight")
-        num_classes = int(np.shape(fc)[0]) if fc is not None and len(np.shape(fc)) == 2 else 1000
+        num_classes = _classes(shapes, torch=True)
     model = create_model(name, num_classes=num_classes, **options)
-    layout = _layout(model)
-    expected = {key for key, *_ in layout}
-    missing = sorted(expected - set(state_dict))
-    def expected_or_bn_counter(key):  # num_batches_tracked belongs to every BN that is expected
-        counter = key.endswith(".num_batches_tracked")
-        return key[: -len("num_batches_tracked")] + "running_mean" in expected if counter else key in expected
-
-    unexpected = sorted(k for k in state_dict if not expected_or_bn_counter(k))
-    wrong, flat = [], {}
-    for key, path, shape, kind in layout:
-        if key not in state_dict:
-            continue
-        array = _to_numpy(state_dict[key])
-        if array.shape != _to_torch_shape(shape, kind):
-            wrong.append((key, tuple(array.shape), _to_torch_shape(shape, kind)))
-            continue
-        flat[path] = jnp.asarray(_from_torch(array, kind).astype(np.float32))
-    if missing or unexpected or wrong:
-        raise ValueError(_format_problems(f"state_dict does not fit torchvision's {name}", missing, unexpected, wrong))
+    error = _mismatch(name, shapes, num_classes, torch=True)
+    if error is not None:
+        raise error
+    flat = {path: jnp.asarray(_from_torch(_to_numpy(state_dict[key]), kind).astype(np.float32))
+            for key, path, _, kind in _family_layout(name, num_classes)}
     return model, traverse_util.unflatten_dict(flat)
 
 
+def load_torchvision(path: str | os.PathLike, name: str, **options) -> tuple[ResNet, dict]:
+    """:func:`from_torchvision` of the weights file ``path`` (see :func:`load_state_dict`);
+    a :class:`WeightsMismatch` names the file."""
+    try:
+        return from_torchvision(load_state_dict(path), name, **options)
+    except WeightsMismatch as err:
+        raise err.with_source(path) from None
+
+
 def _checked_layout(variables, name: str):
-    """The flat variables and, per flax path, its (torch key, shape, kind); every mismatch listed."""
+    """The model, the flat variables and, per flax path, its (torch key, shape, kind).
+
+    Raises:
+      WeightsMismatch: the variables do not fit ``name``.
+    """
     name = _model_name(name)
     flat = traverse_util.flatten_dict(dict(variables))
-    fc = flat.get(("params", "fc", "kernel"))
-    model = create_model(name, num_classes=int(fc.shape[1]) if fc is not None and fc.ndim == 2 else 1000)
-    expected = {path: (key, shape, kind) for key, path, shape, kind in _layout(model)}
-    show = "/".join
-    missing = sorted(show(p) for p in expected if p not in flat)
-    unexpected = sorted(show(p) for p in flat if p not in expected)
-    wrong = [(show(p), tuple(flat[p].shape), tuple(shape)) for p, (_, shape, _) in expected.items()
-             if p in flat and tuple(flat[p].shape) != tuple(shape)]
-    if missing or unexpected or wrong:
-        raise ValueError(_format_problems(f"variables do not fit {name}", missing, unexpected, wrong))
-    return model, flat, expected
+    shapes = {"/".join(path): tuple(np.shape(value)) for path, value in flat.items()}
+    num_classes = _classes(shapes, torch=False)
+    error = _mismatch(name, shapes, num_classes, torch=False)
+    if error is not None:
+        raise error
+    expected = {path: (key, shape, kind) for key, path, shape, kind in _family_layout(name, num_classes)}
+    return create_model(name, num_classes=num_classes), flat, expected
 
 
 def to_torchvision(variables, name: str, *, as_numpy: bool = False, dtype=np.float32) -> dict:
@@ -207,7 +373,7 @@ def to_torchvision(variables, name: str, *, as_numpy: bool = False, dtype=np.flo
       dtype: the floating dtype of the tensors (torchvision's is float32).
 
     Raises:
-      ValueError: listing every missing, unexpected and wrongly shaped variable.
+      WeightsMismatch: as :func:`from_torchvision`'s, for variables that do not fit ``name``.
     """
     _, flat, expected = _checked_layout(variables, name)
     out = {}
