@@ -47,23 +47,30 @@ def one_line_error(stderr: str, *fragments: str, prog: str | None = None) -> str
 # --- torchvision as the oracle ---------------------------------------------------------
 
 
+def randomize_norms(model, seed=1):
+    """Random affine and running statistics for every ``BatchNorm2d`` and ``FrozenBatchNorm2d``; ``model`` in eval mode."""
+    import torch
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.BatchNorm2d, FrozenBatchNorm2d)):
+                c = m.weight.shape[0]
+                m.weight.copy_(0.5 + torch.rand(c, generator=g))
+                m.bias.copy_(0.1 * torch.randn(c, generator=g))
+                m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
+    return model.eval()
+
+
 def random_torchvision(name, seed=0, num_classes=1000):
     """A torchvision model with random weights and randomised BatchNorm affine and running statistics."""
     import torch
     import torchvision
 
     torch.manual_seed(seed)
-    model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                c = m.num_features
-                m.weight.copy_(0.5 + torch.rand(c, generator=g))
-                m.bias.copy_(0.1 * torch.randn(c, generator=g))
-                m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-    return model.eval()
+    return randomize_norms(getattr(torchvision.models, name)(weights=None, num_classes=num_classes), seed + 1)
 
 
 def torch_stages(model, x):

@@ -29,3 +29,12 @@ def test_fold_batchnorm_agrees_with_the_eval_model(converted):
     assert_close_to_scale(got, expected, what="folded logits")
     with pytest.raises(ValueError, match="folded model .* is for inference"):
         folded_model.apply(folded, x, train=True)
+
+
+def test_fold_batchnorm_of_a_frozen_model():
+    """A frozen BatchNorm keeps its affine in batch_stats; folding reads it there."""
+    model, variables = from_torchvision(random_torchvision("resnet18").state_dict(), "resnet18", norm="frozen")
+    assert "bn1" not in variables["params"]
+    folded_model, folded = fold_batchnorm(model, variables)
+    x = np.random.default_rng(6).standard_normal((1, 48, 48, 3)).astype(np.float32)
+    assert_close_to_scale(jax.jit(folded_model.apply)(folded, x), jax.jit(model.apply)(variables, x), what="logits")

@@ -182,10 +182,67 @@ def test_torch_padding_in_the_stem():
     (lambda: abstract_init(ResNet(stage_sizes=(2, 0))), ValueError, r"stage_sizes must be a positive integer; got 0"),
     (lambda: abstract_init(ResNet(stage_sizes=(2,), block="bottleneck")), TypeError, r"block must be a block class such as BottleneckBlock or BasicBlock; got 'bottleneck'"),
     (lambda: abstract_init(ResNet(stage_sizes=(2,), block=BasicBlock, groups=32)), ValueError, r"basic blocks support only groups=1"),
+    (lambda: abstract_init(create_model("resnet18", replace_stride_with_dilation=(False, True, True))), ValueError,
+     r"replace_stride_with_dilation=\(False, True, True\) dilates C4 by 2, but basic blocks support only dilation=1"),
+    (lambda: abstract_init(create_model("resnet50", replace_stride_with_dilation=(True, False))), ValueError,
+     r"replace_stride_with_dilation must be three booleans \(for the stages C3, C4, C5\); got \(True, False\)"),
+    (lambda: abstract_init(create_model("resnet50", norm="group")), ValueError, r"norm must be one of 'batch', 'frozen'; got 'group'"),
+    (lambda: abstract_init(create_model("resnet50", trainable_layers=6)), ValueError,
+     r"trainable_layers must be an integer from 0 to 5 .*; got 6"),
+    (lambda: feature_info(create_model("resnet34", replace_stride_with_dilation=(True, False, False))), ValueError,
+     r"replace_stride_with_dilation=\(True, False, False\) dilates C3 by 2"),
 ])
 def test_bad_model_arguments_are_named(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+@pytest.mark.parametrize("dilate,strides", [((False, True, True), [2, 4, 8, 8, 8]),
+                                            ((False, False, True), [2, 4, 8, 16, 16]),
+                                            ((True, True, True), [2, 4, 4, 4, 4])])
+def test_dilated_stages_keep_the_resolution_and_feature_info_says_so(dilate, strides):
+    model = create_model("resnet50", replace_stride_with_dilation=dilate)
+    info = feature_info(model)
+    assert [i["stride"] for i in info] == strides
+    variables = abstract_init(model)
+    assert count_params(variables) == TORCHVISION_PARAMS["resnet50"]  # dilation adds no parameter
+    outputs = jax.eval_shape(lambda v, x: model.apply(v, x, features=True), variables,
+                             jax.ShapeDtypeStruct((1, 65, 47, 3), jnp.float32))
+    for i in info:
+        assert outputs[i["name"]].shape == (1, -(-65 // i["stride"]), -(-47 // i["stride"]), i["channels"])
+
+
+def random_variables(model, shape, seed=1):
+    """Random parameters and positive statistics of ``model``'s shapes, without compiling ``init``."""
+    g = np.random.default_rng(seed)
+    shapes = abstract_init(model, shape)
+    return {"params": jax.tree_util.tree_map(lambda s: (0.1 * g.standard_normal(s.shape)).astype(np.float32),
+                                             shapes["params"]),
+            "batch_stats": jax.tree_util.tree_map(lambda s: (0.5 + g.random(s.shape)).astype(np.float32),
+                                                  shapes["batch_stats"])}
+
+
+def test_frozen_norm_is_fixed_in_training_too(batch):
+    model = tiny(norm="frozen")
+    variables = random_variables(model, batch.shape)
+    assert not [p for p, _ in jax.tree_util.tree_leaves_with_path(variables["params"])
+                if "BatchNorm" in jax.tree_util.keystr(p) or "bn1" in jax.tree_util.keystr(p)]
+    assert set(variables["batch_stats"]["layer1_0"]["BatchNorm_0"]) == {"scale", "bias", "mean", "var"}
+    (_, (logits, state)), grads = loss_fn(model, variables, batch)
+    for a, b in zip(jax.tree_util.tree_leaves(state["batch_stats"]), jax.tree_util.tree_leaves(variables["batch_stats"])):
+        np.testing.assert_array_equal(a, b)
+    eval_logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, batch)
+    np.testing.assert_allclose(logits, eval_logits, rtol=1e-5, atol=1e-6)
+    assert all(np.any(g) for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_trainable_layers_cut_the_frozen_stem_from_autodiff(batch):
+    model = tiny(trainable_layers=4)  # layer4..layer1 learn; conv1 and bn1 do not
+    variables = random_variables(model, batch.shape)
+    (_, _), grads = loss_fn(model, variables, batch)
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        frozen = jax.tree_util.keystr(path).startswith(("['conv1']", "['bn1']"))
+        assert (not np.any(g)) if frozen else np.any(g), jax.tree_util.keystr(path)
 
 
 def test_model_is_a_plain_linen_module():

@@ -1,5 +1,5 @@
 """The BatchNorm with a hand-written gradient: against autodiff of the plain formula, and
-against Flax's ``nn.BatchNorm`` as the blocks' default."""
+against Flax's ``nn.BatchNorm`` as the blocks' default; the frozen BatchNorm against torchvision's."""
 
 from functools import partial
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resnet_bottleneck.norm import FLAX_BATCH_NORM, BatchNorm, batch_norm
+from resnet_bottleneck.norm import FLAX_BATCH_NORM, BatchNorm, FrozenBatchNorm, batch_norm
 
 
 def plain_batch_norm(x, scale, bias, epsilon, fast_variance):
@@ -133,3 +133,27 @@ def test_sync_statistics_match_the_unsynchronised_module_on_one_device(rng):
 
     mapped = jax.vmap(partial(grads, synced), axis_name="d")(x)
     _assert_close(jax.tree.map(lambda a: a[0], mapped), grads(local, x[0]), rtol=1e-5)
+
+
+def test_frozen_batch_norm_is_torchvisions(rng):
+    import torch
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    c = 6
+    x = (3.0 * rng.standard_normal((2, 5, 7, c)) + 1.0).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    vectors = {"scale": 0.5 + rng.random(c), "bias": rng.standard_normal(c), "mean": rng.standard_normal(c),
+               "var": 0.5 + rng.random(c)}
+    vectors = {k: v.astype(np.float32) for k, v in vectors.items()}
+    tv = FrozenBatchNorm2d(c)
+    for ours, theirs in (("scale", "weight"), ("bias", "bias"), ("mean", "running_mean"), ("var", "running_var")):
+        getattr(tv, theirs).copy_(torch.from_numpy(vectors[ours]))
+    x_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
+    y_t = tv(x_t)
+    (y_t * torch.from_numpy(g.transpose(0, 3, 1, 2).copy())).sum().backward()
+
+    module = FrozenBatchNorm()
+    assert set(module.init(jax.random.PRNGKey(0), x)) == {"batch_stats"}  # nothing for an optimizer to see
+    y, vjp = jax.vjp(lambda x: module.apply({"batch_stats": vectors}, x), x)
+    _assert_close(y, y_t.detach().numpy().transpose(0, 2, 3, 1), 1e-6)
+    _assert_close(vjp(g)[0], x_t.grad.numpy().transpose(0, 2, 3, 1), 1e-6)

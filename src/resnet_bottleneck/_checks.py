@@ -34,6 +34,16 @@ def positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def int_in_range(name: str, value: Any, low: int, high: int, meaning: str = "") -> int:
+    """``value`` as a Python int in ``[low, high]``; ``meaning`` explains the range in messages."""
+    expected = f"{name} must be an integer from {low} to {high}{meaning}"
+    if not _is_int(value):
+        raise TypeError(f"{expected}; got {_describe(value)}")
+    if not low <= value <= high:
+        raise ValueError(f"{expected}; got {int(value)}")
+    return int(value)
+
+
 def seed(value: Any, name: str = "seed") -> int:
     """A PRNG seed in ``[0, 2**32)``.
 

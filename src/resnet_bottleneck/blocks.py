@@ -189,14 +189,17 @@ class BottleneckBlock(nn.Module):
     param_dtype: Any = jnp.float32
 
     @classmethod
-    def stage_args(cls, planes: int, *, groups: int = 1, width_per_group: int = 64, stride_on: str = "3x3") -> dict:
+    def stage_args(cls, planes: int, *, groups: int = 1, width_per_group: int = 64, stride_on: str = "3x3",
+                   dilation: int = 1) -> dict:
         """Constructor arguments of a stage's blocks at ``planes`` (torchvision's widths).
 
         The 3x3 conv is ``int(planes * width_per_group / 64) * groups`` wide (ResNeXt
         groups it, Wide ResNet doubles it) and the block outputs ``planes * expansion``.
+        ``dilation`` is the stage's (its first block may be given the previous stage's).
         """
         mid = int(planes * (width_per_group / 64.0)) * groups
-        return {"mid_features": mid, "out_features": planes * cls.expansion, "groups": groups, "stride_on": stride_on}
+        return {"mid_features": mid, "out_features": planes * cls.expansion, "groups": groups, "stride_on": stride_on,
+                "dilation": _checks.positive_int("dilation", dilation)}
 
     @nn.compact
     def __call__(self, x):
@@ -243,18 +246,22 @@ class BasicBlock(nn.Module):
     param_dtype: Any = jnp.float32
 
     @classmethod
-    def stage_args(cls, planes: int, *, groups: int = 1, width_per_group: int = 64, stride_on: str = "3x3") -> dict:
+    def stage_args(cls, planes: int, *, groups: int = 1, width_per_group: int = 64, stride_on: str = "3x3",
+                   dilation: int = 1) -> dict:
         """Constructor arguments of a stage's blocks at ``planes``.
 
         A basic block has one width, so ``groups`` and ``width_per_group`` must keep their
-        defaults (torchvision raises the same way); the stride always sits on the first 3x3
-        conv, so ``stride_on`` is only checked.
+        defaults, and a stage of them is not dilated (torchvision raises the same way:
+        "Dilation > 1 not supported in BasicBlock"); the stride always sits on the first
+        3x3 conv, so ``stride_on`` is only checked.
         """
         if (groups, width_per_group) != (1, 64):
             raise ValueError(f"basic blocks support only groups=1, width_per_group=64; "
                              f"got groups={groups!r}, width_per_group={width_per_group!r}")
+        if dilation != 1:
+            raise ValueError(f"basic blocks support only dilation=1, as torchvision's; got dilation={dilation!r}")
         _checks.one_of("stride_on", stride_on, STRIDE_PLACEMENTS)
-        return {"features": planes * cls.expansion}
+        return {"features": planes * cls.expansion, "dilation": 1}
 
     @nn.compact
     def __call__(self, x):

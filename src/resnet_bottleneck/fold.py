@@ -25,7 +25,8 @@ def fold_batchnorm(model: ResNet, variables) -> tuple[ResNet, dict]:
     """An inference model and its variables with every BatchNorm folded into its conv.
 
     Args:
-      model: a :class:`~resnet_bottleneck.models.ResNet` (plain or scanned layout).
+      model: a :class:`~resnet_bottleneck.models.ResNet` (plain or scanned layout, ``norm``
+        ``'batch'`` or ``'frozen'``).
       variables: its ``{'params': ..., 'batch_stats': ...}``.
 
     Returns:
@@ -45,7 +46,8 @@ def fold_batchnorm(model: ResNet, variables) -> tuple[ResNet, dict]:
             continue
         module = tuple(module)
         var = stats[(*module, "var")]
-        gamma, beta = params[(*module, "scale")], params[(*module, "bias")]
+        affine = params if (*module, "scale") in params else stats  # a frozen BatchNorm keeps it in batch_stats
+        gamma, beta = affine[(*module, "scale")], affine[(*module, "bias")]
         multiplier = gamma * jnp.reciprocal(jnp.sqrt(var + model.bn_epsilon))
         conv = _bn_to_conv(module)
         kernel = params[(*conv, "kernel")]

@@ -11,6 +11,10 @@ bottleneck stage sits on its 3x3 conv (ResNet v1.5) unless ``stride_on='1x1'``.
 The model is unaware of the training loop: ``__call__(x, train)`` builds the BatchNorm
 for batch statistics (``train=True``) or running averages (``train=False``) once and
 injects it into every block.
+
+For detection and segmentation backbones it has torchvision's three options:
+``replace_stride_with_dilation`` (DeepLab's output stride 8 or 16), ``norm='frozen'``
+(``FrozenBatchNorm2d``) and ``trainable_layers`` (only the last K of conv1, layer1..4 learn).
 """
 
 from __future__ import annotations
@@ -21,12 +25,17 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _checks
 from .blocks import STRIDE_PLACEMENTS, BasicBlock, BottleneckBlock, FastConv
-from .norm import BatchNorm
+from .norm import BatchNorm, FrozenBatchNorm
 
 STAGE_NAMES = ("C2", "C3", "C4", "C5")
+NORMS = ("batch", "frozen")
+#: torchvision's ``trainable_layers`` order: with ``trainable_layers=K`` the first K of these
+#: learn (``bn1`` with ``conv1``), the rest are frozen.
+TRAINABLE_LAYERS = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 # torchvision's initialisation: He normal, fan-out, for every conv.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -168,6 +177,21 @@ class ResNet(nn.Module):
       conv: the blocks' convolution constructor; :data:`~resnet_bottleneck.blocks.FastConv`
         (1x1 convs as matrix products) by default, ``nn.Conv`` for the plain form. The
         variables are the same either way.
+      replace_stride_with_dilation: three booleans, for the stages C3, C4 and C5, as
+        torchvision's: a ``True`` stage keeps the resolution (stride 1) and dilates its
+        3x3 convs instead, by twice the previous stage's dilation; its first block keeps the
+        previous dilation, as torchvision's ``_make_layer``. ``(False, True, True)`` is
+        DeepLab's output stride 8. Bottleneck models only (torchvision's basic block refuses).
+      norm: ``'batch'`` (:class:`~resnet_bottleneck.norm.BatchNorm`) or ``'frozen'``
+        (:class:`~resnet_bottleneck.norm.FrozenBatchNorm`: torchvision's
+        ``FrozenBatchNorm2d``, all four vectors fixed in ``batch_stats``, the same in train
+        and eval, ``bn_epsilon`` its epsilon).
+      trainable_layers: how many of conv1 (with bn1), layer1, ..., layer4 learn, counted from
+        layer4 (torchvision's meaning; 5, the default, is all). The input side of the frozen
+        part is cut from autodiff (``stop_gradient``), so its parameters get exactly zero
+        gradient and no backward pass is spent on it; pair it with
+        :func:`resnet_bottleneck.backbones.freeze` so that the optimizer does not move them
+        either (weight decay would).
     """
 
     stage_sizes: Sequence[int]
@@ -187,6 +211,9 @@ class ResNet(nn.Module):
     scan: bool = False
     folded: bool = False
     conv: Any = FastConv
+    replace_stride_with_dilation: Sequence[bool] = (False, False, False)
+    norm: str = "batch"
+    trainable_layers: int = len(TRAINABLE_LAYERS)
 
     @nn.compact
     def __call__(self, x, train: bool = False, *, features: bool = False):
@@ -202,13 +229,16 @@ class ResNet(nn.Module):
         sizes = self._check()
         if x.ndim != 4:
             raise ValueError(f"x must be a 4-D batch of images (N, H, W, C); got shape {x.shape}")
-        norm = partial(
-            BatchNorm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            axis_name=self.axis_name,
-        )
+        if self.norm == "frozen":
+            norm = partial(FrozenBatchNorm, epsilon=self.bn_epsilon)
+        else:
+            norm = partial(
+                BatchNorm,
+                use_running_average=not train,
+                momentum=self.bn_momentum,
+                epsilon=self.bn_epsilon,
+                axis_name=self.axis_name,
+            )
         if self.folded:
             if train:
                 raise ValueError("a folded model (BatchNorm folded into convs) is for inference: call it with train=False")
@@ -229,12 +259,14 @@ class ResNet(nn.Module):
         x = nn.Conv(self.stem_width, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=self.folded,
                     kernel_init=conv_kernel_init, dtype=self.dtype, param_dtype=self.param_dtype, name="conv1")(x)
         x = nn.relu(norm(dtype=self.dtype, param_dtype=self.param_dtype, name="bn1")(x))
+        frozen = len(TRAINABLE_LAYERS) - self.trainable_layers  # frozen from the input side: stem, layer1, ...
+        x = jax.lax.stop_gradient(x) if frozen > 0 else x
         outputs = {"stem": x}
         x = max_pool(x, 3, 2, 1)
 
-        for i, size in enumerate(sizes):
-            make = partial(block_cls, **self._stage_args(i), **common)
-            x = make(strides=1 if i == 0 else 2, name=f"layer{i + 1}_0")(x)
+        for i, (size, (strides, first_dilation, dilation)) in enumerate(zip(sizes, self._stage_plan(len(sizes)))):
+            make = partial(block_cls, **self._stage_args(i, dilation), **common)
+            x = make(strides=strides, dilation=first_dilation, name=f"layer{i + 1}_0")(x)
             if self.scan and size > 1:
                 body = nn.scan(
                     _ScanStep,
@@ -246,6 +278,7 @@ class ResNet(nn.Module):
             else:
                 for j in range(1, size):
                     x = make(name=f"layer{i + 1}_{j}")(x)
+            x = jax.lax.stop_gradient(x) if frozen > i + 1 else x
             if i < len(STAGE_NAMES):
                 outputs[STAGE_NAMES[i]] = x
 
@@ -257,10 +290,20 @@ class ResNet(nn.Module):
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
         return jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32))  # bf16 logits come back as float32
 
-    def _stage_args(self, i: int) -> dict:
+    def _stage_args(self, i: int, dilation: int = 1) -> dict:
         """The block constructor arguments of stage ``i``."""
         return self.block.stage_args(self.stem_width * 2**i, groups=self.groups, width_per_group=self.width_per_group,
-                                     stride_on=self.stride_on)
+                                     stride_on=self.stride_on, dilation=dilation)
+
+    def _stage_plan(self, stages: int) -> list[tuple[int, int, int]]:
+        """(stride, first block's dilation, the other blocks' dilation) of each stage: torchvision's ``_make_layer``."""
+        plan, dilation = [], 1
+        for i in range(stages):
+            strides, previous = (1 if i == 0 else 2), dilation
+            if i > 0 and self.replace_stride_with_dilation[i - 1]:
+                dilation, strides = dilation * strides, 1
+            plan.append((strides, previous, dilation))
+        return plan
 
     def _check(self) -> tuple[int, ...]:
         """The attributes checked (errors name the attribute); the stage sizes as ints."""
@@ -276,6 +319,20 @@ class ResNet(nn.Module):
         _checks.positive_int("width_per_group", self.width_per_group)
         _checks.positive_int("stem_width", self.stem_width)
         self._stage_args(0)  # the block's own checks of groups and widths
+        _checks.one_of("norm", self.norm, NORMS)
+        _checks.int_in_range("trainable_layers", self.trainable_layers, 0, len(TRAINABLE_LAYERS),
+                             " (how many of layer4, layer3, layer2, layer1, conv1 learn)")
+        dilate = self.replace_stride_with_dilation
+        if (not isinstance(dilate, (tuple, list)) or len(dilate) != 3
+                or not all(isinstance(d, (bool, np.bool_)) for d in dilate)):
+            raise ValueError(f"replace_stride_with_dilation must be three booleans (for the stages C3, C4, C5); "
+                             f"got {dilate!r}")
+        for i, (_, _, dilation) in enumerate(self._stage_plan(len(sizes))):
+            try:
+                self._stage_args(i, dilation)
+            except ValueError as err:
+                raise ValueError(f"replace_stride_with_dilation={tuple(dilate)!r} dilates {STAGE_NAMES[i]} "
+                                 f"by {dilation}, but {err}") from None
         return sizes
 
 
@@ -305,16 +362,18 @@ def feature_info(model: ResNet | str) -> list[dict]:
     """Name, channels and stride of each output of ``model(x, features=True)``.
 
     ``stem`` is the stem's activation before the max-pool (stride 2, as timm's
-    ``act1``); ``C2``...``C5`` are the stages' outputs at strides 4 to 32, the
+    ``act1``); ``C2``...``C5`` are the stages' outputs at strides 4 to 32 (a stage
+    dilated by ``replace_stride_with_dilation`` keeps the stride of the one before), the
     inputs detection and segmentation heads (FPN, DeepLab) consume.
     """
     if isinstance(model, str):
         model = create_model(model)
     sizes = model._check()
-    info = [{"name": "stem", "channels": model.stem_width, "stride": 2}]
-    for i in range(len(sizes)):
+    info, stride = [{"name": "stem", "channels": model.stem_width, "stride": 2}], 4  # the max-pool halves again
+    for i, (strides, _, _) in enumerate(model._stage_plan(len(sizes))):
+        stride *= strides
         info.append({"name": STAGE_NAMES[i], "channels": model.stem_width * 2**i * model.block.expansion,
-                     "stride": 4 * 2**i})
+                     "stride": stride})
     return info
 
 

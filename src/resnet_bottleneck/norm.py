@@ -16,6 +16,9 @@ In training mode the gradient is written by hand (:func:`batch_norm`), not deriv
 autodiff: two passes over the activations instead of the several that autodiff's chain
 through mean, variance and normalisation makes, which matters because BatchNorm is
 memory-bound (figures in BENCHMARKS.md).
+
+:class:`FrozenBatchNorm` is torchvision's ``FrozenBatchNorm2d`` (detectron2's default for
+detection backbones): statistics and affine fixed, no gradient, no update.
 """
 
 from __future__ import annotations
@@ -148,3 +151,47 @@ class BatchNorm(nn.Module):
 #: Flax's ``nn.BatchNorm`` in training mode, with the hand-written gradient: the blocks' default.
 FLAX_BATCH_NORM = partial(BatchNorm, use_running_average=False, momentum=0.99, unbiased_running_var=False,
                           use_fast_variance=True)
+
+
+class FrozenBatchNorm(nn.Module):
+    """BatchNorm with its statistics and its affine fixed: torchvision's ``FrozenBatchNorm2d``.
+
+    ``y = x * m + (bias - mean * m)`` with ``m = scale * rsqrt(var + epsilon)``, in training
+    and in evaluation alike. The four vectors keep :class:`BatchNorm`'s names (``scale``,
+    ``bias``, ``mean``, ``var``) but all live in ``batch_stats``, as torchvision holds all
+    four as buffers: an optimizer over ``params`` never sees them, autodiff gives them no
+    gradient, ``count_params`` does not count them (torchvision's ``parameters()`` does
+    not either), and nothing ever writes them. Gradients still flow through to ``x``.
+
+    Attributes:
+      epsilon: added to the variance (torchvision's ``eps``, 1e-5).
+      dtype: output dtype; the arithmetic is in float32 or wider.
+      param_dtype: dtype of the four vectors.
+      scale_init, bias_init: their initial values (``zero_init_last`` zeroes the scale).
+    """
+
+    epsilon: float = 1e-5
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    scale_init: Callable = nn.initializers.ones
+    bias_init: Callable = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x):
+        features = (x.shape[-1],)
+        vectors = {
+            "scale": self.variable("batch_stats", "scale",
+                                   lambda: self.scale_init(self.make_rng("params"), features, self.param_dtype)),
+            "bias": self.variable("batch_stats", "bias",
+                                  lambda: self.bias_init(self.make_rng("params"), features, self.param_dtype)),
+            "mean": self.variable("batch_stats", "mean", lambda: jnp.zeros(features, self.param_dtype)),
+            "var": self.variable("batch_stats", "var", lambda: jnp.ones(features, self.param_dtype)),
+        }
+        stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
+        scale, bias, mean, var = (jax.lax.stop_gradient(vectors[k].value).astype(stat_dtype)
+                                  for k in ("scale", "bias", "mean", "var"))
+        multiplier = scale * jax.lax.rsqrt(var + self.epsilon)
+        shift = bias - mean * multiplier
+        dtype = self.dtype if self.dtype is not None else jnp.result_type(x.dtype, self.param_dtype)
+        y = x.astype(stat_dtype) * _channels(multiplier, x.ndim) + _channels(shift, x.ndim)
+        return y.astype(dtype)

@@ -10,6 +10,12 @@ in ``params`` and ``mean``/``var`` in ``batch_stats``. ``num_batches_tracked`` o
 matters to PyTorch's ``momentum=None`` (a cumulative average), which torchvision does
 not use: it is accepted on the way in and written as 0 on the way out.
 
+A frozen BatchNorm (``norm='frozen'``, torchvision's ``FrozenBatchNorm2d``) holds all
+four vectors in ``batch_stats`` and has no ``num_batches_tracked``. A feature pyramid
+backbone (``BackboneWithFPN``) adds ``body.`` before the ResNet's names and has
+``fpn.inner_blocks.{i}.0`` / ``fpn.layer_blocks.{i}.0`` for ``fpn/inner_blocks_{i}`` /
+``fpn/layer_blocks_{i}``.
+
 BatchNorm momentum: PyTorch's ``momentum=0.1`` weighs the *new* batch, Flax's weighs
 the *old* running value, so torch 0.1 == flax 0.9 (the models' default).
 
@@ -36,7 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ..models import CONFIGS, ResNet, _model_name, create_model
+from ..backbones import FPNBackbone, create_fpn_backbone
+from ..models import CONFIGS, ResNet, _model_name, create_model, feature_info
 from .safetensors import read_tensors
 
 _BN = (("scale", "params", "weight"), ("bias", "params", "bias"), ("mean", "batch_stats", "running_mean"),
@@ -64,23 +71,31 @@ def _abstract_variables(model: ResNet):
 
 
 def _layout(model: ResNet):
-    """[(torch key, (collection, *flax path), flax shape, kind)] for every tensor of ``model``."""
+    """[(torch key, (collection, *flax path), flax shape, kind)] for every tensor of ``model``.
+
+    ``kind`` says how to convert: ``conv`` (OIHW/HWIO), ``dense`` (transposed), ``vector``, or
+    ``running_var``: a ``BatchNorm2d``'s running variance, beside which torchvision keeps a
+    ``num_batches_tracked`` (a frozen BatchNorm, all four vectors in ``batch_stats``, has none).
+    """
     variables = _abstract_variables(model)
-    params = traverse_util.flatten_dict(variables["params"])
+    shapes = {(collection, *path): leaf.shape for collection, tree in variables.items()
+              for path, leaf in traverse_util.flatten_dict(dict(tree)).items()}
     entries = []
-    modules = sorted({path[:-1] for path in params})
-    for module in modules:
+    for module in sorted({key[1:-1] for key in shapes}):
         torch_name = _torch_module(module, model.block)
-        if (*module, "kernel") in params:
-            shape = params[(*module, "kernel")].shape
+        if ("params", *module, "kernel") in shapes:
+            shape = shapes[("params", *module, "kernel")]
             kind = "dense" if len(shape) == 2 else "conv"
             entries.append((f"{torch_name}.weight", ("params", *module, "kernel"), shape, kind))
-            if (*module, "bias") in params:
-                entries.append((f"{torch_name}.bias", ("params", *module, "bias"), params[(*module, "bias")].shape, "vector"))
-        else:
-            features = params[(*module, "scale")].shape
-            for ours, collection, theirs in _BN:
-                entries.append((f"{torch_name}.{theirs}", (collection, *module, ours), features, "vector"))
+            if ("params", *module, "bias") in shapes:
+                entries.append((f"{torch_name}.bias", ("params", *module, "bias"), shapes[("params", *module, "bias")],
+                                "vector"))
+            continue
+        frozen = ("batch_stats", *module, "scale") in shapes
+        for ours, collection, theirs in _BN:
+            path = ("batch_stats" if frozen else collection, *module, ours)
+            kind = "running_var" if theirs == "running_var" and not frozen else "vector"
+            entries.append((f"{torch_name}.{theirs}", path, shapes[path], kind))
     return entries
 
 
@@ -127,19 +142,22 @@ def _traced_layout(config: tuple) -> tuple:
 
 
 @functools.lru_cache(maxsize=None)
-def _family_layout(name: str, num_classes: int) -> tuple:
-    """``_layout(create_model(name, num_classes))``, traced cheaply and cached.
+def _family_layout(name: str, num_classes: int | None, norm: str = "batch") -> tuple:
+    """``_layout(create_model(name, num_classes, norm=norm))``, traced cheaply and cached.
 
     The blocks of a stage after its first have the same tensors (what ``scan=True`` relies
     on), so the model is traced with at most two blocks a stage and the second block's
     entries are repeated for the rest (resnet50, resnet101 and resnet152 share one trace),
-    and with one class, the classifier's last axis set to ``num_classes`` after.
+    and with one class, the classifier's last axis set to ``num_classes`` after (``None``:
+    headless, no classifier).
     """
-    config = dict(CONFIGS[name])
+    config = dict(CONFIGS[name], norm=norm)
     sizes = tuple(config.pop("stage_sizes"))
     config["stage_sizes"] = tuple(min(n, 2) for n in sizes)
     entries = []
     for key, path, shape, kind in _traced_layout(tuple(sorted(config.items()))):
+        if path[1] == "fc" and num_classes is None:
+            continue
         if path[1] == "fc":
             shape = (*shape[:-1], num_classes)
         entries.append((key, path, shape, kind))
@@ -151,12 +169,17 @@ def _family_layout(name: str, num_classes: int) -> tuple:
     return tuple(entries)
 
 
-@functools.lru_cache(maxsize=None)
-def _expected_shapes(name: str, num_classes: int, torch: bool) -> dict[str, tuple]:
-    """Tensor name -> shape of ``name``: torchvision's keys and shapes, or our ``collection/module/name`` ones."""
+def _shapes_of(layout, torch: bool) -> dict[str, tuple]:
+    """Tensor name -> shape: torchvision's keys and shapes, or our ``collection/module/name`` ones."""
     if torch:
-        return {key: _to_torch_shape(shape, kind) for key, _, shape, kind in _family_layout(name, num_classes)}
-    return {"/".join(path): tuple(shape) for _, path, shape, _ in _family_layout(name, num_classes)}
+        return {key: _to_torch_shape(shape, kind) for key, _, shape, kind in layout}
+    return {"/".join(path): tuple(shape) for _, path, shape, _ in layout}
+
+
+@functools.lru_cache(maxsize=None)
+def _expected_shapes(name: str, num_classes: int | None, torch: bool, norm: str = "batch") -> dict[str, tuple]:
+    """Tensor name -> shape of model ``name`` (see :func:`_shapes_of`)."""
+    return _shapes_of(_family_layout(name, num_classes, norm), torch)
 
 
 def _classes(shapes: Mapping[str, tuple], torch: bool) -> int:
@@ -172,7 +195,8 @@ def _model_order(key: str):
     """Sort key for tensor names in model order: the stem, the stages block by block (each
     conv before its norm, the projection last), the classifier; for torchvision's keys and ours."""
     parts = key.split("/")[1:] if "/" in key else key.split(".")
-    head = {"conv1": 0, "bn1": 1, "fc": 3}.get(parts[0], 2)
+    parts = parts[1:] if parts[0] == "body" else parts  # an FPN backbone's body, then its pyramid
+    head = {"conv1": 0, "bn1": 1, "fc": 3, "fpn": 4}.get(parts[0], 2)
     module = ".".join(parts[:-1]).replace("downsample.0", "conv99").replace("downsample.1", "bn99")
     numbers = tuple(int(n) for n in re.findall(r"\d+", module))
     norm = re.search(r"(bn|BatchNorm_)\d+$", module) is not None
@@ -192,14 +216,20 @@ def _differences(shapes: Mapping[str, tuple], expected: Mapping[str, tuple], tor
     return missing, unexpected, wrong
 
 
-def _detect(shapes: Mapping[str, tuple], torch: bool) -> tuple[str | None, str]:
+def _detect(shapes: Mapping[str, tuple], torch: bool, expected=None) -> tuple[str | None, str]:
     """``(fits, nearest)``: the family model whose tensors are exactly these (or None), and the
     nearest one: the fewest tensors it cannot explain (unexpected or wrongly shaped), then the
-    fewest missing, so that a truncated file is nearest the model it was cut from."""
-    num_classes = _classes(shapes, torch)
+    fewest missing, so that a truncated file is nearest the model it was cut from.
+
+    ``expected(name)`` gives each candidate's tensor shapes; by default the classifier's, with
+    ``fc``'s classes.
+    """
+    if expected is None:
+        num_classes = _classes(shapes, torch)
+        expected = functools.partial(_expected_shapes, num_classes=num_classes, torch=torch)
     best = None
     for name in CONFIGS:
-        missing, unexpected, wrong = _differences(shapes, _expected_shapes(name, num_classes, torch), torch)
+        missing, unexpected, wrong = _differences(shapes, expected(name), torch)
         score = (len(unexpected) + len(wrong), len(missing))
         if score == (0, 0):
             return name, name
@@ -285,9 +315,10 @@ class WeightsMismatch(ValueError):
         return "\n".join(lines)
 
 
-def _mismatch(name: str, shapes: Mapping[str, tuple], num_classes: int, torch: bool) -> WeightsMismatch | None:
+def _mismatch(name: str, shapes: Mapping[str, tuple], num_classes: int | None, torch: bool,
+              norm: str = "batch") -> WeightsMismatch | None:
     """The error for ``shapes`` against model ``name`` with ``num_classes`` outputs, or None if they fit."""
-    missing, unexpected, wrong = _differences(shapes, _expected_shapes(name, num_classes, torch), torch)
+    missing, unexpected, wrong = _differences(shapes, _expected_shapes(name, num_classes, torch, norm), torch)
     if not (missing or unexpected or wrong):
         return None
     fits, nearest = _detect(shapes, torch)
@@ -305,17 +336,25 @@ def _unwrap(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
     return state_dict
 
 
-def from_torchvision(state_dict: Mapping[str, Any], name: str, **options) -> tuple[ResNet, dict]:
+_FROM_FC = object()  # num_classes: read from the state dict's fc
+
+
+def from_torchvision(state_dict: Mapping[str, Any], name: str, *, num_classes: Any = _FROM_FC,
+                     **options) -> tuple[ResNet, dict]:
     """A model and its variables from a torchvision ``state_dict`` of model ``name``.
 
     Args:
       state_dict: tensor name -> tensor or array, as ``torchvision.models.<name>().state_dict()``
         (a checkpoint wrapping it under ``'state_dict'`` or ``'model'`` is unwrapped).
       name: the torchvision model name.
-      **options: further :func:`~resnet_bottleneck.create_model` options (``dtype``, ...).
+      num_classes: by default read from ``fc`` (1000 without one); ``None`` for a headless
+        backbone, whose state dict has no ``fc`` (an ``IntermediateLayerGetter``'s, such as
+        ``deeplabv3_resnet50().backbone``).
+      **options: further :func:`~resnet_bottleneck.create_model` options (``dtype``,
+        ``replace_stride_with_dilation``, ``norm='frozen'``, ...).
 
     Returns:
-      ``(model, {'params': ..., 'batch_stats': ...})``; ``num_classes`` is read from ``fc``.
+      ``(model, {'params': ..., 'batch_stats': ...})``.
 
     Raises:
       WeightsMismatch: a ``ValueError`` naming the family model the tensors fit, if any, the
@@ -324,16 +363,20 @@ def from_torchvision(state_dict: Mapping[str, Any], name: str, **options) -> tup
     """
     name = _model_name(name)
     state_dict, shapes = _shapes(state_dict)
-    num_classes = options.pop("num_classes", None)
-    if num_classes is None:
+    if num_classes is _FROM_FC:
         num_classes = _classes(shapes, torch=True)
     model = create_model(name, num_classes=num_classes, **options)
-    error = _mismatch(name, shapes, num_classes, torch=True)
+    error = _mismatch(name, shapes, num_classes, torch=True, norm=model.norm)
     if error is not None:
         raise error
+    return model, _read(state_dict, _family_layout(name, num_classes, model.norm))
+
+
+def _read(state_dict: Mapping[str, Any], layout) -> dict:
+    """The variables ``layout`` places, converted from ``state_dict``'s tensors (already checked)."""
     flat = {path: jnp.asarray(_from_torch(_to_numpy(state_dict[key]), kind).astype(np.float32))
-            for key, path, _, kind in _family_layout(name, num_classes)}
-    return model, traverse_util.unflatten_dict(flat)
+            for key, path, _, kind in layout}
+    return traverse_util.unflatten_dict(flat)
 
 
 def load_torchvision(path: str | os.PathLike, name: str, **options) -> tuple[ResNet, dict]:
@@ -345,24 +388,47 @@ def load_torchvision(path: str | os.PathLike, name: str, **options) -> tuple[Res
         raise err.with_source(path) from None
 
 
-def _checked_layout(variables, name: str):
+def _flat_shapes(variables) -> tuple[dict, dict[str, tuple]]:
+    flat = traverse_util.flatten_dict(dict(variables))
+    return flat, {"/".join(path): tuple(np.shape(value)) for path, value in flat.items()}
+
+
+def _checked_layout(variables, name: str, **options):
     """The model, the flat variables and, per flax path, its (torch key, shape, kind).
+
+    ``options`` are the model's (``num_classes``, by default ``fc``'s; ``norm``; ...).
 
     Raises:
       WeightsMismatch: the variables do not fit ``name``.
     """
     name = _model_name(name)
-    flat = traverse_util.flatten_dict(dict(variables))
-    shapes = {"/".join(path): tuple(np.shape(value)) for path, value in flat.items()}
-    num_classes = _classes(shapes, torch=False)
-    error = _mismatch(name, shapes, num_classes, torch=False)
+    flat, shapes = _flat_shapes(variables)
+    num_classes = options.pop("num_classes", _FROM_FC)
+    num_classes = _classes(shapes, torch=False) if num_classes is _FROM_FC else num_classes
+    model = create_model(name, num_classes=num_classes, **options)
+    error = _mismatch(name, shapes, num_classes, torch=False, norm=model.norm)
     if error is not None:
         raise error
-    expected = {path: (key, shape, kind) for key, path, shape, kind in _family_layout(name, num_classes)}
-    return create_model(name, num_classes=num_classes), flat, expected
+    expected = {path: (key, shape, kind) for key, path, shape, kind in _family_layout(name, num_classes, model.norm)}
+    return model, flat, expected
 
 
-def to_torchvision(variables, name: str, *, as_numpy: bool = False, dtype=np.float32) -> dict:
+def _write(flat, expected, as_numpy: bool, dtype) -> dict:
+    """torchvision's tensors from our ``flat`` variables (already checked against ``expected``)."""
+    out = {}
+    for path, (key, _, kind) in expected.items():
+        # a writable copy: torch refuses read-only arrays
+        out[key] = np.array(_to_torch(np.asarray(flat[path], dtype), kind), order="C")
+        if kind == "running_var":
+            out[key[: -len("running_var")] + "num_batches_tracked"] = np.zeros((), np.int64)
+    if as_numpy:
+        return out
+    import torch
+
+    return {k: torch.from_numpy(v) for k, v in out.items()}
+
+
+def to_torchvision(variables, name: str, *, as_numpy: bool = False, dtype=np.float32, **options) -> dict:
     """A ``state_dict`` that ``torchvision.models.<name>().load_state_dict(..., strict=True)`` accepts.
 
     Args:
@@ -371,22 +437,98 @@ def to_torchvision(variables, name: str, *, as_numpy: bool = False, dtype=np.flo
       name: the torchvision model name.
       as_numpy: return numpy arrays instead of ``torch.Tensor`` (needs no PyTorch).
       dtype: the floating dtype of the tensors (torchvision's is float32).
+      **options: the model's :func:`~resnet_bottleneck.create_model` options where they
+        change its variables: ``num_classes`` (by default ``fc``'s; ``None`` for a headless
+        model), ``norm='frozen'`` (written as ``FrozenBatchNorm2d``'s buffers, without
+        ``num_batches_tracked``).
 
     Raises:
       WeightsMismatch: as :func:`from_torchvision`'s, for variables that do not fit ``name``.
     """
-    _, flat, expected = _checked_layout(variables, name)
-    out = {}
-    for path, (key, _, kind) in expected.items():
-        # a writable copy: torch refuses read-only arrays
-        out[key] = np.array(_to_torch(np.asarray(flat[path], dtype), kind), order="C")
-        if key.endswith(".running_var"):
-            out[key[: -len("running_var")] + "num_batches_tracked"] = np.zeros((), np.int64)
-    if as_numpy:
-        return out
-    import torch
+    _, flat, expected = _checked_layout(variables, name, **options)
+    return _write(flat, expected, as_numpy, dtype)
 
-    return {k: torch.from_numpy(v) for k, v in out.items()}
+
+# --- feature pyramid backbones ----------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _fpn_layout(name: str, out_channels: int, returned_layers: tuple, norm: str) -> tuple:
+    """The layout of ``create_fpn_backbone(name, ...)``: the headless body cut after the last
+    returned stage under ``body``, and the pyramid's convs, whose shapes need no trace.
+
+    torchvision (>= 0.13) wraps each pyramid conv in a ``Conv2dNormActivation``, hence
+    ``fpn.inner_blocks.{i}.0.weight``.
+    """
+    entries = [(f"body.{key}", (path[0], "body", *path[1:]), shape, kind)
+               for key, path, shape, kind in _family_layout(name, None, norm)
+               if not path[1].startswith("layer") or int(path[1][len("layer"):].split("_")[0]) <= returned_layers[-1]]
+    channels = {i["name"]: i["channels"] for i in feature_info(name)}
+    for i, stage in enumerate(returned_layers):
+        for blocks, kernel, inputs in (("inner_blocks", 1, channels[f"C{stage + 1}"]), ("layer_blocks", 3, out_channels)):
+            module = ("params", "fpn", f"{blocks}_{i}")
+            entries += [(f"fpn.{blocks}.{i}.0.weight", (*module, "kernel"), (kernel, kernel, inputs, out_channels), "conv"),
+                        (f"fpn.{blocks}.{i}.0.bias", (*module, "bias"), (out_channels,), "vector")]
+    return tuple(entries)
+
+
+def _fpn_checked(module: FPNBackbone, name: str, shapes: Mapping[str, tuple], torch: bool) -> tuple:
+    """``module``'s layout; a :class:`WeightsMismatch` if ``shapes`` do not fit it, naming the
+    family's FPN backbone (with the same options) they fit, or the nearest."""
+    options = (module.out_channels, tuple(module.returned_layers), module.body.norm)
+    layout = _fpn_layout(name, *options)
+    missing, unexpected, wrong = _differences(shapes, _shapes_of(layout, torch), torch)
+    if missing or unexpected or wrong:
+        fits, nearest = _detect(shapes, torch, lambda other: _shapes_of(_fpn_layout(other, *options), torch))
+        backbone = "{} FPN backbone".format
+        raise WeightsMismatch(backbone(name), missing, unexpected, wrong, fits and backbone(fits), backbone(nearest),
+                              what="state_dict" if torch else "variables")
+    return layout
+
+
+def from_torchvision_fpn(state_dict: Mapping[str, Any], name: str, **options) -> tuple[FPNBackbone, dict]:
+    """An :class:`~resnet_bottleneck.backbones.FPNBackbone` and its variables from torchvision's ``BackboneWithFPN``.
+
+    Args:
+      state_dict: ``resnet_fpn_backbone(backbone_name=name, ...).state_dict()`` or
+        ``fasterrcnn_resnet50_fpn(...).backbone.state_dict()``: ``body.*`` (the ResNet up to
+        the last returned stage; ``FrozenBatchNorm2d`` or ``BatchNorm2d``), ``fpn.inner_blocks.*``,
+        ``fpn.layer_blocks.*``.
+      name: the body's torchvision model name.
+      **options: :func:`~resnet_bottleneck.backbones.create_fpn_backbone` options;
+        ``out_channels`` is read from the state dict unless given; ``returned_layers`` must be
+        the state dict's (torchvision's defaults are the defaults).
+
+    Returns:
+      ``(module, {'params': ..., 'batch_stats': ...})``.
+
+    Raises:
+      WeightsMismatch: as :func:`from_torchvision`'s, naming the family's FPN backbone the tensors fit.
+    """
+    name = _model_name(name)
+    state_dict, shapes = _shapes(state_dict)
+    out = shapes.get("fpn.layer_blocks.0.0.weight")
+    module = create_fpn_backbone(name, out_channels=options.pop("out_channels", out[0] if out and len(out) == 4 else 256),
+                                 **options)
+    return module, _read(state_dict, _fpn_checked(module, name, shapes, torch=True))
+
+
+def to_torchvision_fpn(variables, name: str, *, as_numpy: bool = False, dtype=np.float32, **options) -> dict:
+    """The inverse of :func:`from_torchvision_fpn`: a state dict torchvision's ``BackboneWithFPN`` loads strictly.
+
+    ``options`` are the module's :func:`~resnet_bottleneck.backbones.create_fpn_backbone`
+    options (``out_channels`` is read from the variables unless given).
+
+    Raises:
+      WeightsMismatch: for variables that do not fit the module.
+    """
+    name = _model_name(name)
+    flat, shapes = _flat_shapes(variables)
+    kernel = shapes.get("params/fpn/layer_blocks_0/kernel")
+    module = create_fpn_backbone(name, out_channels=options.pop("out_channels", kernel[-1] if kernel and len(kernel) == 4
+                                                                else 256), **options)
+    layout = _fpn_checked(module, name, shapes, torch=False)
+    return _write(flat, {path: (key, shape, kind) for key, path, shape, kind in layout}, as_numpy, dtype)
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
