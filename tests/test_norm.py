@@ -58,7 +58,10 @@ def test_gradient_is_autodiffs_of_the_formula(shape, offset, spread, fast_varian
            jnp.asarray(rng.standard_normal(shape[-1]), jnp.float32))
     ours = _vjp_of(lambda *a: batch_norm(*a, 1e-5, fast_variance), x, scale, bias, cts)
     ref = _vjp_of(lambda *a: plain_batch_norm(*a, 1e-5, fast_variance), x, scale, bias, cts)
-    _assert_close(ours, ref, rtol=1e-4 if offset <= 3.0 or not fast_variance else 2e-3)
+    # The closed form's sum(dy * x) - mean * sum(dy) cancels ~|mean| / std ulps (see norm.py), and
+    # E[x^2] - E[x]^2 (fast_variance) far more: the tolerance grows with that ratio, never below 1e-4.
+    base = 1e-4 if offset <= 3.0 or not fast_variance else 2e-3
+    _assert_close(ours, ref, rtol=max(base, 2e-6 * offset / spread))
 
 
 def test_the_oracle_sees_the_statistics_cotangents(rng):
