@@ -7,22 +7,40 @@ The independent oracles themselves (textbook modules, float64 numpy arithmetic) 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
-def assert_close_to_scale(ours, theirs, rel=1e-4, what=""):
-    """``max|ours - theirs| <= rel * max|theirs|``: a relative tolerance on the tensor's scale."""
+def assert_close_to_scale(ours, theirs, rel=1e-4, what="", atol=0.0):
+    """``max|ours - theirs| <= atol + rel * max|theirs|``: a tolerance on the tensor's scale (``rel``),
+    an absolute one (``atol``), or both; the shapes must be equal."""
     ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
     assert ours.shape == theirs.shape, (what, ours.shape, theirs.shape)
-    scale = max(np.abs(theirs).max(), 1e-12)
-    assert np.abs(ours - theirs).max() <= rel * scale, (what, np.abs(ours - theirs).max() / scale)
+    error, scale = np.abs(ours - theirs).max(initial=0.0), max(np.abs(theirs).max(initial=0.0), 1e-12)
+    assert error <= atol + rel * scale, (what, error, error / scale)
 
 
-def assert_trees_close(ours, theirs, rel=1e-4):
-    """:func:`assert_close_to_scale` leaf by leaf over two pytrees of the same structure."""
+def assert_trees_close(ours, theirs, rel=1e-4, floor=0.0):
+    """:func:`assert_close_to_scale` leaf by leaf over two pytrees of the same structure.
+
+    Each leaf's scale is at least ``floor`` times the tree's largest value: where a leaf's true
+    value is zero (a conv bias before a BatchNorm has a zero gradient) there is only rounding
+    noise to compare, and that noise is on the scale of its neighbours.
+    """
     assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(theirs)
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ours), jax.tree_util.tree_leaves(theirs)):
-        assert_close_to_scale(a, b, rel=rel, what=jax.tree_util.keystr(path))
+    leaves = jax.tree_util.tree_leaves(theirs)
+    assert leaves, "nothing to compare"
+    largest = max(np.abs(np.asarray(b, np.float64)).max(initial=0.0) for b in leaves)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ours), leaves):
+        assert_close_to_scale(a, b, rel=rel, what=jax.tree_util.keystr(path), atol=rel * floor * largest)
+
+
+def assert_results_close(ours, theirs, rel=1e-4):
+    """Two :func:`forward_and_grads` results: the output, the statistics and the gradients, each
+    part leaf by leaf within ``rel`` of the leaf's scale, floored at 1% of the part's largest value."""
+    assert len(ours) == len(theirs) == 3
+    for part_ours, part_theirs in zip(ours, theirs):
+        assert_trees_close(part_ours, part_theirs, rel=rel, floor=0.01)
 
 
 def assert_trees_equal(ours, theirs):
@@ -42,6 +60,44 @@ def one_line_error(stderr: str, *fragments: str, prog: str | None = None) -> str
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+# --- running modules -------------------------------------------------------------------
+
+
+def abstract_init(model, shape=(1, 64, 64, 3), dtype=jnp.float32):
+    """``model``'s variables as shapes and dtypes only (``jax.eval_shape``): nothing is computed."""
+    return jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct(shape, dtype))
+
+
+def bfloat16_rounded(tree):
+    """``tree``'s arrays rounded to bfloat16 and held in float32: what bfloat16 compute starts from."""
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.bfloat16).astype(jnp.float32), tree)
+
+
+def forward_and_grads(module, variables, x, *, jit=jax.jit, weights=None, statistics_weight=1.0, **apply_kwargs):
+    """``(output, updated batch_stats, (d params, d x))`` of one training-mode call of ``module``.
+
+    The loss sees all three: ``sum(output * weights)`` (``weights`` fixed random numbers unless
+    given) plus ``statistics_weight`` times the sum of every updated statistic, so a wrong gradient
+    through the running averages shows too. ``jit`` compiles the step: ``jax.jit``, or
+    ``resnet_bottleneck.jit``.
+    """
+
+    def apply(params, x):
+        return module.apply({**variables, "params": params}, x, mutable=["batch_stats"], **apply_kwargs)
+
+    if weights is None:
+        shape = jax.eval_shape(lambda p, x: apply(p, x)[0], variables["params"], x).shape
+        weights = jnp.asarray(np.random.default_rng(7).standard_normal(shape), jnp.float32)
+
+    def loss(params, x):
+        y, state = apply(params, x)
+        statistics = sum(jnp.sum(s) for s in jax.tree_util.tree_leaves(state))
+        return jnp.sum(y * weights) + statistics_weight * statistics, (y, state["batch_stats"])
+
+    (_, (y, stats)), grads = jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(variables["params"], x)
+    return y, stats, grads
 
 
 # --- torchvision as the oracle ---------------------------------------------------------

@@ -131,13 +131,7 @@ def test_every_subcommand_reports_bad_input_in_one_style(command, tmp_path, caps
 
 
 def test_library_import_changes_no_global_settings():
-    code = (
-        "import os, jax; before = (os.environ.get('XLA_FLAGS'), jax.config.jax_enable_x64, "
-        "jax.config.jax_numpy_rank_promotion, jax.config.jax_default_matmul_precision); "
-        "import resnet_bottleneck; after = (os.environ.get('XLA_FLAGS'), jax.config.jax_enable_x64, "
-        "jax.config.jax_numpy_rank_promotion, jax.config.jax_default_matmul_precision); "
-        "print(before == after)"
-    )
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    program = Path(__file__).resolve().parent / "programs" / "import_side_effects.py"
+    result = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, env=env, timeout=120)
     assert result.stdout.strip() == "True", result.stderr

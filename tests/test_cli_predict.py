@@ -15,7 +15,7 @@ from resnet_bottleneck.cli.predict import preprocess
 from resnet_bottleneck.io.safetensors import CHECKPOINT_FORMAT, load_variables, save_variables
 from resnet_bottleneck.io.torchvision import from_torchvision
 
-from helpers import one_line_error, random_torchvision
+from helpers import assert_trees_equal, one_line_error, random_torchvision
 
 torch.set_num_threads(2)
 
@@ -56,8 +56,7 @@ def test_convert_then_predict(small_weights, tmp_path, capsys):
     variables, meta = load_variables(out)
     assert meta["model"] == "resnet18" and meta["num_classes"] == "10"
     _, expected = from_torchvision(torch.load(root / "r18.pth", weights_only=True), "resnet18")
-    for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(expected)):
-        np.testing.assert_array_equal(a, b)
+    assert_trees_equal(variables, expected)
     capsys.readouterr()
 
     images = [str(root / "a.png"), str(root / "b.jpg")]

@@ -12,6 +12,8 @@ from resnet_bottleneck import create_model, layer_costs, model_cost
 from resnet_bottleneck.cli import main
 from resnet_bottleneck.cost import bottleneck_params, spec_table
 
+from helpers import abstract_init, one_line_error
+
 # torchvision's model table (GFLOPS column, which counts multiply-accumulates) at 224x224.
 TORCHVISION_GMACS = {
     "resnet50": 4.089,
@@ -43,9 +45,7 @@ def test_hand_count_of_one_layer():
 
 
 def abstract(name, size):
-    model = create_model(name)
-    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-    return jax.eval_shape(model.init, jax.random.PRNGKey(0), x), x
+    return abstract_init(create_model(name), (1, size, size, 3)), jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d"])
@@ -102,6 +102,5 @@ def test_cost_cli_spec_table_and_plot(tmp_path, capsys):
 def test_cost_cli_bad_input(args, fragment, capsys):
     assert main(args) == 2
     captured = capsys.readouterr()
-    err = captured.err.strip().splitlines()
-    assert len(err) == 1 and fragment in err[0], err
+    one_line_error(captured.err, fragment, prog="resnet-bottleneck cost")
     assert captured.out == ""  # nothing printed before the error, not even the table

@@ -15,7 +15,7 @@ from resnet_bottleneck import CONFIGS, create_model
 from resnet_bottleneck.io.torchvision import (WeightsMismatch, detect_architecture, from_torchvision, load_state_dict,
                                              to_torchvision)
 
-from helpers import assert_close_to_scale, random_torchvision, torch_stages
+from helpers import assert_close_to_scale, assert_trees_close, assert_trees_equal, random_torchvision, torch_stages
 
 torch.set_num_threads(2)
 
@@ -48,9 +48,7 @@ def test_train_parity_outputs_and_running_statistics(converted):
     logits, state = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
     assert_close_to_scale(logits, logits_t, what="train logits")
     _, updated = from_torchvision(tv.state_dict(), name)
-    for (path, ours), theirs in zip(jax.tree_util.tree_leaves_with_path(state["batch_stats"]),
-                                    jax.tree_util.tree_leaves(updated["batch_stats"])):
-        assert_close_to_scale(ours, theirs, what=jax.tree_util.keystr(path))
+    assert_trees_close(state["batch_stats"], updated["batch_stats"])
     changed = [not np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(state["batch_stats"]),
                                                     jax.tree_util.tree_leaves(variables["batch_stats"]))]
     assert all(changed)
@@ -90,9 +88,7 @@ def test_round_trip_flax_torch_flax_is_bit_exact(converted):
     tv = getattr(torchvision.models, name)(weights=None)
     tv.load_state_dict(to_torchvision(variables, name), strict=True)
     _, back = from_torchvision(tv.state_dict(), name)
-    assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(dict(variables))
-    for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(dict(variables))):
-        np.testing.assert_array_equal(a, b)
+    assert_trees_equal(back, dict(variables))
 
 
 def test_resnext_and_wide_layouts_load_strictly():

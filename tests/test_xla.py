@@ -4,15 +4,19 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from jax import lax
 
 import resnet_bottleneck as rb
 from resnet_bottleneck import xla
+
+from helpers import assert_trees_close
+
+PROGRAMS = Path(__file__).resolve().parent / "programs"
 
 
 def _conv_grad(x, k):
@@ -39,8 +43,7 @@ def test_jit_keeps_convolutions_on_xlas_own_kernels():
 def test_jit_is_jax_jit_otherwise(rng):
     x = jnp.asarray(rng.standard_normal((2, 6, 6, 4)), jnp.float32)
     k = jnp.asarray(rng.standard_normal((3, 3, 4, 4)), jnp.float32)
-    for a, b in zip(jax.tree.leaves(rb.jit(_conv_grad)(x, k)), jax.tree.leaves(jax.jit(_conv_grad)(x, k))):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert_trees_close(rb.jit(_conv_grad)(x, k), jax.jit(_conv_grad)(x, k), rel=1e-5)
 
     @rb.jit(static_argnums=1)
     def power(x, n):
@@ -52,30 +55,10 @@ def test_jit_is_jax_jit_otherwise(rng):
     assert os.environ.get("XLA_FLAGS") == before  # compiling with options sets nothing process-wide
 
 
-_FAULTS = """
-import resource, sys
-import jax, jax.numpy as jnp
-import resnet_bottleneck as rb
-if sys.argv[1] == "reuse":
-    assert rb.reuse_freed_memory()
-ones = jnp.ones((4096, 8), jnp.float32)
-f = jax.jit(lambda a: jnp.sin(a) @ ones + jnp.cos(a) @ ones)  # two 64 MB intermediates per call
-a = jnp.full((4096, 4096), 1e-3, jnp.float32)
-for _ in range(6):  # the heap grows to its high-water mark over the first few calls
-    f(a).block_until_ready()
-windows = []  # under load the reused heap may still grow once: the quietest of 6 windows counts
-for _ in range(6):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(3):
-        f(a).block_until_ready()
-    windows.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(min(windows))
-"""
-
-
 def _page_faults_of_calls(mode: str) -> int:
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run([sys.executable, str(PROGRAMS / "page_faults.py"), mode], capture_output=True, text=True,
+                          env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return int(done.stdout.split()[-1])
 
