@@ -1,4 +1,14 @@
-"""Shared by the benchmarks: the machine's description and BENCHMARKS.md sections."""
+"""Shared by the benchmarks: how they time (interleaved rounds) and report (BENCHMARKS.md sections).
+
+Importing this module changes nothing in the process. Each benchmark's ``main`` opts in to
+glibc keeping freed memory itself, before any JAX computation (PyTorch shares the process, so
+it runs under the same allocator)::
+
+    reused = not SYSTEM_MALLOC and rb.reuse_freed_memory()
+
+and passes ``reused`` to :func:`write_section`, which records it with the machine.
+``BENCH_SYSTEM_MALLOC=1`` measures with the system allocator's defaults instead.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +16,50 @@ import os
 import platform
 import re
 import shlex
+import statistics
 import sys
+import time
 from pathlib import Path
+from typing import Callable, Mapping
+
+from resnet_bottleneck.io import atomic_write
 
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
-# The benchmarks opt in to glibc keeping freed memory (before any JAX computation; PyTorch
-# shares the process, so it runs under the same allocator): otherwise XLA:CPU page-faults
-# through every call's scratch buffers. BENCH_SYSTEM_MALLOC=1 measures without it.
-if os.environ.get("BENCH_SYSTEM_MALLOC") == "1":
-    REUSES_MEMORY = False
-else:
-    from resnet_bottleneck import reuse_freed_memory
-
-    REUSES_MEMORY = reuse_freed_memory()
+#: ``BENCH_SYSTEM_MALLOC=1``: measure without ``reuse_freed_memory()``.
+SYSTEM_MALLOC = os.environ.get("BENCH_SYSTEM_MALLOC") == "1"
 
 
-def machine() -> str:
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def interleaved(runners: Mapping[str, Callable[[], object]], repeats: int, inner: int | Mapping[str, int] = 1,
+                stat: Callable = statistics.median, warmup: int = 2) -> dict[str, float]:
+    """Seconds per call of each runner: ``warmup`` calls each, then ``repeats`` rounds, interleaved.
+
+    A runner does one unit of work and waits for it. Each round times ``inner`` calls of every
+    runner in turn (``inner`` may differ per runner: a fast one needs more calls to be timed),
+    so that drift in the machine's load hits all runners alike. ``stat`` summarises the rounds:
+    the median by default; ``min`` for a peak.
+    """
+    calls = inner if isinstance(inner, Mapping) else dict.fromkeys(runners, inner)
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    times = {label: [] for label in runners}
+    for _ in range(repeats):
+        for label, run in runners.items():
+            start = time.perf_counter()
+            for _ in range(calls[label]):
+                run()
+            times[label].append((time.perf_counter() - start) / calls[label])
+    return {label: stat(rounds) for label, rounds in times.items()}
+
+
+def machine(reused_memory: bool) -> str:
+    """The CPU, cores, memory, Python and jax versions, backend, and the allocator's setting."""
     import jax
 
     cpu = platform.processor() or "unknown CPU"
@@ -32,19 +69,15 @@ def machine() -> str:
         cpu = found.group(1).strip() if found else cpu
     except OSError:
         pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
     mem = ""
     try:
         kb = int(re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text()).group(1))
         mem = f", {kb / 2**20:.0f} GiB"
     except (OSError, AttributeError):
         pass
-    allocator = "freed memory reused (`reuse_freed_memory()`)" if REUSES_MEMORY else "the system allocator's defaults"
+    allocator = "freed memory reused (`reuse_freed_memory()`)" if reused_memory else "the system allocator's defaults"
     return (
-        f"{cpu}, {cores} cores{mem}; Python {platform.python_version()}, jax {jax.__version__} "
+        f"{cpu}, {cores()} cores{mem}; Python {platform.python_version()}, jax {jax.__version__} "
         f"({jax.default_backend()}), {platform.system()} {platform.machine()}; {allocator}"
     )
 
@@ -63,20 +96,12 @@ def update_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def write_section(name: str, title: str, table: str, note: str = "", text: str = "") -> None:
+def write_section(name: str, title: str, table: str, *, reused_memory: bool, note: str = "", text: str = "") -> None:
     """A BENCHMARKS.md section: title, machine, the exact command (+ ``note``), ``text``, ``table``."""
-    lines = [f"## {title}", "", f"Machine: {machine()}.", f"Command: `{command()}`{note}.", ""]
+    lines = [f"## {title}", "", f"Machine: {machine(reused_memory)}.", f"Command: `{command()}`{note}.", ""]
     if text:
         lines += [text, ""]
     update_section(name, "\n".join([*lines, table]))
-
-
-def median(values) -> float:
-    values = sorted(values)
-    n = len(values)
-    return values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])

@@ -3,20 +3,21 @@
 Each builder returns a ``run()`` that does one unit of work and waits for it. Flax
 contestants take ``jit`` (``jax.jit`` for the plain formulation, ``resnet_bottleneck.jit``
 for ours); PyTorch runs torchvision's modules in ``channels_last``, the fast layout.
+Every Flax training workload runs :func:`train_step`.
 """
 
 from __future__ import annotations
 
-import os
-import time
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax.training import train_state
 
-from _report import median
+from _report import cores
 
 from resnet_bottleneck import BottleneckBlock, create_model, fold_batchnorm
 
@@ -24,31 +25,9 @@ from resnet_bottleneck import BottleneckBlock, create_model, fold_batchnorm
 STAGES = ((56, 256, 64), (28, 512, 128), (14, 1024, 256), (7, 2048, 512))
 
 
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
 def block_flops(batch: int, size: int, channels: int, mid: int) -> float:
     """Forward FLOPs of one identity bottleneck block (2 per multiply-add; BN not counted)."""
     return 2.0 * batch * size * size * (channels * mid + 9 * mid * mid + mid * channels)
-
-
-def interleaved(runners: dict, repeats: int, inner: int = 1, stat=median) -> dict[str, float]:
-    """Seconds per call of each runner, rounds interleaved (after two warm-up calls).
-
-    ``stat`` summarises the rounds: the median by default; ``min`` for a peak.
-    """
-    for run in runners.values():
-        run()
-        run()
-    times = {k: [] for k in runners}
-    for _ in range(repeats):
-        for label, run in runners.items():
-            start = time.perf_counter()
-            for _ in range(inner):
-                run()
-            times[label].append((time.perf_counter() - start) / inner)
-    return {k: stat(v) for k, v in times.items()}
 
 
 def _rng_array(shape, seed, dtype=jnp.float32):
@@ -87,32 +66,49 @@ def flax_block(batch, size, channels, mid, *, jit, conv=None, dtype=None, backwa
     return lambda: jax.block_until_ready(f(params, x))
 
 
+# The one train step of the benchmarks. When the library's public step lands (issue 13:
+# ``resnet_bottleneck.training``: ``TrainState``, ``train_step``), these two definitions become
+# an import of it; every benchmark reaches them through ``create_train_state`` and ``train_step``.
+
+class TrainState(train_state.TrainState):
+    """Flax's train state (step, params, optimizer state) plus BatchNorm's running statistics."""
+
+    batch_stats: Any = None
+
+
+def train_step(state: TrainState, batch: dict):
+    """One optimizer step on ``batch`` (``image`` NHWC, integer ``label``): cross-entropy,
+    BatchNorm in training mode. The new state and the batch's mean loss."""
+
+    def loss_fn(params):
+        logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, batch["image"],
+                                         train=True, mutable=["batch_stats"])
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        return loss, updates["batch_stats"]
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return state.apply_gradients(grads=grads, batch_stats=batch_stats), loss
+
+
+def create_train_state(model, optimizer: optax.GradientTransformation, image) -> TrainState:
+    """The model's initial variables for images shaped like ``image`` (one is enough) and the optimizer's state."""
+    variables = model.init(jax.random.PRNGKey(0), image)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=optimizer,
+                             batch_stats=variables["batch_stats"])
+
+
 def flax_train_step(name, batch, size, *, jit, dtype=None, conv=None, num_classes=1000):
-    """One SGD step (momentum 0.9, cross-entropy) on synthetic data, variables donated."""
+    """One SGD step (momentum 0.9, cross-entropy) on synthetic data, the state donated."""
     model = create_model(name, num_classes=num_classes, dtype=dtype, **({} if conv is None else {"conv": conv}))
-    tx = optax.sgd(0.01, momentum=0.9)
-    x = _rng_array((batch, size, size, 3), 0, dtype or jnp.float32)
-    y = jnp.asarray(np.random.default_rng(1).integers(0, num_classes, batch), jnp.int32)
-    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x[:1])
-    state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
-
-    def step(state, x, y):
-        params, stats, opt = state
-
-        def loss(p):
-            logits, new = model.apply({"params": p, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new["batch_stats"]
-
-        (value, stats), grads = jax.value_and_grad(loss, has_aux=True)(params)
-        updates, opt = tx.update(grads, opt, params)
-        return (optax.apply_updates(params, updates), stats, opt), value
-
-    step = jit(step, donate_argnums=0)
+    data = {"image": _rng_array((batch, size, size, 3), 0, dtype or jnp.float32),
+            "label": jnp.asarray(np.random.default_rng(1).integers(0, num_classes, batch), jnp.int32)}
+    state = jax.jit(create_train_state, static_argnums=(0, 1))(model, optax.sgd(0.01, momentum=0.9), data["image"][:1])
+    step = jit(train_step, donate_argnums=0)
     holder = {"state": state}
 
     def run():
-        holder["state"], value = step(holder["state"], x, y)
-        value.block_until_ready()
+        holder["state"], loss = step(holder["state"], data)
+        loss.block_until_ready()
 
     return run
 

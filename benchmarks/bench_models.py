@@ -1,10 +1,11 @@
 """Deep models: compile time and a train step's memory, with and without remat and scan.
 
 For ResNet-152 (or --model), batch --batch at --image-size, float32: the time to trace
-and lower the SGD train step, the time XLA takes to compile it, and the memory XLA plans
-for it (``compiled.memory_analysis()``: temporaries, i.e. activations kept for the
-backward pass, plus arguments and outputs). Nothing is executed, so the figures are
-XLA's plan, identical from run to run except the times.
+and lower the benchmarks' train step (plain SGD, so that the optimizer keeps no state),
+the time XLA takes to compile it, and the memory XLA plans for it
+(``compiled.memory_analysis()``: temporaries, i.e. activations kept for the backward
+pass, plus arguments and outputs). Nothing is executed, so the figures are XLA's plan,
+identical from run to run except the times.
 
     python benchmarks/bench_models.py [--model resnet152] [--batch 32] [--image-size 224] [--write]
 """
@@ -21,33 +22,22 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_section  # noqa: E402
+import _workloads as w  # noqa: E402
+from _report import SYSTEM_MALLOC, write_section  # noqa: E402
 
-from resnet_bottleneck import create_model  # noqa: E402
+import resnet_bottleneck as rb  # noqa: E402
 
 VARIANTS = {"plain": {}, "remat": {"remat": True}, "scan": {"scan": True}, "scan + remat": {"scan": True, "remat": True}}
 
 
-def train_step_for(model):
-    def train_step(variables, x, labels):
-        def loss(params):
-            logits, state = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), state
-
-        (value, state), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
-        params = jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, variables["params"], grads)
-        return {"params": params, **state}, value
-
-    return train_step
-
-
 def measure(name: str, batch: int, size: int, options: dict) -> dict:
-    model = create_model(name, **options)
-    x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
-    labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+    model = rb.create_model(name, **options)
+    data = {"image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
+            "label": jax.ShapeDtypeStruct((batch,), jnp.int32)}
+    one = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    state = jax.eval_shape(lambda image: w.create_train_state(model, optax.sgd(0.1), image), one)
     start = time.perf_counter()
-    lowered = jax.jit(train_step_for(model), donate_argnums=0).lower(variables, x, labels)
+    lowered = jax.jit(w.train_step, donate_argnums=0).lower(state, data)
     traced = time.perf_counter() - start
     start = time.perf_counter()
     compiled = lowered.compile()
@@ -62,13 +52,14 @@ def measure(name: str, batch: int, size: int, options: dict) -> dict:
     }
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet152")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--write", action="store_true", help="rewrite the section of BENCHMARKS.md")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    reused = not SYSTEM_MALLOC and rb.reuse_freed_memory()
 
     lines = ["| variant | trace + lower | XLA compile | temporaries (activations) | planned peak (args + temps + outputs) |",
              "|---|---|---|---|---|"]
@@ -79,7 +70,7 @@ def main() -> None:
     if args.write:
         write_section(
             "deep-models", f"{args.model}: compile time and train-step memory, with and without remat and scan",
-            "\n".join(lines),
+            "\n".join(lines), reused_memory=reused,
             text=f"One SGD train step (forward, backward, update; BatchNorm in training mode), batch {args.batch}, "
             f"{args.image_size}x{args.image_size}, float32, jitted with the variables donated. Times are one "
             "run each; memory is what XLA plans for the compiled step (`memory_analysis()`), nothing is executed.",

@@ -1,18 +1,41 @@
-"""The GPU benchmark's smoke test: the same code at a toy size on the CPU, as CI runs it."""
+"""The benchmarks' smoke tests: each script's code at a toy size on the CPU, as CI runs it, and the
+shared timing and reporting code against hand-worked answers. Nothing here times anything."""
 
+import ast
+import importlib
 import json
 import math
 import subprocess
 import sys
+import types
 from pathlib import Path
 
+import pytest
+
+import resnet_bottleneck as rb
+
 ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """Imports a benchmark module from ``benchmarks/``, opted out of ``reuse_freed_memory`` (process-wide)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+
+    def load(name):
+        module = importlib.import_module(name)
+        if hasattr(module, "SYSTEM_MALLOC"):
+            monkeypatch.setattr(module, "SYSTEM_MALLOC", True)
+        return module
+
+    return load
 
 
 def test_gpu_benchmark_runs_tiny(tmp_path):
     out = tmp_path / "gpu.json"
     before = (ROOT / "BENCHMARKS.md").read_text()
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--tiny", "--json", str(out)],
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_gpu.py"), "--tiny", "--json", str(out)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -24,3 +47,109 @@ def test_gpu_benchmark_runs_tiny(tmp_path):
     assert result["rows"][0]["images_per_second"] == 4 / result["rows"][0]["seconds"]
     assert result["matmul_tflops"] > 0
     assert (ROOT / "BENCHMARKS.md").read_text() == before  # --tiny never writes the report
+
+
+def test_forward_fold_and_models_benchmarks_run_tiny(bench, capsys, monkeypatch):
+    """bench_forward --quick, bench_fold and bench_models on resnet_tiny at 32x32; the allocator is
+    each main's own explicit call (recorded here, not made), and nothing is written."""
+    before = (ROOT / "BENCHMARKS.md").read_text()
+    calls = []
+    monkeypatch.setattr(rb, "reuse_freed_memory", lambda: calls.append("reuse") or False)
+    forward = bench("bench_forward")
+    monkeypatch.setattr(forward, "SYSTEM_MALLOC", False)
+    forward.main(["--quick"])
+    assert calls == ["reuse"]
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| input (H, W, C) | mid | textbook eager / call | ours / call | speed-up |")
+    assert table[2].startswith("| (4, 4, 4) worked example | 2 |") and len(table) == 3
+
+    bench("bench_fold").main(["--model", "resnet_tiny", "--batch", "1", "--image-size", "32", "--repeats", "1"])
+    row = capsys.readouterr().out.splitlines()[-1].split(" | ")
+    assert row[:2] == ["| resnet_tiny", "1"] and float(row[-1].rstrip(" |")) < 1e-4  # folded == unfolded
+
+    memory = bench("bench_models").measure("resnet_tiny", 2, 32, {"scan": True, "remat": True})
+    assert memory["compile_s"] > 0 and 0 < memory["temp_gib"] < memory["total_gib"]
+    assert calls == ["reuse"] and (ROOT / "BENCHMARKS.md").read_text() == before
+
+
+def test_importing_the_shared_modules_changes_nothing(bench, monkeypatch):
+    """Neither ``_report`` nor ``_workloads`` touches the allocator (or anything) when imported."""
+
+    def refuse():
+        raise AssertionError("reuse_freed_memory() called on import")
+
+    monkeypatch.setattr(rb, "reuse_freed_memory", refuse)
+    monkeypatch.setattr(rb.xla, "reuse_freed_memory", refuse)
+    for name in ("_report", "_workloads"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+        bench(name)
+
+
+def test_benchmarks_import_only_the_public_surface():
+    """No private module or name of the library, and nothing from ``tests/``."""
+    for script in sorted(BENCH.glob("*.py")):
+        tree = ast.parse(script.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("resnet_bottleneck"):
+                assert not any(part.startswith("_") for part in node.module.split(".")), (script.name, node.module)
+                assert not any(alias.name.startswith("_") for alias in node.names), (script.name, node.module)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "rb":
+                assert not node.attr.startswith("_"), (script.name, node.attr)
+        assert '"tests"' not in script.read_text(), script.name
+
+
+def test_interleaved_rounds_warm_up_then_alternate(bench, monkeypatch):
+    """Two warm-up calls each, then rounds alternating between runners; ``inner`` calls per round
+    divide the round's time; the median (or ``min``) of the rounds. Time here is a fake clock."""
+    report = bench("_report")
+    clock, order = [0.0], []
+    monkeypatch.setattr(report, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    durations = {"a": iter([9, 9, 3.0, 3.0, 1.0, 1.0, 2.0, 2.0]), "b": iter([9, 9, 5.0, 4.0, 6.0])}
+
+    def runner(label):
+        def run():
+            order.append(label)
+            clock[0] += next(durations[label])
+        return run
+
+    seconds = report.interleaved({"a": runner("a"), "b": runner("b")}, repeats=3, inner={"a": 2, "b": 1})
+    assert order == ["a", "a", "b", "b"] + ["a", "a", "b"] * 3
+    assert seconds == {"a": 2.0, "b": 5.0}  # a's rounds: 3, 1, 2 per call; b's: 5, 4, 6
+
+    clock[0], order[:] = 0.0, []
+    durations = {"a": iter([9, 9, 3.0, 1.0, 2.0]), "b": iter([9, 9, 5.0, 4.0, 6.0])}
+    assert report.interleaved({"a": runner("a"), "b": runner("b")}, repeats=3, stat=min) == {"a": 1.0, "b": 4.0}
+
+
+def test_sections_are_replaced_whole_and_appended(bench, tmp_path):
+    report = bench("_report")
+    path = tmp_path / "B.md"
+    path.write_text("# B\n\n<!-- x:start -->\nold x\n<!-- x:end -->\n\nkept\n")
+    report.update_section("x", "new x\n", path)
+    report.update_section("y", "y", path)
+    assert path.read_text() == "# B\n\n<!-- x:start -->\nnew x\n<!-- x:end -->\n\nkept\n\n<!-- y:start -->\ny\n<!-- y:end -->\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["B.md"]  # no temporary left behind
+
+
+def test_cpu_verdicts_read_typed_rows_against_the_targets(bench, tmp_path, monkeypatch):
+    """Met and not met, worked by hand: block forward 0.9x PyTorch's time (met); forward + backward
+    0.9x and 1.1x (not met); inference 1.25x PyTorch's images/s (met); training 0.8x (not met)."""
+    cpu = bench("bench_cpu")
+    T, P, O = cpu.TORCH, cpu.PLAIN, cpu.OURS
+    rows = [cpu.Row("conv", "3x3 conv", {T: 1.0, P: 3.0, O: 2.0}, 1e9),
+            cpu.Row("block forward", "block a, forward", {T: 1.0, P: 2.0, O: 0.9}, 1e9),
+            cpu.Row("block forward + backward", "block a, forward + backward", {T: 1.0, P: 2.0, O: 0.9}, 1e9),
+            cpu.Row("block forward", "block b, forward", {T: 2.0, P: 2.0, O: 1.0}, 1e9),
+            cpu.Row("block forward + backward", "block b, forward + backward", {T: 1.0, P: 2.0, O: 1.1}, 1e9),
+            cpu.Row("inference", "ResNet-50 inference", {T: 0.5, P: 1.0, O: 0.4}, 100e9),
+            cpu.Row("training", "ResNet-50 training step", {T: 1.0, P: 2.0, O: 1.25}, 300e9)]
+    lines = cpu.verdicts(rows, {T: 500.0, O: 400.0})
+    assert lines[0] == "- Block forward <= 1.0x PyTorch's time at all 2 stages: **met** (worst 0.90x)."
+    assert lines[1] == "- Block forward + backward <= 1.0x at all 2 stages: **not met** (worst 1.10x, best 0.90x)."
+    assert lines[2].startswith("- ResNet-50 inference >= 1.2x PyTorch's images/s: **met** (1.25x). PyTorch's "
+                               "inference runs at 200 GFLOP/s; 1.2x that is 240 GFLOP/s, 48% of the best matmul")
+    assert lines[2].endswith("ours would take 250 ms; 1.2x needs <= 417 ms.")
+    assert lines[3] == "- ResNet-50 training >= 1.0x PyTorch's images/s: **not met** (0.80x)."
+    monkeypatch.setattr(cpu, "PLOT", tmp_path / "cpu.png")
+    cpu.plot(rows, 8)
+    assert (tmp_path / "cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

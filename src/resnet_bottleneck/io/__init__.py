@@ -1,11 +1,13 @@
 """Weights in and out, one module per format: :mod:`.safetensors` (ours), :mod:`.torchvision`;
-and the names of a model's classes (:mod:`.classes`)."""
+and the names of a model's classes (:mod:`.classes`); and :func:`atomic_write`, with which
+everything here writes: a file appears whole or not at all."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from .._files import atomic_write  # noqa: F401 - public here
 from ..models import ResNet
 from .classes import class_names, imagenet_classes
 from .safetensors import CHECKPOINT_FORMAT, load_variables, read_tensors
