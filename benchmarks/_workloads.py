@@ -160,13 +160,18 @@ def torch_block(batch, size, channels, mid, *, backward=False):
     return run
 
 
-def torch_train_step(name, batch, size):
+def _torchvision(name, batch, size, train: bool):
+    """torchvision's ``name`` with random weights and a random batch, both ``channels_last``."""
     torch = _torch()
     import torchvision
 
-    model = getattr(torchvision.models, name)(weights=None).to(memory_format=torch.channels_last).train()
+    model = getattr(torchvision.models, name)(weights=None).to(memory_format=torch.channels_last).train(train)
+    return torch, model, torch.randn(batch, 3, size, size).to(memory_format=torch.channels_last)
+
+
+def torch_train_step(name, batch, size):
+    torch, model, x = _torchvision(name, batch, size, train=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(batch, 3, size, size).to(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch,))
 
     def run():
@@ -177,11 +182,7 @@ def torch_train_step(name, batch, size):
 
 
 def torch_eval(name, batch, size):
-    torch = _torch()
-    import torchvision
-
-    model = getattr(torchvision.models, name)(weights=None).to(memory_format=torch.channels_last).eval()
-    x = torch.randn(batch, 3, size, size).to(memory_format=torch.channels_last)
+    torch, model, x = _torchvision(name, batch, size, train=False)
 
     def run():
         with torch.inference_mode():
