@@ -70,6 +70,21 @@ def abstract_init(model, shape=(1, 64, 64, 3), dtype=jnp.float32):
     return jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct(shape, dtype))
 
 
+def random_variables(model, shape, seed=1):
+    """Random variables of ``model`` for inputs of ``shape``, without compiling ``init``: parameters
+    normal over the square root of their fan-in (0.1 for vectors), BatchNorm statistics in [0.5, 1.5)."""
+    g = np.random.default_rng(seed)
+    shapes = abstract_init(model, shape)
+
+    def param(s):
+        fan_in = np.prod(s.shape[:-1]) if len(s.shape) > 1 else 100
+        return (g.standard_normal(s.shape) / np.sqrt(fan_in)).astype(np.float32)
+
+    return {"params": jax.tree_util.tree_map(param, shapes["params"]),
+            "batch_stats": jax.tree_util.tree_map(lambda s: (0.5 + g.random(s.shape)).astype(np.float32),
+                                                  shapes["batch_stats"])}
+
+
 def bfloat16_rounded(tree):
     """``tree``'s arrays rounded to bfloat16 and held in float32: what bfloat16 compute starts from."""
     return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.bfloat16).astype(jnp.float32), tree)

@@ -19,7 +19,7 @@ from resnet_bottleneck.backbones import _nearest_indices, upsample_nearest
 from resnet_bottleneck.io.torchvision import WeightsMismatch
 from resnet_bottleneck.models import count_params
 
-from helpers import assert_close_to_scale, assert_trees_equal, randomize_norms
+from helpers import abstract_init, assert_close_to_scale, assert_trees_equal, random_variables, randomize_norms
 
 torch.set_num_threads(2)
 
@@ -170,7 +170,7 @@ def test_trainable_mask_is_torchvisions(trainable_layers):
     """Which tensors learn, by torchvision's own ``requires_grad`` after ``resnet_fpn_backbone(trainable_layers=K)``."""
     tv = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=trainable_layers)
     module = create_fpn_backbone("resnet18", trainable_layers=trainable_layers)
-    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+    shapes = abstract_init(module)
     mask = trainable_mask(shapes["params"], trainable_layers)
     as_arrays = {"params": jax.tree_util.tree_map(lambda m, s: np.full(s.shape, float(m), np.float32), mask, shapes["params"]),
                  "batch_stats": jax.tree_util.tree_map(lambda s: np.zeros(s.shape, np.float32), shapes["batch_stats"])}
@@ -184,14 +184,8 @@ def test_trainable_mask_is_torchvisions(trainable_layers):
 def small_fpn():
     module = create_fpn_backbone("resnet_tiny", out_channels=32, trainable_layers=3)
     x = np.random.default_rng(5).standard_normal((2, 64, 64, 3)).astype(np.float32)
-    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)  # random values without compiling init
-    g = np.random.default_rng(6)
-    variables = {"params": jax.tree_util.tree_map(
-                     lambda s: (g.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]) if len(s.shape) > 1 else 100))
-                     .astype(np.float32),
-                     shapes["params"]),
-                 "batch_stats": jax.tree_util.tree_map(lambda s: (0.5 + g.random(s.shape)).astype(np.float32),
-                                                       shapes["batch_stats"])}
+    variables = random_variables(module, x.shape, seed=6)
+    g = np.random.default_rng(7)
     weights = {k: g.standard_normal(s.shape).astype(np.float32)
                for k, s in jax.eval_shape(module.apply, variables, x).items()}
 

@@ -10,7 +10,7 @@ from resnet_bottleneck import CONFIGS, BasicBlock, BottleneckBlock, ResNet, crea
 from resnet_bottleneck.models import count_params, scan_variables, unscan_variables
 
 from helpers import (abstract_init, assert_close_to_scale, assert_results_close, assert_trees_close, assert_trees_equal,
-                     bfloat16_rounded, forward_and_grads)
+                     bfloat16_rounded, forward_and_grads, random_variables)
 
 # torchvision.models.<name>(): sum(p.numel() for p in model.parameters())
 TORCHVISION_PARAMS = {
@@ -201,16 +201,6 @@ def test_dilated_stages_keep_the_resolution_and_feature_info_says_so(dilate, str
                              jax.ShapeDtypeStruct((1, 65, 47, 3), jnp.float32))
     for i in info:
         assert outputs[i["name"]].shape == (1, -(-65 // i["stride"]), -(-47 // i["stride"]), i["channels"])
-
-
-def random_variables(model, shape, seed=1):
-    """Random parameters and positive statistics of ``model``'s shapes, without compiling ``init``."""
-    g = np.random.default_rng(seed)
-    shapes = abstract_init(model, shape)
-    return {"params": jax.tree_util.tree_map(lambda s: (0.1 * g.standard_normal(s.shape)).astype(np.float32),
-                                             shapes["params"]),
-            "batch_stats": jax.tree_util.tree_map(lambda s: (0.5 + g.random(s.shape)).astype(np.float32),
-                                                  shapes["batch_stats"])}
 
 
 def test_frozen_norm_is_fixed_in_training_too(batch):
