@@ -66,9 +66,9 @@ def flax_block(batch, size, channels, mid, *, jit, conv=None, dtype=None, backwa
     return lambda: jax.block_until_ready(f(params, x))
 
 
-# The one train step of the benchmarks. When the library's public step lands (issue 13:
-# ``resnet_bottleneck.training``: ``TrainState``, ``train_step``), these two definitions become
-# an import of it; every benchmark reaches them through ``create_train_state`` and ``train_step``.
+# The one train step of the benchmarks, on optax. Every benchmark reaches it only through
+# ``create_train_state`` and ``train_step`` below, so when the library's public step lands
+# (issue 13: ``resnet_bottleneck.training``), these three definitions give way to it here.
 
 class TrainState(train_state.TrainState):
     """Flax's train state (step, params, optimizer state) plus BatchNorm's running statistics."""
