@@ -1,0 +1,161 @@
+"""The training crop and the evaluation transform: one implementation for train, evaluate and predict.
+
+Both return ``uint8`` HWC arrays; :func:`normalize` (ImageNet mean and std) runs where the
+pixels are used, on the device inside the jitted step, so a quarter of the bytes cross
+from the loader's workers to the device. JPEGs are decoded at a reduced size (PIL's
+``draft``, libjpeg's DCT scaling) whenever the region kept is still at least the output
+size at that scale, so a downscale never becomes an upscale.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: torchvision's (and the field's) evaluation crop: the shorter side is resized to
+#: ``image_size / CROP_FRACTION`` (256 for 224), then the center is cropped.
+CROP_FRACTION = 0.875
+SCALE = (0.08, 1.0)
+RATIO = (3 / 4, 4 / 3)
+
+
+class ImageError(OSError):
+    """An image file that cannot be opened or decoded; the message names the file."""
+
+
+def normalize(images: Any) -> Any:
+    """uint8 (..., 3) pixels to float32, scaled to [0, 1] and standardised by ImageNet's mean and std.
+
+    Works on numpy and JAX arrays alike (the trailing channel axis broadcasts at full rank).
+    """
+    shape = (1,) * (images.ndim - 1) + (3,)
+    mean = np.asarray(IMAGENET_MEAN, np.float32).reshape(shape)
+    std = np.asarray(IMAGENET_STD, np.float32).reshape(shape)
+    return (images.astype(np.float32) / np.float32(255.0) - mean) / std
+
+
+def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
+                            scale=SCALE, ratio=RATIO) -> tuple[int, int, int, int]:
+    """torchvision's ``RandomResizedCrop.get_params`` on numpy's generator: ``(top, left, h, w)``.
+
+    Ten tries at an area fraction uniform in ``scale`` and an aspect ratio log-uniform in
+    ``ratio``; failing those, the central crop at the nearest allowed ratio.
+    """
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def eval_box(width: int, height: int, image_size: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """torchvision's ``Resize(image_size / 0.875)`` + ``CenterCrop(image_size)`` as numbers.
+
+    Returns the resized ``(width, height)`` (the shorter side at the resize target, the
+    longer truncated, as torchvision does) and the crop ``(left, top, right, bottom)`` in it.
+    """
+    resize = int(image_size / CROP_FRACTION)
+    if width <= height:
+        size = (resize, int(resize * height / width))
+    else:
+        size = (int(resize * width / height), resize)
+    left = int(round((size[0] - image_size) / 2.0))
+    top = int(round((size[1] - image_size) / 2.0))
+    return size, (left, top, left + image_size, top + image_size)
+
+
+def _open(path: str | os.PathLike):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(path)
+    except FileNotFoundError:
+        raise ImageError(f"no such image: {path}") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise ImageError(f"cannot read image {path} ({err})") from None
+
+
+def _draft(image, region_w: float, region_h: float, out_w: int, out_h: int) -> float:
+    """Ask libjpeg to decode at 1/2, 1/4 or 1/8 when the region stays >= the output; the scale kept."""
+    if image.format != "JPEG":
+        return 1.0
+    for s in (8, 4, 2):
+        if region_w / s >= out_w and region_h / s >= out_h:
+            width = image.size[0]
+            _, box = image.draft("RGB", (width // s, image.size[1] // s))
+            return width / box[2]  # the image's pixels now sit at 1/s (a partial last block is padded)
+    return 1.0
+
+
+def _load_rgb(image, path):
+    try:
+        image.load()
+        return image if image.mode == "RGB" else image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
+        raise ImageError(f"cannot decode image {path} ({err})") from None
+
+
+def train_transform(path: str | os.PathLike, image_size: int, rng: np.random.Generator,
+                    flip: bool = True) -> np.ndarray:
+    """RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) of the full image, bilinear with antialiasing
+    to ``image_size`` square, and a horizontal flip half the time: uint8 (image_size, image_size, 3)."""
+    from PIL import Image
+
+    with _open(path) as image:
+        top, left, h, w = random_resized_crop_box(*image.size, rng)
+        mirrored = flip and rng.random() < 0.5
+        s = _draft(image, w, h, image_size, image_size)
+        rgb = _load_rgb(image, path)
+        if s == 1.0:  # crop, then resize: the filter sees only the crop's pixels, as torchvision's does
+            out = rgb.crop((left, top, left + w, top + h)).resize((image_size, image_size), Image.BILINEAR)
+        else:  # the region at 1/s falls between pixels: resample it exactly (a float box)
+            box = (left / s, top / s, (left + w) / s, (top + h) / s)
+            out = rgb.resize((image_size, image_size), Image.BILINEAR, box=box)
+    if mirrored:
+        out = out.transpose(Image.FLIP_LEFT_RIGHT)
+    return np.asarray(out)
+
+
+def eval_transform(path: str | os.PathLike, image_size: int) -> np.ndarray:
+    """Resize the shorter side to ``image_size / 0.875``, center crop ``image_size``: uint8 HWC.
+
+    Computed as one resize of the crop's source region (the same pixels as resizing the
+    whole image, then cropping).
+    """
+    from PIL import Image
+
+    with _open(path) as image:
+        width, height = image.size
+        (rw, rh), (left, top, right, bottom) = eval_box(width, height, image_size)
+        s = _draft(image, width, height, rw, rh)
+        rgb = _load_rgb(image, path)
+        fx, fy = width / rw / s, height / rh / s
+        out = rgb.resize((image_size, image_size), Image.BILINEAR, box=(left * fx, top * fy, right * fx, bottom * fy))
+    return np.asarray(out)
+
+
+def resize_nearest(image: np.ndarray, image_size: int) -> np.ndarray:
+    """Nearest-neighbour resize of a small in-memory image (the 8x8 digits) to ``image_size`` square."""
+    rows = np.arange(image_size) * image.shape[0] // image_size
+    cols = np.arange(image_size) * image.shape[1] // image_size
+    return image[rows][:, cols]

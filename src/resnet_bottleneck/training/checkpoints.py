@@ -1,0 +1,100 @@
+"""Orbax checkpoints of a run: the train state, the config that made it, and the input pipeline's
+iterator state (grain's Orbax handler: one file per process), so a resume continues mid-epoch exactly.
+
+Written aside and renamed (atomic), the last ``keep`` kept. A checkpoint from other settings,
+or one that cannot be read, is an error that names it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from .config import Config, ConfigError, TrainingError
+
+
+class _IteratorState:
+    """An iterator state taken when its step's batch was drawn, in the shape grain's handler saves
+    (``get_state`` bytes) and restores (``set_state`` + ``start_prefetch`` on the live iterator)."""
+
+    def __init__(self, state: dict | None = None, iterator=None):
+        self.state, self.iterator = state, iterator
+
+    def get_state(self) -> bytes:
+        return json.dumps(self.state).encode()
+
+    def set_state(self, state: bytes) -> None:
+        self.state = json.loads(state)
+        self.iterator.set_state(self.state)
+
+    def start_prefetch(self) -> None:
+        if hasattr(self.iterator, "start_prefetch"):
+            self.iterator.start_prefetch()
+
+
+class Checkpoints:
+    """``directory/<step>/{state,config,data}``, through one ``orbax.checkpoint.CheckpointManager``."""
+
+    def __init__(self, directory: str | Path, keep: int, config: Config):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.directory = Path(directory).resolve()
+        self.config = config
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False),
+        )
+
+    def latest(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, iterator_state: dict) -> None:
+        import grain
+
+        ocp = self._ocp
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            config=ocp.args.JsonSave(asdict(self.config)),
+            data=grain.checkpoint.CheckpointSave(_IteratorState(iterator_state)),
+        ))
+        self.manager.wait_until_finished()
+
+    def _where(self, step: int) -> Path:
+        return self.directory / str(step)
+
+    def check_config(self, step: int) -> None:
+        """Raises if the checkpoint cannot be read or was written with other settings."""
+        ocp = self._ocp
+        try:
+            saved = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        except Exception as err:  # orbax raises many types for unreadable metadata
+            raise TrainingError(f"checkpoint {self._where(step)} is unreadable ({type(err).__name__}: {err})") from None
+        now = asdict(self.config)
+        if saved.get("epochs") != now["epochs"]:
+            raise ConfigError("epochs", f"checkpoint {self._where(step)} was written by a run of {saved.get('epochs')} "
+                              f"epochs, and the learning-rate schedule (warmup, then cosine decay to the last step) "
+                              f"spans every epoch: resume with {{field}} {saved.get('epochs')}, or start a new run "
+                              "in another directory")
+        differ = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+        if differ:
+            listed = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in differ.items())
+            raise TrainingError(f"checkpoint {self._where(step)} was written by a different run ({listed}); "
+                                "use another output directory or the same settings")
+
+    def restore(self, step: int, abstract_state, iterator):
+        """The train state at ``step``; ``iterator`` is set to where that step left the data."""
+        import grain
+
+        self.check_config(step)
+        ocp = self._ocp
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=grain.checkpoint.CheckpointRestore(_IteratorState(iterator=iterator)),
+            ))
+        except Exception as err:
+            first = str(err).splitlines()[0] if str(err) else ""
+            raise TrainingError(f"checkpoint {self._where(step)} cannot be restored ({type(err).__name__}: {first})") from None
+        return restored["state"]

@@ -1,0 +1,257 @@
+"""The training loop: it only calls the pieces (data pipeline, steps, checkpoints, report).
+
+Everything that decides the result is a function of ``seed`` and the step: the data order
+and augmentation (see ``data.pipeline``), the initial weights. So a run resumed from a
+checkpoint (train state and iterator state together) continues exactly as if it had never
+stopped. The host never waits on a step to queue the next: the loss is read every
+``log_every`` steps (one step behind), and always in full before a checkpoint is written,
+so a NaN stops the run before a bad state is saved.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from .. import data, xla
+from ..models import create_model
+from .checkpoints import Checkpoints
+from .config import Config, ConfigError, DivergedError, RunOptions, TrainingError
+from .devices import batch_sharding, data_mesh, put_batch
+from .report import Progress, plot_curves, resume_history
+from .state import create_train_state, eval_step, make_optimizer, train_step
+
+
+@dataclass
+class Result:
+    test_accuracy: float
+    epochs: int
+    steps: int
+    images_per_second: float
+    seconds: float
+    checkpoint: str | None
+    metrics: str | None
+    plot: str | None
+    resumed_from: int | None = None
+    skipped: list[str] = field(default_factory=list)  # unreadable images, replaced (training) or left out (evaluation)
+    history: list = field(default_factory=list)
+    state: Any = field(default=None, repr=False)  # the final TrainState
+
+
+def load_datasets(config: Config):
+    """(training, evaluation) sources: digits by default, else the folder's layout (see ``data.folder``)."""
+    if config.data is None:
+        return data.digits(config.test_fraction, config.seed)
+    return data.image_folder_splits(config.data, config.test_fraction, config.seed)
+
+
+class _Meter:
+    """Each step's loss and correct count stay on the device until read, in order, lazily."""
+
+    def __init__(self, batch_size: int, checkpoints: Checkpoints | None, steps_per_epoch: int):
+        self.batch_size, self.checkpoints, self.steps_per_epoch = batch_size, checkpoints, steps_per_epoch
+        self.pending: list[tuple[int, dict]] = []
+        self.loss = self.correct = self.seen = 0
+
+    def add(self, step: int, metrics: dict) -> None:
+        self.pending.append((step, metrics))
+
+    def read(self, keep: int = 0) -> int:
+        """Reads all but the newest ``keep`` steps; raises :class:`DivergedError` at a non-finite loss."""
+        ready, self.pending = self.pending[:len(self.pending) - keep], self.pending[len(self.pending) - keep:]
+        if not ready:
+            return 0
+        losses, correct = jax.device_get(([m["loss"] for _, m in ready], [m["correct"] for _, m in ready]))
+        for (step, _), loss in zip(ready, losses):
+            if not math.isfinite(float(loss)):
+                last = self.checkpoints.latest() if self.checkpoints else None
+                kept = (f"; the last good checkpoint is step {last} in {self.checkpoints.directory}"
+                        if last is not None else "")
+                raise DivergedError(f"the loss became {float(loss)} at step {step} "
+                                    f"(epoch {(step - 1) // self.steps_per_epoch + 1}); stopped without saving it{kept}")
+        self.loss += float(np.sum(losses, dtype=np.float64)) * self.batch_size
+        self.correct += int(np.sum(correct))
+        self.seen += len(ready) * self.batch_size
+        return len(ready)
+
+    def epoch_totals(self) -> tuple[float, float]:
+        totals = (self.loss / max(self.seen, 1), self.correct / max(self.seen, 1))
+        self.loss = self.correct = self.seen = 0
+        return totals
+
+
+class _Evaluator:
+    """Accuracy over the evaluation set; one pipeline (and its workers) serves every evaluation."""
+
+    def __init__(self, source, config: Config, workers: int, step, sharding):
+        self.source, self.config, self.workers, self.step, self.sharding = source, config, workers, step, sharding
+        self.steps = data.evaluation_steps(source, config.batch_size)
+        self.iterator = None
+        self.bad: set[int] = set()
+
+    def __call__(self, state) -> float:
+        if self.iterator is None:
+            self.iterator = iter(data.evaluation_batches(self.source, image_size=self.config.image_size,
+                                                         batch_size=self.config.batch_size, workers=self.workers))
+        totals = []
+        for _ in range(self.steps):
+            batch = next(self.iterator)
+            self.bad.update(int(i) for i in batch["bad"] if i >= 0)
+            totals.append(self.step(state, put_batch(batch, self.sharding)))
+        correct, count = jax.device_get((sum(t["correct"] for t in totals), sum(t["count"] for t in totals)))
+        return int(correct) / max(int(count), 1)
+
+    def close(self) -> None:
+        if self.iterator is not None and hasattr(self.iterator, "close"):
+            self.iterator.close()
+
+
+def train(config: Config, out: str | Path | None = None, options: RunOptions | None = None,
+          progress: bool = True, datasets=None) -> Result:
+    """Train ``config.model`` and evaluate it each epoch; with ``out``, checkpoint there (and resume
+    from there), and write ``metrics.jsonl`` and ``curves.png``.
+
+    ``datasets`` replaces the configured data with ``(training, evaluation)`` sources
+    (``data.ImageFiles`` or ``data.ImageArrays``).
+
+    Raises:
+      ConfigError: a bad setting (``field`` names it); ``data.DataError``: bad data.
+      TrainingError: a corrupt or foreign checkpoint; DivergedError: a NaN/Inf loss.
+    """
+    options = options or RunOptions()
+    config.check()
+    options.check()
+    started = time.perf_counter()
+    train_set, eval_set = datasets if datasets is not None else load_datasets(config)
+    workers = options.workers
+    if workers is None:  # in-memory images (digits) have nothing to decode: workers would only add start-up
+        workers = data.default_workers() if isinstance(train_set, data.ImageFiles) else 0
+    mesh = data_mesh()
+    if config.batch_size % mesh.devices.size:
+        raise ConfigError("batch_size", f"{{field}} {config.batch_size} does not divide over {mesh.devices.size} devices")
+    training = data.training_batches(train_set, image_size=config.image_size, batch_size=config.batch_size,
+                                     seed=config.seed, epochs=config.epochs,
+                                     augment=config.augment and isinstance(train_set, data.ImageFiles), workers=workers)
+    steps_per_epoch = len(train_set) // config.batch_size
+    total_steps = config.epochs * steps_per_epoch
+    num_classes = len(train_set.classes)
+
+    model = create_model(config.model, num_classes=num_classes, dtype=jnp.bfloat16 if config.bf16 else None)
+    optimizer = make_optimizer(config, steps_per_epoch)
+    init = functools.partial(create_train_state, model, optimizer, config.seed, config.image_size)
+    abstract = jax.eval_shape(init)
+    replicated = NamedSharding(mesh, P())
+    state_sharding = jax.tree_util.tree_map(lambda _: replicated, abstract)
+    rows = batch_sharding(mesh)
+    checkpoints = Checkpoints(Path(out) / "checkpoints", options.keep, config) if out is not None else None
+    resumed_from = checkpoints.latest() if checkpoints is not None else None
+
+    iterator = iter(training)
+    if resumed_from is not None:
+        target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                        abstract, state_sharding)
+        state = checkpoints.restore(resumed_from, target, iterator)
+    else:
+        state = jax.jit(init, out_shardings=state_sharding)()
+    step_fn = xla.jit(functools.partial(train_step, num_classes=num_classes, label_smoothing=config.label_smoothing),
+                      in_shardings=(state_sharding, rows), out_shardings=(state_sharding, replicated), donate_argnums=0)
+    evaluate = _Evaluator(eval_set, config, workers,
+                          xla.jit(eval_step, in_shardings=(state_sharding, rows), out_shardings=replicated), rows)
+
+    step = int(jax.device_get(state.step))
+    writer = jax.process_index() == 0 and out is not None
+    metrics_path = Path(out) / "metrics.jsonl" if out is not None else None
+    history = resume_history(metrics_path, step) if writer else []
+    meter = _Meter(config.batch_size, checkpoints, steps_per_epoch)
+    bar = Progress(enabled=progress)
+    bad_train: set[int] = set()
+    first_step, timed_from, eval_seconds = step, None, 0.0
+    iterator_state = iterator.get_state()
+    try:
+        while step < total_steps:
+            epoch = step // steps_per_epoch
+            bar.start_epoch(epoch + 1, config.epochs, steps_per_epoch, step % steps_per_epoch)
+            epoch_start = time.perf_counter()
+            shown = step
+            for _ in range(step % steps_per_epoch, steps_per_epoch):
+                try:
+                    batch = next(iterator)
+                except data.DataError:
+                    raise
+                except Exception as err:  # a worker died: say so, keep what was done
+                    raise TrainingError(f"the input pipeline failed at step {step + 1} ({type(err).__name__}: {err})") from None
+                iterator_state = iterator.get_state()
+                bad_train.update(int(i) for i in batch["bad"] if i >= 0)
+                state, metrics = step_fn(state, put_batch(batch, rows))
+                step += 1
+                meter.add(step, metrics)
+                if step == first_step + 1:  # the first step of a process includes its compilation
+                    jax.block_until_ready(metrics)
+                    timed_from = time.perf_counter()
+                if checkpoints is not None and step % options.checkpoint_every == 0:
+                    meter.read()
+                    checkpoints.save(step, state, iterator_state)
+                elif step % options.log_every == 0:
+                    meter.read(keep=1)
+                if meter.seen and step - shown >= options.log_every:
+                    bar.update(step - shown, meter.loss / meter.seen, meter.correct / meter.seen,
+                               (step - shown) * config.batch_size / max(time.perf_counter() - epoch_start, 1e-9))
+                    shown = step
+            meter.read()
+            epoch_seconds = time.perf_counter() - epoch_start
+            loss, accuracy = meter.epoch_totals()
+            t0 = time.perf_counter()
+            record = {"epoch": epoch + 1, "step": step, "train_loss": loss, "train_accuracy": accuracy,
+                      "test_accuracy": evaluate(state),
+                      "images_per_second": (step - max(epoch * steps_per_epoch, first_step)) * config.batch_size
+                      / max(epoch_seconds, 1e-9)}
+            eval_seconds += time.perf_counter() - t0
+            history.append(record)
+            bar.update(step - shown, loss, accuracy, record["images_per_second"])
+            bar.end_epoch(record, config.epochs)
+            if writer:
+                with open(metrics_path, "a") as f:
+                    f.write(__import__("json").dumps(record) + "\n")
+        meter.read()
+        if checkpoints is not None and checkpoints.latest() != step:
+            checkpoints.save(step, state, iterator_state)
+        test_accuracy = history[-1]["test_accuracy"] if history else evaluate(state)
+    finally:
+        bar.close()
+        evaluate.close()
+        if hasattr(iterator, "close"):
+            iterator.close()
+    timed = time.perf_counter() - timed_from - eval_seconds if timed_from is not None else 0.0
+    plot = Path(out) / "curves.png" if writer and history else None
+    if plot is not None:
+        try:
+            plot_curves(history, plot)
+        except ImportError:
+            import sys
+
+            print("curves not drawn: matplotlib is not installed (pip install 'resnet-bottleneck[train]')",
+                  file=sys.stderr)
+            plot = None
+    return Result(
+        test_accuracy=test_accuracy,
+        epochs=config.epochs,
+        steps=step,
+        images_per_second=(step - first_step - 1) * config.batch_size / timed if timed > 0 else 0.0,
+        seconds=time.perf_counter() - started,
+        checkpoint=str(checkpoints.directory / str(step)) if checkpoints is not None else None,
+        metrics=str(metrics_path) if writer else None,
+        plot=str(plot) if plot is not None else None,
+        resumed_from=resumed_from,
+        skipped=sorted({train_set.path(i) for i in bad_train} | {eval_set.path(i) for i in evaluate.bad}),
+        history=history,
+        state=state,
+    )
