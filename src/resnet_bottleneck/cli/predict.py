@@ -9,10 +9,6 @@ import numpy as np
 
 from ._common import UsageError, argument, model_name
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
 def add_parser(commands) -> None:
     parser = commands.add_parser(
         "predict",
@@ -33,25 +29,14 @@ def add_parser(commands) -> None:
     parser.set_defaults(run=run)
 
 
-def preprocess(path: str, resize: int = 256, crop: int = 224) -> np.ndarray:
-    """torchvision's ImageNet evaluation transform: resize the short side, center crop, normalise. HWC."""
-    from PIL import Image, UnidentifiedImageError
+def preprocess(path: str, image_size: int = 224) -> np.ndarray:
+    """The evaluation transform training uses (torchvision's: resize 256, center crop 224), normalised. HWC."""
+    from ..data.transforms import ImageError, eval_transform, normalize
 
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            w, h = image.size  # torchvision: the long side is truncated, the crop offset rounded
-            size = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
-            image = image.resize(size, Image.BILINEAR)
-            w, h = image.size
-            left, top = int(round((w - crop) / 2.0)), int(round((h - crop) / 2.0))
-            image = image.crop((left, top, left + crop, top + crop))
-            array = np.asarray(image, np.float32) / 255.0
-    except FileNotFoundError:
-        raise UsageError(f"argument IMAGE: no such file: {path}") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise UsageError(f"argument IMAGE: cannot read {path} as an image ({err})") from None
-    return (array - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
+        return normalize(eval_transform(path, image_size))
+    except ImageError as err:
+        raise UsageError(f"argument IMAGE: {err}") from None
 
 
 def run(args) -> int:
@@ -73,21 +58,27 @@ def run(args) -> int:
     images = [preprocess(p) for p in args.images]  # every image is checked before any work
     forward = xla.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False)))
     results = []
-    live = len(images) > 1 and sys.stderr.isatty()
-    for done, (path, image) in enumerate(zip(args.images, images)):
-        if live:
-            print(f"\r[{done + 1}/{len(images)}] {path[-50:]:<50}", end="", file=sys.stderr, flush=True)
+    bar = None
+    if len(images) > 1 and sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(images), unit="image", file=sys.stderr, leave=False)
+    for path, image in zip(args.images, images):
         probs = np.asarray(forward(variables, image[None]))[0]
         top = np.argsort(-probs)[: min(5, probs.size)]
         results.append({"image": path, "top5": [
             {"class": int(i), "probability": float(probs[i]), **({"label": labels[i]} if labels else {})} for i in top]})
         if not args.json:
-            if live:
-                print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
-            print(path + ": " + ", ".join(
-                f"{r['class']}{' ' + r['label'] if 'label' in r else ''} ({r['probability']:.3f})" for r in results[-1]["top5"]))
-    if live:
-        print(file=sys.stderr)
+            line = path + ": " + ", ".join(f"{r['class']}{' ' + r['label'] if 'label' in r else ''} "
+                                           f"({r['probability']:.3f})" for r in results[-1]["top5"])
+            if bar is not None:
+                bar.write(line, file=sys.stdout)
+            else:
+                print(line)
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
     if args.json:
         print(json.dumps(results))
     return 0

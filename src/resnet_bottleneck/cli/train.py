@@ -1,64 +1,110 @@
-"""``resnet-bottleneck train``: train a family model, resuming from the run's last checkpoint."""
+"""``resnet-bottleneck train``: train a family model, resuming from the run's last checkpoint.
+
+Its flags are generated from the fields of ``training.Config`` and ``training.RunOptions``
+(their defaults, help, kind of value and, where it differs, the flag's name), and an error that
+names a field is reported as ``argument <that field's flag>: ...``.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+from dataclasses import MISSING, asdict, fields
 
-from ._common import PROG, UsageError, model_name, non_negative, positive_int, seed
+from ._common import PROG, UsageError, model_name
+
+
+def _settings():
+    from ..training import Config, RunOptions
+
+    return Config, RunOptions
+
+
+def _flag(f) -> str:
+    return "--" + f.metadata.get("flag", f.name).replace("_", "-")
+
+
+def _parser_type(f):
+    """argparse type of a field: parsed as its kind says, and checked as the library checks it."""
+    from ..training.config import KINDS, ConfigError, check_value
+
+    kind = f.metadata["kind"]
+    if kind == "model":
+        return model_name
+    if kind is None:
+        return str
+    convert, _, expected = KINDS[kind]
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {expected}; got {text!r}") from None
+        try:
+            check_value(f.name, kind, value)
+        except ConfigError as err:
+            raise argparse.ArgumentTypeError(err.message) from None
+        return value
+
+    return parse
+
+
+def flags() -> dict[str, str]:
+    """Each setting's field name -> its flag."""
+    return {f.name: _flag(f) for cls in _settings() for f in fields(cls)}
 
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
         "train",
-        help="train a model: scikit-learn's digits by default, or an ImageFolder directory",
+        help="train a model: scikit-learn's digits by default, or an image folder (ImageNet's layout or flat)",
         description="Train with SGD (Nesterov momentum, weight decay on kernels only), warmup + cosine schedule "
-        "and label smoothing, data-parallel over every device. Checkpoints go to OUT/checkpoints; running the "
+        "and label smoothing, data-parallel over every device and host; images are decoded and augmented by "
+        "worker processes, each host reading only its share. Checkpoints go to OUT/checkpoints; running the "
         "same command again resumes exactly where the last checkpoint left off.",
     )
-    parser.add_argument("--model", default="resnet_tiny", type=model_name, help="model name (default resnet_tiny)")
-    parser.add_argument("--data", help="ImageFolder root (root/class_x/image.png); default: scikit-learn's digits")
-    parser.add_argument("--image-size", type=positive_int, default=32, help="images are resized to this (default 32)")
-    parser.add_argument("--epochs", type=positive_int, default=15)
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="global batch size (default 64)")
-    parser.add_argument("--lr", type=non_negative, default=0.1, help="peak learning rate (default 0.1)")
-    parser.add_argument("--momentum", type=non_negative, default=0.9)
-    parser.add_argument("--no-nesterov", action="store_true", help="plain momentum instead of Nesterov's")
-    parser.add_argument("--weight-decay", type=non_negative, default=5e-4)
-    parser.add_argument("--warmup-epochs", type=non_negative, default=1.0)
-    parser.add_argument("--label-smoothing", type=float, default=0.1)
-    parser.add_argument("--augment", action="store_true", help="random resized crop and flip (not for digits)")
-    parser.add_argument("--bf16", action="store_true", help="compute in bfloat16 (float32 parameters)")
-    parser.add_argument("--seed", type=seed, default=0)
-    parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out share (default 0.2)")
+    for cls in _settings():
+        for f in fields(cls):
+            default = f.default if f.default is not MISSING else None
+            if f.type == "bool":
+                parser.add_argument(_flag(f), dest=f.name, action=argparse.BooleanOptionalAction,
+                                    default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {default})")
+            else:
+                shown = "" if default is None else f" (default {default})"
+                parser.add_argument(_flag(f), dest=f.name, type=_parser_type(f), default=argparse.SUPPRESS,
+                                    metavar=f.name.upper(), help=f.metadata["help"] + shown)
     parser.add_argument("--out", help="run directory (default runs/MODEL-seedSEED)")
-    parser.add_argument("--checkpoint-every", type=positive_int, default=50, help="steps between checkpoints (default 50)")
-    parser.add_argument("--keep", type=positive_int, default=3, help="checkpoints kept (default 3)")
     parser.add_argument("--reuse-freed-memory", action="store_true",
-                       help="have glibc keep freed memory for reuse: ~8-10%% faster for ResNet-50 on CPU, slower "
-                       "for small models (see resnet_bottleneck.reuse_freed_memory)")
+                        help="have glibc keep freed memory for reuse: faster for large models on CPU, slower for "
+                        "small ones (see resnet_bottleneck.reuse_freed_memory)")
     parser.add_argument("--json", action="store_true", help="no progress; print one JSON summary")
     parser.set_defaults(run=run)
 
 
+def _as_usage(err) -> UsageError:
+    """A library error that names a field, told as argparse tells its own: ``argument --flag: ...``."""
+    field = getattr(err, "field", None)
+    return UsageError(f"argument {flags().get(field, field)}: {err.message}" if field is not None else str(err))
+
+
 def run(args) -> int:
-    from dataclasses import asdict
     from pathlib import Path
 
-    from .. import train as training
+    from .. import training
+    from ..data import DataError
 
-    config = training.Config(
-        model=args.model, data=args.data, image_size=args.image_size, epochs=args.epochs,
-        batch_size=args.batch_size, learning_rate=args.lr, momentum=args.momentum, nesterov=not args.no_nesterov,
-        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-        augment=args.augment, bf16=args.bf16, seed=args.seed, test_fraction=args.test_fraction,
-    )
+    Config, RunOptions = _settings()
+    given = vars(args)
+    config = Config(**{f.name: given[f.name] for f in fields(Config) if f.name in given})
+    options = RunOptions(**{f.name: given[f.name] for f in fields(RunOptions) if f.name in given})
     try:
         config.check()
-    except training.TrainingError as err:
-        raise UsageError(str(err)) from None
-    if config.data is not None and not Path(config.data).is_dir():
-        raise UsageError(f"argument --data: {config.data} is not a directory")
+        options.check()
+        if config.data is not None and not Path(config.data).is_dir():
+            raise DataError("data", f"{config.data} is not a directory")
+    except (training.ConfigError, DataError) as err:
+        raise _as_usage(err) from None
     if args.reuse_freed_memory:  # before JAX's first computation, after every check of the input
         from .. import xla
 
@@ -68,24 +114,16 @@ def run(args) -> int:
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        result = training.train(
-            config,
-            checkpoint_dir=out / "checkpoints",
-            checkpoint_every=args.checkpoint_every,
-            keep_checkpoints=args.keep,
-            metrics_path=out / "metrics.jsonl",
-            plot_path=out / "curves.png",
-            progress=not args.json,
-        )
+        result = training.train(config, out=out, options=options, progress=not args.json)
     except training.DivergedError as err:
         print(f"{PROG} train: error: {err}", file=sys.stderr)
         return 1
-    except training.TrainingError as err:
-        if created:  # this run wrote nothing worth keeping: leave no half-made directory
+    except (training.TrainingError, DataError) as err:
+        if created and not any((out / "checkpoints").glob("[0-9]*")):  # nothing worth keeping: no half-made run
             import shutil
 
             shutil.rmtree(out, ignore_errors=True)
-        raise UsageError(str(err)) from None
+        raise _as_usage(err) from None
     summary = {
         "test_accuracy": result.test_accuracy,
         "epochs": result.epochs,
@@ -96,6 +134,7 @@ def run(args) -> int:
         "metrics": result.metrics,
         "plot": result.plot,
         "resumed_from_step": result.resumed_from,
+        "skipped_images": result.skipped,
         "config": asdict(config),
     }
     if args.json:
@@ -103,5 +142,8 @@ def run(args) -> int:
     else:
         print(f"test accuracy {result.test_accuracy:.4f} after {result.epochs} epochs ({result.steps} steps) in "
               f"{result.seconds:.1f} s, {result.images_per_second:,.0f} training images/s")
+        if result.skipped:
+            print(f"skipped {len(result.skipped)} unreadable image(s): {', '.join(result.skipped[:10])}"
+                  f"{' ...' if len(result.skipped) > 10 else ''}")
         print(f"checkpoint {result.checkpoint}; metrics {result.metrics}; curves {result.plot}")
     return 0

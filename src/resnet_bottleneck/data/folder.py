@@ -18,15 +18,12 @@ IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".we
 
 
 class SettingError(ValueError):
-    """A bad setting, named by its ``field``: ``message`` has ``{field}`` where the name goes, so
-    the library says ``batch_size`` and the command line, through :meth:`naming`, ``--batch-size``."""
+    """A bad setting, named by its ``field``: the library says ``batch_size: <message>``, the
+    command line ``argument --batch-size: <message>``."""
 
     def __init__(self, field: str, message: str):
-        self.field, self.message = field, message if "{field}" in message else "{field}: " + message
-        super().__init__(self.naming(field))
-
-    def naming(self, name: str) -> str:
-        return self.message.replace("{field}", name)
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
 
 
 class DataError(SettingError):

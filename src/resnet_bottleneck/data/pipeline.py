@@ -101,9 +101,9 @@ class _Example:
 
 def _check_batch(source: Source, batch_size: int, process_count: int, what: str) -> None:
     if batch_size % process_count:
-        raise DataError("batch_size", f"{{field}} {batch_size} does not divide over {process_count} processes")
+        raise DataError("batch_size", f"{batch_size} does not divide over {process_count} processes")
     if what == "training" and len(source) < batch_size:
-        raise DataError("batch_size", f"{{field}} {batch_size} is larger than the {len(source)} {what} images "
+        raise DataError("batch_size", f"{batch_size} is larger than the {len(source)} {what} images "
                         f"(each of {process_count} process(es) needs {batch_size // process_count} a step)")
 
 
@@ -118,25 +118,42 @@ def _allow_grain_workers_without_absl() -> None:
         flags.FLAGS[name].present = 1
 
 
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+    """In each worker: exit when the training process dies (killed, say). grain's workers would wait
+    for it forever, orphans holding their memory and the terminal's pipes."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def _finish(dataset, workers: int):
     import grain
 
-    if workers > 0:
-        _allow_grain_workers_without_absl()
     stream = dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
     if workers > 0:
-        stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
+        _allow_grain_workers_without_absl()
+        stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2),
+                                    worker_init_fn=_exit_with_parent)
     return stream
 
 
 def training_batches(source: Source, *, image_size: int, batch_size: int, seed: int, epochs: int,
-                     augment: bool = True, workers: int = 0, shard=None):
+                     augment: bool = True, workers: int = 0, shard=None, start_step: int = 0):
     """This host's share of every training step's batch, ``epochs`` epochs of ``len(source) //
     batch_size`` steps (each epoch's tail dropped; take that many, the stream goes on): a grain
     ``IterDataset`` of dicts with
     ``image`` uint8 (b, S, S, 3), ``label`` int32, ``mask`` and ``bad`` (record or -1).
 
-    Its iterator's ``get_state``/``set_state`` (or grain's Orbax handler) resume it exactly.
+    Its iterator's ``get_state``/``set_state`` (or grain's Orbax handler) resume it exactly with the
+    same worker count; ``start_step`` starts the same stream at that step with any.
     """
     import grain
 
@@ -146,6 +163,7 @@ def training_batches(source: Source, *, image_size: int, batch_size: int, seed: 
     example = _Example(source, image_size, batch_size, process, seed, steps_per_epoch, augment)
     local = batch_size // process[1]
     dataset = grain.MapDataset.range(epochs * steps_per_epoch * local).map(example).batch(local, drop_remainder=True)
+    dataset = dataset[start_step:]
     # Repeated past the last step, which the loop never takes: grain 0.2.18's workers leak their
     # shared memory when they reach the end of a stream.
     return _finish(dataset.repeat(), workers)

@@ -2,9 +2,10 @@
 
 Both return ``uint8`` HWC arrays; :func:`normalize` (ImageNet mean and std) runs where the
 pixels are used, on the device inside the jitted step, so a quarter of the bytes cross
-from the loader's workers to the device. JPEGs are decoded at a reduced size (PIL's
-``draft``, libjpeg's DCT scaling) whenever the region kept is still at least the output
-size at that scale, so a downscale never becomes an upscale.
+from the loader's workers to the device. Training crops of JPEGs are decoded at a reduced
+size (PIL's ``draft``, libjpeg's DCT scaling) whenever the crop is still at least the output
+size at that scale, so a downscale never becomes an upscale; the evaluation transform is
+torchvision's, bit for bit.
 """
 
 from __future__ import annotations
@@ -90,17 +91,18 @@ def _open(path: str | os.PathLike):
     try:
         return Image.open(path)
     except FileNotFoundError:
-        raise ImageError(f"no such image: {path}") from None
+        raise ImageError(f"no such file: {path}") from None
     except (UnidentifiedImageError, OSError) as err:
-        raise ImageError(f"cannot read image {path} ({err})") from None
+        raise ImageError(f"cannot read {path} as an image ({err})") from None
 
 
 def _draft(image, region_w: float, region_h: float, out_w: int, out_h: int) -> float:
-    """Ask libjpeg to decode at 1/2, 1/4 or 1/8 when the region stays >= the output; the scale kept."""
+    """Ask libjpeg to decode at 1/2, 1/4 or 1/8 while the region stays >= twice the output (the
+    antialiased resize still does the last halving: close to the full decode's result); the scale kept."""
     if image.format != "JPEG":
         return 1.0
     for s in (8, 4, 2):
-        if region_w / s >= out_w and region_h / s >= out_h:
+        if region_w / s >= 2 * out_w and region_h / s >= 2 * out_h:
             width = image.size[0]
             _, box = image.draft("RGB", (width // s, image.size[1] // s))
             return width / box[2]  # the image's pixels now sit at 1/s (a partial last block is padded)
@@ -112,19 +114,24 @@ def _load_rgb(image, path):
         image.load()
         return image if image.mode == "RGB" else image.convert("RGB")
     except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
-        raise ImageError(f"cannot decode image {path} ({err})") from None
+        raise ImageError(f"cannot decode {path} as an image ({err})") from None
 
 
 def train_transform(path: str | os.PathLike, image_size: int, rng: np.random.Generator,
-                    flip: bool = True) -> np.ndarray:
+                    flip: bool = True, draft: bool = True) -> np.ndarray:
     """RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) of the full image, bilinear with antialiasing
-    to ``image_size`` square, and a horizontal flip half the time: uint8 (image_size, image_size, 3)."""
+    to ``image_size`` square, and a horizontal flip half the time: uint8 (image_size, image_size, 3).
+
+    With ``draft`` a JPEG whose crop is at least twice ``image_size`` is decoded at 1/2 (or 1/4,
+    1/8): libjpeg's DCT scaling then does part of the downscale (close to, not bit for bit, the
+    full decode's result).
+    """
     from PIL import Image
 
     with _open(path) as image:
         top, left, h, w = random_resized_crop_box(*image.size, rng)
         mirrored = flip and rng.random() < 0.5
-        s = _draft(image, w, h, image_size, image_size)
+        s = _draft(image, w, h, image_size, image_size) if draft else 1.0
         rgb = _load_rgb(image, path)
         if s == 1.0:  # crop, then resize: the filter sees only the crop's pixels, as torchvision's does
             out = rgb.crop((left, top, left + w, top + h)).resize((image_size, image_size), Image.BILINEAR)
@@ -137,21 +144,14 @@ def train_transform(path: str | os.PathLike, image_size: int, rng: np.random.Gen
 
 
 def eval_transform(path: str | os.PathLike, image_size: int) -> np.ndarray:
-    """Resize the shorter side to ``image_size / 0.875``, center crop ``image_size``: uint8 HWC.
-
-    Computed as one resize of the crop's source region (the same pixels as resizing the
-    whole image, then cropping).
-    """
+    """Resize the shorter side to ``image_size / 0.875``, center crop ``image_size``: uint8 HWC, bit for
+    bit torchvision's ``Resize`` + ``CenterCrop`` on the PIL image (no reduced-size decoding here)."""
     from PIL import Image
 
     with _open(path) as image:
-        width, height = image.size
-        (rw, rh), (left, top, right, bottom) = eval_box(width, height, image_size)
-        s = _draft(image, width, height, rw, rh)
+        size, crop = eval_box(*image.size, image_size)
         rgb = _load_rgb(image, path)
-        fx, fy = width / rw / s, height / rh / s
-        out = rgb.resize((image_size, image_size), Image.BILINEAR, box=(left * fx, top * fy, right * fx, bottom * fy))
-    return np.asarray(out)
+        return np.asarray(rgb.resize(size, Image.BILINEAR).crop(crop))
 
 
 def resize_nearest(image: np.ndarray, image_size: int) -> np.ndarray:

@@ -15,22 +15,21 @@ from .config import Config, ConfigError, TrainingError
 
 
 class _IteratorState:
-    """An iterator state taken when its step's batch was drawn, in the shape grain's handler saves
-    (``get_state`` bytes) and restores (``set_state`` + ``start_prefetch`` on the live iterator)."""
+    """The input pipeline's position in the shape grain's Orbax handler saves (``get_state`` bytes)
+    and restores (``set_state``, ``start_prefetch``): grain's iterator state as of the step's batch,
+    with the step and the worker count it belongs to (grain's state fits only the same count)."""
 
-    def __init__(self, state: dict | None = None, iterator=None):
-        self.state, self.iterator = state, iterator
+    def __init__(self, position: dict | None = None):
+        self.position = position
 
     def get_state(self) -> bytes:
-        return json.dumps(self.state).encode()
+        return json.dumps(self.position).encode()
 
     def set_state(self, state: bytes) -> None:
-        self.state = json.loads(state)
-        self.iterator.set_state(self.state)
+        self.position = json.loads(state)
 
     def start_prefetch(self) -> None:
-        if hasattr(self.iterator, "start_prefetch"):
-            self.iterator.start_prefetch()
+        pass
 
 
 class Checkpoints:
@@ -50,14 +49,15 @@ class Checkpoints:
     def latest(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state, iterator_state: dict) -> None:
+    def save(self, step: int, state, position: dict) -> None:
+        """``position``: ``{"step", "workers", "grain"}``, where the input pipeline stood after ``step``."""
         import grain
 
         ocp = self._ocp
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             config=ocp.args.JsonSave(asdict(self.config)),
-            data=grain.checkpoint.CheckpointSave(_IteratorState(iterator_state)),
+            data=grain.checkpoint.CheckpointSave(_IteratorState(position)),
         ))
         self.manager.wait_until_finished()
 
@@ -73,18 +73,17 @@ class Checkpoints:
             raise TrainingError(f"checkpoint {self._where(step)} is unreadable ({type(err).__name__}: {err})") from None
         now = asdict(self.config)
         if saved.get("epochs") != now["epochs"]:
-            raise ConfigError("epochs", f"checkpoint {self._where(step)} was written by a run of {saved.get('epochs')} "
-                              f"epochs, and the learning-rate schedule (warmup, then cosine decay to the last step) "
-                              f"spans every epoch: resume with {{field}} {saved.get('epochs')}, or start a new run "
-                              "in another directory")
+            raise ConfigError("epochs", f"must be {saved.get('epochs')}, as when checkpoint {self._where(step)} was "
+                              "written: the learning-rate schedule spans every epoch (another value needs another "
+                              f"output directory); got {now['epochs']}")
         differ = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
         if differ:
             listed = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in differ.items())
             raise TrainingError(f"checkpoint {self._where(step)} was written by a different run ({listed}); "
                                 "use another output directory or the same settings")
 
-    def restore(self, step: int, abstract_state, iterator):
-        """The train state at ``step``; ``iterator`` is set to where that step left the data."""
+    def restore(self, step: int, abstract_state) -> tuple:
+        """The train state at ``step`` and the input pipeline's position then (see :meth:`save`)."""
         import grain
 
         self.check_config(step)
@@ -92,9 +91,9 @@ class Checkpoints:
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state),
-                data=grain.checkpoint.CheckpointRestore(_IteratorState(iterator=iterator)),
+                data=grain.checkpoint.CheckpointRestore(_IteratorState()),
             ))
         except Exception as err:
             first = str(err).splitlines()[0] if str(err) else ""
             raise TrainingError(f"checkpoint {self._where(step)} cannot be restored ({type(err).__name__}: {first})") from None
-        return restored["state"]
+        return restored["state"], restored["data"].position

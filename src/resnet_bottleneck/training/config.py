@@ -1,9 +1,10 @@
 """The settings of a run, one dataclass each, with their checks: the one source of their defaults.
 
 ``Config`` decides the result (it is saved with every checkpoint and a resume must match it);
-``RunOptions`` only decides how the run goes (workers, checkpoint cadence). The command line
-generates its flags from these fields (``help`` and, where it differs, ``flag`` in each field's
-metadata) and maps the ``field`` that an error names to that flag.
+``RunOptions`` only decides how the run goes (workers, checkpoint cadence). Each field's metadata
+holds its ``help``, its ``kind`` (how its values are checked, see :data:`KINDS`) and, where the
+flag's name differs from the field's, its ``flag``: the command line generates its flags from
+these, and reports an error that names a field with that field's flag.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
-from .. import _checks
 from ..data.folder import SettingError
 
 
@@ -27,80 +27,92 @@ class DivergedError(TrainingError):
     """The loss became NaN or infinite."""
 
 
-def _help(text: str, **more) -> dict:
-    return {"help": text, **more}
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: kind -> (the type a value is parsed to, whether a value is accepted, what is expected).
+KINDS = {
+    "positive_int": (int, lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "count": (int, lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "seed": (int, lambda v: _is_int(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    "non_negative": (float, lambda v: _is_number(v) and math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    "below_one": (float, lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)"),
+    "fraction": (float, lambda v: _is_number(v) and 0 < v < 1, "in (0, 1)"),
+}
+
+
+def _meta(help: str, kind: str | None = None, **more) -> dict:
+    return {"help": help, "kind": kind, **more}
+
+
+def check_value(name: str, kind: str | None, value) -> None:
+    """Raises :class:`ConfigError` naming ``name`` unless ``value`` is of ``kind`` (None: anything)."""
+    if kind == "model":
+        from ..models import CONFIGS
+
+        if value not in CONFIGS:
+            raise ConfigError(name, f"must be one of {', '.join(CONFIGS)}; got {value!r}")
+    elif kind is not None and not KINDS[kind][1](value):
+        raise ConfigError(name, f"must be {KINDS[kind][2]}; got {value!r}")
 
 
 @dataclass
 class Config:
     """Everything that decides a run's result."""
 
-    model: str = field(default="resnet_tiny", metadata=_help("model name"))
-    data: str | None = field(default=None, metadata=_help(
+    model: str = field(default="resnet_tiny", metadata=_meta("model name", "model"))
+    data: str | None = field(default=None, metadata=_meta(
         "ImageFolder root: ROOT/train and ROOT/val (ImageNet's layout), or ROOT/<class>/<image> with a held-out "
         "share; default: scikit-learn's digits"))
-    image_size: int = field(default=32, metadata=_help("training crops and evaluation images are this square"))
-    epochs: int = field(default=15, metadata=_help("epochs; the learning-rate schedule spans them all"))
-    batch_size: int = field(default=64, metadata=_help("global batch size, over every device and host"))
-    learning_rate: float = field(default=0.1, metadata=_help("peak learning rate", flag="lr"))
-    momentum: float = field(default=0.9, metadata=_help("SGD momentum"))
-    nesterov: bool = field(default=True, metadata=_help("Nesterov's momentum"))
-    weight_decay: float = field(default=5e-4, metadata=_help("on conv and dense kernels only"))
-    warmup_epochs: float = field(default=1.0, metadata=_help("linear warmup before the cosine decay"))
-    label_smoothing: float = field(default=0.1, metadata=_help("label smoothing, in [0, 1)"))
-    augment: bool = field(default=True, metadata=_help(
+    image_size: int = field(default=32, metadata=_meta("training crops and evaluation images are this square",
+                                                       "positive_int"))
+    epochs: int = field(default=15, metadata=_meta("epochs; the learning-rate schedule spans them all",
+                                                   "positive_int"))
+    batch_size: int = field(default=64, metadata=_meta("global batch size, over every device and host",
+                                                       "positive_int"))
+    learning_rate: float = field(default=0.1, metadata=_meta("peak learning rate", "non_negative", flag="lr"))
+    momentum: float = field(default=0.9, metadata=_meta("SGD momentum", "non_negative"))
+    nesterov: bool = field(default=True, metadata=_meta("Nesterov's momentum"))
+    weight_decay: float = field(default=5e-4, metadata=_meta("on conv and dense kernels only", "non_negative"))
+    warmup_epochs: float = field(default=1.0, metadata=_meta("linear warmup before the cosine decay",
+                                                             "non_negative"))
+    label_smoothing: float = field(default=0.1, metadata=_meta("label smoothing", "below_one"))
+    augment: bool = field(default=True, metadata=_meta(
         "random resized crops and flips of image-folder training images (digits are never augmented)"))
-    bf16: bool = field(default=False, metadata=_help("compute in bfloat16 (float32 parameters)"))
-    seed: int = field(default=0, metadata=_help("seeds the weights, the data order and the augmentation"))
-    test_fraction: float = field(default=0.2, metadata=_help("held-out share of a flat folder or of digits"))
+    bf16: bool = field(default=False, metadata=_meta("compute in bfloat16 (float32 parameters)"))
+    seed: int = field(default=0, metadata=_meta("seeds the weights, the data order and the augmentation", "seed"))
+    test_fraction: float = field(default=0.2, metadata=_meta("held-out share of a flat folder or of digits",
+                                                             "fraction"))
 
     def check(self) -> None:
         """Raises :class:`ConfigError` naming the first bad field."""
-        _check_fields(self, ints=("image_size", "epochs", "batch_size"),
-                      numbers=("learning_rate", "weight_decay", "warmup_epochs", "momentum"))
-        try:
-            _checks.seed(self.seed)
-        except (TypeError, ValueError) as err:
-            raise ConfigError("seed", str(err).replace("seed", "{field}", 1)) from None
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError("label_smoothing", f"{{field}} must be in [0, 1); got {self.label_smoothing}")
-        if not 0 < self.test_fraction < 1:
-            raise ConfigError("test_fraction", f"{{field}} must be in (0, 1); got {self.test_fraction}")
-        from ..models import CONFIGS
-
-        if self.model not in CONFIGS:
-            raise ConfigError("model", f"{{field}} must be one of {', '.join(sorted(CONFIGS))}; got {self.model!r}")
+        _check(self)
 
 
 @dataclass
 class RunOptions:
     """How a run goes, never what it computes: a resume may change these."""
 
-    workers: int | None = field(default=None, metadata=_help(
+    workers: int | None = field(default=None, metadata=_meta(
         "processes decoding and augmenting images (0: in this process, on a thread); default: the machine's cores "
-        "for image folders, 0 for in-memory digits"))
-    checkpoint_every: int = field(default=50, metadata=_help("steps between checkpoints"))
-    keep: int = field(default=3, metadata=_help("checkpoints kept"))
-    log_every: int = field(default=10, metadata=_help(
-        "steps between reads of the loss (the NaN check lags by at most this, never past a checkpoint)"))
+        "for image folders, 0 for in-memory digits", "count"))
+    checkpoint_every: int = field(default=50, metadata=_meta("steps between checkpoints", "positive_int"))
+    keep: int = field(default=3, metadata=_meta("checkpoints kept", "positive_int"))
+    log_every: int = field(default=10, metadata=_meta(
+        "steps between reads of the loss (the NaN check lags by at most this, never past a checkpoint)",
+        "positive_int"))
 
     def check(self) -> None:
-        _check_fields(self, ints=("checkpoint_every", "keep", "log_every"), numbers=())
-        if self.workers is not None and not (isinstance(self.workers, int) and self.workers >= 0):
-            raise ConfigError("workers", f"{{field}} must be an integer >= 0; got {self.workers!r}")
+        _check(self)
 
 
-def _check_fields(settings, ints, numbers) -> None:
-    for name in ints:
-        try:
-            _checks.positive_int(name, getattr(settings, name))
-        except (TypeError, ValueError) as err:
-            raise ConfigError(name, str(err).replace(name, "{field}", 1)) from None
-    for name in numbers:
-        value = getattr(settings, name)
-        if not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
-            raise ConfigError(name, f"{{field}} must be a finite number >= 0; got {value}")
-
-
-def field_names(cls) -> list[str]:
-    return [f.name for f in fields(cls)]
+def _check(settings) -> None:
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if value is not None or f.default is not None:
+            check_value(f.name, f.metadata["kind"], value)

@@ -137,10 +137,11 @@ def train(config: Config, out: str | Path | None = None, options: RunOptions | N
         workers = data.default_workers() if isinstance(train_set, data.ImageFiles) else 0
     mesh = data_mesh()
     if config.batch_size % mesh.devices.size:
-        raise ConfigError("batch_size", f"{{field}} {config.batch_size} does not divide over {mesh.devices.size} devices")
-    training = data.training_batches(train_set, image_size=config.image_size, batch_size=config.batch_size,
-                                     seed=config.seed, epochs=config.epochs,
-                                     augment=config.augment and isinstance(train_set, data.ImageFiles), workers=workers)
+        raise ConfigError("batch_size", f"{config.batch_size} does not divide over {mesh.devices.size} devices")
+    stream = functools.partial(data.training_batches, train_set, image_size=config.image_size,
+                               batch_size=config.batch_size, seed=config.seed, epochs=config.epochs,
+                               augment=config.augment and isinstance(train_set, data.ImageFiles), workers=workers)
+    stream()  # checks the batch against the data and the hosts before any compilation
     steps_per_epoch = len(train_set) // config.batch_size
     total_steps = config.epochs * steps_per_epoch
     num_classes = len(train_set.classes)
@@ -155,13 +156,24 @@ def train(config: Config, out: str | Path | None = None, options: RunOptions | N
     checkpoints = Checkpoints(Path(out) / "checkpoints", options.keep, config) if out is not None else None
     resumed_from = checkpoints.latest() if checkpoints is not None else None
 
-    iterator = iter(training)
     if resumed_from is not None:
         target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                         abstract, state_sharding)
-        state = checkpoints.restore(resumed_from, target, iterator)
+        state, position = checkpoints.restore(resumed_from, target)
+        if position["step"] != resumed_from:
+            raise TrainingError(f"checkpoint {checkpoints.directory / str(resumed_from)} holds the input pipeline "
+                                f"of step {position['step']}, not of its own step")
+        if position["workers"] == workers:  # grain's own state; it fits only the same worker count
+            start = position["start"]
+            iterator = iter(stream(start_step=start))
+            iterator.set_state(position["grain"])
+        else:  # the stream is a function of the step: start a new one there
+            start = resumed_from
+            iterator = iter(stream(start_step=start))
     else:
         state = jax.jit(init, out_shardings=state_sharding)()
+        start = 0
+        iterator = iter(stream())
     step_fn = xla.jit(functools.partial(train_step, num_classes=num_classes, label_smoothing=config.label_smoothing),
                       in_shardings=(state_sharding, rows), out_shardings=(state_sharding, replicated), donate_argnums=0)
     evaluate = _Evaluator(eval_set, config, workers,
@@ -175,7 +187,10 @@ def train(config: Config, out: str | Path | None = None, options: RunOptions | N
     bar = Progress(enabled=progress)
     bad_train: set[int] = set()
     first_step, timed_from, eval_seconds = step, None, 0.0
-    iterator_state = iterator.get_state()
+    def where(step):  # the input pipeline's position after ``step``, for checkpoints
+        return {"step": step, "workers": workers, "start": start, "grain": iterator.get_state()}
+
+    position = where(step)
     try:
         while step < total_steps:
             epoch = step // steps_per_epoch
@@ -185,11 +200,16 @@ def train(config: Config, out: str | Path | None = None, options: RunOptions | N
             for _ in range(step % steps_per_epoch, steps_per_epoch):
                 try:
                     batch = next(iterator)
-                except data.DataError:
-                    raise
-                except Exception as err:  # a worker died: say so, keep what was done
-                    raise TrainingError(f"the input pipeline failed at step {step + 1} ({type(err).__name__}: {err})") from None
-                iterator_state = iterator.get_state()
+                except Exception as err:  # unreadable data or a dead worker: keep what was done, say where
+                    meter.read()
+                    if checkpoints is not None and checkpoints.latest() != step:
+                        checkpoints.save(step, state, position)
+                    kept = f"; checkpoint at step {step} kept" if checkpoints is not None else ""
+                    if isinstance(err, data.DataError):
+                        raise data.DataError(err.field, f"{err.message} (at step {step + 1}{kept})") from None
+                    raise TrainingError(f"the input pipeline failed at step {step + 1} "
+                                        f"({type(err).__name__}: {err}){kept}") from None
+                position = where(step + 1)
                 bad_train.update(int(i) for i in batch["bad"] if i >= 0)
                 state, metrics = step_fn(state, put_batch(batch, rows))
                 step += 1
@@ -199,7 +219,7 @@ def train(config: Config, out: str | Path | None = None, options: RunOptions | N
                     timed_from = time.perf_counter()
                 if checkpoints is not None and step % options.checkpoint_every == 0:
                     meter.read()
-                    checkpoints.save(step, state, iterator_state)
+                    checkpoints.save(step, state, position)
                 elif step % options.log_every == 0:
                     meter.read(keep=1)
                 if meter.seen and step - shown >= options.log_every:
@@ -223,7 +243,7 @@ def train(config: Config, out: str | Path | None = None, options: RunOptions | N
                     f.write(__import__("json").dumps(record) + "\n")
         meter.read()
         if checkpoints is not None and checkpoints.latest() != step:
-            checkpoints.save(step, state, iterator_state)
+            checkpoints.save(step, state, position)
         test_accuracy = history[-1]["test_accuracy"] if history else evaluate(state)
     finally:
         bar.close()
