@@ -153,3 +153,15 @@ def test_cpu_verdicts_read_typed_rows_against_the_targets(bench, tmp_path, monke
     monkeypatch.setattr(cpu, "PLOT", tmp_path / "cpu.png")
     cpu.plot(rows, 8)
     assert (tmp_path / "cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_data_benchmark_runs_small(tmp_path):
+    """bench_data.py's loader part at a toy size, in-process: it runs, reports, writes nothing."""
+    before = (ROOT / "BENCHMARKS.md").read_text()
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_data.py"), "--images", "48", "--batch", "8",
+                           "--batches", "2", "--rounds", "1", "--workers", "0", "--image-size", "32",
+                           "--skip", "train", "memory"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| 0 | " in proc.stdout and "vs PyTorch" in proc.stdout, proc.stdout
+    assert (ROOT / "BENCHMARKS.md").read_text() == before
