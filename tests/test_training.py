@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from resnet_bottleneck.data import DataError, ImageArrays, ImageError, digits
 from resnet_bottleneck.data.synthetic import write_image_folder
 from resnet_bottleneck.training import Config, RunOptions, train
 from resnet_bottleneck.training import loop
@@ -112,3 +113,44 @@ def test_two_processes_equal_one_and_each_opens_only_its_own_files(tmp_path, two
     assert len(everything) == 80  # 64 trained on, 16 evaluated
     assert not opened[0] & opened[1] and opened[0] | opened[1] == everything
     assert len(opened[1]) >= 32  # its 32 training images (the one evaluation batch's rows are process 0's)
+
+
+class FailingLater(ImageArrays):
+    """Digits whose every read fails after the first ``good`` (a disk that went away mid-run)."""
+
+    def __init__(self, source, good):
+        super().__init__(source.images, source.labels, source.classes)
+        object.__setattr__(self, "reads", [0, good])
+
+    def __getattribute__(self, name):
+        if name == "images":
+            return _Failing(object.__getattribute__(self, "images"), object.__getattribute__(self, "reads"))
+        return object.__getattribute__(self, name)
+
+
+class _Failing:
+    def __init__(self, images, reads):
+        self.images, self.reads = images, reads
+
+    def __getitem__(self, index):
+        self.reads[0] += 1
+        if self.reads[0] > self.reads[1]:
+            raise ImageError(f"cannot read image {index} (gone)")
+        return self.images[index]
+
+
+def test_data_that_fails_mid_epoch_stops_with_a_checkpoint_and_the_step(tmp_path):
+    """Unreadable from some point on: the run stops naming the step, with a checkpoint of the last
+    step it completed, so the same command resumes once the data is back."""
+    train_set, held = digits(0.2, seed=0)
+    with pytest.raises(DataError) as err:
+        train(Config(image_size=8, batch_size=64, epochs=1), out=tmp_path, progress=False,
+              options=RunOptions(workers=0, checkpoint_every=100),
+              datasets=(FailingLater(train_set, good=64 * 5), held))
+    step = int(str(err.value).split("(at step ")[1].split(";")[0]) - 1
+    assert err.value.field == "data" and "images in a row are unreadable" in str(err.value)
+    assert 2 <= step <= 5 and f"checkpoint at step {step} kept" in str(err.value)
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [step]
+    resumed = train(Config(image_size=8, batch_size=64, epochs=1), out=tmp_path, progress=False,
+                    options=RunOptions(workers=0), datasets=(train_set, held))
+    assert resumed.resumed_from == step and resumed.steps == 22

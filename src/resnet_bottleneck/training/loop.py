@@ -11,7 +11,9 @@ so a NaN stops the run before a bad state is saved.
 from __future__ import annotations
 
 import functools
+import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +57,13 @@ def load_datasets(config: Config):
 
 
 class _Meter:
-    """Each step's loss and correct count stay on the device until read, in order, lazily."""
+    """Each step's loss and correct count stay on the device until read, in order, lazily.
+
+    The host may run ``AHEAD`` steps ahead of the device and no more: each queued step holds its
+    input batch in host memory.
+    """
+
+    AHEAD = 2
 
     def __init__(self, batch_size: int, checkpoints: Checkpoints | None, steps_per_epoch: int):
         self.batch_size, self.checkpoints, self.steps_per_epoch = batch_size, checkpoints, steps_per_epoch
@@ -64,6 +72,8 @@ class _Meter:
 
     def add(self, step: int, metrics: dict) -> None:
         self.pending.append((step, metrics))
+        if len(self.pending) > self.AHEAD:
+            jax.block_until_ready(self.pending[-self.AHEAD - 1][1])
 
     def read(self, keep: int = 0) -> int:
         """Reads all but the newest ``keep`` steps; raises :class:`DivergedError` at a non-finite loss."""
@@ -97,8 +107,10 @@ class _Evaluator:
         self.steps = data.evaluation_steps(source, config.batch_size)
         self.iterator = None
         self.bad: set[int] = set()
+        self.seconds = 0.0
 
     def __call__(self, state) -> float:
+        started = time.perf_counter()
         if self.iterator is None:
             self.iterator = iter(data.evaluation_batches(self.source, image_size=self.config.image_size,
                                                          batch_size=self.config.batch_size, workers=self.workers))
@@ -108,11 +120,54 @@ class _Evaluator:
             self.bad.update(int(i) for i in batch["bad"] if i >= 0)
             totals.append(self.step(state, put_batch(batch, self.sharding)))
         correct, count = jax.device_get((sum(t["correct"] for t in totals), sum(t["count"] for t in totals)))
+        self.seconds += time.perf_counter() - started
         return int(correct) / max(int(count), 1)
 
     def close(self) -> None:
-        if self.iterator is not None and hasattr(self.iterator, "close"):
+        if self.iterator is not None:
             self.iterator.close()
+
+
+class _Input:
+    """The training stream: its batches, where it stands (for checkpoints), the unreadable files met.
+
+    grain's iterator state fits only the worker count that wrote it; with another, the stream,
+    a function of the step, starts afresh at the checkpoint's step.
+    """
+
+    def __init__(self, make, workers: int, step: int, position: dict | None = None):
+        self.make, self.workers = make, workers
+        same = position is not None and position["workers"] == workers
+        self.start = position["start"] if same else step
+        self.iterator = iter(make(start_step=self.start))
+        if same:
+            self.iterator.set_state(position["grain"])
+        self.position = self._where(step)
+        self.bad: set[int] = set()
+
+    def _where(self, step: int) -> dict:
+        return {"step": step, "workers": self.workers, "start": self.start, "grain": self.iterator.get_state()}
+
+    def next(self, step: int) -> dict:
+        """The batch of step ``step + 1``."""
+        batch = next(self.iterator)
+        self.position = self._where(step + 1)
+        self.bad.update(int(i) for i in batch["bad"] if i >= 0)
+        return batch
+
+    def close(self) -> None:
+        self.iterator.close()
+
+
+def _failed(err: Exception, step: int, state, meter: _Meter, checkpoints: Checkpoints | None, position: dict):
+    """The input failed before step ``step + 1``: keep a checkpoint of ``step`` and say where."""
+    meter.read()
+    if checkpoints is not None and checkpoints.latest() != step:
+        checkpoints.save(step, state, position)
+    kept = f"; checkpoint at step {step} kept" if checkpoints is not None else ""
+    if isinstance(err, data.DataError):
+        return data.DataError(err.field, f"{err.message} (at step {step + 1}{kept})")
+    return TrainingError(f"the input pipeline failed at step {step + 1} ({type(err).__name__}: {err}){kept}")
 
 
 def train(config: Config, out: str | Path | None = None, options: RunOptions | None = None,
@@ -144,18 +199,16 @@ def train(config: Config, out: str | Path | None = None, options: RunOptions | N
     stream()  # checks the batch against the data and the hosts before any compilation
     steps_per_epoch = len(train_set) // config.batch_size
     total_steps = config.epochs * steps_per_epoch
-    num_classes = len(train_set.classes)
 
-    model = create_model(config.model, num_classes=num_classes, dtype=jnp.bfloat16 if config.bf16 else None)
-    optimizer = make_optimizer(config, steps_per_epoch)
-    init = functools.partial(create_train_state, model, optimizer, config.seed, config.image_size)
+    model = create_model(config.model, num_classes=len(train_set.classes),
+                         dtype=jnp.bfloat16 if config.bf16 else None)
+    init = functools.partial(create_train_state, model, make_optimizer(config, steps_per_epoch), config.seed,
+                             config.image_size)
+    replicated, rows = NamedSharding(mesh, P()), batch_sharding(mesh)
     abstract = jax.eval_shape(init)
-    replicated = NamedSharding(mesh, P())
     state_sharding = jax.tree_util.tree_map(lambda _: replicated, abstract)
-    rows = batch_sharding(mesh)
     checkpoints = Checkpoints(Path(out) / "checkpoints", options.keep, config) if out is not None else None
     resumed_from = checkpoints.latest() if checkpoints is not None else None
-
     if resumed_from is not None:
         target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                         abstract, state_sharding)
@@ -163,54 +216,32 @@ def train(config: Config, out: str | Path | None = None, options: RunOptions | N
         if position["step"] != resumed_from:
             raise TrainingError(f"checkpoint {checkpoints.directory / str(resumed_from)} holds the input pipeline "
                                 f"of step {position['step']}, not of its own step")
-        if position["workers"] == workers:  # grain's own state; it fits only the same worker count
-            start = position["start"]
-            iterator = iter(stream(start_step=start))
-            iterator.set_state(position["grain"])
-        else:  # the stream is a function of the step: start a new one there
-            start = resumed_from
-            iterator = iter(stream(start_step=start))
     else:
-        state = jax.jit(init, out_shardings=state_sharding)()
-        start = 0
-        iterator = iter(stream())
-    step_fn = xla.jit(functools.partial(train_step, num_classes=num_classes, label_smoothing=config.label_smoothing),
+        state, position = jax.jit(init, out_shardings=state_sharding)(), None
+    step_fn = xla.jit(functools.partial(train_step, num_classes=len(train_set.classes),
+                                        label_smoothing=config.label_smoothing),
                       in_shardings=(state_sharding, rows), out_shardings=(state_sharding, replicated), donate_argnums=0)
     evaluate = _Evaluator(eval_set, config, workers,
                           xla.jit(eval_step, in_shardings=(state_sharding, rows), out_shardings=replicated), rows)
 
-    step = int(jax.device_get(state.step))
+    step = first_step = int(jax.device_get(state.step))
     writer = jax.process_index() == 0 and out is not None
     metrics_path = Path(out) / "metrics.jsonl" if out is not None else None
     history = resume_history(metrics_path, step) if writer else []
     meter = _Meter(config.batch_size, checkpoints, steps_per_epoch)
     bar = Progress(enabled=progress)
-    bad_train: set[int] = set()
-    first_step, timed_from, eval_seconds = step, None, 0.0
-    def where(step):  # the input pipeline's position after ``step``, for checkpoints
-        return {"step": step, "workers": workers, "start": start, "grain": iterator.get_state()}
-
-    position = where(step)
+    timed_from = None
+    batches = _Input(stream, workers, step, position)
     try:
         while step < total_steps:
             epoch = step // steps_per_epoch
             bar.start_epoch(epoch + 1, config.epochs, steps_per_epoch, step % steps_per_epoch)
-            epoch_start = time.perf_counter()
-            shown = step
+            epoch_start, shown = time.perf_counter(), step
             for _ in range(step % steps_per_epoch, steps_per_epoch):
                 try:
-                    batch = next(iterator)
+                    batch = batches.next(step)
                 except Exception as err:  # unreadable data or a dead worker: keep what was done, say where
-                    meter.read()
-                    if checkpoints is not None and checkpoints.latest() != step:
-                        checkpoints.save(step, state, position)
-                    kept = f"; checkpoint at step {step} kept" if checkpoints is not None else ""
-                    if isinstance(err, data.DataError):
-                        raise data.DataError(err.field, f"{err.message} (at step {step + 1}{kept})") from None
-                    raise TrainingError(f"the input pipeline failed at step {step + 1} "
-                                        f"({type(err).__name__}: {err}){kept}") from None
-                position = where(step + 1)
-                bad_train.update(int(i) for i in batch["bad"] if i >= 0)
+                    raise _failed(err, step, state, meter, checkpoints, batches.position) from None
                 state, metrics = step_fn(state, put_batch(batch, rows))
                 step += 1
                 meter.add(step, metrics)
@@ -218,49 +249,35 @@ def train(config: Config, out: str | Path | None = None, options: RunOptions | N
                     jax.block_until_ready(metrics)
                     timed_from = time.perf_counter()
                 if checkpoints is not None and step % options.checkpoint_every == 0:
-                    meter.read()
-                    checkpoints.save(step, state, position)
+                    meter.read()  # every loss up to here is finite before the state is saved
+                    checkpoints.save(step, state, batches.position)
                 elif step % options.log_every == 0:
-                    meter.read(keep=1)
+                    meter.read(keep=1)  # one step behind: the device keeps working meanwhile
                 if meter.seen and step - shown >= options.log_every:
                     bar.update(step - shown, meter.loss / meter.seen, meter.correct / meter.seen,
                                (step - shown) * config.batch_size / max(time.perf_counter() - epoch_start, 1e-9))
                     shown = step
             meter.read()
-            epoch_seconds = time.perf_counter() - epoch_start
+            seconds = time.perf_counter() - epoch_start
             loss, accuracy = meter.epoch_totals()
-            t0 = time.perf_counter()
             record = {"epoch": epoch + 1, "step": step, "train_loss": loss, "train_accuracy": accuracy,
-                      "test_accuracy": evaluate(state),
-                      "images_per_second": (step - max(epoch * steps_per_epoch, first_step)) * config.batch_size
-                      / max(epoch_seconds, 1e-9)}
-            eval_seconds += time.perf_counter() - t0
+                      "test_accuracy": evaluate(state), "images_per_second":
+                      (step - max(epoch * steps_per_epoch, first_step)) * config.batch_size / max(seconds, 1e-9)}
             history.append(record)
             bar.update(step - shown, loss, accuracy, record["images_per_second"])
             bar.end_epoch(record, config.epochs)
             if writer:
                 with open(metrics_path, "a") as f:
-                    f.write(__import__("json").dumps(record) + "\n")
+                    f.write(json.dumps(record) + "\n")
         meter.read()
         if checkpoints is not None and checkpoints.latest() != step:
-            checkpoints.save(step, state, position)
+            checkpoints.save(step, state, batches.position)
         test_accuracy = history[-1]["test_accuracy"] if history else evaluate(state)
     finally:
         bar.close()
         evaluate.close()
-        if hasattr(iterator, "close"):
-            iterator.close()
-    timed = time.perf_counter() - timed_from - eval_seconds if timed_from is not None else 0.0
-    plot = Path(out) / "curves.png" if writer and history else None
-    if plot is not None:
-        try:
-            plot_curves(history, plot)
-        except ImportError:
-            import sys
-
-            print("curves not drawn: matplotlib is not installed (pip install 'resnet-bottleneck[train]')",
-                  file=sys.stderr)
-            plot = None
+        batches.close()
+    timed = time.perf_counter() - timed_from - evaluate.seconds if timed_from is not None else 0.0
     return Result(
         test_accuracy=test_accuracy,
         epochs=config.epochs,
@@ -269,9 +286,18 @@ def train(config: Config, out: str | Path | None = None, options: RunOptions | N
         seconds=time.perf_counter() - started,
         checkpoint=str(checkpoints.directory / str(step)) if checkpoints is not None else None,
         metrics=str(metrics_path) if writer else None,
-        plot=str(plot) if plot is not None else None,
+        plot=_plot(history, Path(out) / "curves.png") if writer and history else None,
         resumed_from=resumed_from,
-        skipped=sorted({train_set.path(i) for i in bad_train} | {eval_set.path(i) for i in evaluate.bad}),
+        skipped=sorted({train_set.path(i) for i in batches.bad} | {eval_set.path(i) for i in evaluate.bad}),
         history=history,
         state=state,
     )
+
+
+def _plot(history: list[dict], path: Path) -> str | None:
+    try:
+        plot_curves(history, path)
+    except ImportError:
+        print("curves not drawn: matplotlib is not installed (pip install 'resnet-bottleneck[train]')", file=sys.stderr)
+        return None
+    return str(path)
