@@ -90,7 +90,7 @@ def test_corrupt_or_foreign_checkpoint_and_other_epochs_are_refused(tmp_path, ca
     assert main(["train", *SMALL, "--epochs", "1", "--seed", "1", "--out", str(run), "--json"]) == 2
     one_line_error(capsys.readouterr().err, "was written by a different run (seed: saved 0, now 1)", prog=PROG)
     assert main(["train", *SMALL, "--epochs", "3", "--out", str(run), "--json"]) == 2
-    one_line_error(capsys.readouterr().err, "was written by a run of 1 epochs", "resume with --epochs 1", prog=PROG)
+    one_line_error(capsys.readouterr().err, "argument --epochs: must be 1, as when checkpoint", "got 3", prog=PROG)
     for file in (run / "checkpoints" / "22" / "state").rglob("*"):
         if file.is_file() and file.stat().st_size > 0:
             file.write_bytes(b"\0garbage")
@@ -138,21 +138,21 @@ def test_flags_are_the_settings_fields():
 
 
 @pytest.mark.parametrize("setup,args,fragment", [
-    (lambda root: (root / "empty").mkdir(), ["--data", "{root}/empty"], "--data: {root}/empty has no class folders"),
-    (lambda root: (root / "d" / "cls").mkdir(parents=True), ["--data", "{root}/d"], "class folder {root}/d/cls has no images"),
+    (lambda root: (root / "empty").mkdir(), ["--data", "{root}/empty"], "argument --data: {root}/empty has no class folders"),
+    (lambda root: (root / "d" / "cls").mkdir(parents=True), ["--data", "{root}/d"], "argument --data: class folder {root}/d/cls has no images"),
     (lambda root: (write_image_folder(root / "v", 2, 2, (20, 16), layout="imagenet", val_per_class=1),
                    (root / "v" / "val" / "class_001").rename(root / "v" / "val" / "other")),
-     ["--data", "{root}/v"], "--data: {root}/v/val has other classes than {root}/v/train"),
+     ["--data", "{root}/v"], "argument --data: {root}/v/val has other classes than {root}/v/train"),
     (lambda root: write_image_folder(root / "few", 2, 5, (20, 16)), ["--data", "{root}/few", "--batch-size", "16"],
-     "--batch-size 16 is larger than the 8 training images"),
-    (lambda root: None, ["--data", "{root}/missing"], "--data: {root}/missing is not a directory"),
-    (lambda root: None, ["--model", "resnet51"], "--model must be one of"),
-    (lambda root: None, ["--batch-size", "0"], "--batch-size must be a positive integer; got 0"),
-    (lambda root: None, ["--label-smoothing", "1.5"], "--label-smoothing must be in [0, 1); got 1.5"),
-    (lambda root: None, ["--lr", "abc"], "argument --lr: invalid number: 'abc'"),
-    (lambda root: None, ["--lr", "-1"], "--lr must be a finite number >= 0; got -1.0"),
-    (lambda root: None, ["--workers", "-1"], "--workers must be an integer >= 0; got -1"),
-    (lambda root: None, ["--batch-size", "5000"], "--batch-size 5000 is larger than the 1438 training images"),
+     "argument --batch-size: 16 is larger than the 8 training images"),
+    (lambda root: None, ["--data", "{root}/missing"], "argument --data: {root}/missing is not a directory"),
+    (lambda root: None, ["--model", "resnet51"], "argument --model: must be one of"),
+    (lambda root: None, ["--batch-size", "0"], "argument --batch-size: must be a positive integer; got 0"),
+    (lambda root: None, ["--label-smoothing", "1.5"], "argument --label-smoothing: must be in [0, 1); got 1.5"),
+    (lambda root: None, ["--lr", "abc"], "argument --lr: must be a finite number >= 0; got 'abc'"),
+    (lambda root: None, ["--lr", "-1"], "argument --lr: must be a finite number >= 0; got -1.0"),
+    (lambda root: None, ["--workers", "-1"], "argument --workers: must be an integer >= 0; got -1"),
+    (lambda root: None, ["--batch-size", "5000"], "argument --batch-size: 5000 is larger than the 1438 training images"),
 ])
 def test_bad_input_is_one_line(setup, args, fragment, tmp_path, capsys):
     setup(tmp_path)
@@ -168,7 +168,7 @@ def test_batch_that_does_not_divide_over_the_devices(tmp_path):
     done = subprocess.run([sys.executable, "-m", "resnet_bottleneck", "train", "--batch-size", "30",
                            "--out", str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
-    one_line_error(done.stderr, "--batch-size 30 does not divide over 4 devices", prog=PROG)
+    one_line_error(done.stderr, "argument --batch-size: 30 does not divide over 4 devices", prog=PROG)
     assert not (tmp_path / "run").exists()
 
 

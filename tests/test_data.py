@@ -168,7 +168,7 @@ def test_folder_errors_name_the_field_and_the_folder(setup, fragment, tmp_path):
     with pytest.raises(DataError) as err:
         image_folder_splits(root, 0.2, seed=0)
     assert fragment.format(root=root) in str(err.value) and err.value.field == "data"
-    assert err.value.naming("--data").startswith("--data: ")
+    assert err.value.message in str(err.value) and not err.value.message.startswith("data")
 
 
 # --- the pipeline ----------------------------------------------------------------------
@@ -284,11 +284,11 @@ def test_an_unreadable_image_is_replaced_and_reported(tmp_path):
 
 
 @pytest.mark.parametrize("batch_size,shard,fragment", [
-    (2000, ONE_HOST, "batch_size 2000 is larger than the 1438 training images"),
-    (15, grain.sharding.ShardOptions(0, 2), "batch_size 15 does not divide over 2 processes"),
+    (2000, ONE_HOST, "batch_size: 2000 is larger than the 1438 training images"),
+    (15, grain.sharding.ShardOptions(0, 2), "batch_size: 15 does not divide over 2 processes"),
 ])
 def test_batch_size_errors_name_the_field(batch_size, shard, fragment):
     train, _ = digits(0.2, seed=0)
     with pytest.raises(DataError, match=fragment) as err:
         training_batches(train, image_size=8, batch_size=batch_size, seed=0, epochs=1, shard=shard)
-    assert err.value.field == "batch_size" and err.value.naming("--batch-size").startswith("--batch-size ")
+    assert err.value.field == "batch_size" and err.value.message[0].isdigit()
