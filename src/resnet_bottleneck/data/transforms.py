@@ -33,12 +33,14 @@ class ImageError(OSError):
 def normalize(images: Any) -> Any:
     """uint8 (..., 3) pixels to float32, scaled to [0, 1] and standardised by ImageNet's mean and std.
 
-    Works on numpy and JAX arrays alike (the trailing channel axis broadcasts at full rank).
+    Works on numpy and JAX arrays alike (the trailing channel axis broadcasts at full rank); one
+    multiply and one subtract, ``x * (1 / (255 std)) - mean / std``.
     """
     shape = (1,) * (images.ndim - 1) + (3,)
-    mean = np.asarray(IMAGENET_MEAN, np.float32).reshape(shape)
-    std = np.asarray(IMAGENET_STD, np.float32).reshape(shape)
-    return (images.astype(np.float32) / np.float32(255.0) - mean) / std
+    mean, std = np.asarray(IMAGENET_MEAN, np.float64), np.asarray(IMAGENET_STD, np.float64)
+    scale = (1 / (255 * std)).astype(np.float32).reshape(shape)
+    offset = (mean / std).astype(np.float32).reshape(shape)
+    return images.astype(np.float32) * scale - offset
 
 
 def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
