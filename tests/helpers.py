@@ -156,3 +156,18 @@ def torch_stages(model, x):
     for h in hooks:
         h.remove()
     return {k: v.detach().numpy().transpose(0, 2, 3, 1) for k, v in seen.items()}, logits.detach().numpy()
+
+
+# --- the input pipeline ----------------------------------------------------------------
+
+
+class WatchedImages:
+    """An in-memory image array whose every read first calls ``on_read(index)``: to note which
+    images a host read, or to make reads fail. Use as ``data.ImageArrays(WatchedImages(...), ...)``."""
+
+    def __init__(self, images, on_read):
+        self.images, self.on_read = images, on_read
+
+    def __getitem__(self, index):
+        self.on_read(int(index))
+        return self.images[index]

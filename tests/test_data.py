@@ -16,6 +16,8 @@ from resnet_bottleneck.data import (DataError, ImageArrays, digits, eval_transfo
                                     random_resized_crop_box, train_transform, training_batches)
 from resnet_bottleneck.data.synthetic import write_image_folder
 
+from helpers import WatchedImages
+
 ONE_HOST = grain.sharding.ShardOptions(0, 1)
 
 
@@ -215,35 +217,13 @@ def test_batches_are_the_same_for_any_worker_count_and_resume_exactly(jpegs):
     assert not np.array_equal(other_seed[0]["image"], inline[0]["image"])
 
 
-class Recording(ImageArrays):
-    """In-memory images that note which records were read (in this process: workers 0)."""
-
-    def __init__(self, images, labels, classes, log):
-        super().__init__(images, labels, classes)
-        object.__setattr__(self, "log", log)
-
-    def __getattribute__(self, name):
-        if name == "images":
-            return _Noting(object.__getattribute__(self, "images"), object.__getattribute__(self, "log"))
-        return object.__getattribute__(self, name)
-
-
-class _Noting:
-    def __init__(self, images, log):
-        self.images, self.log = images, log
-
-    def __getitem__(self, index):
-        self.log.append(int(index))
-        return self.images[index]
-
-
 def test_each_host_reads_only_its_rows_and_the_hosts_together_make_one_hosts_batches():
     train, held = digits(0.2, seed=0)
     whole, _ = take(training_batches(train, image_size=8, batch_size=16, seed=0, epochs=1, shard=ONE_HOST), 5)
     halves, reads = [], []
     for host in range(2):
         log = []
-        source = Recording(train.images, train.labels, train.classes, log)
+        source = ImageArrays(WatchedImages(train.images, log.append), train.labels, train.classes)
         stream = training_batches(source, image_size=8, batch_size=16, seed=0, epochs=1,
                                   shard=grain.sharding.ShardOptions(host, 2))
         halves.append(take(stream, 5)[0])

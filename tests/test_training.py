@@ -15,7 +15,7 @@ from resnet_bottleneck.data.synthetic import write_image_folder
 from resnet_bottleneck.training import Config, RunOptions, train
 from resnet_bottleneck.training import loop
 
-from helpers import assert_trees_equal
+from helpers import WatchedImages, assert_trees_equal
 
 PROGRAM = Path(__file__).parent / "programs" / "train_steps.py"
 
@@ -115,28 +115,16 @@ def test_two_processes_equal_one_and_each_opens_only_its_own_files(tmp_path, two
     assert len(opened[1]) >= 32  # its 32 training images (the one evaluation batch's rows are process 0's)
 
 
-class FailingLater(ImageArrays):
-    """Digits whose every read fails after the first ``good`` (a disk that went away mid-run)."""
+def failing_after(good: int):
+    """``on_read`` for :class:`WatchedImages`: every read after the first ``good`` fails (a disk gone)."""
+    reads = [0]
 
-    def __init__(self, source, good):
-        super().__init__(source.images, source.labels, source.classes)
-        object.__setattr__(self, "reads", [0, good])
-
-    def __getattribute__(self, name):
-        if name == "images":
-            return _Failing(object.__getattribute__(self, "images"), object.__getattribute__(self, "reads"))
-        return object.__getattribute__(self, name)
-
-
-class _Failing:
-    def __init__(self, images, reads):
-        self.images, self.reads = images, reads
-
-    def __getitem__(self, index):
-        self.reads[0] += 1
-        if self.reads[0] > self.reads[1]:
+    def on_read(index):
+        reads[0] += 1
+        if reads[0] > good:
             raise ImageError(f"cannot read image {index} (gone)")
-        return self.images[index]
+
+    return on_read
 
 
 def test_data_that_fails_mid_epoch_stops_with_a_checkpoint_and_the_step(tmp_path):
@@ -146,7 +134,8 @@ def test_data_that_fails_mid_epoch_stops_with_a_checkpoint_and_the_step(tmp_path
     with pytest.raises(DataError) as err:
         train(Config(image_size=8, batch_size=64, epochs=1), out=tmp_path, progress=False,
               options=RunOptions(workers=0, checkpoint_every=100),
-              datasets=(FailingLater(train_set, good=64 * 5), held))
+              datasets=(ImageArrays(WatchedImages(train_set.images, failing_after(64 * 5)), train_set.labels,
+                                    train_set.classes), held))
     step = int(str(err.value).split("(at step ")[1].split(";")[0]) - 1
     assert err.value.field == "data" and "images in a row are unreadable" in str(err.value)
     assert 2 <= step <= 5 and f"checkpoint at step {step} kept" in str(err.value)
