@@ -13,7 +13,7 @@ the same run on in-memory batches, and peak memory against the data set's size.
 2. Training: ``training.train`` of --train-model on the folder's JPEGs (workers = cores) against the
    same run on in-memory random images of the final size (nothing to decode), images/s after the
    first step's compilation, evaluation excluded; alternating runs, medians.
-3. Memory: peak RSS of ``train`` (main process; and its largest worker) on 600 and 3,000 JPEGs.
+3. Memory: peak RSS of ``train`` (the main process; it and its workers, summed) on 600 and 3,000 JPEGs.
 
     python benchmarks/bench_data.py [--batch 32] [--image-size 224] [--rounds 5] [--write]
 """
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -161,7 +160,8 @@ def rss_child(root: str, image_size: int, workers: int) -> None:
     result = train(Config(data=root, image_size=image_size, batch_size=64, epochs=1, model="resnet_tiny"),
                    options=RunOptions(workers=workers), progress=False)
     done.set()
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so it would hold the benchmark's own peak
+    own = int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
     print(json.dumps({"main": own, "tree": peak[0], "steps": result.steps}))
 
 
@@ -213,30 +213,30 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        parts = []
         if "loader" not in args.skip:
             import torch
 
             torch.set_num_threads(1)  # as in its workers: threads on one image's ops only add contention
             root = write_image_folder(scratch / "loader", classes=4, per_class=args.images // 4)
             size_kb = sum(p.stat().st_size for p in root.rglob("*.jpg")) / args.images / 1e3
-            parts.append(f"Loader: {args.images} JPEGs of 500x375 (quality 90, {size_kb:.0f} KB on average), "
-                         f"batch {args.batch} at {args.image_size}x{args.image_size}; medians of {args.rounds} "
-                         f"interleaved rounds of {args.batches} batches after each loader's first.\n\n"
-                         + loader_table(root, args))
-            print(parts[-1], flush=True)
+            report(args, "data-loader", "Input pipeline: our loader against PyTorch's DataLoader",
+                   f"{args.images} JPEGs of 500x375 (quality 90, {size_kb:.0f} KB on average), batch {args.batch} at "
+                   f"{args.image_size}x{args.image_size}; medians of {args.rounds} interleaved rounds of "
+                   f"{args.batches} batches after each loader's first.\n\n" + loader_table(root, args))
         if "train" not in args.skip:
             root = write_image_folder(scratch / "train", classes=4, per_class=args.train_images // 4 * 5 // 4,
                                       seed=1)
-            text = training_runs(root, args)
-            parts.append(text)
-            print(text, flush=True)
+            report(args, "data-train", "Input pipeline: training on JPEGs against in-memory batches",
+                   training_runs(root, args))
         if "memory" not in args.skip:
-            parts.append(memory_rows(scratch, args))
-            print(parts[-1], flush=True)
+            report(args, "data-memory", "Input pipeline: peak memory against the data set's size",
+                   memory_rows(scratch, args))
+
+
+def report(args, name: str, title: str, body: str) -> None:
+    print(body, flush=True)
     if args.write:
-        write_section("data", "Input pipeline: grain loader against PyTorch's DataLoader", "\n\n".join(parts),
-                      note=f" (load average {os.getloadavg()[0]:.1f} when it finished)")
+        write_section(name, title, body, note=f" (load average {os.getloadavg()[0]:.1f} when this part finished)")
 
 
 if __name__ == "__main__":
