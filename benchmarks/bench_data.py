@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,11 +31,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import median, write_section  # noqa: E402
+from _report import SYSTEM_MALLOC, write_section  # noqa: E402
 
 import grain  # noqa: E402
 import numpy as np  # noqa: E402
 
+import resnet_bottleneck as rb  # noqa: E402
 from resnet_bottleneck import data  # noqa: E402
 from resnet_bottleneck.data.synthetic import write_image_folder  # noqa: E402
 
@@ -93,8 +95,8 @@ def loader_table(root, args) -> str:
     lines = ["| workers | PyTorch DataLoader | ours (grain, uint8) | vs PyTorch | ours + normalising on the host "
              "| vs PyTorch | first batch: PyTorch, ours |", "|---|---|---|---|---|---|---|"]
     for workers in args.workers:
-        rate = {n: args.batch / median([t for _, t in results[(workers, n)]]) for n in CONTESTANTS}
-        first = {n: median([f for f, _ in results[(workers, n)]]) for n in CONTESTANTS}
+        rate = {n: args.batch / statistics.median([t for _, t in results[(workers, n)]]) for n in CONTESTANTS}
+        first = {n: statistics.median([f for f, _ in results[(workers, n)]]) for n in CONTESTANTS}
         host = rate["ours + host normalisation"]
         lines.append(f"| {workers} | {rate['PyTorch']:,.0f} img/s | {rate['ours']:,.0f} img/s | "
                      f"**{rate['ours'] / rate['PyTorch']:.2f}x** | {host:,.0f} img/s | {host / rate['PyTorch']:.2f}x | "
@@ -119,7 +121,7 @@ def training_runs(root, args) -> str:
             result = train(config, options=RunOptions(workers=args.train_workers), progress=False,
                            datasets=None if label == "JPEG folder" else synthetic)
             rates[label].append(result.images_per_second)
-    rate = {k: median(v) for k, v in rates.items()}
+    rate = {k: statistics.median(v) for k, v in rates.items()}
     ratio = rate["JPEG folder"] / rate["in-memory batches"]
     text = (f"Training {args.train_model} at {args.image_size}x{args.image_size}, batch {args.train_batch}, one epoch "
             f"of {len(train_files)} images ({len(train_files) // args.train_batch} steps; images/s after the first "
@@ -186,7 +188,7 @@ def memory_rows(scratch: Path, args) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=400, help="JPEGs in the loader's folder")
     parser.add_argument("--batch", type=int, default=32)
@@ -204,10 +206,11 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["loader", "train", "memory"])
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--rss-child", nargs=3, metavar=("ROOT", "SIZE", "WORKERS"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.rss_child:
         rss_child(args.rss_child[0], int(args.rss_child[1]), int(args.rss_child[2]))
         return
+    args.reused = not SYSTEM_MALLOC and rb.reuse_freed_memory()  # before any JAX work; the memory part's runs go without
     if args.images // args.batch <= args.batches:  # PyTorch's loader must not end its epoch inside a round
         parser.error(f"--images {args.images} make fewer than --batches {args.batches} + 1 batches of {args.batch}")
 
@@ -236,7 +239,8 @@ def main() -> None:
 def report(args, name: str, title: str, body: str) -> None:
     print(body, flush=True)
     if args.write:
-        write_section(name, title, body, note=f" (load average {os.getloadavg()[0]:.1f} when this part finished)")
+        write_section(name, title, body, reused_memory=args.reused and name != "data-memory",
+                      note=f" (load average {os.getloadavg()[0]:.1f} when this part finished)")
 
 
 if __name__ == "__main__":
