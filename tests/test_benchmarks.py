@@ -72,6 +72,23 @@ def test_forward_fold_and_models_benchmarks_run_tiny(bench, capsys, monkeypatch)
     assert calls == ["reuse"] and (ROOT / "BENCHMARKS.md").read_text() == before
 
 
+def test_nnx_benchmark_runs_tiny(bench, capsys, monkeypatch):
+    """bench_nnx on resnet_tiny at 16x16, one round: every NNX contestant runs (the Linen ones are
+    _workloads', run by the other smoke tests, so stand-ins here), the table is complete, nothing is written."""
+    before = (ROOT / "BENCHMARKS.md").read_text()
+    module = bench("bench_nnx")
+    monkeypatch.setattr(module.w, "flax_train_step", lambda *args, **kwargs: lambda: None)
+    monkeypatch.setattr(module.w, "flax_eval", lambda *args, **kwargs: lambda: None)
+    module.main(["--model", "resnet_tiny", "--batch", "2", "--image-size", "16", "--repeats", "1", "--steps", "1",
+                 "--overhead-rounds", "0"])
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| resnet_tiny")]
+    contestants = [module.LINEN, module.NNX_JIT, module.CACHED, module.SPLIT]
+    assert [r[:2] for r in rows] == [[f"| resnet_tiny {w}, batch 2, 16x16", c] for w in ("train step", "inference")
+                                     for c in contestants]
+    assert all(float(r[2].split()[0]) > 0 for r in rows if r[1] != module.LINEN)
+    assert (ROOT / "BENCHMARKS.md").read_text() == before
+
+
 def test_importing_the_shared_modules_changes_nothing(bench, monkeypatch):
     """Neither ``_report`` nor ``_workloads`` touches the allocator (or anything) when imported."""
 

@@ -48,6 +48,7 @@ def conv_1x1_as_dot(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_di
     else goes to ``lax.conv_general_dilated`` unchanged. Pass it to
     ``nn.Conv(conv_general_dilated=...)``: parameters and their names stay flax's.
     """
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}  # flax NNX's Conv passes out_sharding=None
     unpadded = padding in ("VALID", "SAME") or all(tuple(p) == (0, 0) for p in padding)
     pointwise = (rhs.ndim == 4 and rhs.shape[:2] == (1, 1) and feature_group_count == 1 and unpadded
                  and tuple(lhs_dilation or (1, 1)) == (1, 1) and dimension_numbers == _NHWC and not kwargs)
@@ -76,27 +77,26 @@ def _pair(name: str, value: Any) -> tuple[int, int]:
     return (n, n)
 
 
-def _conv(block, index: int, features: int, kernel: int, strides=(1, 1), groups: int = 1, dilation: int = 1):
-    """The block's ``index``-th convolution, padded as ``block.padding`` says."""
+def conv_options(block, kernel: int, strides=(1, 1), groups: int = 1, dilation: int = 1) -> dict:
+    """The keyword arguments of a block's ``kernel`` x ``kernel`` conv, padded as ``block.padding`` says.
+
+    Shared by the Linen blocks and their Flax NNX twins, whose ``conv`` constructors take the same keywords.
+    """
     if kernel == 1:
         padding = "VALID"  # a 1x1 conv never pads, whatever the stride
     elif block.padding == "SAME":
         padding = "SAME"
     else:  # torchvision: padding=dilation on both sides, also when strided
         padding = ((dilation, dilation), (dilation, dilation))
-    return block.conv(
-        features,
-        (kernel, kernel),
-        strides=strides,
-        padding=padding,
-        kernel_dilation=(dilation, dilation),
-        feature_group_count=groups,
-        use_bias=block.use_bias,
-        kernel_init=block.kernel_init,
-        dtype=block.dtype,
-        param_dtype=block.param_dtype,
-        name=f"Conv_{index}",
-    )
+    return dict(strides=strides, padding=padding, kernel_dilation=(dilation, dilation), feature_group_count=groups,
+                use_bias=block.use_bias, kernel_init=block.kernel_init, dtype=block.dtype,
+                param_dtype=block.param_dtype)
+
+
+def _conv(block, index: int, features: int, kernel: int, strides=(1, 1), groups: int = 1, dilation: int = 1):
+    """The block's ``index``-th convolution."""
+    return block.conv(features, (kernel, kernel), **conv_options(block, kernel, strides, groups, dilation),
+                      name=f"Conv_{index}")
 
 
 def _norm(block, index: int, zero_init: bool = False):
@@ -104,9 +104,8 @@ def _norm(block, index: int, zero_init: bool = False):
     return block.norm(dtype=block.dtype, param_dtype=block.param_dtype, name=f"BatchNorm_{index}", **kwargs)
 
 
-def _shortcut(block, x, features: int, strides: tuple[int, int], index: int):
-    """Identity, or a 1x1 conv + BN projection (``Conv_index``/``BatchNorm_index``)."""
-    in_features = x.shape[-1]
+def projects(block, in_features: int, features: int, strides: tuple[int, int]) -> bool:
+    """Whether ``block``'s shortcut is a projection; an error if ``projection=False`` cannot be."""
     needed = in_features != features or strides != (1, 1)
     project = needed if block.projection is None else bool(block.projection)
     if needed and not project:
@@ -115,7 +114,12 @@ def _shortcut(block, x, features: int, strides: tuple[int, int], index: int):
             f"and strides {strides} while the block outputs {features} channels at stride (1, 1); "
             "use projection=None (automatic) or True"
         )
-    if not project:
+    return project
+
+
+def _shortcut(block, x, features: int, strides: tuple[int, int], index: int):
+    """Identity, or a 1x1 conv + BN projection (``Conv_index``/``BatchNorm_index``)."""
+    if not projects(block, x.shape[-1], features, strides):
         return x
     residual = _conv(block, index, features, 1, strides=strides)(x)
     return _norm(block, index)(residual)
@@ -127,6 +131,28 @@ def _check_common(block) -> tuple[int, int]:
         raise TypeError(f"projection must be None (automatic), True or False; got {block.projection!r}")
     _checks.positive_int("dilation", block.dilation)
     return _pair("strides", block.strides)
+
+
+def bottleneck_plan(block) -> tuple[int, int, int, tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """A bottleneck block's checked attributes: ``(mid, out, groups, strides, 1x1 strides, 3x3 strides)``.
+
+    Shared by :class:`BottleneckBlock` and its Flax NNX twin, so both check and place the
+    stride the same way; every error names the attribute.
+    """
+    mid = _checks.positive_int("mid_features", block.mid_features)
+    out = _checks.positive_int("out_features", block.out_features)
+    groups = _checks.positive_int("groups", block.groups)
+    strides = _check_common(block)
+    _checks.one_of("stride_on", block.stride_on, STRIDE_PLACEMENTS)
+    if mid % groups:
+        raise ValueError(f"groups must divide mid_features; got groups={groups}, mid_features={mid}")
+    s1, s3 = ((1, 1), strides) if block.stride_on == "3x3" else (strides, (1, 1))
+    return mid, out, groups, strides, s1, s3
+
+
+def basic_plan(block) -> tuple[int, tuple[int, int]]:
+    """A basic block's checked attributes: ``(features, strides)`` (see :func:`bottleneck_plan`)."""
+    return _checks.positive_int("features", block.features), _check_common(block)
 
 
 class BottleneckBlock(nn.Module):
@@ -203,15 +229,7 @@ class BottleneckBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        mid = _checks.positive_int("mid_features", self.mid_features)
-        out = _checks.positive_int("out_features", self.out_features)
-        groups = _checks.positive_int("groups", self.groups)
-        strides = _check_common(self)
-        _checks.one_of("stride_on", self.stride_on, STRIDE_PLACEMENTS)
-        if mid % groups:
-            raise ValueError(f"groups must divide mid_features; got groups={groups}, mid_features={mid}")
-        s1, s3 = ((1, 1), strides) if self.stride_on == "3x3" else (strides, (1, 1))
-
+        mid, out, groups, strides, s1, s3 = bottleneck_plan(self)
         y = _conv(self, 0, mid, 1, strides=s1)(x)
         y = nn.relu(_norm(self, 0)(y))
         y = _conv(self, 1, mid, 3, strides=s3, groups=groups, dilation=self.dilation)(y)
@@ -265,8 +283,7 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        features = _checks.positive_int("features", self.features)
-        strides = _check_common(self)
+        features, strides = basic_plan(self)
 
         y = _conv(self, 0, features, 3, strides=strides, dilation=self.dilation)(x)
         y = nn.relu(_norm(self, 0)(y))

@@ -224,7 +224,7 @@ class ResNet(nn.Module):
           features: return ``{'stem': ..., 'C2': ..., ..., 'C5': ...}`` (see
             :func:`feature_info`) instead of running the head.
         """
-        sizes = self._check()
+        sizes = check_layout(self)
         if x.ndim != 4:
             raise ValueError(f"x must be a 4-D batch of images (N, H, W, C); got shape {x.shape}")
         if self.norm == "frozen":
@@ -262,8 +262,8 @@ class ResNet(nn.Module):
         outputs = {"stem": x}
         x = max_pool(x, 3, 2, 1)
 
-        for i, (size, (strides, first_dilation, dilation)) in enumerate(zip(sizes, self._stage_plan(len(sizes)))):
-            make = partial(block_cls, **self._stage_args(i, dilation), **common)
+        for i, (size, (strides, first_dilation, dilation)) in enumerate(zip(sizes, stage_plan(self, len(sizes)))):
+            make = partial(block_cls, **stage_args(self, i, dilation), **common)
             x = make(strides=strides, dilation=first_dilation, name=f"layer{i + 1}_0")(x)
             if self.scan and size > 1:
                 body = nn.scan(
@@ -288,50 +288,57 @@ class ResNet(nn.Module):
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
         return jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32))  # bf16 logits come back as float32
 
-    def _stage_args(self, i: int, dilation: int = 1) -> dict:
-        """The block constructor arguments of stage ``i``."""
-        return self.block.stage_args(self.stem_width * 2**i, groups=self.groups, width_per_group=self.width_per_group,
-                                     stride_on=self.stride_on, dilation=dilation)
 
-    def _stage_plan(self, stages: int) -> list[tuple[int, int, int]]:
-        """(stride, first block's dilation, the other blocks' dilation) of each stage: torchvision's ``_make_layer``."""
-        plan, dilation = [], 1
-        for i in range(stages):
-            strides, previous = (1 if i == 0 else 2), dilation
-            if i > 0 and self.replace_stride_with_dilation[i - 1]:
-                dilation, strides = dilation * strides, 1
-            plan.append((strides, previous, dilation))
-        return plan
 
-    def _check(self) -> tuple[int, ...]:
-        """The attributes checked (errors name the attribute); the stage sizes as ints."""
-        if not all(hasattr(self.block, a) for a in ("expansion", "shortcut_index", "stage_args")):
-            raise TypeError(f"block must be a block class such as BottleneckBlock or BasicBlock; got {self.block!r}")
-        _checks.one_of("stride_on", self.stride_on, STRIDE_PLACEMENTS)
-        if not self.stage_sizes or len(self.stage_sizes) > len(STAGE_NAMES):
-            raise ValueError(f"stage_sizes must list 1 to {len(STAGE_NAMES)} stages; got {self.stage_sizes!r}")
-        sizes = tuple(_checks.positive_int("stage_sizes", n) for n in self.stage_sizes)
-        if self.num_classes is not None:
-            _checks.positive_int("num_classes", self.num_classes)
-        _checks.positive_int("groups", self.groups)
-        _checks.positive_int("width_per_group", self.width_per_group)
-        _checks.positive_int("stem_width", self.stem_width)
-        self._stage_args(0)  # the block's own checks of groups and widths
-        _checks.one_of("norm", self.norm, NORMS)
-        _checks.int_in_range("trainable_layers", self.trainable_layers, 0, len(TRAINABLE_LAYERS),
-                             " (how many of layer4, layer3, layer2, layer1, conv1 learn)")
-        dilate = self.replace_stride_with_dilation
-        if (not isinstance(dilate, (tuple, list)) or len(dilate) != 3
-                or not all(isinstance(d, (bool, np.bool_)) for d in dilate)):
-            raise ValueError(f"replace_stride_with_dilation must be three booleans (for the stages C3, C4, C5); "
-                             f"got {dilate!r}")
-        for i, (_, _, dilation) in enumerate(self._stage_plan(len(sizes))):
-            try:
-                self._stage_args(i, dilation)
-            except ValueError as err:
-                raise ValueError(f"replace_stride_with_dilation={tuple(dilate)!r} dilates {STAGE_NAMES[i]} "
-                                 f"by {dilation}, but {err}") from None
-        return sizes
+# The layout's arithmetic and checks, as functions of a ResNet's attributes: shared by the
+# Linen ResNet and its Flax NNX twin (resnet_bottleneck.nnx.ResNet), which has the same ones.
+
+def stage_args(model, i: int, dilation: int = 1) -> dict:
+    """The block constructor arguments of stage ``i``."""
+    return model.block.stage_args(model.stem_width * 2**i, groups=model.groups, width_per_group=model.width_per_group,
+                                  stride_on=model.stride_on, dilation=dilation)
+
+
+def stage_plan(model, stages: int) -> list[tuple[int, int, int]]:
+    """(stride, first block's dilation, the other blocks' dilation) of each stage: torchvision's ``_make_layer``."""
+    plan, dilation = [], 1
+    for i in range(stages):
+        strides, previous = (1 if i == 0 else 2), dilation
+        if i > 0 and model.replace_stride_with_dilation[i - 1]:
+            dilation, strides = dilation * strides, 1
+        plan.append((strides, previous, dilation))
+    return plan
+
+
+def check_layout(model) -> tuple[int, ...]:
+    """The attributes checked (errors name the attribute); the stage sizes as ints."""
+    if not all(hasattr(model.block, a) for a in ("expansion", "shortcut_index", "stage_args")):
+        raise TypeError(f"block must be a block class such as BottleneckBlock or BasicBlock; got {model.block!r}")
+    _checks.one_of("stride_on", model.stride_on, STRIDE_PLACEMENTS)
+    if not model.stage_sizes or len(model.stage_sizes) > len(STAGE_NAMES):
+        raise ValueError(f"stage_sizes must list 1 to {len(STAGE_NAMES)} stages; got {model.stage_sizes!r}")
+    sizes = tuple(_checks.positive_int("stage_sizes", n) for n in model.stage_sizes)
+    if model.num_classes is not None:
+        _checks.positive_int("num_classes", model.num_classes)
+    _checks.positive_int("groups", model.groups)
+    _checks.positive_int("width_per_group", model.width_per_group)
+    _checks.positive_int("stem_width", model.stem_width)
+    stage_args(model, 0)  # the block's own checks of groups and widths
+    _checks.one_of("norm", model.norm, NORMS)
+    _checks.int_in_range("trainable_layers", model.trainable_layers, 0, len(TRAINABLE_LAYERS),
+                         " (how many of layer4, layer3, layer2, layer1, conv1 learn)")
+    dilate = model.replace_stride_with_dilation
+    if (not isinstance(dilate, (tuple, list)) or len(dilate) != 3
+            or not all(isinstance(d, (bool, np.bool_)) for d in dilate)):
+        raise ValueError(f"replace_stride_with_dilation must be three booleans (for the stages C3, C4, C5); "
+                         f"got {dilate!r}")
+    for i, (_, _, dilation) in enumerate(stage_plan(model, len(sizes))):
+        try:
+            stage_args(model, i, dilation)
+        except ValueError as err:
+            raise ValueError(f"replace_stride_with_dilation={tuple(dilate)!r} dilates {STAGE_NAMES[i]} "
+                             f"by {dilation}, but {err}") from None
+    return sizes
 
 
 def _model_name(name: Any) -> str:
@@ -349,15 +356,22 @@ def create_model(name: str, num_classes: int | None = 1000, **options) -> ResNet
       **options: any other :class:`ResNet` attribute (``dtype``, ``remat``, ``scan``,
         ``stride_on``, ``zero_init_last``, ``bn_momentum``, ...).
     """
+    return ResNet(**model_config(name, options), **options, num_classes=num_classes)
+
+
+def model_config(name: str, options) -> dict:
+    """``CONFIGS[name]``, after checking the name and that ``options`` leave the architecture the name's."""
     config = CONFIGS[_model_name(name)]
     fixed = set().union(*CONFIGS.values()) & set(options)  # what makes the architecture the name's
     if fixed:
         raise TypeError(f"create_model({name!r}) fixes {', '.join(sorted(fixed))}; use ResNet(...) to change them")
-    return ResNet(**config, **options, num_classes=num_classes)
+    return config
 
 
-def feature_info(model: ResNet | str) -> list[dict]:
+def feature_info(model: Any) -> list[dict]:
     """Name, channels and stride of each output of ``model(x, features=True)``.
+
+    ``model`` is a ResNet (Linen or NNX) or a name of :data:`CONFIGS`.
 
     ``stem`` is the stem's activation before the max-pool (stride 2, as timm's
     ``act1``); ``C2``...``C5`` are the stages' outputs at strides 4 to 32 (a stage
@@ -366,9 +380,9 @@ def feature_info(model: ResNet | str) -> list[dict]:
     """
     if isinstance(model, str):
         model = create_model(model)
-    sizes = model._check()
+    sizes = check_layout(model)
     info, stride = [{"name": "stem", "channels": model.stem_width, "stride": 2}], 4  # the max-pool halves again
-    for i, (strides, _, _) in enumerate(model._stage_plan(len(sizes))):
+    for i, (strides, _, _) in enumerate(stage_plan(model, len(sizes))):
         stride *= strides
         info.append({"name": STAGE_NAMES[i], "channels": model.stem_width * 2**i * model.block.expansion,
                      "stride": stride})

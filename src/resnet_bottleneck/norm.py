@@ -89,6 +89,40 @@ def _batch_norm_bwd(epsilon, fast_variance, residuals, cotangents):
 batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
 
 
+def normalize(x, scale, bias, ra_mean, ra_var, *, use_running_average: bool, momentum: float, epsilon: float,
+              unbiased_running_var: bool, use_fast_variance: bool, axis_name: str | None, dtype: Any,
+              param_dtype: Any):
+    """One BatchNorm application as a pure function: ``(y, (new_mean, new_var) or None)``.
+
+    The arithmetic of :class:`BatchNorm` (Linen) and of its Flax NNX twin
+    (:class:`resnet_bottleneck.nnx.BatchNorm`), so that the two give the same bits: batch
+    statistics through :func:`batch_norm` (or, averaged over ``axis_name``, through autodiff
+    of the collectives), or the running averages; and the running averages' update, with
+    the unbiased variance if ``unbiased_running_var``. Arguments are the attributes of
+    :class:`BatchNorm` and its variables' values.
+    """
+    stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    dtype = dtype if dtype is not None else jnp.result_type(x.dtype, param_dtype)
+    sync = axis_name is not None
+    if use_running_average:
+        mean, var = ra_mean.astype(stat_dtype), ra_var.astype(stat_dtype)
+    elif sync:  # statistics averaged over devices: autodiff through the collectives
+        mean, var = _statistics(x.astype(stat_dtype), use_fast_variance, axis_name)
+    else:
+        y, mean, var = batch_norm(x, scale.astype(stat_dtype), bias.astype(stat_dtype), epsilon, use_fast_variance)
+    if use_running_average or sync:
+        multiplier = jax.lax.rsqrt(var + epsilon) * scale.astype(stat_dtype)
+        shift = bias.astype(stat_dtype) - mean * multiplier
+        y = x.astype(stat_dtype) * _channels(multiplier, x.ndim) + _channels(shift, x.ndim)
+    updated = None
+    if not use_running_average:
+        n = math.prod(x.shape[:-1]) * (jax.lax.psum(1, axis_name) if sync else 1)
+        folded = var * (n / max(n - 1, 1)) if unbiased_running_var else var
+        updated = (momentum * ra_mean + (1 - momentum) * mean.astype(param_dtype),
+                   momentum * ra_var + (1 - momentum) * folded.astype(param_dtype))
+    return y.astype(dtype), updated
+
+
 class BatchNorm(nn.Module):
     """Batch normalisation over all axes but the last, with PyTorch's statistics.
 
@@ -126,26 +160,15 @@ class BatchNorm(nn.Module):
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones(features, self.param_dtype))
         scale = self.param("scale", self.scale_init, features, self.param_dtype)
         bias = self.param("bias", self.bias_init, features, self.param_dtype)
-        stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
-        dtype = self.dtype if self.dtype is not None else jnp.result_type(x.dtype, self.param_dtype)
-        sync = self.axis_name is not None and not self.is_initializing()
-        if use_running_average:
-            mean, var = ra_mean.value.astype(stat_dtype), ra_var.value.astype(stat_dtype)
-        elif sync:  # statistics averaged over devices: autodiff through the collectives
-            mean, var = _statistics(x.astype(stat_dtype), self.use_fast_variance, self.axis_name)
-        else:
-            y, mean, var = batch_norm(x, scale.astype(stat_dtype), bias.astype(stat_dtype), self.epsilon,
-                                      self.use_fast_variance)
-        if use_running_average or sync:
-            multiplier = jax.lax.rsqrt(var + self.epsilon) * scale.astype(stat_dtype)
-            shift = bias.astype(stat_dtype) - mean * multiplier
-            y = x.astype(stat_dtype) * _channels(multiplier, x.ndim) + _channels(shift, x.ndim)
-        if not use_running_average and not self.is_initializing():
-            n = math.prod(x.shape[:-1]) * (jax.lax.psum(1, self.axis_name) if sync else 1)
-            folded = var * (n / max(n - 1, 1)) if self.unbiased_running_var else var
-            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean.astype(self.param_dtype)
-            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * folded.astype(self.param_dtype)
-        return y.astype(dtype)
+        y, updated = normalize(x, scale, bias, ra_mean.value, ra_var.value, use_running_average=use_running_average,
+                               momentum=self.momentum, epsilon=self.epsilon,
+                               unbiased_running_var=self.unbiased_running_var,
+                               use_fast_variance=self.use_fast_variance,
+                               axis_name=None if self.is_initializing() else self.axis_name,
+                               dtype=self.dtype, param_dtype=self.param_dtype)
+        if updated is not None and not self.is_initializing():
+            ra_mean.value, ra_var.value = updated
+        return y
 
 
 #: Flax's ``nn.BatchNorm`` in training mode, with the hand-written gradient: the blocks' default.
@@ -187,11 +210,16 @@ class FrozenBatchNorm(nn.Module):
             "mean": self.variable("batch_stats", "mean", lambda: jnp.zeros(features, self.param_dtype)),
             "var": self.variable("batch_stats", "var", lambda: jnp.ones(features, self.param_dtype)),
         }
-        stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
-        scale, bias, mean, var = (jax.lax.stop_gradient(vectors[k].value).astype(stat_dtype)
-                                  for k in ("scale", "bias", "mean", "var"))
-        multiplier = scale * jax.lax.rsqrt(var + self.epsilon)
-        shift = bias - mean * multiplier
-        dtype = self.dtype if self.dtype is not None else jnp.result_type(x.dtype, self.param_dtype)
-        y = x.astype(stat_dtype) * _channels(multiplier, x.ndim) + _channels(shift, x.ndim)
-        return y.astype(dtype)
+        return frozen_normalize(x, *(vectors[k].value for k in ("scale", "bias", "mean", "var")),
+                                epsilon=self.epsilon, dtype=self.dtype, param_dtype=self.param_dtype)
+
+
+def frozen_normalize(x, scale, bias, mean, var, *, epsilon: float, dtype: Any, param_dtype: Any):
+    """:class:`FrozenBatchNorm`'s arithmetic (and its NNX twin's), a pure function of the four vectors."""
+    stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    scale, bias, mean, var = (jax.lax.stop_gradient(v).astype(stat_dtype) for v in (scale, bias, mean, var))
+    multiplier = scale * jax.lax.rsqrt(var + epsilon)
+    shift = bias - mean * multiplier
+    dtype = dtype if dtype is not None else jnp.result_type(x.dtype, param_dtype)
+    y = x.astype(stat_dtype) * _channels(multiplier, x.ndim) + _channels(shift, x.ndim)
+    return y.astype(dtype)

@@ -42,9 +42,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from .. import _checks
 from ..backbones import FPNBackbone, create_fpn_backbone
 from ..models import CONFIGS, ResNet, _model_name, create_model, feature_info
 from .safetensors import read_tensors
+
+#: The Flax APIs :func:`from_torchvision` builds for.
+APIS = ("linen", "nnx")
 
 _BN = (("scale", "params", "weight"), ("bias", "params", "bias"), ("mean", "batch_stats", "running_mean"),
        ("var", "batch_stats", "running_var"))
@@ -339,8 +343,8 @@ def _unwrap(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
 _FROM_FC = object()  # num_classes: read from the state dict's fc
 
 
-def from_torchvision(state_dict: Mapping[str, Any], name: str, *, num_classes: Any = _FROM_FC,
-                     **options) -> tuple[ResNet, dict]:
+def from_torchvision(state_dict: Mapping[str, Any], name: str, *, num_classes: Any = _FROM_FC, api: str = "linen",
+                     **options):
     """A model and its variables from a torchvision ``state_dict`` of model ``name``.
 
     Args:
@@ -350,17 +354,22 @@ def from_torchvision(state_dict: Mapping[str, Any], name: str, *, num_classes: A
       num_classes: by default read from ``fc`` (1000 without one); ``None`` for a headless
         backbone, whose state dict has no ``fc`` (an ``IntermediateLayerGetter``'s, such as
         ``deeplabv3_resnet50().backbone``).
+      api: ``'linen'``, or ``'nnx'`` for the Flax NNX twin holding the weights
+        (:func:`resnet_bottleneck.nnx.to_nnx` of the Linen pair).
       **options: further :func:`~resnet_bottleneck.create_model` options (``dtype``,
         ``replace_stride_with_dilation``, ``norm='frozen'``, ...).
 
     Returns:
-      ``(model, {'params': ..., 'batch_stats': ...})``.
+      Linen: ``(model, {'params': ..., 'batch_stats': ...})``. NNX: the
+      :class:`resnet_bottleneck.nnx.ResNet`, in training mode as every NNX model starts
+      (``model.eval()`` for inference).
 
     Raises:
       WeightsMismatch: a ``ValueError`` naming the family model the tensors fit, if any, the
         counts and first few of the missing, wrongly shaped and unexpected tensors; the full
         lists are its attributes. Shapes are checked before any tensor is converted.
     """
+    _checks.one_of("api", api, APIS)
     name = _model_name(name)
     state_dict, shapes = _shapes(state_dict)
     if num_classes is _FROM_FC:
@@ -369,7 +378,12 @@ def from_torchvision(state_dict: Mapping[str, Any], name: str, *, num_classes: A
     error = _mismatch(name, shapes, num_classes, torch=True, norm=model.norm)
     if error is not None:
         raise error
-    return model, _read(state_dict, _family_layout(name, num_classes, model.norm))
+    variables = _read(state_dict, _family_layout(name, num_classes, model.norm))
+    if api == "nnx":
+        from ..nnx import to_nnx  # flax.nnx is imported only when asked for
+
+        return to_nnx(model, variables)
+    return model, variables
 
 
 def _read(state_dict: Mapping[str, Any], layout) -> dict:
