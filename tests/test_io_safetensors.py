@@ -31,8 +31,11 @@ def test_load_model_reads_our_format_and_refuses_another_model(tmp_path, resnet1
     model, variables = resnet18
     path = tmp_path / "r18.safetensors"
     save_variables(path, variables, {"model": "resnet18", "format": CHECKPOINT_FORMAT})
-    loaded, back = load_model(path, "resnet18")
-    assert loaded == model
+    loaded, back, metadata = load_model(path, "resnet18")
+    assert loaded == model and metadata == {"model": "resnet18", "format": CHECKPOINT_FORMAT}
+    assert_trees_equal(back, dict(variables))
+    named, back, _ = load_model(path)  # the file names its model
+    assert named == model
     assert_trees_equal(back, dict(variables))
     with pytest.raises(ValueError, match="holds 'resnet18' variables, not 'resnet34'"):
         load_model(path, "resnet34")

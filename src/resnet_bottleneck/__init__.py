@@ -6,6 +6,7 @@ from .cost import layer_costs, model_cost
 from .fold import fold_batchnorm
 from .forward import resnet_basic_forward, resnet_bottleneck_forward
 from .models import CONFIGS, ResNet, create_model, feature_info
+from .io import load_model
 from .io.torchvision import from_torchvision, from_torchvision_fpn, to_torchvision, to_torchvision_fpn
 from .xla import compiler_options, jit, reuse_freed_memory
 
@@ -26,6 +27,7 @@ __all__ = [
     "from_torchvision_fpn",
     "jit",
     "layer_costs",
+    "load_model",
     "model_cost",
     "resnet_basic_forward",
     "resnet_bottleneck_forward",

@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import convert, cost, forward, predict, train
+from . import convert, cost, evaluate, export, forward, predict, train
 from ._common import PROG, UsageError
 
 #: The subcommands, in the order ``--help`` lists them; each has ``add_parser(commands)``.
-COMMANDS = (forward, cost, convert, predict, train)
+COMMANDS = (forward, cost, convert, export, predict, evaluate, train)
 
 
 class _Parser(argparse.ArgumentParser):

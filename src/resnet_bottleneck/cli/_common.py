@@ -51,6 +51,7 @@ def _checked(convert, accept, expected: str):
 
 
 positive_int = _checked(int, lambda n: n > 0, "a positive integer")
+count = _checked(int, lambda n: n >= 0, "an integer >= 0")
 seed = _checked(int, lambda n: 0 <= n < SEED_LIMIT, "an integer in [0, 2**32)")
 non_negative = _checked(float, lambda x: math.isfinite(x) and x >= 0, "a finite number >= 0")
 

@@ -59,10 +59,13 @@ def add_parser(commands) -> None:
     parser = commands.add_parser(
         "train",
         help="train a model: scikit-learn's digits by default, or an image folder (ImageNet's layout or flat)",
-        description="Train with SGD (Nesterov momentum, weight decay on kernels only), warmup + cosine schedule "
-        "and label smoothing, data-parallel over every device and host; images are decoded and augmented by "
-        "worker processes, each host reading only its share. Checkpoints go to OUT/checkpoints; running the "
-        "same command again resumes exactly where the last checkpoint left off.",
+        description="Train with SGD (Nesterov momentum, weight decay on kernels only) or AdamW, warmup + cosine "
+        "schedule and label smoothing, data-parallel over every device and host, from random weights or from "
+        "--weights (torchvision's, or a model a run exported: fine-tuning, with --freeze-bn and --trainable-layers); "
+        "images are decoded and augmented by worker processes, each host reading only its share. Checkpoints go to "
+        "OUT/checkpoints; running the same command again resumes exactly where the last checkpoint left off. At the "
+        "end OUT/model.safetensors holds the final weights with the class names, image size and normalisation, for "
+        "predict and evaluate.",
     )
     for cls in _settings():
         for f in fields(cls):
@@ -103,6 +106,8 @@ def run(args) -> int:
         options.check()
         if config.data is not None and not Path(config.data).is_dir():
             raise DataError("data", f"{config.data} is not a directory")
+        if config.weights is not None and not Path(config.weights).is_file():
+            raise training.ConfigError("weights", f"no such weights file: {config.weights}")
     except (training.ConfigError, DataError) as err:
         raise _as_usage(err) from None
     if args.reuse_freed_memory:  # before JAX's first computation, after every check of the input
@@ -134,6 +139,8 @@ def run(args) -> int:
         "metrics": result.metrics,
         "plot": result.plot,
         "resumed_from_step": result.resumed_from,
+        "initialised": result.initialised,
+        "model_file": result.model_file,
         "skipped_images": result.skipped,
         "config": asdict(config),
     }
@@ -146,4 +153,6 @@ def run(args) -> int:
             print(f"skipped {len(result.skipped)} unreadable image(s): {', '.join(result.skipped[:10])}"
                   f"{' ...' if len(result.skipped) > 10 else ''}")
         print(f"checkpoint {result.checkpoint}; metrics {result.metrics}; curves {result.plot}")
+        if result.model_file is not None:
+            print(f"model {result.model_file} (predict --weights, evaluate --weights, export)")
     return 0

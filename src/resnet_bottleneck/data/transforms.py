@@ -30,14 +30,15 @@ class ImageError(OSError):
     """An image file that cannot be opened or decoded; the message names the file."""
 
 
-def normalize(images: Any) -> Any:
-    """uint8 (..., 3) pixels to float32, scaled to [0, 1] and standardised by ImageNet's mean and std.
+def normalize(images: Any, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Any:
+    """uint8 (..., 3) pixels to float32, scaled to [0, 1] and standardised by ``mean`` and ``std``
+    (per channel, on that scale; ImageNet's by default).
 
     Works on numpy and JAX arrays alike (the trailing channel axis broadcasts at full rank); one
     multiply and one subtract, ``x * (1 / (255 std)) - mean / std``.
     """
     shape = (1,) * (images.ndim - 1) + (3,)
-    mean, std = np.asarray(IMAGENET_MEAN, np.float64), np.asarray(IMAGENET_STD, np.float64)
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
     scale = (1 / (255 * std)).astype(np.float32).reshape(shape)
     offset = (mean / std).astype(np.float32).reshape(shape)
     return images.astype(np.float32) * scale - offset

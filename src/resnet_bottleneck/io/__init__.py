@@ -1,5 +1,6 @@
 """Weights in and out, one module per format: :mod:`.safetensors` (ours), :mod:`.torchvision`;
-and the names of a model's classes (:mod:`.classes`); and :func:`atomic_write`, with which
+the names of a model's classes (:mod:`.classes`) and how to preprocess its images
+(:mod:`.metadata`); :func:`load_model` for any of them; and :func:`atomic_write`, with which
 everything here writes: a file appears whole or not at all."""
 
 from __future__ import annotations
@@ -7,33 +8,67 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import jax.numpy as jnp
+
 from .._files import atomic_write  # noqa: F401 - public here
 from ..models import ResNet
 from .classes import class_names, imagenet_classes
 from .safetensors import CHECKPOINT_FORMAT, load_variables, read_tensors
-from .torchvision import WeightsMismatch, _checked_layout, detect_architecture, load_torchvision
+from .torchvision import WeightsMismatch, _checked_layout, detect_architecture, load_state_dict, load_torchvision
 
 
-def load_model(path: str | os.PathLike, name: str) -> tuple[ResNet, dict]:
-    """``(model, variables)`` from a file written by ``convert`` or from torchvision weights.
+def load_model(path: str | os.PathLike, name: str | None = None) -> tuple[ResNet, dict, dict[str, str]]:
+    """``(model, variables, metadata)`` from a file written by ``train``/``export`` or ``convert``, from
+    torchvision weights (``.pth``/``.pt``/``.safetensors``; metadata ``{}`` or the file's own), or
+    from a run directory (``train``'s ``--out``: its last checkpoint, as ``export`` writes it).
+
+    Our files name their model, so ``name`` may be left out (given, it must agree); a trained model
+    comes back in its run's compute dtype. Files that do not name it (torchvision's) need ``name``.
+    :func:`~resnet_bottleneck.io.metadata.preprocessing` reads the image size and normalisation
+    from ``metadata``, :func:`class_names` the class names.
 
     Raises:
-      ValueError: the file is unreadable, holds another model, or does not fit ``name``
-        (a :class:`WeightsMismatch` naming the file and the model it fits).
+      FileNotFoundError: no such file.
+      ValueError: the file is unreadable, a directory holds no checkpoint, names another model than ``name``, names none and
+        ``name`` is not given, or does not fit (a :class:`WeightsMismatch` naming the file and
+        the model it fits).
     """
     path = Path(path)
-    if path.suffix.lower() == ".safetensors":
-        _, metadata = read_tensors(path, header_only=True)
-        if metadata.get("format") == CHECKPOINT_FORMAT:
-            if metadata.get("model") != name:
-                raise ValueError(f"{path} holds {metadata.get('model')!r} variables, not {name!r}")
-            variables, _ = load_variables(path)
-            try:
-                model, _, _ = _checked_layout(variables, name)
-            except WeightsMismatch as err:
-                raise err.with_source(path) from None
-            return model, variables
-    return load_torchvision(path, name)
+    if path.is_dir():
+        return _load_run(path, name)
+    metadata = read_tensors(path, header_only=True)[1] if path.suffix.lower() == ".safetensors" else {}
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        if name is None:
+            fits = detect_architecture(load_state_dict(path))
+            hint = f" (its tensors fit {fits})" if fits else ""
+            raise ValueError(f"{path} does not name its model, as torchvision's weights do not{hint}: give the model "
+                             "name (--model)")
+        return (*load_torchvision(path, name), metadata)
+    saved = metadata.get("model")
+    if name is not None and saved is not None and saved != name:
+        raise ValueError(f"{path} holds {saved!r} variables, not {name!r}")
+    name = name or saved
+    if name is None:
+        raise ValueError(f"{path} has no 'model' in its metadata: give the model name (--model)")
+    variables, _ = load_variables(path)
+    options = {"dtype": jnp.bfloat16} if metadata.get("dtype") == "bfloat16" else {}
+    try:
+        model, _, _ = _checked_layout(variables, name, **options)
+    except WeightsMismatch as err:
+        raise err.with_source(path) from None
+    return model, variables, metadata
+
+
+def _load_run(path: Path, name: str | None):
+    from ..training import TrainingError, load_run
+
+    try:
+        model, variables, metadata = load_run(path)
+    except TrainingError as err:
+        raise ValueError(str(err)) from None
+    if name is not None and metadata["model"] != name:
+        raise ValueError(f"{path} holds a run of {metadata['model']!r}, not {name!r}")
+    return model, variables, metadata
 
 
 __all__ = ["WeightsMismatch", "class_names", "detect_architecture", "imagenet_classes", "load_model", "load_torchvision"]

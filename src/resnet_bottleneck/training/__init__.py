@@ -1,24 +1,31 @@
-"""Training: settings, the train state and steps, checkpoints, and the loop that calls them."""
+"""Training: settings, the train state and steps, checkpoints, the loop that calls them, evaluation,
+and a run's model file."""
 
 from .checkpoints import Checkpoints
 from .config import Config, ConfigError, DivergedError, RunOptions, TrainingError
 from .devices import data_mesh, maybe_initialize_distributed
+from .evaluation import Scores, evaluate
 from .loop import Result, load_datasets, train
 from .state import TrainState, create_train_state, eval_step, make_optimizer, train_step
+from .weights import MODEL_FILE, load_run
 
 __all__ = [
     "Checkpoints",
     "Config",
     "ConfigError",
     "DivergedError",
+    "MODEL_FILE",
     "Result",
     "RunOptions",
+    "Scores",
     "TrainState",
     "TrainingError",
     "create_train_state",
     "data_mesh",
     "eval_step",
+    "evaluate",
     "load_datasets",
+    "load_run",
     "make_optimizer",
     "maybe_initialize_distributed",
     "train",

@@ -1,8 +1,10 @@
-"""Orbax checkpoints of a run: the train state, the config that made it, and the input pipeline's
-iterator state (grain's Orbax handler: one file per process), so a resume continues mid-epoch exactly.
+"""Orbax checkpoints of a run: the train state, the config that made it, what the run derived
+from its data and weights (``run``: the class names, the normalisation, the starting weights'
+SHA-256), and the input pipeline's iterator state (grain's Orbax handler: one file per process),
+so a resume continues mid-epoch exactly and a checkpoint alone is a usable model (``export``).
 
-Written aside and renamed (atomic), the last ``keep`` kept. A checkpoint from other settings,
-or one that cannot be read, is an error that names it.
+Written aside and renamed (atomic), the last ``keep`` kept. A checkpoint from other settings
+(starting weights of other content included), or one that cannot be read, is an error that names it.
 """
 
 from __future__ import annotations
@@ -32,15 +34,27 @@ class _IteratorState:
         pass
 
 
-class Checkpoints:
-    """``directory/<step>/{state,config,data}``, through one ``orbax.checkpoint.CheckpointManager``."""
+#: What a run derives and a resume must find the same, beside the config's fields.
+DERIVED = ("weights_sha256",)
 
-    def __init__(self, directory: str | Path, keep: int, config: Config):
+
+def identity(config: Config, run: dict) -> dict:
+    """What a checkpoint's run must match to be resumed: the config's fields and :data:`DERIVED`."""
+    return {**asdict(config), **{k: run.get(k) for k in DERIVED}}
+
+
+class Checkpoints:
+    """``directory/<step>/{state,config,run,data}``, through one ``orbax.checkpoint.CheckpointManager``.
+
+    ``run``: what the run derived (JSON): ``classes``, ``mean``, ``std``, ``weights_sha256``, ...
+    """
+
+    def __init__(self, directory: str | Path, keep: int | None, config: Config, run: dict | None = None):
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
         self.directory = Path(directory).resolve()
-        self.config = config
+        self.config, self.run = config, dict(run or {})
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False),
@@ -56,7 +70,8 @@ class Checkpoints:
         ocp = self._ocp
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            config=ocp.args.JsonSave(asdict(self.config)),
+            config=ocp.args.JsonSave(identity(self.config, self.run)),
+            run=ocp.args.JsonSave(self.run),
             data=grain.checkpoint.CheckpointSave(_IteratorState(position)),
         ))
         self.manager.wait_until_finished()
@@ -71,16 +86,41 @@ class Checkpoints:
             saved = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
         except Exception as err:  # orbax raises many types for unreadable metadata
             raise TrainingError(f"checkpoint {self._where(step)} is unreadable ({type(err).__name__}: {err})") from None
-        now = asdict(self.config)
+        now = identity(self.config, self.run)
         if saved.get("epochs") != now["epochs"]:
             raise ConfigError("epochs", f"must be {saved.get('epochs')}, as when checkpoint {self._where(step)} was "
                               "written: the learning-rate schedule spans every epoch (another value needs another "
                               f"output directory); got {now['epochs']}")
-        differ = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+        # A setting newer than the checkpoint was then at its default; the weights are compared by content.
+        before = identity(Config(), {})
+        differ = {k: (saved.get(k, before[k]), v) for k, v in now.items()
+                  if saved.get(k, before[k]) != v and k != "weights"}
         if differ:
             listed = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in differ.items())
             raise TrainingError(f"checkpoint {self._where(step)} was written by a different run ({listed}); "
                                 "use another output directory or the same settings")
+
+    def saved_run(self, step: int) -> tuple[dict, dict]:
+        """The settings (:func:`identity`) and the ``run`` a checkpoint was written with."""
+        ocp = self._ocp
+        try:
+            saved = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
+                                                                       run=ocp.args.JsonRestore()))
+        except Exception as err:  # orbax raises many types for unreadable or missing items
+            raise TrainingError(f"checkpoint {self._where(step)} is unreadable or was written before runs were "
+                                f"exportable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+                                ) from None
+        return saved["config"], saved["run"]
+
+    def restore_state(self, step: int, abstract_state):
+        """Only the train state at ``step`` (for export: no input pipeline)."""
+        ocp = self._ocp
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state)))["state"]
+        except Exception as err:
+            first = str(err).splitlines()[0] if str(err) else ""
+            raise TrainingError(f"checkpoint {self._where(step)} cannot be restored ({type(err).__name__}: {first})") from None
 
     def restore(self, step: int, abstract_state) -> tuple:
         """The train state at ``step`` and the input pipeline's position then (see :meth:`save`)."""

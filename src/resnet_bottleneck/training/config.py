@@ -35,6 +35,9 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+#: The optimizers a run may use (optax's).
+OPTIMIZERS = ("sgd", "adamw")
+
 #: kind -> (the type a value is parsed to, whether a value is accepted, what is expected).
 KINDS = {
     "positive_int": (int, lambda v: _is_int(v) and v > 0, "a positive integer"),
@@ -43,6 +46,9 @@ KINDS = {
     "non_negative": (float, lambda v: _is_number(v) and math.isfinite(v) and v >= 0, "a finite number >= 0"),
     "below_one": (float, lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)"),
     "fraction": (float, lambda v: _is_number(v) and 0 < v < 1, "in (0, 1)"),
+    "layers": (int, lambda v: _is_int(v) and 0 <= v <= 5,
+               "an integer from 0 to 5 (how many of layer4, layer3, layer2, layer1, conv1 learn)"),
+    "optimizer": (str, lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
 }
 
 
@@ -66,6 +72,10 @@ class Config:
     """Everything that decides a run's result."""
 
     model: str = field(default="resnet_tiny", metadata=_meta("model name", "model"))
+    weights: str | None = field(default=None, metadata=_meta(
+        "start from these weights instead of random ones: torchvision's (.pth, .pt, .safetensors) or a model "
+        "exported from a run (.safetensors); every backbone tensor and BatchNorm statistic is taken, the "
+        "classifier re-initialised if the class count differs"))
     data: str | None = field(default=None, metadata=_meta(
         "ImageFolder root: ROOT/train and ROOT/val (ImageNet's layout), or ROOT/<class>/<image> with a held-out "
         "share; default: scikit-learn's digits"))
@@ -75,10 +85,20 @@ class Config:
                                                    "positive_int"))
     batch_size: int = field(default=64, metadata=_meta("global batch size, over every device and host",
                                                        "positive_int"))
+    optimizer: str = field(default="sgd", metadata=_meta(
+        "sgd (with --momentum, --nesterov) or adamw (decoupled weight decay; use a smaller --lr, e.g. 0.001)",
+        "optimizer"))
     learning_rate: float = field(default=0.1, metadata=_meta("peak learning rate", "non_negative", flag="lr"))
     momentum: float = field(default=0.9, metadata=_meta("SGD momentum", "non_negative"))
     nesterov: bool = field(default=True, metadata=_meta("Nesterov's momentum"))
     weight_decay: float = field(default=5e-4, metadata=_meta("on conv and dense kernels only", "non_negative"))
+    trainable_layers: int = field(default=5, metadata=_meta(
+        "how many of layer4, layer3, layer2, layer1, conv1 (with bn1) learn, counted from layer4 (torchvision's "
+        "meaning): the others get no gradient and no update, bit for bit; their BatchNorm statistics too only "
+        "with --freeze-bn", "layers"))
+    freeze_bn: bool = field(default=False, metadata=_meta(
+        "BatchNorm in eval mode while training: normalise with the running statistics and never update them "
+        "(the usual choice for fine-tuning at small batch sizes); the scales and biases still learn"))
     warmup_epochs: float = field(default=1.0, metadata=_meta("linear warmup before the cosine decay",
                                                              "non_negative"))
     label_smoothing: float = field(default=0.1, metadata=_meta("label smoothing", "below_one"))

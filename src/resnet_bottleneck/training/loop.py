@@ -29,8 +29,10 @@ from ..models import create_model
 from .checkpoints import Checkpoints
 from .config import Config, ConfigError, DivergedError, RunOptions, TrainingError
 from .devices import batch_sharding, data_mesh, put_batch
+from .evaluation import Evaluation, compile_eval_step
 from .report import Progress, plot_curves, resume_history
-from .state import create_train_state, eval_step, make_optimizer, train_step
+from .state import create_train_state, make_optimizer, train_step
+from .weights import MODEL_FILE, describe_model, describe_weights, starting_weights, write_model
 
 
 @dataclass
@@ -45,6 +47,8 @@ class Result:
     plot: str | None
     resumed_from: int | None = None
     skipped: list[str] = field(default_factory=list)  # unreadable images, replaced (training) or left out (evaluation)
+    initialised: str | None = None  # from which weights, and what became of the classifier (None: random, or resumed)
+    model_file: str | None = None  # OUT/model.safetensors: the final weights, for predict and evaluate
     history: list = field(default_factory=list)
     state: Any = field(default=None, repr=False)  # the final TrainState
 
@@ -97,35 +101,6 @@ class _Meter:
         totals = (self.loss / max(self.seen, 1), self.correct / max(self.seen, 1))
         self.loss = self.correct = self.seen = 0
         return totals
-
-
-class _Evaluator:
-    """Accuracy over the evaluation set; one pipeline (and its workers) serves every evaluation."""
-
-    def __init__(self, source, config: Config, workers: int, step, sharding):
-        self.source, self.config, self.workers, self.step, self.sharding = source, config, workers, step, sharding
-        self.steps = data.evaluation_steps(source, config.batch_size)
-        self.iterator = None
-        self.bad: set[int] = set()
-        self.seconds = 0.0
-
-    def __call__(self, state) -> float:
-        started = time.perf_counter()
-        if self.iterator is None:
-            self.iterator = iter(data.evaluation_batches(self.source, image_size=self.config.image_size,
-                                                         batch_size=self.config.batch_size, workers=self.workers))
-        totals = []
-        for _ in range(self.steps):
-            batch = next(self.iterator)
-            self.bad.update(int(i) for i in batch["bad"] if i >= 0)
-            totals.append(self.step(state, put_batch(batch, self.sharding)))
-        correct, count = jax.device_get((sum(t["correct"] for t in totals), sum(t["count"] for t in totals)))
-        self.seconds += time.perf_counter() - started
-        return int(correct) / max(int(count), 1)
-
-    def close(self) -> None:
-        if self.iterator is not None:
-            self.iterator.close()
 
 
 class _Input:
@@ -200,15 +175,17 @@ def train(config: Config, out: str | Path | None = None, options: RunOptions | N
     steps_per_epoch = len(train_set) // config.batch_size
     total_steps = config.epochs * steps_per_epoch
 
-    model = create_model(config.model, num_classes=len(train_set.classes),
+    run = {"classes": list(train_set.classes), **describe_weights(config)}
+    model = create_model(config.model, num_classes=len(train_set.classes), trainable_layers=config.trainable_layers,
                          dtype=jnp.bfloat16 if config.bf16 else None)
     init = functools.partial(create_train_state, model, make_optimizer(config, steps_per_epoch), config.seed,
                              config.image_size)
     replicated, rows = NamedSharding(mesh, P()), batch_sharding(mesh)
     abstract = jax.eval_shape(init)
     state_sharding = jax.tree_util.tree_map(lambda _: replicated, abstract)
-    checkpoints = Checkpoints(Path(out) / "checkpoints", options.keep, config) if out is not None else None
+    checkpoints = Checkpoints(Path(out) / "checkpoints", options.keep, config, run) if out is not None else None
     resumed_from = checkpoints.latest() if checkpoints is not None else None
+    initialised = None
     if resumed_from is not None:
         target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                         abstract, state_sharding)
@@ -217,12 +194,20 @@ def train(config: Config, out: str | Path | None = None, options: RunOptions | N
             raise TrainingError(f"checkpoint {checkpoints.directory / str(resumed_from)} holds the input pipeline "
                                 f"of step {position['step']}, not of its own step")
     else:
-        state, position = jax.jit(init, out_shardings=state_sharding)(), None
+        start = None
+        if config.weights is not None:
+            start, head = starting_weights(config, train_set.classes)
+            initialised = f"initialised from {config.weights}: every backbone tensor and BatchNorm statistic; {head}"
+            if progress:
+                print(initialised, file=sys.stderr, flush=True)
+        state, position = jax.jit(init, out_shardings=state_sharding)(start), None
+    normalisation = {"mean": tuple(run["mean"]), "std": tuple(run["std"])}
     step_fn = xla.jit(functools.partial(train_step, num_classes=len(train_set.classes),
-                                        label_smoothing=config.label_smoothing),
+                                        label_smoothing=config.label_smoothing, freeze_bn=config.freeze_bn,
+                                        **normalisation),
                       in_shardings=(state_sharding, rows), out_shardings=(state_sharding, replicated), donate_argnums=0)
-    evaluate = _Evaluator(eval_set, config, workers,
-                          xla.jit(eval_step, in_shardings=(state_sharding, rows), out_shardings=replicated), rows)
+    evaluate = Evaluation(eval_set, config.image_size, config.batch_size, workers,
+                          compile_eval_step(mesh, state_sharding, **normalisation), rows)
 
     step = first_step = int(jax.device_get(state.step))
     writer = jax.process_index() == 0 and out is not None
@@ -260,8 +245,10 @@ def train(config: Config, out: str | Path | None = None, options: RunOptions | N
             meter.read()
             seconds = time.perf_counter() - epoch_start
             loss, accuracy = meter.epoch_totals()
+            scores = evaluate(state)
             record = {"epoch": epoch + 1, "step": step, "train_loss": loss, "train_accuracy": accuracy,
-                      "test_accuracy": evaluate(state), "images_per_second":
+                      "test_accuracy": scores.top1, "test_top5": scores.top5, "test_loss": scores.loss,
+                      "images_per_second":
                       (step - max(epoch * steps_per_epoch, first_step)) * config.batch_size / max(seconds, 1e-9)}
             history.append(record)
             bar.update(step - shown, loss, accuracy, record["images_per_second"])
@@ -272,7 +259,11 @@ def train(config: Config, out: str | Path | None = None, options: RunOptions | N
         meter.read()
         if checkpoints is not None and checkpoints.latest() != step:
             checkpoints.save(step, state, batches.position)
-        test_accuracy = history[-1]["test_accuracy"] if history else evaluate(state)
+        test_accuracy = history[-1]["test_accuracy"] if history else evaluate(state).top1
+        model_file = None
+        if writer:  # the final weights, with what predict and evaluate need to use them as this run did
+            model_file = str(write_model(Path(out) / MODEL_FILE, state,
+                                         describe_model(config, run, step, test_accuracy)))
     finally:
         bar.close()
         evaluate.close()
@@ -289,6 +280,8 @@ def train(config: Config, out: str | Path | None = None, options: RunOptions | N
         plot=_plot(history, Path(out) / "curves.png") if writer and history else None,
         resumed_from=resumed_from,
         skipped=sorted({train_set.path(i) for i in batches.bad} | {eval_set.path(i) for i in evaluate.bad}),
+        initialised=initialised,
+        model_file=model_file,
         history=history,
         state=state,
     )

@@ -13,7 +13,9 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from ..data.transforms import normalize
+from ..backbones import freeze
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from ..models import TRAINABLE_LAYERS
 from .config import Config
 
 
@@ -36,39 +38,76 @@ def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedu
 
 
 def make_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
-    """SGD with (Nesterov) momentum and decoupled-from-BatchNorm weight decay on the schedule above."""
-    return optax.chain(
-        optax.add_decayed_weights(config.weight_decay, mask=_decay_mask),
-        optax.sgd(learning_rate_schedule(config, steps_per_epoch), momentum=config.momentum, nesterov=config.nesterov),
-    )
+    """On the schedule above, with weight decay on kernels only: SGD with (Nesterov) momentum and
+    the decay added to the gradient, or AdamW (optax's, decoupled decay). With ``trainable_layers``
+    below 5 the frozen layers get exactly zero update (:func:`~resnet_bottleneck.backbones.freeze`)."""
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    if config.optimizer == "adamw":
+        optimizer = optax.adamw(schedule, weight_decay=config.weight_decay, mask=_decay_mask)
+    else:
+        optimizer = optax.chain(optax.add_decayed_weights(config.weight_decay, mask=_decay_mask),
+                                optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov))
+    if config.trainable_layers < len(TRAINABLE_LAYERS):
+        optimizer = freeze(optimizer, config.trainable_layers)
+    return optimizer
 
 
-def create_train_state(model, optimizer: optax.GradientTransformation, seed: int, image_size: int) -> TrainState:
-    """Initial weights from ``seed`` alone (the same for any data, device or host count)."""
+def create_train_state(model, optimizer: optax.GradientTransformation, seed: int, image_size: int,
+                       start: dict | None = None) -> TrainState:
+    """Initial weights from ``seed`` alone (the same for any data, device or host count), or, where
+    ``start`` (variables, e.g. pretrained) has a tensor of the same path and shape, that tensor.
+
+    A classifier of another class count in ``start`` is passed over: the head is ``seed``'s.
+    """
     variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, image_size, image_size, 3), jnp.float32))
+    if start is not None:
+        variables = {collection: _overlay(tree, start.get(collection, {})) for collection, tree in variables.items()}
     return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=optimizer,
                              batch_stats=variables["batch_stats"])
 
 
-def train_step(state: TrainState, batch: dict, num_classes: int, label_smoothing: float):
-    """One SGD step on ``batch`` (``image`` uint8 NHWC, ``label``): the new state and the batch's
-    mean loss and number of correct predictions."""
-    images = normalize(batch["image"])
+def _overlay(tree, given):
+    """``tree`` with each leaf replaced by ``given``'s at the same path, where it has the same shape."""
+    def pick(path, leaf):
+        found = given
+        for key in path:
+            found = found.get(key.key) if isinstance(found, dict) else None
+        return jnp.asarray(found, leaf.dtype) if found is not None and jnp.shape(found) == leaf.shape else leaf
+
+    return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def train_step(state: TrainState, batch: dict, num_classes: int, label_smoothing: float, freeze_bn: bool = False,
+               mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """One optimizer step on ``batch`` (``image`` uint8 NHWC, ``label``): the new state and the batch's
+    mean loss and number of correct predictions. ``freeze_bn``: BatchNorm normalises with the running
+    statistics, which stay as they are. ``mean``, ``std``: the normalisation (ImageNet's by default)."""
+    images = normalize(batch["image"], mean, std)
 
     def loss_fn(params):
-        logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images,
-                                         train=True, mutable=["batch_stats"])
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        if freeze_bn:
+            logits, batch_stats = state.apply_fn(variables, images, train=False), state.batch_stats
+        else:
+            logits, updates = state.apply_fn(variables, images, train=True, mutable=["batch_stats"])
+            batch_stats = updates["batch_stats"]
         targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), label_smoothing)
-        return optax.softmax_cross_entropy(logits, targets).mean(), (logits, updates["batch_stats"])
+        return optax.softmax_cross_entropy(logits, targets).mean(), (logits, batch_stats)
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     return state, {"loss": loss, "correct": jnp.sum(jnp.argmax(logits, -1) == batch["label"])}
 
 
-def eval_step(state: TrainState, batch: dict):
-    """Correct predictions and examples counted among the batch's real (``mask``) examples, running averages."""
-    logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, normalize(batch["image"]),
-                            train=False)
-    mask = batch["mask"]
-    return {"correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) & mask), "count": jnp.sum(mask)}
+def eval_step(state: TrainState, batch: dict, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """Sums over the batch's real (``mask``) examples, with the running averages: top-1 and top-5
+    correct predictions, cross-entropy loss (no label smoothing), and the count. ``mean`` and
+    ``std``: the normalisation the model was trained with."""
+    logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                            normalize(batch["image"], mean, std), train=False)
+    mask, labels = batch["mask"], batch["label"]
+    k = min(5, logits.shape[-1])
+    top5 = jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    return {"correct": jnp.sum((jnp.argmax(logits, -1) == labels) & mask), "top5": jnp.sum(top5 & mask),
+            "loss": jnp.sum(jnp.where(mask, loss, 0.0)), "count": jnp.sum(mask)}

@@ -1,0 +1,117 @@
+"""``resnet-bottleneck evaluate``: top-1, top-5 and loss of a model on a folder, or on its run's held-out images.
+
+The same evaluation as training's (``training.evaluate``): the evaluation transform at the model's
+image size, its normalisation, batches sharded over every device. A run's model file evaluated on
+the run's held-out split scores exactly the run's last reported test accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ._common import UsageError, argument, count, model_name, positive_int
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser(
+        "evaluate",
+        help="top-1/top-5 accuracy and loss of a model on an image folder, or on its run's held-out images",
+        description="Evaluate a model file (from train or export; or torchvision weights with --model) on --data: "
+        "an ImageFolder ROOT/<class>/<image>, or ImageNet's layout, whose val/ is used. Without --data, a run's "
+        "model file is evaluated on the run's own held-out images (its metadata records the split). Images get the "
+        "evaluation transform at the model's image size and its normalisation, batched over every device.",
+    )
+    parser.add_argument("--weights", required=True,
+                        help="a model file (train's OUT/model.safetensors, export's), a run directory, or torchvision "
+                        "weights (with --model)")
+    parser.add_argument("--data", help="image folder: ROOT/<class>/<image>, or ROOT/val/<class>/<image> (ImageNet's "
+                        "layout); default: the run's held-out split")
+    parser.add_argument("--model", type=model_name, help="the model name: needed for torchvision's weights")
+    parser.add_argument("--batch-size", type=positive_int, help="global batch size (default: the run's, else 64)")
+    parser.add_argument("--image-size", type=positive_int, help="evaluation crop (default: the model file's, else 224)")
+    parser.add_argument("--workers", type=count, help="processes decoding images (default: the machine's cores)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(run=run)
+
+
+def _folder(root: str):
+    """The images to evaluate on under ``root``: ``root/val`` in ImageNet's layout, else all of ``root``."""
+    from pathlib import Path
+
+    from ..data import is_train_val, list_images
+
+    return list_images(Path(root) / "val" if is_train_val(root) else root, field="data")
+
+
+def _labelled(files, names: list[str] | None, num_classes: int, where: str):
+    """``files`` with labels in the model's class indices: by class name where the model names its
+    classes and every folder's name is one of them, else by position (sorted folders, as ImageFolder)."""
+    import numpy as np
+
+    if names is not None and set(files.classes) <= set(names):
+        index = {name: i for i, name in enumerate(names)}
+        mapped = np.asarray([index[files.classes[label]] for label in files.labels], np.int32)
+        return type(files)(files.root, files.files, mapped, tuple(names))
+    if len(files.classes) == num_classes:
+        return files
+    unknown = sorted(set(files.classes) - set(names or ()))
+    named = f" ({len(unknown)} not among its class names, e.g. {unknown[0]!r})" if names else ""
+    raise UsageError(f"argument --data: {where} has {len(files.classes)} class folders{named}; the model has "
+                     f"{num_classes} classes")
+
+
+def _split(metadata: dict, weights: str):
+    """The run's held-out images, as the run listed them."""
+    from ..io.metadata import held_out
+    from ..training import Config, load_datasets
+
+    with argument("--weights"):
+        split = held_out(metadata, weights)
+    if split is None:
+        raise UsageError(f"argument --data: required: {weights} records no held-out split (a run's model file does)")
+    _, held = load_datasets(Config(data=split["data"], test_fraction=split["test_fraction"], seed=split["seed"]))
+    where = "the digits" if split["data"] is None else split["data"]
+    return held, f"the run's held-out split of {where} ({split['test_fraction']:.0%}, seed {split['seed']})"
+
+
+def run(args) -> int:
+    from ..data import DataError
+
+    try:
+        return _run(args)
+    except DataError as err:  # names its setting: data, batch_size
+        raise UsageError(f"argument --{err.field.replace('_', '-')}: {err.message}") from None
+
+
+def _run(args) -> int:
+    from .. import data
+    from ..io import class_names, load_model
+    from ..io.metadata import preprocessing
+    from ..training import evaluate
+
+    with argument("--weights"):
+        model, variables, metadata = load_model(args.weights, args.model)
+        image_size, mean, std = preprocessing(metadata, args.weights)
+        names = class_names(model.num_classes, metadata)
+    if args.data is not None:
+        source, described = _folder(args.data), args.data
+    else:
+        source, described = _split(metadata, args.weights)
+    source = _labelled(source, names, model.num_classes, described) if isinstance(source, data.ImageFiles) else source
+    workers = args.workers
+    if workers is None:
+        workers = data.default_workers() if isinstance(source, data.ImageFiles) else 0
+    batch_size = args.batch_size or int(metadata.get("batch_size", 64))
+    scores = evaluate(model, variables, source, image_size=args.image_size or image_size, batch_size=batch_size,
+                      mean=mean, std=std, workers=workers)
+    if args.json:
+        print(json.dumps({"weights": args.weights, "model": metadata.get("model", args.model), "data": described,
+                          "images": scores.count, "top1": scores.top1, "top5": scores.top5, "loss": scores.loss,
+                          "skipped_images": scores.skipped}))
+    else:
+        print(f"top-1 {scores.top1:.4f}, top-5 {scores.top5:.4f}, loss {scores.loss:.4f} on {scores.count} images "
+              f"of {described}")
+        if scores.skipped:
+            print(f"skipped {len(scores.skipped)} unreadable image(s): {', '.join(scores.skipped[:10])}"
+                  f"{' ...' if len(scores.skipped) > 10 else ''}")
+    return 0

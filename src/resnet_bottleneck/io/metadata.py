@@ -1,0 +1,78 @@
+"""What a model file says about using it: the metadata of our ``.safetensors`` files.
+
+A flat ``str -> str`` map; values that are not names are JSON. Written by ``convert`` (``format``,
+``model``, ``num_classes``) and, for a trained model, by ``train``/``export``, which add what
+``predict`` and ``evaluate`` need to use it as the run did: ``classes`` (a JSON list),
+``image_size``, ``mean`` and ``std`` (JSON lists, per channel, on the [0, 1] scale), ``dtype``
+(the compute dtype), ``batch_size``, ``split`` (``{"data", "test_fraction", "seed"}``: how the
+run held out its test images; ``data`` null for the digits) and ``config`` (the run's settings).
+Files without these (torchvision's, ``convert``'s) get torchvision's ImageNet preprocessing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Mapping
+
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+#: The evaluation size of torchvision's ImageNet weights: what a file that does not say is used at.
+DEFAULT_IMAGE_SIZE = 224
+
+
+def _json(metadata: Mapping[str, str], key: str, source: str, check, expected: str):
+    try:
+        value = json.loads(metadata[key])
+    except (TypeError, json.JSONDecodeError):
+        value = None
+    if not check(value):
+        raise ValueError(f"{source}'s metadata {key!r} must be {expected}; got {str(metadata[key])[:60]!r}")
+    return value
+
+
+def _channels(value) -> bool:
+    return (isinstance(value, list) and len(value) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+
+
+def preprocessing(metadata: Mapping[str, str], source: str = "the file") -> tuple[int, tuple, tuple]:
+    """``(image_size, mean, std)`` the model was trained with; 224 and ImageNet's where the file does not say.
+
+    Raises:
+      ValueError: a value that is there but malformed, naming ``source`` and the key.
+    """
+    size = DEFAULT_IMAGE_SIZE
+    if "image_size" in metadata:
+        size = _json(metadata, "image_size", source, lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+                     "a positive integer")
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if "mean" in metadata:
+        mean = tuple(_json(metadata, "mean", source, _channels, "a JSON list of 3 numbers"))
+    if "std" in metadata:
+        std = tuple(_json(metadata, "std", source, lambda v: _channels(v) and min(v) > 0,
+                          "a JSON list of 3 positive numbers"))
+    return size, mean, std
+
+
+def held_out(metadata: Mapping[str, str], source: str = "the file") -> dict | None:
+    """The run's held-out split (``{"data": path or None, "test_fraction", "seed"}``), or None if not recorded."""
+    if "split" not in metadata:
+        return None
+    return _json(metadata, "split", source,
+                 lambda v: isinstance(v, dict) and {"data", "test_fraction", "seed"} <= set(v),
+                 'a JSON object with "data", "test_fraction" and "seed"')
+
+
+def describe_run(*, model: str, classes, image_size: int, mean, std, dtype: str, batch_size: int,
+                 split: dict, config: dict, step: int, test_accuracy: float | None) -> dict[str, str]:
+    """The metadata of a trained model (see the module's docstring), ready for ``save_variables``."""
+    from .safetensors import CHECKPOINT_FORMAT
+
+    return {
+        "format": CHECKPOINT_FORMAT, "model": model, "num_classes": str(len(classes)),
+        "classes": json.dumps(list(classes)), "image_size": str(image_size),
+        "mean": json.dumps([float(m) for m in mean]), "std": json.dumps([float(s) for s in std]),
+        "dtype": dtype, "batch_size": str(batch_size), "split": json.dumps(split), "config": json.dumps(config),
+        "step": str(step), **({"test_accuracy": repr(float(test_accuracy))} if test_accuracy is not None else {}),
+    }

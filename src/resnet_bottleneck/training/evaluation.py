@@ -1,0 +1,100 @@
+"""Evaluation: top-1 and top-5 accuracy and mean loss over a data set, with the evaluation transform.
+
+One implementation for the loop's per-epoch evaluation and for ``evaluate`` on a saved model:
+the same pipeline (``data.evaluation_batches``), the same jitted ``eval_step`` sharded over the
+same mesh, so a model evaluated afterwards on its run's held-out images scores what the run reported.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field
+
+import jax
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from .. import data, xla
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .devices import batch_sharding, data_mesh, put_batch
+from .state import TrainState, eval_step
+
+
+@dataclass
+class Scores:
+    """What an evaluation pass found: accuracies in [0, 1], the mean cross-entropy, the images counted."""
+
+    top1: float
+    top5: float
+    loss: float
+    count: int
+    skipped: list[str] = field(default_factory=list)  # unreadable images, left out of the count
+
+
+class Evaluation:
+    """Scores over ``source``; one pipeline (and its workers) serves every pass, as the loop evaluates each epoch.
+
+    ``step`` is the jitted :func:`~.state.eval_step` (see :func:`compile_eval_step`); ``sharding``
+    places the batch's rows over the devices.
+    """
+
+    def __init__(self, source, image_size: int, batch_size: int, workers: int, step, sharding):
+        self.source, self.image_size, self.batch_size, self.workers = source, image_size, batch_size, workers
+        self.step, self.sharding = step, sharding
+        self.steps = data.evaluation_steps(source, batch_size)
+        self.iterator = None
+        self.bad: set[int] = set()
+        self.seconds = 0.0
+
+    def __call__(self, state) -> Scores:
+        started = time.perf_counter()
+        if self.iterator is None:
+            self.iterator = iter(data.evaluation_batches(self.source, image_size=self.image_size,
+                                                         batch_size=self.batch_size, workers=self.workers))
+        totals = []
+        for _ in range(self.steps):
+            batch = next(self.iterator)
+            self.bad.update(int(i) for i in batch["bad"] if i >= 0)
+            totals.append(self.step(state, put_batch(batch, self.sharding)))
+        sums = jax.device_get({k: sum(t[k] for t in totals) for k in totals[0]})
+        self.seconds += time.perf_counter() - started
+        count = max(int(sums["count"]), 1)
+        return Scores(int(sums["correct"]) / count, int(sums["top5"]) / count, float(sums["loss"]) / count,
+                      int(sums["count"]), sorted(self.source.path(i) for i in self.bad))
+
+    def close(self) -> None:
+        if self.iterator is not None:
+            self.iterator.close()
+            self.iterator = None
+
+
+def compile_eval_step(mesh, state_sharding, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """:func:`~.state.eval_step` jitted over ``mesh``: the state replicated as ``state_sharding`` says,
+    the batch split along ``data``, the sums replicated."""
+    return xla.jit(functools.partial(eval_step, mean=tuple(mean), std=tuple(std)),
+                   in_shardings=(state_sharding, batch_sharding(mesh)), out_shardings=NamedSharding(mesh, P()))
+
+
+def evaluate(model, variables, source, *, image_size: int, batch_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+             workers: int = 0) -> Scores:
+    """Top-1, top-5 and loss of ``model`` with ``variables`` (``params``, ``batch_stats``) on ``source``
+    (``data.ImageFiles`` or ``data.ImageArrays``), in eval mode, batched and sharded over every device
+    as training evaluates. ``mean`` and ``std``: the normalisation the model was trained with.
+
+    Raises:
+      data.DataError: ``batch_size`` does not divide over the devices or hosts.
+    """
+    mesh = data_mesh()
+    if batch_size % mesh.devices.size:
+        raise data.DataError("batch_size", f"{batch_size} does not divide over {mesh.devices.size} devices")
+    state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=optax.identity(),
+                              batch_stats=variables.get("batch_stats", {}))
+    replicated = jax.tree_util.tree_map(lambda _: NamedSharding(mesh, P()), state)
+    state = jax.device_put(state, replicated)
+    evaluation = Evaluation(source, image_size, batch_size, workers, compile_eval_step(mesh, replicated, mean, std),
+                            batch_sharding(mesh))
+    try:
+        return evaluation(state)
+    finally:
+        evaluation.close()
