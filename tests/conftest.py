@@ -18,3 +18,21 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """One small ``train`` run on the digits (``helpers.SMALL_TRAIN``), shared by the tests that read a
+    run: the run directory and the JSON summary ``train --json`` printed."""
+    import contextlib
+    import io
+    import json
+
+    from helpers import SMALL_TRAIN
+    from resnet_bottleneck.cli import main
+
+    run = tmp_path_factory.mktemp("digits") / "run"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["train", *SMALL_TRAIN, "--out", str(run), "--json"]) == 0
+    return run, json.loads(out.getvalue())

@@ -17,11 +17,9 @@ from resnet_bottleneck.cli import build_parser, main
 from resnet_bottleneck.data.synthetic import write_image_folder
 from resnet_bottleneck.training import Config, RunOptions
 
-from helpers import assert_trees_equal, one_line_error
+from helpers import SMALL_TRAIN as SMALL, assert_trees_equal, one_line_error
 
 PROG = "resnet-bottleneck train"
-# A small, fast run: 8x8 digits upsampled to 16; 1,438 training images make 22 steps an epoch.
-SMALL = ["--image-size", "16", "--batch-size", "64", "--epochs", "2", "--checkpoint-every", "5", "--keep", "2"]
 
 
 def cli(*args, env=None):
@@ -40,9 +38,8 @@ def restore_params(run_dir: Path, step: int):
     return tree["params"]
 
 
-def test_loss_falls_and_outputs_are_written(tmp_path):
-    assert main(["train", *SMALL, "--out", str(tmp_path / "run"), "--json"]) == 0
-    run = tmp_path / "run"
+def test_loss_falls_and_outputs_are_written(digits_run):
+    run, _ = digits_run  # train with SMALL's settings, --out run --json (conftest)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     assert records[1]["train_loss"] < records[0]["train_loss"]
@@ -50,7 +47,7 @@ def test_loss_falls_and_outputs_are_written(tmp_path):
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == ["40", "44"]
     assert sorted(p.name for p in (run / "checkpoints" / "44").iterdir() if not p.name.startswith("_")) == [
-        "commit_success.txt", "config", "data", "state"]
+        "commit_success.txt", "config", "data", "run", "state"]
     position = json.loads((run / "checkpoints" / "44" / "data" / "process_0-of-1.json").read_text())
     assert position["step"] == 44 and position["workers"] == 0 and "grain" in position
 

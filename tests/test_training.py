@@ -1,5 +1,5 @@
 """The training library: accuracy, resume across worker counts, lazy metric reads, 1 device == 4 devices,
-2 processes == 1 with each host opening only its own files."""
+2 processes == 1 with each host opening only its own files; fine-tuning torchvision's weights."""
 
 import os
 import socket
@@ -7,15 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 from resnet_bottleneck.data import DataError, ImageArrays, ImageError, digits
 from resnet_bottleneck.data.synthetic import write_image_folder
-from resnet_bottleneck.training import Config, RunOptions, train
+from resnet_bottleneck.io.safetensors import load_variables as load_model_file
+from resnet_bottleneck.io.torchvision import load_torchvision
+from resnet_bottleneck.training import Config, RunOptions, TrainingError, train
 from resnet_bottleneck.training import loop
 
-from helpers import WatchedImages, assert_trees_equal
+from helpers import WatchedImages, assert_trees_equal, random_torchvision
 
 PROGRAM = Path(__file__).parent / "programs" / "train_steps.py"
 
@@ -143,3 +146,67 @@ def test_data_that_fails_mid_epoch_stops_with_a_checkpoint_and_the_step(tmp_path
     resumed = train(Config(image_size=8, batch_size=64, epochs=1), out=tmp_path, progress=False,
                     options=RunOptions(workers=0), datasets=(train_set, held))
     assert resumed.resumed_from == step and resumed.steps == 22
+
+
+# --- fine-tuning torchvision's weights --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """torchvision's resnet18 with random weights and random running statistics, saved as a ``.pth``
+    (1,000 classes), and 72 JPEGs of 3 classes told apart by their colours (58 to train on, 14 held out)."""
+    import torch
+
+    root = tmp_path_factory.mktemp("pretrained")
+    torch.save(random_torchvision("resnet18", seed=0).state_dict(), root / "r18.pth")
+    return root / "r18.pth", write_image_folder(root / "data", classes=3, per_class=24, size=(40, 32))
+
+
+def fine_tune(pretrained, out, **settings):
+    weights, folder = pretrained
+    config = Config(model="resnet18", weights=str(weights), data=str(folder), image_size=32, batch_size=16, epochs=4,
+                    freeze_bn=True, **settings)
+    return train(config, out=out, options=RunOptions(workers=0), progress=False)
+
+
+def without_head(variables):
+    return {collection: {k: v for k, v in tree.items() if k != "fc"} for collection, tree in variables.items()}
+
+
+def test_fine_tuning_starts_from_every_tensor_of_the_file(pretrained, tmp_path):
+    """Nothing of the backbone learns (trainable_layers=0, BatchNorm frozen): only the new 3-class
+    classifier, with AdamW. So every backbone tensor and statistic after training is the one the run
+    started from, and it is the file's, bit for bit: the initial state took every one of them."""
+    result = fine_tune(pretrained, tmp_path, trainable_layers=0, optimizer="adamw", learning_rate=0.01)
+    assert result.initialised == (f"initialised from {pretrained[0]}: every backbone tensor and BatchNorm statistic; "
+                                  "classifier re-initialised: the weights have 1000 classes, the data 3")
+    variables, metadata = load_model_file(result.model_file)
+    _, expected = load_torchvision(pretrained[0], "resnet18")  # the file, read as torchvision's
+    assert_trees_equal(without_head(variables), without_head(expected))
+    assert variables["params"]["fc"]["kernel"].shape == (512, 3)
+    assert metadata["classes"] == '["class_000", "class_001", "class_002"]'
+    assert result.test_accuracy >= 0.6, result.history  # a linear probe; chance is 1/3
+
+
+def test_fine_tuning_with_frozen_stages_and_batchnorm(pretrained, tmp_path):
+    """trainable_layers=2 (layer3 and layer4 learn) with frozen BatchNorm, SGD: the stem, layer1 and
+    layer2 and every running statistic stay the file's bit for bit; every tensor of layer3 and layer4
+    moves; the held-out accuracy is well above chance. And a resume with other weights is refused."""
+    result = fine_tune(pretrained, tmp_path, trainable_layers=2, learning_rate=0.05)
+    variables, _ = load_model_file(result.model_file)
+    _, expected = load_torchvision(pretrained[0], "resnet18")
+    params, before = variables["params"], expected["params"]
+    frozen = [k for k in before if k.startswith(("conv1", "bn1", "layer1_", "layer2_"))]
+    learning = [k for k in before if k.startswith(("layer3_", "layer4_"))]
+    assert len(frozen) == 6 and len(learning) == 4
+    assert_trees_equal({k: params[k] for k in frozen}, {k: before[k] for k in frozen})
+    assert_trees_equal(variables["batch_stats"], expected["batch_stats"])
+    for after, start in zip(jax.tree_util.tree_leaves({k: params[k] for k in learning}),
+                            jax.tree_util.tree_leaves({k: before[k] for k in learning})):
+        assert not np.array_equal(after, start)
+    assert result.test_accuracy >= 0.6, result.history  # chance is 1/3
+
+    other = tmp_path / "other.pth"
+    other.write_bytes(pretrained[0].read_bytes() + b"\0")  # other content: a different SHA-256
+    with pytest.raises(TrainingError, match="weights_sha256: saved '[0-9a-f]{64}', now '[0-9a-f]{64}'"):
+        fine_tune((other, pretrained[1]), tmp_path, trainable_layers=2, learning_rate=0.05)
