@@ -35,6 +35,12 @@ def argument(name: str):
         raise UsageError(f"argument {name}: {err}", details=details) from None
 
 
+def print_skipped(paths: list[str], shown: int = 10) -> None:
+    """The unreadable images a run or an evaluation left out, on one line (none: nothing)."""
+    if paths:
+        print(f"skipped {len(paths)} unreadable image(s): {', '.join(paths[:shown])}{' ...' if len(paths) > shown else ''}")
+
+
 def _checked(convert, accept, expected: str):
     """An argparse type: ``convert(text)``, refused as ``must be {expected}; got ...`` unless ``accept(value)``."""
 

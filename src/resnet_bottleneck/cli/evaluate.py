@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from ._common import UsageError, argument, count, model_name, positive_int
+from ._common import UsageError, argument, count, model_name, positive_int, print_skipped
 
 
 def add_parser(commands) -> None:
@@ -111,7 +111,5 @@ def _run(args) -> int:
     else:
         print(f"top-1 {scores.top1:.4f}, top-5 {scores.top5:.4f}, loss {scores.loss:.4f} on {scores.count} images "
               f"of {described}")
-        if scores.skipped:
-            print(f"skipped {len(scores.skipped)} unreadable image(s): {', '.join(scores.skipped[:10])}"
-                  f"{' ...' if len(scores.skipped) > 10 else ''}")
+        print_skipped(scores.skipped)
     return 0

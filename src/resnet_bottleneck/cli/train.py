@@ -12,7 +12,7 @@ import json
 import sys
 from dataclasses import MISSING, asdict, fields
 
-from ._common import PROG, UsageError, model_name
+from ._common import PROG, UsageError, model_name, print_skipped
 
 
 def _settings():
@@ -149,9 +149,7 @@ def run(args) -> int:
     else:
         print(f"test accuracy {result.test_accuracy:.4f} after {result.epochs} epochs ({result.steps} steps) in "
               f"{result.seconds:.1f} s, {result.images_per_second:,.0f} training images/s")
-        if result.skipped:
-            print(f"skipped {len(result.skipped)} unreadable image(s): {', '.join(result.skipped[:10])}"
-                  f"{' ...' if len(result.skipped) > 10 else ''}")
+        print_skipped(result.skipped)
         print(f"checkpoint {result.checkpoint}; metrics {result.metrics}; curves {result.plot}")
         if result.model_file is not None:
             print(f"model {result.model_file} (predict --weights, evaluate --weights, export)")

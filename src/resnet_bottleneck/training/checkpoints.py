@@ -81,11 +81,7 @@ class Checkpoints:
 
     def check_config(self, step: int) -> None:
         """Raises if the checkpoint cannot be read or was written with other settings."""
-        ocp = self._ocp
-        try:
-            saved = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-        except Exception as err:  # orbax raises many types for unreadable metadata
-            raise TrainingError(f"checkpoint {self._where(step)} is unreadable ({type(err).__name__}: {err})") from None
+        saved = self._restore(step, "is unreadable", config=self._ocp.args.JsonRestore())["config"]
         now = identity(self.config, self.run)
         if saved.get("epochs") != now["epochs"]:
             raise ConfigError("epochs", f"must be {saved.get('epochs')}, as when checkpoint {self._where(step)} was "
@@ -100,40 +96,31 @@ class Checkpoints:
             raise TrainingError(f"checkpoint {self._where(step)} was written by a different run ({listed}); "
                                 "use another output directory or the same settings")
 
+    def _restore(self, step: int, failure: str, **items) -> dict:
+        """``items`` (name -> orbax restore args) of checkpoint ``step``; any failure a :class:`TrainingError`
+        saying ``checkpoint <where> <failure> (<error>)``."""
+        try:
+            return self.manager.restore(step, args=self._ocp.args.Composite(**items))
+        except Exception as err:  # orbax raises many types for unreadable or missing items
+            first = str(err).splitlines()[0] if str(err) else ""
+            raise TrainingError(f"checkpoint {self._where(step)} {failure} ({type(err).__name__}: {first})") from None
+
     def saved_run(self, step: int) -> tuple[dict, dict]:
         """The settings (:func:`identity`) and the ``run`` a checkpoint was written with."""
-        ocp = self._ocp
-        try:
-            saved = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
-                                                                       run=ocp.args.JsonRestore()))
-        except Exception as err:  # orbax raises many types for unreadable or missing items
-            raise TrainingError(f"checkpoint {self._where(step)} is unreadable or was written before runs were "
-                                f"exportable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-                                ) from None
+        json = self._ocp.args.JsonRestore
+        saved = self._restore(step, "is unreadable or older than runs that record their classes",
+                              config=json(), run=json())
         return saved["config"], saved["run"]
 
     def restore_state(self, step: int, abstract_state):
-        """Only the train state at ``step`` (for export: no input pipeline)."""
-        ocp = self._ocp
-        try:
-            return self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state)))["state"]
-        except Exception as err:
-            first = str(err).splitlines()[0] if str(err) else ""
-            raise TrainingError(f"checkpoint {self._where(step)} cannot be restored ({type(err).__name__}: {first})") from None
+        """Only the train state at ``step`` (a model to export: no input pipeline)."""
+        return self._restore(step, "cannot be restored", state=self._ocp.args.StandardRestore(abstract_state))["state"]
 
     def restore(self, step: int, abstract_state) -> tuple:
         """The train state at ``step`` and the input pipeline's position then (see :meth:`save`)."""
         import grain
 
         self.check_config(step)
-        ocp = self._ocp
-        try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=grain.checkpoint.CheckpointRestore(_IteratorState()),
-            ))
-        except Exception as err:
-            first = str(err).splitlines()[0] if str(err) else ""
-            raise TrainingError(f"checkpoint {self._where(step)} cannot be restored ({type(err).__name__}: {first})") from None
+        restored = self._restore(step, "cannot be restored", state=self._ocp.args.StandardRestore(abstract_state),
+                                 data=grain.checkpoint.CheckpointRestore(_IteratorState()))
         return restored["state"], restored["data"].position
