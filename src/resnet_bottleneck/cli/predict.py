@@ -59,6 +59,7 @@ def preprocess(path: str, image_size: int = 224, mean=None, std=None) -> np.ndar
 def _batches(paths: list[str], image_size: int, batch_size: int, workers: int):
     """``(rows, uint8 batch)`` per batch: ``rows`` the ``(path, problem or None)`` of its real images, in order."""
     from .. import data
+    from ..data.pipeline import private_copy
     from ..data.transforms import ImageError, eval_transform
 
     source = data.ImageFiles("", np.asarray([p.encode() for p in paths], dtype=bytes),
@@ -66,7 +67,7 @@ def _batches(paths: list[str], image_size: int, batch_size: int, workers: int):
     stream = iter(data.evaluation_batches(source, image_size=image_size, batch_size=batch_size, workers=workers))
     try:
         for step in range(data.evaluation_steps(source, batch_size)):
-            batch = next(stream)
+            batch = private_copy(next(stream))
             rows = []
             for k in range(batch_size):
                 position = step * batch_size + k

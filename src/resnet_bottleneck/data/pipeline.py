@@ -184,5 +184,12 @@ def evaluation_batches(source: Source, *, image_size: int, batch_size: int, work
     return _finish(dataset, workers)
 
 
+def private_copy(batch: dict) -> dict:
+    """A batch's arrays copied out of the workers' shared memory: grain then frees that memory at once.
+    (Its deletion runs on a background thread: a batch still held when the program ends is left to
+    the resource tracker, which warns of leaked shared memory.)"""
+    return {k: np.array(v) for k, v in batch.items()}
+
+
 def evaluation_steps(source: Source, batch_size: int) -> int:
     return -(-len(source) // batch_size)

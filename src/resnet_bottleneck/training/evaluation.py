@@ -16,6 +16,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from .. import data, xla
+from ..data.pipeline import private_copy
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .devices import batch_sharding, data_mesh, put_batch
 from .state import TrainState, eval_step
@@ -54,7 +55,7 @@ class Evaluation:
                                                          batch_size=self.batch_size, workers=self.workers))
         totals = []
         for _ in range(self.steps):
-            batch = next(self.iterator)
+            batch = private_copy(next(self.iterator))
             self.bad.update(int(i) for i in batch["bad"] if i >= 0)
             totals.append(self.step(state, put_batch(batch, self.sharding)))
         sums = jax.device_get({k: sum(t[k] for t in totals) for k in totals[0]})
