@@ -36,13 +36,15 @@ def cores() -> int:
 
 
 def interleaved(runners: Mapping[str, Callable[[], object]], repeats: int, inner: int | Mapping[str, int] = 1,
-                stat: Callable = statistics.median, warmup: int = 2) -> dict[str, float]:
+                stat: Callable = statistics.median, warmup: int = 2, pause: float = 0.0) -> dict[str, float]:
     """Seconds per call of each runner: ``warmup`` calls each, then ``repeats`` rounds, interleaved.
 
     A runner does one unit of work and waits for it. Each round times ``inner`` calls of every
     runner in turn (``inner`` may differ per runner: a fast one needs more calls to be timed),
     so that drift in the machine's load hits all runners alike. ``stat`` summarises the rounds:
-    the median by default; ``min`` for a peak.
+    the median by default; ``min`` for a peak. ``pause`` seconds pass untimed before each
+    runner's turn, so that the thread pools of the runner before it (OpenMP's, ONNX Runtime's
+    spin-waiting workers) are asleep when it starts.
     """
     calls = inner if isinstance(inner, Mapping) else dict.fromkeys(runners, inner)
     for run in runners.values():
@@ -51,6 +53,8 @@ def interleaved(runners: Mapping[str, Callable[[], object]], repeats: int, inner
     times = {label: [] for label in runners}
     for _ in range(repeats):
         for label, run in runners.items():
+            if pause:
+                time.sleep(pause)
             start = time.perf_counter()
             for _ in range(calls[label]):
                 run()

@@ -6,6 +6,8 @@ The independent oracles themselves (textbook modules, float64 numpy arithmetic) 
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -176,3 +178,19 @@ class WatchedImages:
     def __getitem__(self, index):
         self.on_read(int(index))
         return self.images[index]
+
+
+@contextlib.contextmanager
+def compiles():
+    """A list that grows by one each time JAX compiles a computation inside the block (jax's own monitoring events)."""
+    seen = []
+
+    def listener(event, _, **__):
+        if event == "/jax/core/compile/backend_compile_duration":
+            seen.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield seen
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)

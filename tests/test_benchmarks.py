@@ -138,6 +138,24 @@ def test_interleaved_rounds_warm_up_then_alternate(bench, monkeypatch):
     assert report.interleaved({"a": runner("a"), "b": runner("b")}, repeats=3, stat=min) == {"a": 1.0, "b": 4.0}
 
 
+def test_a_pause_before_each_turn_is_not_timed(bench, monkeypatch):
+    report = bench("_report")
+    clock, events = [0.0], []
+
+    def sleep(seconds):
+        events.append(("sleep", seconds))
+        clock[0] += seconds
+
+    monkeypatch.setattr(report, "time", types.SimpleNamespace(perf_counter=lambda: clock[0], sleep=sleep))
+
+    def run():
+        events.append("run")
+        clock[0] += 1.0
+
+    assert report.interleaved({"a": run}, repeats=2, pause=0.5, warmup=0) == {"a": 1.0}
+    assert events == [("sleep", 0.5), "run", ("sleep", 0.5), "run"]
+
+
 def test_sections_are_replaced_whole_and_appended(bench, tmp_path):
     report = bench("_report")
     path = tmp_path / "B.md"
@@ -182,3 +200,24 @@ def test_data_benchmark_runs_small(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| 0 | " in proc.stdout and "vs PyTorch" in proc.stdout, proc.stdout
     assert (ROOT / "BENCHMARKS.md").read_text() == before
+
+
+def test_deploy_benchmark_runs_quick_and_reads_its_targets(bench, capsys, monkeypatch):
+    """bench_deploy --quick (resnet18, 32x32): every contestant runs, ONNX Runtime agrees with XLA, nothing
+    is written; the verdicts, worked by hand: one layout must reach the bound at every batch."""
+    before = (ROOT / "BENCHMARKS.md").read_text()
+    monkeypatch.setattr(rb, "reuse_freed_memory", lambda: False)
+    deploy = bench("bench_deploy")
+    deploy.main(["--quick", "--pause", "0"])
+    out = capsys.readouterr().out
+    assert "| 1 | " in out and "| 2 | " in out and (ROOT / "BENCHMARKS.md").read_text() == before
+    agreement = float(out.split("max |difference| <= ")[1].split(" ")[0])
+    assert agreement < 1e-4
+
+    T, X, N, H = deploy.TORCH, deploy.XLA, deploy.ORT["NCHW"], deploy.ORT["NHWC"]
+    rows = [(1, {T: 1.0, X: 1.0, N: 0.8, H: 0.7}), (8, {T: 1.0, X: 1.0, N: 0.75, H: 0.9})]
+    lines = deploy.verdicts(rows, [1e-6, 2e-6])
+    assert lines[0] == ("- ONNX Runtime on our export >= 1.25x PyTorch's images/s at every batch: **met** (NCHW); "
+                        "moonshot 1.5x: **not met**. Measured: NCHW batch 1: 1.25x, batch 8: 1.33x; "
+                        "NHWC batch 1: 1.43x, batch 8: 1.11x.")
+    assert lines[1].endswith("<= 2.0e-06 of the largest logit (bound 1e-4).")

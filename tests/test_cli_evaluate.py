@@ -13,7 +13,7 @@ import torch
 from resnet_bottleneck.cli import main
 from resnet_bottleneck.io.safetensors import load_variables
 
-from helpers import assert_trees_equal, one_line_error, random_torchvision
+from helpers import assert_trees_equal, compiles, one_line_error, random_torchvision
 
 torch.set_num_threads(2)
 
@@ -101,6 +101,32 @@ def test_evaluate_equals_the_runs_test_accuracy(digits_run, capsys):
         assert scores["data"] == "the run's held-out split of the digits (20%, seed 0)"
 
 
+def test_a_runs_onnx_export_scores_as_the_run_with_no_jax_compile(digits_run, digits_pngs, tmp_path, capsys):
+    """export RUN OUT.onnx carries the class names, normalisation and held-out split: evaluate --runtime
+    onnxruntime scores the run's held-out digits as the run did (float32 in another runtime: the same
+    predictions here, the loss within 1e-4), and predict names the same classes, JAX compiling nothing."""
+    run, summary = digits_run
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert main(["export", str(run), str(tmp_path / "digits.onnx")]) == 0
+    capsys.readouterr()
+    assert main(["predict", *digits_pngs, "--weights", str(run), "--json"]) == 0
+    expected = json.loads(capsys.readouterr().out)
+    with compiles() as compiled:
+        assert main(["evaluate", "--weights", str(tmp_path / "digits.onnx"), "--runtime", "onnxruntime", "--json"]) == 0
+        scores = json.loads(capsys.readouterr().out)
+        assert main(["predict", *digits_pngs, "--weights", str(tmp_path / "digits.onnx"), "--runtime", "onnxruntime",
+                     "--json"]) == 0
+        got = json.loads(capsys.readouterr().out)
+    assert compiled == []
+    assert scores["images"] == 359 and scores["data"] == "the run's held-out split of the digits (20%, seed 0)"
+    assert (scores["top1"], scores["top5"]) == (last["test_accuracy"], last["test_top5"])
+    np.testing.assert_allclose(scores["loss"], last["test_loss"], rtol=1e-4)
+    for mine, theirs in zip(got, expected):
+        assert [(r["class"], r["label"]) for r in mine["top5"]] == [(r["class"], r["label"]) for r in theirs["top5"]]
+        np.testing.assert_allclose([r["probability"] for r in mine["top5"]],
+                                   [r["probability"] for r in theirs["top5"]], atol=1e-5)
+
+
 def test_evaluate_a_folder_as_torchvision_computes_it(tmp_path):
     """torchvision's weights (random, 10 classes) on an ImageNet-layout folder (val/ is evaluated):
     top-1, top-5 and the mean cross-entropy as torchvision's own model and transforms compute them."""
@@ -147,7 +173,10 @@ def test_evaluate_a_folder_as_torchvision_computes_it(tmp_path):
     (["export", "{tmp}", "{tmp}/m.safetensors"], "argument IN: {tmp} has no checkpoint (expected {tmp}/checkpoints/"),
     (["export", "{tmp}/r18.pth", "{tmp}/m.safetensors"],
      "argument IN: {tmp}/r18.pth does not name its model, as torchvision's weights do not (its tensors fit resnet18)"),
-    (["export", "{tmp}/r18.pth", "{tmp}/m.onnx", "--model", "resnet18"], "argument OUT: must end in .safetensors"),
+    (["export", "{tmp}/r18.pth", "{tmp}/m.pb", "--model", "resnet18"], "argument OUT: must end in .safetensors, .onnx"),
+    (["evaluate", "--weights", "{tmp}/m.onnx"], "argument --weights: {tmp}/m.onnx is an ONNX file; evaluate it with --runtime onnxruntime"),
+    (["evaluate", "--weights", "{tmp}/r18.pth", "--runtime", "onnxruntime"],
+     "argument --weights: {tmp}/r18.pth is not an ONNX model ONNX Runtime can run"),
     (["predict", "{png}", "--weights", "{run}/model.safetensors", "--model", "resnet50"],
      "argument --weights: {run}/model.safetensors holds 'resnet_tiny' variables, not 'resnet50'"),
     (["evaluate", "--weights", "{run}", "--model", "resnet18"], "argument --weights: {run} holds a run of 'resnet_tiny'"),

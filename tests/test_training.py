@@ -210,3 +210,26 @@ def test_fine_tuning_with_frozen_stages_and_batchnorm(pretrained, tmp_path):
     other.write_bytes(pretrained[0].read_bytes() + b"\0")  # other content: a different SHA-256
     with pytest.raises(TrainingError, match="weights_sha256: saved '[0-9a-f]{64}', now '[0-9a-f]{64}'"):
         fine_tune((other, pretrained[1]), tmp_path, trainable_layers=2, learning_rate=0.05)
+
+
+@pytest.mark.parametrize("classes", [3, 10])
+def test_host_sums_are_eval_steps_in_numpy(classes, rng):
+    """evaluate_onnx's numpy sums equal eval_step's on the same logits (JAX's top_k, optax's cross-entropy);
+    a padded row (mask False) counts nowhere."""
+    import jax.numpy as jnp
+
+    from resnet_bottleneck.training.evaluation import host_sums
+    from resnet_bottleneck.training.state import eval_step
+
+    logits = rng.normal(size=(9, classes)).astype(np.float32) * 4
+    labels = rng.integers(0, classes, 9).astype(np.int32)
+    labels[:3] = np.argsort(-logits[:3], axis=1)[:, [0, 1, min(5, classes - 1)]].diagonal()  # a hit, near hits
+    mask = np.arange(9) < 8
+    state = type("State", (), {"params": {}, "batch_stats": {}, "apply_fn": staticmethod(lambda v, x, train: logits)})
+    batch = {"image": np.zeros((9, 2, 2, 3), np.uint8), "label": labels, "mask": mask}
+    expected = jax.device_get(eval_step(state, batch))
+    got = host_sums(logits, labels, mask)
+    assert {k: int(got[k]) for k in ("correct", "top5", "count")} == {k: int(expected[k]) for k in ("correct", "top5", "count")}
+    assert int(got["count"]) == 8 and 0 < int(got["correct"]) <= int(got["top5"]) <= 8
+    np.testing.assert_allclose(float(got["loss"]), float(expected["loss"]), rtol=1e-6)
+    assert int(host_sums(logits, (labels + 1) % classes, mask)["correct"]) != int(got["correct"])  # labels matter

@@ -7,6 +7,7 @@ from .fold import fold_batchnorm
 from .forward import resnet_basic_forward, resnet_bottleneck_forward
 from .models import CONFIGS, ResNet, create_model, feature_info
 from .io import load_model
+from .io.onnx import export_onnx
 from .io.torchvision import from_torchvision, from_torchvision_fpn, to_torchvision, to_torchvision_fpn
 from .xla import compiler_options, jit, reuse_freed_memory
 
@@ -19,6 +20,7 @@ __all__ = [
     "ResNet",
     "create_fpn_backbone",
     "create_model",
+    "export_onnx",
     "compiler_options",
     "feature_info",
     "fold_batchnorm",

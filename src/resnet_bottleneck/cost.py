@@ -82,6 +82,26 @@ def _valid_taps(size: int, out: int, kernel: int, stride: int, dilation: int, lo
     return sum(0 <= o * stride - low + j * dilation < size for o in range(out) for j in range(kernel))
 
 
+def traced_layers(module: nn.Module, variables, x) -> list[tuple[nn.Module, tuple, tuple]]:
+    """``(layer, input shape, output shape)`` of every conv and dense layer ``module.apply(variables, x)``
+    calls, in call order; the layers are the bound modules, with their attributes and ``scope.path``.
+
+    Evaluated abstractly (``jax.eval_shape``): ``variables`` and ``x`` may be ``jax.ShapeDtypeStruct``s.
+    """
+    records = []
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        layer = context.module
+        if context.method_name == "__call__" and isinstance(layer, (nn.Conv, nn.Dense)):
+            records.append((layer, tuple(args[0].shape), tuple(out.shape)))
+        return out
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(module.apply, variables, x)
+    return records
+
+
 def layer_costs(module: nn.Module, variables, x) -> list[dict]:
     """Every conv and dense layer that ``module.apply(variables, x)`` runs, with its cost.
 
@@ -91,20 +111,8 @@ def layer_costs(module: nn.Module, variables, x) -> list[dict]:
     the taps that fall on zero padding (what XLA's cost analysis counts).
     ``variables`` and ``x`` may be ``jax.ShapeDtypeStruct``s: nothing is computed.
     """
-    records = []
-
-    def record(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        layer = context.module
-        if context.method_name == "__call__" and isinstance(layer, (nn.Conv, nn.Dense)):
-            records.append((layer, args[0].shape, out.shape))
-        return out
-
-    with nn.intercept_methods(record):
-        jax.eval_shape(module.apply, variables, x)
-
     costs = []
-    for layer, in_shape, out_shape in records:
+    for layer, in_shape, out_shape in traced_layers(module, variables, x):
         if isinstance(layer, nn.Dense):
             weights = in_shape[-1] * layer.features
             macs = unpadded = weights

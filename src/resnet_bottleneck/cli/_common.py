@@ -73,3 +73,24 @@ def model_name(text: str) -> str:
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise argparse.ArgumentTypeError(f"must be one of {', '.join(CONFIGS)}; got {text!r}{hint}")
     return text
+
+
+def open_onnx(weights: str, model: str | None):
+    """``(classifier, number of classes, image size)`` of an ``.onnx`` file for ``--runtime onnxruntime``:
+    checked against ``--model`` when the file names its model; a dynamic class axis is found by one run."""
+    import numpy as np
+
+    from ..io.metadata import DEFAULT_IMAGE_SIZE
+    from ..io.onnx import load_onnx
+
+    with argument("--weights"):
+        classifier = load_onnx(weights)
+    named = classifier.metadata.get("model")
+    if model is not None and named is not None and named != model:
+        raise UsageError(f"argument --model: {weights} holds {named!r}, not {model!r}")
+    image_size = classifier.image_size or DEFAULT_IMAGE_SIZE
+    num_classes = classifier.num_classes
+    if num_classes is None:
+        with argument("--weights"):
+            num_classes = classifier(np.zeros((1, image_size, image_size, 3), np.float32)).shape[1]
+    return classifier, num_classes, image_size

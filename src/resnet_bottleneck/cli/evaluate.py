@@ -2,14 +2,16 @@
 
 The same evaluation as training's (``training.evaluate``): the evaluation transform at the model's
 image size, its normalisation, batches sharded over every device. A run's model file evaluated on
-the run's held-out split scores exactly the run's last reported test accuracy.
+the run's held-out split scores exactly the run's last reported test accuracy. ``--runtime
+onnxruntime`` evaluates an ``.onnx`` file from ``export`` instead, with ONNX Runtime: the same
+pipeline, transform and sums, nothing compiled by JAX.
 """
 
 from __future__ import annotations
 
 import json
 
-from ._common import UsageError, argument, count, model_name, positive_int, print_skipped
+from ._common import UsageError, argument, count, model_name, open_onnx, positive_int, print_skipped
 
 
 def add_parser(commands) -> None:
@@ -23,7 +25,9 @@ def add_parser(commands) -> None:
     )
     parser.add_argument("--weights", required=True,
                         help="a model file (train's OUT/model.safetensors, export's), a run directory, or torchvision "
-                        "weights (with --model)")
+                        "weights (with --model); an .onnx file from export with --runtime onnxruntime")
+    parser.add_argument("--runtime", choices=("jax", "onnxruntime"), default="jax",
+                        help="jax (the default), or onnxruntime to evaluate an .onnx file from export")
     parser.add_argument("--data", help="image folder: ROOT/<class>/<image>, or ROOT/val/<class>/<image> (ImageNet's "
                         "layout); default: the run's held-out split")
     parser.add_argument("--model", type=model_name, help="the model name: needed for torchvision's weights")
@@ -87,23 +91,38 @@ def _run(args) -> int:
     from .. import data
     from ..io import class_names, load_model
     from ..io.metadata import preprocessing
-    from ..training import evaluate
+    from ..training import evaluate, evaluate_onnx
 
+    if args.runtime == "onnxruntime":
+        classifier, num_classes, image_size = open_onnx(args.weights, args.model)
+        metadata = classifier.metadata
+    else:
+        if args.weights.lower().endswith(".onnx"):
+            raise UsageError(f"argument --weights: {args.weights} is an ONNX file; evaluate it with --runtime onnxruntime")
+        with argument("--weights"):
+            model, variables, metadata = load_model(args.weights, args.model)
+            image_size, mean, std = preprocessing(metadata, args.weights)
+        num_classes = model.num_classes
     with argument("--weights"):
-        model, variables, metadata = load_model(args.weights, args.model)
-        image_size, mean, std = preprocessing(metadata, args.weights)
-        names = class_names(model.num_classes, metadata)
+        names = class_names(num_classes, metadata)
     if args.data is not None:
         source, described = _folder(args.data), args.data
     else:
         source, described = _split(metadata, args.weights)
-    source = _labelled(source, names, model.num_classes, described) if isinstance(source, data.ImageFiles) else source
+    source = _labelled(source, names, num_classes, described) if isinstance(source, data.ImageFiles) else source
     workers = args.workers
     if workers is None:
         workers = data.default_workers() if isinstance(source, data.ImageFiles) else 0
     batch_size = args.batch_size or int(metadata.get("batch_size", 64))
-    scores = evaluate(model, variables, source, image_size=args.image_size or image_size, batch_size=batch_size,
-                      mean=mean, std=std, workers=workers)
+    if args.runtime == "onnxruntime":
+        if args.image_size is not None and classifier.image_size not in (None, args.image_size):
+            raise UsageError(f"argument --image-size: {args.weights} takes {classifier.image_size}x"
+                             f"{classifier.image_size} images; got {args.image_size}")
+        scores = evaluate_onnx(classifier, source, image_size=args.image_size or image_size, batch_size=batch_size,
+                               workers=workers)
+    else:
+        scores = evaluate(model, variables, source, image_size=args.image_size or image_size, batch_size=batch_size,
+                          mean=mean, std=std, workers=workers)
     if args.json:
         print(json.dumps({"weights": args.weights, "model": metadata.get("model", args.model), "data": described,
                           "images": scores.count, "top1": scores.top1, "top5": scores.top5, "loss": scores.loss,

@@ -6,6 +6,10 @@ not grow with the number of images. Paths that are not files are refused before 
 image that cannot be decoded is skipped and the others go on; at the end one line names it
 (and counts any others) and the exit status is 2, so a script sees that not every image was
 classified. ``--json`` then lists it with its ``error`` in place of ``top5``.
+
+``--runtime jax`` (the default) runs our model on JAX; ``--runtime onnxruntime`` runs an ``.onnx``
+file from ``export`` (or any image classifier of that shape) with ONNX Runtime, compiling nothing
+with JAX.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import sys
 
 import numpy as np
 
-from ._common import UsageError, argument, count, model_name, positive_int
+from ._common import UsageError, argument, count, model_name, open_onnx, positive_int
 
 
 def add_parser(commands) -> None:
@@ -26,14 +30,18 @@ def add_parser(commands) -> None:
         description="The evaluation transform (resize the shorter side to image size / 0.875, center crop) at the "
         "model file's image size and normalisation (torchvision's ImageNet preprocessing, 256 then 224, for "
         "files that do not say), then the top-5 classes of each image, named by --labels, else by the weights "
-        "file's own class names, else by ImageNet's for a 1,000-class model; otherwise by index.",
+        "file's own class names, else by ImageNet's for a 1,000-class model; otherwise by index. With --runtime "
+        "onnxruntime, an .onnx file from export (its metadata gives the same) or any image classifier with one "
+        "[N, 3, H, W] or [N, H, W, 3] float input and one [N, classes] output.",
     )
     parser.add_argument("images", metavar="IMAGE", nargs="+")
     parser.add_argument("--weights", required=True,
                         help="a model file (train's OUT/model.safetensors, export's, convert's), a run directory, or "
-                        "torchvision weights (.pth, .pt, .safetensors)")
+                        "torchvision weights (.pth, .pt, .safetensors); an .onnx file with --runtime onnxruntime")
     parser.add_argument("--model", type=model_name,
                         help="the model name, e.g. resnet50: needed for torchvision's weights; our files name theirs")
+    parser.add_argument("--runtime", choices=("jax", "onnxruntime"), default="jax",
+                        help="jax (the default), or onnxruntime to run an .onnx file from export")
     parser.add_argument("--labels", help="a text file with one class name per line (overrides the weights' own "
                         "names and ImageNet's)")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
@@ -91,27 +99,53 @@ def _line(result: dict) -> str:
                                               f"({r['probability']:.3f})" for r in result["top5"])
 
 
-def run(args) -> int:
+def _jax_classifier(args):
+    """``(probabilities of a uint8 NHWC batch, number of classes, metadata, image size)`` of our model on JAX."""
     import jax
 
     from .. import xla
     from ..data.transforms import normalize
-    from ..io import class_names, load_model
-    from ..io.classes import read_labels
+    from ..io import load_model
     from ..io.metadata import preprocessing
+
+    if args.weights.lower().endswith(".onnx"):
+        raise UsageError(f"argument --weights: {args.weights} is an ONNX file; run it with --runtime onnxruntime")
+    with argument("--weights"):
+        model, variables, metadata = load_model(args.weights, args.model)
+        image_size, mean, std = preprocessing(metadata, args.weights)
+    forward = xla.jit(lambda v, x: jax.nn.softmax(model.apply(v, normalize(x, mean, std), train=False)))
+    return (lambda x: np.asarray(forward(variables, x))), model.num_classes, metadata, image_size
+
+
+def _onnx_classifier(args):
+    """The same for an ``.onnx`` file run by ONNX Runtime (its metadata, or its fixed input size, sets the transform)."""
+    from ..data.transforms import normalize
+
+    classifier, num_classes, image_size = open_onnx(args.weights, args.model)
+
+    def probabilities(x):
+        with argument("--weights"):
+            logits = classifier(normalize(x, classifier.mean, classifier.std)).astype(np.float64)
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    return probabilities, num_classes, classifier.metadata, image_size
+
+
+def run(args) -> int:
+    from ..io import class_names
+    from ..io.classes import read_labels
 
     if args.labels is not None:
         with argument("--labels"):
             read_labels(args.labels)  # a bad labels file is reported before any weights are read
-    with argument("--weights"):
-        model, variables, metadata = load_model(args.weights, args.model)
-        image_size, mean, std = preprocessing(metadata, args.weights)
+    classifier = _onnx_classifier if args.runtime == "onnxruntime" else _jax_classifier
+    forward, num_classes, metadata, image_size = classifier(args)
     with argument("--labels" if args.labels is not None else "--weights"):
-        labels = class_names(model.num_classes, metadata, args.labels)
+        labels = class_names(num_classes, metadata, args.labels)
     for path in args.images:  # every path is checked before any work; decoding happens as the batches go
         if not os.path.isfile(path):
             raise UsageError(f"argument IMAGE: no such file: {path}")
-    forward = xla.jit(lambda v, x: jax.nn.softmax(model.apply(v, normalize(x, mean, std), train=False)))
     batch_size = min(args.batch_size, len(args.images))
     results, problems = [], []
     bar = None
@@ -120,7 +154,7 @@ def run(args) -> int:
 
         bar = tqdm(total=len(args.images), unit="image", file=sys.stderr, leave=False)
     for rows, images in _batches(args.images, image_size, batch_size, args.workers):
-        probabilities = np.asarray(forward(variables, images))
+        probabilities = forward(images)
         for (path, problem), probs in zip(rows, probabilities):
             if problem is not None:
                 problems.append(problem)

@@ -1,7 +1,7 @@
-"""Weights in and out, one module per format: :mod:`.safetensors` (ours), :mod:`.torchvision`;
-the names of a model's classes (:mod:`.classes`) and how to preprocess its images
-(:mod:`.metadata`); :func:`load_model` for any of them; and :func:`atomic_write`, with which
-everything here writes: a file appears whole or not at all."""
+"""Weights in and out, one module per format: :mod:`.safetensors` (ours), :mod:`.torchvision`,
+:mod:`.onnx` (out, and ONNX Runtime to run it); the names of a model's classes (:mod:`.classes`)
+and how to preprocess its images (:mod:`.metadata`); :func:`load_model` for any of them; and
+:func:`atomic_write`, with which everything here writes: a file appears whole or not at all."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ and a run's model file."""
 from .checkpoints import Checkpoints
 from .config import Config, ConfigError, DivergedError, RunOptions, TrainingError
 from .devices import data_mesh, maybe_initialize_distributed
-from .evaluation import Scores, evaluate
+from .evaluation import Scores, evaluate, evaluate_onnx
 from .loop import Result, load_datasets, train
 from .state import TrainState, create_train_state, eval_step, make_optimizer, train_step
 from .weights import MODEL_FILE, load_run
@@ -24,6 +24,7 @@ __all__ = [
     "data_mesh",
     "eval_step",
     "evaluate",
+    "evaluate_onnx",
     "load_datasets",
     "load_run",
     "make_optimizer",

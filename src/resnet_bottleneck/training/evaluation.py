@@ -12,12 +12,13 @@ import time
 from dataclasses import dataclass, field
 
 import jax
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from .. import data, xla
 from ..data.pipeline import private_copy
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from .devices import batch_sharding, data_mesh, put_batch
 from .state import TrainState, eval_step
 
@@ -37,7 +38,8 @@ class Evaluation:
     """Scores over ``source``; one pipeline (and its workers) serves every pass, as the loop evaluates each epoch.
 
     ``step`` is the jitted :func:`~.state.eval_step` (see :func:`compile_eval_step`); ``sharding``
-    places the batch's rows over the devices.
+    places the batch's rows over the devices (``None``: the batch stays a host array, for a step
+    that runs outside JAX, as :func:`evaluate_onnx`'s).
     """
 
     def __init__(self, source, image_size: int, batch_size: int, workers: int, step, sharding):
@@ -57,8 +59,8 @@ class Evaluation:
         for _ in range(self.steps):
             batch = private_copy(next(self.iterator))
             self.bad.update(int(i) for i in batch["bad"] if i >= 0)
-            totals.append(self.step(state, put_batch(batch, self.sharding)))
-        sums = jax.device_get({k: sum(t[k] for t in totals) for k in totals[0]})
+            totals.append(self.step(state, batch if self.sharding is None else put_batch(batch, self.sharding)))
+        sums = {k: np.asarray(jax.device_get(sum(t[k] for t in totals))) for k in totals[0]}
         self.seconds += time.perf_counter() - started
         count = max(int(sums["count"]), 1)
         return Scores(int(sums["correct"]) / count, int(sums["top5"]) / count, float(sums["loss"]) / count,
@@ -97,5 +99,32 @@ def evaluate(model, variables, source, *, image_size: int, batch_size: int, mean
                             batch_sharding(mesh))
     try:
         return evaluation(state)
+    finally:
+        evaluation.close()
+
+
+def host_sums(logits: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> dict:
+    """:func:`~.state.eval_step`'s sums from logits computed elsewhere (ONNX Runtime), in numpy: no JAX compile."""
+    logits = np.asarray(logits, np.float64)
+    k = min(5, logits.shape[-1])
+    top5 = np.any(np.argsort(-logits, axis=-1, kind="stable")[:, :k] == labels[:, None], axis=-1)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    loss = np.log(np.exp(shifted).sum(axis=-1)) - np.take_along_axis(shifted, labels[:, None].astype(np.int64), -1)[:, 0]
+    return {"correct": np.sum((np.argmax(logits, -1) == labels) & mask), "top5": np.sum(top5 & mask),
+            "loss": np.sum(np.where(mask, loss, 0.0)), "count": np.sum(mask)}
+
+
+def evaluate_onnx(classifier, source, *, image_size: int, batch_size: int, workers: int = 0) -> Scores:
+    """:func:`evaluate` for an ``.onnx`` classifier (:func:`~resnet_bottleneck.io.onnx.load_onnx`), run by
+    ONNX Runtime with its own normalisation (``classifier.mean``, ``.std``): the same pipeline, transform
+    and sums, and nothing compiled by JAX."""
+
+    def step(model, batch):
+        logits = model(normalize(batch["image"], model.mean, model.std))
+        return host_sums(logits, batch["label"], batch["mask"])
+
+    evaluation = Evaluation(source, image_size, batch_size, workers, step, None)
+    try:
+        return evaluation(classifier)
     finally:
         evaluation.close()

@@ -1,0 +1,203 @@
+"""CPU deployment: ResNet-50 inference in PyTorch, in XLA and in ONNX Runtime on our export, side by side.
+
+Contestants, float32, 224x224, all cores, rounds interleaved, medians:
+
+* PyTorch eager: torchvision's ResNet-50 in ``channels_last`` under ``inference_mode``;
+* ours in XLA: BatchNorm folded (:func:`fold_batchnorm`), under :func:`resnet_bottleneck.jit`;
+* ours in ONNX Runtime: :func:`export_onnx`'s graph (BatchNorm folded, one Conv per conv,
+  dynamic batch, ``image_size`` fixed) with :func:`resnet_bottleneck.io.onnx.session_options`,
+  fed NCHW and NHWC.
+
+The ONNX Runtime output is checked against XLA's on the same weights (1e-4 of the logits'
+scale) before anything is timed. ``--options`` also times session-option variants and the
+graph with dynamic height and width against the defaults (one interleaved A/B run per batch).
+
+    python benchmarks/bench_deploy.py [--batches 1 8] [--repeats 7] [--options] [--quick] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from functools import partial
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _workloads as w  # noqa: E402
+from _report import BENCHMARKS_MD, SYSTEM_MALLOC, cores, interleaved, write_section  # noqa: E402
+
+import resnet_bottleneck as rb  # noqa: E402
+
+TORCH, XLA = "PyTorch eager", "ours, XLA"
+ORT = {"NCHW": "ours, ONNX Runtime (NCHW)", "NHWC": "ours, ONNX Runtime (NHWC)"}
+TARGET, MOONSHOT = 1.25, 1.5
+
+
+def _session(proto, **changes):
+    """An ONNX Runtime session with our options, ``changes`` applied (``spinning``, ``level``, ``threads``)."""
+    import onnxruntime as ort
+
+    from resnet_bottleneck.io.onnx import session_options
+
+    options = session_options(changes.get("threads"))
+    if "level" in changes:
+        options.graph_optimization_level = changes["level"]
+    if "spinning" in changes:
+        options.add_session_config_entry("session.intra_op.allow_spinning", changes["spinning"])
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def random_variables(model, size: int, seed: int = 0) -> dict:
+    """Random variables of ``model`` without compiling its ``init``: kernels normal over the square root of
+    their fan-in, BatchNorm scales and variances in [0.5, 1.5), other vectors 0.1 normal."""
+    from flax import traverse_util
+
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, size, size, 3), np.float32))
+    flat = {}
+    for key, leaf in traverse_util.flatten_dict(dict(shapes)).items():
+        if key[-1] == "kernel":
+            value = rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
+        elif key[-1] in ("scale", "var"):
+            value = 0.5 + rng.random(leaf.shape)
+        else:
+            value = 0.1 * rng.standard_normal(leaf.shape)
+        flat[key] = value.astype(np.float32)
+    return traverse_util.unflatten_dict(flat)
+
+
+def contestants(name: str, batch: int, size: int):
+    """The runners at one batch, and ONNX Runtime's agreement with XLA on the same weights."""
+    from resnet_bottleneck.io.onnx import onnx_model
+
+    model = rb.create_model(name)
+    x = np.random.default_rng(0).standard_normal((batch, size, size, 3)).astype(np.float32)
+    variables = random_variables(model, size)
+    folded_model, folded = rb.fold_batchnorm(model, variables)
+    forward = rb.jit(partial(folded_model.apply, train=False))
+    protos = {layout: onnx_model(model, variables, layout=layout, image_size=size) for layout in ORT}
+    inputs = {"NCHW": np.ascontiguousarray(x.transpose(0, 3, 1, 2)), "NHWC": x}
+    sessions = {layout: _session(proto) for layout, proto in protos.items()}
+    expected = np.asarray(forward(folded, x))
+    agreement = max(np.abs(s.run(None, {"images": inputs[k]})[0] - expected).max() for k, s in sessions.items())
+    agreement /= np.abs(expected).max()
+    runners = {TORCH: w.torch_eval(name, batch, size), XLA: lambda: forward(folded, x).block_until_ready()}
+    for layout, s in sessions.items():
+        runners[ORT[layout]] = partial(s.run, None, {"images": inputs[layout]})
+    return runners, agreement, protos["NCHW"], onnx_model(model, variables), inputs["NCHW"]
+
+
+def option_variants(proto, dynamic, x):
+    """Session-option variants of the NCHW graph, each against the defaults; and the graph with dynamic height and width."""
+    import onnxruntime as ort
+
+    variants = {
+        "defaults (ORT_ENABLE_ALL, spinning)": {},
+        "dynamic height and width": {"proto": dynamic},
+        "no spinning (allow_spinning 0)": {"spinning": "0"},
+        "ORT_ENABLE_EXTENDED (no NCHWc layout)": {"level": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED},
+        "ORT_ENABLE_BASIC": {"level": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC},
+        "1 intra-op thread": {"threads": 1},
+    }
+    return {label: partial(_session(changes.pop("proto", proto), **changes).run, None, {"images": x})
+            for label, changes in variants.items()}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--pause", type=float, default=0.1,
+                        help="untimed seconds before each contestant's turn, for the other thread pools to go idle")
+    parser.add_argument("--options", action="store_true", help="also time session-option variants (A/B)")
+    parser.add_argument("--quick", action="store_true", help="toy sizes (resnet18 at 32x32), one round; writes nothing")
+    parser.add_argument("--write", action="store_true", help="rewrite the deploy section of BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    if args.write and args.quick:
+        parser.error("--quick is a smoke test; it does not --write")
+    reused = not SYSTEM_MALLOC and rb.reuse_freed_memory()
+    start_load = ", ".join(f"{a:.2f}" for a in os.getloadavg())
+    import onnxruntime
+    import torch
+
+    name, size, batches, repeats = "resnet50", args.image_size, args.batches, args.repeats
+    if args.quick:
+        name, size, batches, repeats = "resnet18", 32, [1, 2], 1
+    rows, option_rows, agreements = [], [], []
+    for batch in batches:
+        runners, agreement, proto, dynamic, x = contestants(name, batch, size)
+        agreements.append(agreement)
+        print(f"batch {batch}: ONNX Runtime vs XLA, max |difference| / max |logit| = {agreement:.1e}", flush=True)
+        inner = max(1, 8 // batch)  # about as long a timed call at every batch
+        seconds = interleaved(runners, repeats, inner, pause=args.pause)
+        rows.append((batch, seconds))
+        print(f"batch {batch}: " + "  ".join(f"{k} {v * 1e3:.1f} ms" for k, v in seconds.items()), flush=True)
+        if args.options:
+            variants = interleaved(option_variants(proto, dynamic, x), repeats, inner, pause=args.pause)
+            option_rows.append((batch, variants))
+            print(f"batch {batch} options: " + "  ".join(f"{k} {v * 1e3:.1f} ms" for k, v in variants.items()),
+                  flush=True)
+        del runners
+
+    lines = [*table(rows), "", *verdicts(rows, agreements), *options_table(option_rows)]
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        load = ", ".join(f"{a:.2f}" for a in os.getloadavg())
+        write_section(
+            "deploy", "Deploy: ResNet-50 inference on CPU, PyTorch vs XLA vs ONNX Runtime on our export (float32)",
+            text, reused_memory=reused,
+            note=f" (medians of {repeats} interleaved rounds; {cores()} threads for everyone; "
+                        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; load average at the start "
+                 f"{start_load}, at the end {load}, this run's own threads included)",
+            text="Ratios are images/s relative to PyTorch (above 1 is faster). `resnet-bottleneck export IN OUT.onnx "
+                 "--image-size 224` writes the graph timed here; `predict --runtime onnxruntime` runs it with these "
+                 "session options.")
+
+
+def table(rows) -> list[str]:
+    """One row a batch: each contestant's time, images/s and speed relative to PyTorch."""
+    contenders = [XLA, *ORT.values()]
+    lines = [f"| batch | {TORCH} | " + " | ".join(contenders) + " |", "|---" * (2 + len(contenders)) + "|"]
+    for batch, s in rows:
+        cells = [f"{s[k] * 1e3:.1f} ms, {batch / s[k]:.1f} img/s (**{s[TORCH] / s[k]:.2f}x**)" for k in contenders]
+        lines.append(f"| {batch} | {s[TORCH] * 1e3:.1f} ms, {batch / s[TORCH]:.1f} img/s (1.00x) | " + " | ".join(cells) + " |")
+    return lines
+
+
+def verdicts(rows, agreements) -> list[str]:
+    """The targets, read off the rows: one file (one layout) must reach them at every batch."""
+    speed = {layout: {batch: s[TORCH] / s[ORT[layout]] for batch, s in rows} for layout in ORT}
+    shown = "; ".join(f"{layout} " + ", ".join(f"batch {b}: {r:.2f}x" for b, r in ratios.items())
+                      for layout, ratios in speed.items())
+
+    def verdict(bound):
+        met = [layout for layout, ratios in speed.items() if min(ratios.values()) >= bound]
+        return f"**met** ({', '.join(met)})" if met else "**not met**"
+
+    return [f"- ONNX Runtime on our export >= {TARGET}x PyTorch's images/s at every batch: {verdict(TARGET)}; "
+            f"moonshot {MOONSHOT}x: {verdict(MOONSHOT)}. Measured: {shown}.",
+            f"- ONNX Runtime agrees with XLA on the same weights: max |difference| <= "
+            f"{max(agreements):.1e} of the largest logit (bound 1e-4)."]
+
+
+def options_table(option_rows) -> list[str]:
+    if not option_rows:
+        return []
+    labels = list(option_rows[0][1])
+    lines = ["", "Session options and shapes, NCHW graph, one interleaved A/B run per batch (time relative to the defaults; "
+             "above 1 is slower):", "", "| batch | " + " | ".join(labels) + " |", "|---" * (1 + len(labels)) + "|"]
+    for batch, s in option_rows:
+        base = s[labels[0]]
+        lines.append(f"| {batch} | " + " | ".join(f"{s[k] * 1e3:.1f} ms ({s[k] / base:.2f})" for k in labels) + " |")
+    return lines
+
+
+if __name__ == "__main__":
+    assert BENCHMARKS_MD.exists()
+    main()

@@ -1,0 +1,243 @@
+"""export_onnx: ONNX Runtime computes what our eval-mode model computes, from a canonical graph."""
+
+import functools
+import json
+import subprocess
+import sys
+from collections import Counter
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from flax import traverse_util
+
+from resnet_bottleneck import BottleneckBlock, ResNet, create_model, fold_batchnorm
+from resnet_bottleneck.io.onnx import LAYOUTS, OPSET, export_onnx, load_onnx, onnx_model, session_options
+from resnet_bottleneck.io.torchvision import from_torchvision
+
+from helpers import assert_close_to_scale, random_torchvision, random_variables
+
+PARITY_MODELS = ("resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2")
+CANONICAL_OPS = {"Conv", "Relu", "MaxPool", "Add", "GlobalAveragePool", "Flatten", "Gemm"}
+
+
+def session(path_or_proto):
+    source = path_or_proto.SerializeToString() if isinstance(path_or_proto, onnx.ModelProto) else str(path_or_proto)
+    return ort.InferenceSession(source, session_options(), providers=["CPUExecutionProvider"])
+
+
+def run(sess, x_nhwc, layout):
+    x = x_nhwc if layout == "NHWC" else x_nhwc.transpose(0, 3, 1, 2)
+    return sess.run(None, {"images": np.ascontiguousarray(x, np.float32)})[0]
+
+
+def eval_output(model, variables, x):
+    return np.asarray(jax.jit(partial(model.apply, train=False))(variables, x))
+
+
+def images(batch, size, seed=0):
+    return np.random.default_rng(seed).standard_normal((batch, size, size, 3)).astype(np.float32)
+
+
+# --- the family: parity with JAX and the graph's shape, four models --------------------
+
+
+@pytest.fixture(scope="module", params=PARITY_MODELS)
+def exported(request, tmp_path_factory):
+    name = request.param
+    tv = random_torchvision(name, seed=7)
+    model, variables = from_torchvision(tv.state_dict(), name)
+    root = tmp_path_factory.mktemp(name)
+    files = {layout: export_onnx(model, variables, root / f"{name}_{layout}.onnx", layout=layout,
+                                 metadata={"model": name}) for layout in LAYOUTS}
+    return name, tv, model, variables, files
+
+
+@pytest.mark.slow
+def test_onnx_runtime_agrees_with_the_eval_model(exported):
+    """One dynamic-batch file per layout; even and odd sizes; batches 1 and 5; 1e-4 of the logits' scale."""
+    name, _, model, variables, files = exported
+    sessions = {layout: session(path) for layout, path in files.items()}
+    for size in (64, 57):
+        x = images(5, size, seed=size)
+        expected = eval_output(model, variables, x)
+        for layout, sess in sessions.items():
+            for batch in (1, 5):
+                assert_close_to_scale(run(sess, x[:batch], layout), expected[:batch], what=(name, layout, size, batch))
+    # the layout is honoured: the same image with height and width swapped is another image
+    swapped = run(sessions["NHWC"], x[:1].transpose(0, 2, 1, 3), "NHWC")
+    assert np.abs(swapped - expected[:1]).max() > 1e-2 * np.abs(expected[:1]).max()
+
+
+def _torch_convs(tv):
+    """torchvision's convs in definition order: (out, in per group, kh, kw, stride, padding, groups, dilation)."""
+    return [(*m.weight.shape, m.stride[0], m.padding[0], m.groups, m.dilation[0])
+            for m in tv.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def _onnx_convs(proto):
+    weights = {t.name: tuple(t.dims) for t in proto.graph.initializer}
+    convs = []
+    for node in proto.graph.node:
+        if node.op_type == "Conv":
+            a = {attr.name: onnx.helper.get_attribute_value(attr) for attr in node.attribute}
+            assert a["pads"][:2] == a["pads"][2:] and len(set(a["strides"])) == 1  # symmetric, square
+            convs.append((*weights[node.input[1]], a["strides"][0], a["pads"][0], a["group"], a["dilations"][0]))
+    return convs
+
+
+def test_the_graph_is_canonical(exported):
+    """One Conv per torchvision conv, with its geometry, in order; no BatchNormalization; dynamic batch."""
+    name, tv, _, variables, files = exported
+    for layout, path in files.items():
+        proto = onnx.load(str(path))
+        onnx.checker.check_model(proto, full_check=True)
+        ops = Counter(node.op_type for node in proto.graph.node)
+        assert "BatchNormalization" not in ops
+        assert set(ops) - CANONICAL_OPS == ({"Transpose"} if layout == "NHWC" else set())
+        assert ops["Transpose"] == (1 if layout == "NHWC" else 0)
+        assert _onnx_convs(proto) == _torch_convs(tv)
+        kernels = [leaf for path, leaf in traverse_util.flatten_dict(variables["params"]).items()
+                   if path[-1] == "kernel" and leaf.ndim == 4]
+        assert ops["Conv"] == len(kernels)
+        assert ops["MaxPool"] == ops["GlobalAveragePool"] == ops["Gemm"] == 1
+        assert all(i.data_type == onnx.TensorProto.FLOAT for i in proto.graph.initializer)
+        assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [OPSET] and OPSET >= 17
+        dims = proto.graph.input[0].type.tensor_type.shape.dim
+        assert dims[0].dim_param and not dims[0].HasField("dim_value")  # dynamic batch
+        channel = dims[1] if layout == "NCHW" else dims[3]
+        assert channel.dim_value == 3
+        assert {p.key: p.value for p in proto.metadata_props} == {
+            "format": "resnet-bottleneck onnx", "layout": layout, "model": name}
+
+
+# --- every option of the family, on small models ----------------------------------------
+
+
+SMALL = dict(block=BottleneckBlock, stage_sizes=(2, 1, 2, 1), stem_width=8, num_classes=10)
+
+
+def small_model(**options):
+    return _small_model(tuple(sorted(options.items())))
+
+
+@functools.cache  # built once per options: the tests share it
+def _small_model(options):
+    model = ResNet(**{**SMALL, **dict(options)})
+    return model, random_variables(model, (1, 32, 32, 3))
+
+
+@pytest.mark.parametrize("options", [
+    dict(stride_on="1x1"),
+    dict(replace_stride_with_dilation=(False, True, True)),
+    dict(groups=4, width_per_group=8),
+    dict(norm="frozen"),
+    dict(num_classes=None),
+], ids=["stride_on_1x1", "output_stride_8", "groups_4", "frozen_norm", "headless"])
+def test_options_export_exactly(options, tmp_path):
+    model, variables = small_model(**options)
+    x = images(3, 41)
+    expected = eval_output(model, variables, x)  # a headless model's C5 map is NHWC
+    headless = options.get("num_classes", 10) is None
+    for layout in LAYOUTS if headless else ("NCHW",):  # the layouts' own test is the family's
+        proto = onnx.load(str(export_onnx(model, variables, tmp_path / f"{layout}.onnx", layout=layout)))
+        got = run(session(proto), x, layout)
+        if headless and layout == "NCHW":
+            got = got.transpose(0, 2, 3, 1)
+        assert_close_to_scale(got, expected, what=(options, layout))
+    dilations = {tuple(a.ints) for n in proto.graph.node for a in n.attribute if a.name == "dilations"}
+    dilated = "replace_stride_with_dilation" in options
+    assert dilations == ({(1, 1), (2, 2)} if dilated else {(1, 1)})  # C5 has one block: it keeps C4's 2
+
+
+def assert_same_graph(ours, theirs):
+    """The same nodes, inputs, outputs and metadata; the same weights up to float32 rounding."""
+    assert list(ours.graph.node) == list(theirs.graph.node)
+    assert (ours.graph.input, ours.graph.output, ours.metadata_props) == (
+        theirs.graph.input, theirs.graph.output, theirs.metadata_props)
+    assert [i.name for i in ours.graph.initializer] == [i.name for i in theirs.graph.initializer]
+    for a, b in zip(ours.graph.initializer, theirs.graph.initializer):
+        assert_close_to_scale(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b), rel=1e-6, what=a.name)
+
+
+def test_scanned_folded_and_bf16_models_export_the_same_graph(tmp_path):
+    model, variables = small_model()
+    graph = onnx_model(model, variables)
+    x = images(2, 32)
+    expected = eval_output(model, variables, x)
+    assert_close_to_scale(run(session(graph), x, "NCHW"), expected)
+    from resnet_bottleneck.models import scan_variables
+
+    assert onnx_model(model.clone(scan=True), scan_variables(variables)) == graph
+    assert_same_graph(onnx_model(*fold_batchnorm(model, variables)), graph)  # folded eagerly, not jitted: rounding
+    # bf16 compute: the export is the float32 model
+    assert onnx_model(model.clone(dtype=jnp.bfloat16), variables) == graph
+    bf16_params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.bfloat16), variables)
+    bf16 = onnx_model(model.clone(param_dtype=jnp.bfloat16), bf16_params)
+    assert all(i.data_type == onnx.TensorProto.FLOAT for i in bf16.graph.initializer)
+    assert_close_to_scale(run(session(bf16), x, "NCHW"), expected, rel=2e-2)  # only the weights' rounding
+
+
+def test_fixed_batch_and_metadata(tmp_path):
+    model, variables = small_model()
+    path = export_onnx(model, variables, tmp_path / "b2.onnx", batch=2, metadata={
+        "model": "small", "classes": [f"c{i}" for i in range(10)], "image_size": 32,
+        "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]})
+    assert [p.name for p in tmp_path.iterdir()] == ["b2.onnx"]
+    proto = onnx.load(str(path))
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["model"] == "small" and props["image_size"] == "32" and props["std"] == "[0.25, 0.25, 0.25]"
+    classifier = load_onnx(path)
+    assert (classifier.layout, classifier.batch, classifier.image_size, classifier.num_classes) == ("NCHW", 2, 32, 10)
+    assert json.loads(classifier.metadata["classes"]) == [f"c{i}" for i in range(10)] and classifier.mean == (0.5,) * 3
+    x = images(5, 32)  # run in chunks of the fixed batch, the last one padded
+    assert_close_to_scale(classifier(x), eval_output(model, variables, x))
+
+    fixed = onnx_model(model, variables, layout="NHWC", image_size=36)
+    assert [d.dim_param or d.dim_value for d in fixed.graph.input[0].type.tensor_type.shape.dim] == ["batch", 36, 36, 3]
+    assert {p.key: p.value for p in fixed.metadata_props}["image_size"] == "36"
+    x = images(3, 36)
+    assert_close_to_scale(run(session(fixed), x, "NHWC"), eval_output(model, variables, x))
+
+
+@pytest.mark.parametrize("kwargs,error,fragment", [
+    (dict(layout="NWHC"), ValueError, "layout must be one of 'NCHW', 'NHWC'; got 'NWHC'"),
+    (dict(batch=0), ValueError, "batch must be a positive integer; got 0"),
+    (dict(batch=2.0), TypeError, "batch must be a positive integer"),
+    (dict(metadata={"layout": "NHWC"}), ValueError, "metadata keys must be strings other than format, layout"),
+    (dict(metadata={"classes": ["a", "b"]}), ValueError, "metadata 'classes' has 2 names for 10 classes"),
+    (dict(metadata=[("model", "x")]), TypeError, "metadata must be a mapping"),
+    (dict(image_size=-3), ValueError, "image_size must be a positive integer; got -3"),
+    (dict(image_size=64, metadata={"image_size": 224}), ValueError, "metadata['image_size'] is 224, but image_size=64"),
+])
+def test_bad_arguments_are_named(kwargs, error, fragment, tmp_path):
+    model, variables = small_model()
+    with pytest.raises(error) as info:
+        export_onnx(model, variables, tmp_path / "x.onnx", **kwargs)
+    assert fragment in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_model_or_variables_are_refused(tmp_path):
+    model, variables = small_model()
+    with pytest.raises(TypeError, match="model must be a resnet_bottleneck ResNet; got Dense"):
+        export_onnx(nn.Dense(3), variables, tmp_path / "x.onnx")
+    with pytest.raises(ValueError, match=r"variables do not fit the model: .*wrongly shaped: .*params/fc/kernel"):
+        export_onnx(model.clone(num_classes=7), variables, tmp_path / "x.onnx")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        export_onnx(model, variables, tmp_path / "no" / "x.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_library_does_not_import_onnx():
+    code = ("import sys, resnet_bottleneck, resnet_bottleneck.io, resnet_bottleneck.cli;"
+            "print(sorted(m for m in ('onnx', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
