@@ -3,23 +3,21 @@
 Each builder returns a ``run()`` that does one unit of work and waits for it. Flax
 contestants take ``jit`` (``jax.jit`` for the plain formulation, ``resnet_bottleneck.jit``
 for ours); PyTorch runs torchvision's modules in ``channels_last``, the fast layout.
-Every Flax training workload runs :func:`train_step`.
+Every Flax training workload runs the library's own train step (:func:`library_step`).
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax.training import train_state
 
 from _report import cores
 
 from resnet_bottleneck import BottleneckBlock, create_model, fold_batchnorm
+from resnet_bottleneck.training import create_train_state, train_step
 
 #: ResNet-50's four bottleneck stages: (spatial size, channels in/out, mid width).
 STAGES = ((56, 256, 64), (28, 512, 128), (14, 1024, 256), (7, 2048, 512))
@@ -66,49 +64,30 @@ def flax_block(batch, size, channels, mid, *, jit, conv=None, dtype=None, backwa
     return lambda: jax.block_until_ready(f(params, x))
 
 
-# The one train step of the benchmarks, on optax. Every benchmark reaches it only through
-# ``create_train_state`` and ``train_step`` below, so when the library's public step lands
-# (issue 13: ``resnet_bottleneck.training``), these three definitions give way to it here.
-
-class TrainState(train_state.TrainState):
-    """Flax's train state (step, params, optimizer state) plus BatchNorm's running statistics."""
-
-    batch_stats: Any = None
+def synthetic_batch(batch: int, size: int, num_classes: int = 1000) -> dict:
+    """What the library's train step takes: ``image`` uint8 NHWC pixels (random), integer ``label``."""
+    rng = np.random.default_rng(1)
+    return {"image": jnp.asarray(rng.integers(0, 256, (batch, size, size, 3)), jnp.uint8),
+            "label": jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)}
 
 
-def train_step(state: TrainState, batch: dict):
-    """One optimizer step on ``batch`` (``image`` NHWC, integer ``label``): cross-entropy,
-    BatchNorm in training mode. The new state and the batch's mean loss."""
-
-    def loss_fn(params):
-        logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                                         train=True, mutable=["batch_stats"])
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-        return loss, updates["batch_stats"]
-
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return state.apply_gradients(grads=grads, batch_stats=batch_stats), loss
-
-
-def create_train_state(model, optimizer: optax.GradientTransformation, image) -> TrainState:
-    """The model's initial variables for images shaped like ``image`` (one is enough) and the optimizer's state."""
-    variables = model.init(jax.random.PRNGKey(0), image)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=optimizer,
-                             batch_stats=variables["batch_stats"])
+def library_step(num_classes: int = 1000):
+    """The library's public train step (``resnet_bottleneck.training.train_step``): uint8 pixels
+    normalised on the device, cross-entropy (no label smoothing), BatchNorm in training mode."""
+    return partial(train_step, num_classes=num_classes, label_smoothing=0.0)
 
 
 def flax_train_step(name, batch, size, *, jit, dtype=None, conv=None, num_classes=1000):
-    """One SGD step (momentum 0.9, cross-entropy) on synthetic data, the state donated."""
+    """One SGD step (momentum 0.9) of the library's train step on synthetic data, the state donated."""
     model = create_model(name, num_classes=num_classes, dtype=dtype, **({} if conv is None else {"conv": conv}))
-    data = {"image": _rng_array((batch, size, size, 3), 0, dtype or jnp.float32),
-            "label": jnp.asarray(np.random.default_rng(1).integers(0, num_classes, batch), jnp.int32)}
-    state = jax.jit(create_train_state, static_argnums=(0, 1))(model, optax.sgd(0.01, momentum=0.9), data["image"][:1])
-    step = jit(train_step, donate_argnums=0)
+    data = synthetic_batch(batch, size, num_classes)
+    state = jax.jit(create_train_state, static_argnums=(0, 1, 2, 3))(model, optax.sgd(0.01, momentum=0.9), 0, size)
+    step = jit(library_step(num_classes), donate_argnums=0)
     holder = {"state": state}
 
     def run():
-        holder["state"], loss = step(holder["state"], data)
-        loss.block_until_ready()
+        holder["state"], metrics = step(holder["state"], data)
+        metrics["loss"].block_until_ready()
 
     return run
 

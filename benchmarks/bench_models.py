@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,18 +25,17 @@ import _workloads as w  # noqa: E402
 from _report import SYSTEM_MALLOC, write_section  # noqa: E402
 
 import resnet_bottleneck as rb  # noqa: E402
+from resnet_bottleneck.training import create_train_state  # noqa: E402
 
 VARIANTS = {"plain": {}, "remat": {"remat": True}, "scan": {"scan": True}, "scan + remat": {"scan": True, "remat": True}}
 
 
 def measure(name: str, batch: int, size: int, options: dict) -> dict:
     model = rb.create_model(name, **options)
-    data = {"image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
-            "label": jax.ShapeDtypeStruct((batch,), jnp.int32)}
-    one = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-    state = jax.eval_shape(lambda image: w.create_train_state(model, optax.sgd(0.1), image), one)
+    data = jax.eval_shape(lambda: w.synthetic_batch(batch, size))
+    state = jax.eval_shape(lambda: create_train_state(model, optax.sgd(0.1), 0, size))
     start = time.perf_counter()
-    lowered = jax.jit(w.train_step, donate_argnums=0).lower(state, data)
+    lowered = jax.jit(w.library_step(), donate_argnums=0).lower(state, data)
     traced = time.perf_counter() - start
     start = time.perf_counter()
     compiled = lowered.compile()

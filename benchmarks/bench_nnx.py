@@ -2,9 +2,10 @@
 
 --model (ResNet-50) at --image-size with batch --batch, float32, synthetic data, the same
 initial weights (the NNX model is ``to_nnx`` of the Linen one). The train step is one SGD step
-(momentum 0.9, cross-entropy, BatchNorm in training mode), state donated. Contestants:
+(momentum 0.9) of what the library's ``training.train_step`` computes (uint8 pixels normalised on
+the device, cross-entropy, BatchNorm in training mode), state donated. Contestants:
 
-- Linen under ``jax.jit``: ``model.apply`` with the variables passed in and returned;
+- Linen under ``jax.jit``: the library's ``train_step``, the variables passed in and returned;
 - NNX under ``nnx.jit``: the model and ``nnx.Optimizer`` passed as objects, updated in place;
 - NNX under ``nnx.jit`` through ``nnx.cached_partial`` (the graph traversal cached);
 - NNX split/merge: ``nnx.split`` once, then ``jax.jit`` of a function that ``nnx.merge``-s the
@@ -29,7 +30,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
@@ -38,6 +38,7 @@ import _workloads as w  # noqa: E402
 from _report import SYSTEM_MALLOC, interleaved, write_section  # noqa: E402
 
 import resnet_bottleneck as rb  # noqa: E402
+from resnet_bottleneck.data.transforms import normalize  # noqa: E402
 from resnet_bottleneck.nnx import to_nnx  # noqa: E402
 
 LINEN = "Linen, `jax.jit`"
@@ -51,13 +52,14 @@ def _inputs(name: str, batch: int, size: int):
     """The Linen model, its variables (PRNGKey(0); on the host, so that each contestant gets buffers of
     its own to donate), images and labels: what every NNX contestant starts from."""
     model = rb.create_model(name)
-    x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, size, size, 3)), jnp.float32)
-    y = jnp.asarray(np.random.default_rng(1).integers(0, 1000, batch), jnp.int32)
-    return model, jax.device_get(jax.jit(model.init)(jax.random.PRNGKey(0), x[:1])), x, y
+    data = w.synthetic_batch(batch, size)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3), jnp.float32))
+    return model, jax.device_get(variables), data["image"], data["label"]
 
 
 def _loss(model, x, y):
-    return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+    """The library's train step's loss: uint8 pixels normalised on the device, cross-entropy."""
+    return optax.softmax_cross_entropy(model(normalize(x)), jax.nn.one_hot(y, 1000)).mean()
 
 
 def _step(model, optimizer, x, y):
@@ -95,7 +97,8 @@ def nnx_train_step(name: str, batch: int, size: int, how: str):
 
 
 def nnx_eval(name: str, batch: int, size: int, how: str):
-    model, variables, x, _ = _inputs(name, batch, size)
+    model, variables, pixels, _ = _inputs(name, batch, size)
+    x = normalize(pixels)
     model = to_nnx(model, variables)
     model.eval()
     forward = nnx.jit(lambda model, x: model(x))
