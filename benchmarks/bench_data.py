@@ -10,9 +10,10 @@ the same run on in-memory batches, and peak memory against the data set's size.
    the normalisation done on the host as PyTorch's is. Each round starts a fresh loader per contestant, waits for its
    first batch (reported separately: worker start-up) and times the next --batches; rounds
    interleaved, medians.
-2. Training: ``training.train`` of --train-model on the folder's JPEGs (workers = cores) against the
-   same run on in-memory random images of the final size (nothing to decode), images/s after the
-   first step's compilation, evaluation excluded; alternating runs, medians.
+2. Training: ``training.train`` of --train-model on the folder's JPEGs (``train``'s default workers,
+   or --train-workers) against the same run on in-memory random images of the final size (nothing
+   to decode, no workers), images/s after the first step's compilation, evaluation excluded;
+   alternating runs, medians.
 3. Memory: peak RSS of ``train`` (the main process; it and its workers, summed) on 600 and 3,000 JPEGs.
 
     python benchmarks/bench_data.py [--batch 32] [--image-size 224] [--rounds 5] [--write]
@@ -31,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import SYSTEM_MALLOC, write_section  # noqa: E402
+from _report import SYSTEM_MALLOC, cores, write_section  # noqa: E402
 
 import grain  # noqa: E402
 import numpy as np  # noqa: E402
@@ -115,19 +116,22 @@ def training_runs(root, args) -> str:
                                                dtype=np.uint8), train_files.labels, train_files.classes),
                  data.ImageArrays(rng.integers(0, 256, (len(val_files),) + (args.image_size,) * 2 + (3,),
                                                dtype=np.uint8), val_files.labels, val_files.classes))
+    workers = data.default_workers(train_files) if args.train_workers is None else args.train_workers
     rates = {"JPEG folder": [], "in-memory batches": []}
     for _ in range(args.train_rounds):
         for label in rates:
-            result = train(config, options=RunOptions(workers=args.train_workers), progress=False,
-                           datasets=None if label == "JPEG folder" else synthetic)
+            result = train(config, options=RunOptions(workers=workers if label == "JPEG folder" else 0),
+                           progress=False, datasets=None if label == "JPEG folder" else synthetic)
             rates[label].append(result.images_per_second)
     rate = {k: statistics.median(v) for k, v in rates.items()}
     ratio = rate["JPEG folder"] / rate["in-memory batches"]
+    runs = "; ".join(f"{k}: " + ", ".join(f"{r:.2f}" for r in v) for k, v in rates.items())
     text = (f"Training {args.train_model} at {args.image_size}x{args.image_size}, batch {args.train_batch}, one epoch "
             f"of {len(train_files)} images ({len(train_files) // args.train_batch} steps; images/s after the first "
             f"step, evaluation excluded; medians of {args.train_rounds} alternating runs): "
-            f"{rate['JPEG folder']:.2f} img/s from the JPEG folder ({args.train_workers or data.default_workers()} "
-            f"workers) against {rate['in-memory batches']:.2f} img/s from in-memory batches: **{ratio:.2f}x**.")
+            f"{rate['JPEG folder']:.2f} img/s from the JPEG folder ({workers} "
+            f"workers) against {rate['in-memory batches']:.2f} img/s from in-memory batches: **{ratio:.2f}x** "
+            f"(each run, img/s: {runs}).")
     return text
 
 
@@ -174,9 +178,9 @@ def memory_rows(scratch: Path, args) -> str:
     for count in args.rss_images:
         root = write_image_folder(scratch / f"rss{count}", classes=10, per_class=count // 10, size=(250, 188),
                                   seed=count)
-        done = subprocess.run([sys.executable, __file__, "--rss-child", str(root), str(args.rss_image_size),
-                               str(args.train_workers or data.default_workers())], capture_output=True, text=True,
-                              check=True, env=dict(os.environ, BENCH_SYSTEM_MALLOC="1"))  # as `train` runs
+        workers = cores() if args.train_workers is None else args.train_workers  # workers, to count their memory
+        done = subprocess.run([sys.executable, __file__, "--rss-child", str(root), str(args.rss_image_size), str(workers)],
+                              capture_output=True, text=True, check=True, env=dict(os.environ, BENCH_SYSTEM_MALLOC="1"))  # as `train` runs
         peak = json.loads(done.stdout.strip().splitlines()[-1])
         peaks[count] = peak
         lines.append(f"| {count:,} | {peak['steps']} | {peak['main']:,.0f} MiB | {peak['tree']:,.0f} MiB |")

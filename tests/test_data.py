@@ -4,6 +4,7 @@ grain pipeline's guarantees (same batches for any worker or host count, exact re
 import math
 
 import grain
+import jax
 import numpy as np
 import pytest
 import torch
@@ -272,3 +273,14 @@ def test_batch_size_errors_name_the_field(batch_size, shard, fragment):
     with pytest.raises(DataError, match=fragment) as err:
         training_batches(train, image_size=8, batch_size=batch_size, seed=0, epochs=1, shard=shard)
     assert err.value.field == "batch_size" and err.value.message[0].isdigit()
+
+
+def test_default_workers_leave_the_cpu_to_the_step(tmp_path):
+    """Worker processes by default only where there is something to decode and the model is not on the CPU."""
+    from resnet_bottleneck.data import available_cores, default_workers
+
+    folder = list_images(write_image_folder(tmp_path / "f", classes=2, per_class=2, size=(40, 30)))
+    in_memory = digits()[0]
+    assert default_workers(folder, "cpu") == 0 and default_workers(in_memory, "gpu") == 0
+    assert default_workers(folder, "gpu") == default_workers(folder, "tpu") == available_cores() >= 1
+    assert default_workers(folder) == (0 if jax.default_backend() == "cpu" else available_cores())

@@ -33,7 +33,8 @@ def add_parser(commands) -> None:
     parser.add_argument("--model", type=model_name, help="the model name: needed for torchvision's weights")
     parser.add_argument("--batch-size", type=positive_int, help="global batch size (default: the run's, else 64)")
     parser.add_argument("--image-size", type=positive_int, help="evaluation crop (default: the model file's, else 224)")
-    parser.add_argument("--workers", type=count, help="processes decoding images (default: the machine's cores)")
+    parser.add_argument("--workers", type=count, help="processes decoding images (default: none where the model runs on the CPU, where "
+                        "they would take its cores: a thread decodes ahead; else the machine's cores)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(run=run)
 
@@ -112,7 +113,7 @@ def _run(args) -> int:
     source = _labelled(source, names, num_classes, described) if isinstance(source, data.ImageFiles) else source
     workers = args.workers
     if workers is None:
-        workers = data.default_workers() if isinstance(source, data.ImageFiles) else 0
+        workers = data.default_workers(source, "cpu" if args.runtime == "onnxruntime" else None)
     batch_size = args.batch_size or int(metadata.get("batch_size", 64))
     if args.runtime == "onnxruntime":
         if args.image_size is not None and classifier.image_size not in (None, args.image_size):

@@ -2,7 +2,7 @@
 
 from .digits import ImageArrays, digits
 from .folder import DataError, ImageFiles, image_folder_splits, is_train_val, list_images
-from .pipeline import default_workers, evaluation_batches, evaluation_steps, training_batches
+from .pipeline import available_cores, default_workers, evaluation_batches, evaluation_steps, training_batches
 from .transforms import ImageError, eval_transform, normalize, random_resized_crop_box, train_transform
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "ImageArrays",
     "ImageError",
     "ImageFiles",
+    "available_cores",
     "default_workers",
     "digits",
     "eval_transform",

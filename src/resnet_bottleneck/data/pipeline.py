@@ -30,9 +30,23 @@ Source = ImageFiles | ImageArrays
 MAX_SUBSTITUTES = 16
 
 
-def default_workers() -> int:
+def available_cores() -> int:
     """The cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_workers(source: Source, backend: str | None = None) -> int:
+    """Worker processes to decode ``source`` where none are asked for: none for in-memory images
+    (nothing to decode), nor where the model computes on the CPU (``backend``; JAX's default if
+    None), whose cores worker processes would take from the step; a thread then decodes a batch or
+    two ahead, which keeps up with CPU training (BENCHMARKS.md, ``data-train``). Else the cores."""
+    if isinstance(source, ImageArrays):
+        return 0
+    if backend is None:
+        import jax
+
+        backend = jax.default_backend()
+    return 0 if backend == "cpu" else available_cores()
 
 
 def read(source: Source, index: int, image_size: int, rng: np.random.Generator | None) -> np.ndarray:

@@ -120,7 +120,8 @@ class RunOptions:
 
     workers: int | None = field(default=None, metadata=_meta(
         "processes decoding and augmenting images (0: in this process, on a thread); default: the machine's cores "
-        "for image folders, 0 for in-memory digits", "count"))
+        "for image folders when training on an accelerator, 0 on the CPU (they would take the step's cores) and "
+        "for in-memory digits", "count"))
     checkpoint_every: int = field(default=50, metadata=_meta("steps between checkpoints", "positive_int"))
     keep: int = field(default=3, metadata=_meta("checkpoints kept", "positive_int"))
     log_every: int = field(default=10, metadata=_meta(

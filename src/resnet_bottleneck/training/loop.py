@@ -163,8 +163,8 @@ def train(config: Config, out: str | Path | None = None, options: RunOptions | N
     started = time.perf_counter()
     train_set, eval_set = datasets if datasets is not None else load_datasets(config)
     workers = options.workers
-    if workers is None:  # in-memory images (digits) have nothing to decode: workers would only add start-up
-        workers = data.default_workers() if isinstance(train_set, data.ImageFiles) else 0
+    if workers is None:
+        workers = data.default_workers(train_set)
     mesh = data_mesh()
     if config.batch_size % mesh.devices.size:
         raise ConfigError("batch_size", f"{config.batch_size} does not divide over {mesh.devices.size} devices")
