@@ -184,6 +184,18 @@ def test_scanned_folded_and_bf16_models_export_the_same_graph(tmp_path):
     assert_close_to_scale(run(session(bf16), x, "NCHW"), expected, rel=2e-2)  # only the weights' rounding
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_model_for_grey_images_takes_one_channel(layout):
+    """The input's channels are the model's (its first conv's), not always 3."""
+    model = ResNet(**SMALL)
+    variables = random_variables(model, (1, 32, 32, 1))
+    proto = onnx_model(model, variables, layout=layout)
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == (["batch", 1, "height", "width"] if layout == "NCHW" else ["batch", "height", "width", 1])
+    x = images(2, 40)[..., :1]
+    assert_close_to_scale(run(session(proto), x, layout), eval_output(model, variables, x))
+
+
 def test_fixed_batch_and_metadata(tmp_path):
     model, variables = small_model()
     path = export_onnx(model, variables, tmp_path / "b2.onnx", batch=2, metadata={

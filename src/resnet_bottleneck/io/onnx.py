@@ -74,9 +74,15 @@ def _inference_form(model: ResNet, variables) -> tuple[ResNet, dict]:
     return model, {k: np.asarray(v) for k, v in traverse_util.flatten_dict(dict(variables["params"])).items()}
 
 
+def _in_channels(variables) -> int:
+    """The input channels the model was built for: its first conv's (3 where it cannot be read)."""
+    kernel = variables.get("params", {}).get("conv1", {}).get("kernel")
+    return int(kernel.shape[2]) if getattr(kernel, "ndim", 0) == 4 else 3
+
+
 def _check_variables(model: ResNet, variables) -> None:
     """Every variable ``model`` has, each of its shape, and no other; the first few differences named."""
-    x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    x = jax.ShapeDtypeStruct((1, 64, 64, _in_channels(variables)), jnp.float32)
     expected = traverse_util.flatten_dict(jax.eval_shape(model.init, jax.random.PRNGKey(0), x))
     given = traverse_util.flatten_dict(variables)
     show = "/".join
@@ -173,7 +179,8 @@ def onnx_model(model: ResNet, variables, *, layout: str = "NCHW", batch: int | N
     sizes = check_layout(model)
     abstract = {"params": traverse_util.unflatten_dict(
         {k: jax.ShapeDtypeStruct(v.shape, jnp.float32) for k, v in params.items()})}
-    traced = traced_layers(model, abstract, jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+    c = _in_channels(abstract)
+    traced = traced_layers(model, abstract, jax.ShapeDtypeStruct((1, 64, 64, c), jnp.float32))
     graph = _Graph(params, {tuple(layer.scope.path): layer for layer, _, _ in traced})
     n = batch if batch is not None else "batch"
 
@@ -212,7 +219,7 @@ def onnx_model(model: ResNet, variables, *, layout: str = "NCHW", batch: int | N
         raise ValueError(f"the model has layers this exporter does not place: {', '.join(unused)}")
 
     h, w = (image_size, image_size) if image_size is not None else ("height", "width")
-    in_dims = [n, 3, h, w] if layout == "NCHW" else [n, h, w, 3]
+    in_dims = [n, c, h, w] if layout == "NCHW" else [n, h, w, c]
     props = _metadata(metadata, layout, model.num_classes)
     proto = helper.make_model(
         helper.make_graph(graph.nodes, "resnet", [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, in_dims)],
