@@ -14,7 +14,8 @@ the same run on in-memory batches, and peak memory against the data set's size.
    or --train-workers) against the same run on in-memory random images of the final size (nothing
    to decode, no workers), images/s after the first step's compilation, evaluation excluded;
    alternating runs, medians.
-3. Memory: peak RSS of ``train`` (the main process; it and its workers, summed) on 600 and 3,000 JPEGs.
+3. Memory: peak RSS of ``train`` (the main process; it and its workers, summed) on 600 and 3,000 JPEGs,
+   with one worker process per core (--train-workers to change), so that the workers' memory counts too.
 
     python benchmarks/bench_data.py [--batch 32] [--image-size 224] [--rounds 5] [--write]
 """

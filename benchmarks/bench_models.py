@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,7 +33,8 @@ VARIANTS = {"plain": {}, "remat": {"remat": True}, "scan": {"scan": True}, "scan
 
 def measure(name: str, batch: int, size: int, options: dict) -> dict:
     model = rb.create_model(name, **options)
-    data = jax.eval_shape(lambda: w.synthetic_batch(batch, size))
+    data = {"image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8),
+            "label": jax.ShapeDtypeStruct((batch,), jnp.int32)}  # what w.synthetic_batch gives
     state = jax.eval_shape(lambda: create_train_state(model, optax.sgd(0.1), 0, size))
     start = time.perf_counter()
     lowered = jax.jit(w.library_step(), donate_argnums=0).lower(state, data)

@@ -118,6 +118,16 @@ def test_a_runs_onnx_export_scores_as_the_run_with_no_jax_compile(digits_run, di
                      "--json"]) == 0
         got = json.loads(capsys.readouterr().out)
     assert compiled == []
+    # a graph of dynamic size takes another --image-size; one of fixed size refuses it, in one line
+    assert main(["evaluate", "--weights", str(tmp_path / "digits.onnx"), "--runtime", "onnxruntime",
+                 "--image-size", "24", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 359
+    assert main(["export", str(run), str(tmp_path / "fixed.onnx"), "--image-size", "16"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--weights", str(tmp_path / "fixed.onnx"), "--runtime", "onnxruntime",
+                 "--image-size", "24"]) == 2
+    one_line_error(capsys.readouterr().err, f"argument --image-size: {tmp_path / 'fixed.onnx'} takes 16x16 images; "
+                   "got 24", prog="resnet-bottleneck evaluate")
     assert scores["images"] == 359 and scores["data"] == "the run's held-out split of the digits (20%, seed 0)"
     assert (scores["top1"], scores["top5"]) == (last["test_accuracy"], last["test_top5"])
     np.testing.assert_allclose(scores["loss"], last["test_loss"], rtol=1e-4)

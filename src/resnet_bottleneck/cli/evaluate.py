@@ -79,6 +79,15 @@ def _split(metadata: dict, weights: str):
     return held, f"the run's held-out split of {where} ({split['test_fraction']:.0%}, seed {split['seed']})"
 
 
+def _recorded_batch_size(metadata: dict, weights: str) -> int:
+    """The run's batch size from the model file's metadata, else 64."""
+    text = metadata.get("batch_size", "64")
+    if not (isinstance(text, str) and text.isdigit() and int(text) > 0):
+        raise UsageError(f"argument --weights: {weights}'s metadata 'batch_size' must be a positive integer; "
+                         f"got {str(text)[:60]!r}")
+    return int(text)
+
+
 def run(args) -> int:
     from ..data import DataError
 
@@ -97,6 +106,9 @@ def _run(args) -> int:
     if args.runtime == "onnxruntime":
         classifier, num_classes, image_size = open_onnx(args.weights, args.model)
         metadata = classifier.metadata
+        if args.image_size is not None and classifier.fixed_size not in (None, args.image_size):
+            raise UsageError(f"argument --image-size: {args.weights} takes {classifier.fixed_size}x"
+                             f"{classifier.fixed_size} images; got {args.image_size}")
     else:
         if args.weights.lower().endswith(".onnx"):
             raise UsageError(f"argument --weights: {args.weights} is an ONNX file; evaluate it with --runtime onnxruntime")
@@ -114,13 +126,15 @@ def _run(args) -> int:
     workers = args.workers
     if workers is None:
         workers = data.default_workers(source, "cpu" if args.runtime == "onnxruntime" else None)
-    batch_size = args.batch_size or int(metadata.get("batch_size", 64))
+    batch_size = args.batch_size or _recorded_batch_size(metadata, args.weights)
     if args.runtime == "onnxruntime":
-        if args.image_size is not None and classifier.image_size not in (None, args.image_size):
-            raise UsageError(f"argument --image-size: {args.weights} takes {classifier.image_size}x"
-                             f"{classifier.image_size} images; got {args.image_size}")
-        scores = evaluate_onnx(classifier, source, image_size=args.image_size or image_size, batch_size=batch_size,
-                               workers=workers)
+        try:
+            scores = evaluate_onnx(classifier, source, image_size=args.image_size or image_size,
+                                   batch_size=batch_size, workers=workers)
+        except data.DataError:
+            raise
+        except ValueError as err:  # ONNX Runtime could not run the file on these images
+            raise UsageError(f"argument --weights: {err}") from None
     else:
         scores = evaluate(model, variables, source, image_size=args.image_size or image_size, batch_size=batch_size,
                           mean=mean, std=std, workers=workers)

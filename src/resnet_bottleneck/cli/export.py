@@ -86,6 +86,7 @@ def run(args) -> int:
         model, variables, metadata = load_model(args.input, args.model)
     if metadata.get("format") != CHECKPOINT_FORMAT:  # torchvision's: what convert records
         metadata = {"format": CHECKPOINT_FORMAT, "model": args.model, "num_classes": str(model.num_classes)}
+    metadata = {**metadata, "model": metadata.get("model") or args.model}  # our file may leave it to --model
     if args.labels is not None:
         with argument("--labels"):
             metadata = {**metadata, "classes": json.dumps(class_names(model.num_classes, None, args.labels))}

@@ -30,6 +30,7 @@ from .._files import atomic_write
 from ..cost import traced_layers
 from ..fold import fold_batchnorm
 from ..models import ResNet, check_layout, feature_info, unscan_variables
+from ..data.pipeline import available_cores
 from .classes import class_names
 from .metadata import preprocessing
 
@@ -170,9 +171,11 @@ def onnx_model(model: ResNet, variables, *, layout: str = "NCHW", batch: int | N
     _checks.one_of("layout", layout, LAYOUTS)
     if batch is not None:
         batch = _checks.positive_int("batch", batch)
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping of names to values; got {type(metadata).__name__}")
     if image_size is not None:
         image_size = _checks.positive_int("image_size", image_size)
-        metadata = {"image_size": image_size, **(metadata if isinstance(metadata, Mapping) else {})}
+        metadata = {"image_size": image_size, **(metadata or {})}
         if str(metadata["image_size"]) != str(image_size):
             raise ValueError(f"metadata['image_size'] is {metadata['image_size']!r}, but image_size={image_size}")
     model, params = _inference_form(model, variables)
@@ -268,8 +271,7 @@ def session_options(threads: int | None = None):
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                               else os.cpu_count() or 1)
+    options.intra_op_num_threads = threads or available_cores()
     return options
 
 
@@ -278,7 +280,8 @@ class OnnxClassifier:
     """An image classifier in an ``.onnx`` file, opened with ONNX Runtime; see :func:`load_onnx`.
 
     ``batch``, ``image_size`` and ``num_classes`` are ``None`` where the file leaves them
-    dynamic (and, for ``image_size``, its metadata does not say); ``mean`` and ``std`` are its
+    dynamic (and, for ``image_size``, its metadata does not say; ``fixed_size`` is the graph's own
+    input size, ``None`` where height and width are dynamic); ``mean`` and ``std`` are its
     metadata's, ImageNet's where it does not say (class names: :func:`~resnet_bottleneck.io.class_names`).
     """
 
@@ -289,6 +292,7 @@ class OnnxClassifier:
     batch: int | None
     image_size: int | None
     num_classes: int | None
+    fixed_size: int | None
     metadata: dict[str, str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -366,4 +370,4 @@ def load_onnx(path: str | os.PathLike, *, threads: int | None = None) -> OnnxCla
     elif "image_size" not in metadata:
         size = None
     return OnnxClassifier(path, session, inputs[0].name, layout, _static(shape[0]), size, _static(out_shape[1]),
-                          metadata, mean, std)
+                          height, metadata, mean, std)
