@@ -31,8 +31,10 @@ SYSTEM_MALLOC = os.environ.get("BENCH_SYSTEM_MALLOC") == "1"
 
 
 def cores() -> int:
-    """The CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    """The CPU cores this process may run on (the library's count, which its loaders and sessions use)."""
+    from resnet_bottleneck.data import available_cores
+
+    return available_cores()
 
 
 def interleaved(runners: Mapping[str, Callable[[], object]], repeats: int, inner: int | Mapping[str, int] = 1,

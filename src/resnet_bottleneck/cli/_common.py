@@ -75,6 +75,19 @@ def model_name(text: str) -> str:
     return text
 
 
+def open_model(weights: str, model: str | None, verb: str):
+    """``(model, variables, metadata, (image size, mean, std))`` of our model for ``--runtime jax``,
+    preprocessed as its file says; an ``.onnx`` file is pointed to ``--runtime onnxruntime`` (``verb`` it)."""
+    from ..io import load_model
+    from ..io.metadata import preprocessing
+
+    if weights.lower().endswith(".onnx"):
+        raise UsageError(f"argument --weights: {weights} is an ONNX file; {verb} it with --runtime onnxruntime")
+    with argument("--weights"):
+        model, variables, metadata = load_model(weights, model)
+        return model, variables, metadata, preprocessing(metadata, weights)
+
+
 def open_onnx(weights: str, model: str | None):
     """``(classifier, number of classes, image size)`` of an ``.onnx`` file for ``--runtime onnxruntime``:
     checked against ``--model`` when the file names its model; a dynamic class axis is found by one run."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from ._common import UsageError, argument, count, model_name, open_onnx, positive_int, print_skipped
+from ._common import UsageError, argument, count, model_name, open_model, open_onnx, positive_int, print_skipped
 
 
 def add_parser(commands) -> None:
@@ -99,8 +99,7 @@ def run(args) -> int:
 
 def _run(args) -> int:
     from .. import data
-    from ..io import class_names, load_model
-    from ..io.metadata import preprocessing
+    from ..io import class_names
     from ..training import evaluate, evaluate_onnx
 
     if args.runtime == "onnxruntime":
@@ -110,11 +109,7 @@ def _run(args) -> int:
             raise UsageError(f"argument --image-size: {args.weights} takes {classifier.fixed_size}x"
                              f"{classifier.fixed_size} images; got {args.image_size}")
     else:
-        if args.weights.lower().endswith(".onnx"):
-            raise UsageError(f"argument --weights: {args.weights} is an ONNX file; evaluate it with --runtime onnxruntime")
-        with argument("--weights"):
-            model, variables, metadata = load_model(args.weights, args.model)
-            image_size, mean, std = preprocessing(metadata, args.weights)
+        model, variables, metadata, (image_size, mean, std) = open_model(args.weights, args.model, "evaluate")
         num_classes = model.num_classes
     with argument("--weights"):
         names = class_names(num_classes, metadata)

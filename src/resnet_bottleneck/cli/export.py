@@ -85,8 +85,8 @@ def run(args) -> int:
     with argument("IN"):
         model, variables, metadata = load_model(args.input, args.model)
     if metadata.get("format") != CHECKPOINT_FORMAT:  # torchvision's: what convert records
-        metadata = {"format": CHECKPOINT_FORMAT, "model": args.model, "num_classes": str(model.num_classes)}
-    metadata = {**metadata, "model": metadata.get("model") or args.model}  # our file may leave it to --model
+        metadata = {"format": CHECKPOINT_FORMAT, "num_classes": str(model.num_classes)}
+    metadata = {**metadata, "model": metadata.get("model") or args.model}  # what --model gives where IN does not say
     if args.labels is not None:
         with argument("--labels"):
             metadata = {**metadata, "classes": json.dumps(class_names(model.num_classes, None, args.labels))}

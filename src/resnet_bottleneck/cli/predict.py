@@ -20,7 +20,7 @@ import sys
 
 import numpy as np
 
-from ._common import UsageError, argument, count, model_name, open_onnx, positive_int
+from ._common import UsageError, argument, count, model_name, open_model, open_onnx, positive_int
 
 
 def add_parser(commands) -> None:
@@ -105,14 +105,8 @@ def _jax_classifier(args):
 
     from .. import xla
     from ..data.transforms import normalize
-    from ..io import load_model
-    from ..io.metadata import preprocessing
 
-    if args.weights.lower().endswith(".onnx"):
-        raise UsageError(f"argument --weights: {args.weights} is an ONNX file; run it with --runtime onnxruntime")
-    with argument("--weights"):
-        model, variables, metadata = load_model(args.weights, args.model)
-        image_size, mean, std = preprocessing(metadata, args.weights)
+    model, variables, metadata, (image_size, mean, std) = open_model(args.weights, args.model, "run")
     forward = xla.jit(lambda v, x: jax.nn.softmax(model.apply(v, normalize(x, mean, std), train=False)))
     return (lambda x: np.asarray(forward(variables, x))), model.num_classes, metadata, image_size
 
