@@ -23,6 +23,8 @@ demo: $(VENV)/.runtime
 	$(BIN)/resnet-bottleneck forward
 
 test: $(VENV)/.test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.test

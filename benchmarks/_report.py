@@ -19,8 +19,8 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 from resnet_bottleneck.io import atomic_write
 
@@ -37,8 +37,14 @@ def cores() -> int:
     return available_cores()
 
 
-def interleaved(runners: Mapping[str, Callable[[], object]], repeats: int, inner: int | Mapping[str, int] = 1,
-                stat: Callable = statistics.median, warmup: int = 2, pause: float = 0.0) -> dict[str, float]:
+def interleaved(
+    runners: Mapping[str, Callable[[], object]],
+    repeats: int,
+    inner: int | Mapping[str, int] = 1,
+    stat: Callable = statistics.median,
+    warmup: int = 2,
+    pause: float = 0.0,
+) -> dict[str, float]:
     """Seconds per call of each runner: ``warmup`` calls each, then ``repeats`` rounds, interleaved.
 
     A runner does one unit of work and waits for it. Each round times ``inner`` calls of every
@@ -99,7 +105,7 @@ def update_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     block = f"{start}\n{body.rstrip()}\n{end}"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))

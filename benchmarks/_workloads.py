@@ -9,11 +9,11 @@ Every Flax training workload runs the library's own train step (:func:`library_s
 from __future__ import annotations
 
 from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
 from _report import cores
 
 from resnet_bottleneck import BottleneckBlock, create_model, fold_batchnorm
@@ -33,6 +33,7 @@ def _rng_array(shape, seed, dtype=jnp.float32):
 
 
 # --- Flax -------------------------------------------------------------------------------
+
 
 def flax_matmul(n: int, jit, dtype=jnp.float32):
     a = _rng_array((n, n), 0, dtype)
@@ -67,8 +68,10 @@ def flax_block(batch, size, channels, mid, *, jit, conv=None, dtype=None, backwa
 def synthetic_batch(batch: int, size: int, num_classes: int = 1000) -> dict:
     """What the library's train step takes: ``image`` uint8 NHWC pixels (random), integer ``label``."""
     rng = np.random.default_rng(1)
-    return {"image": jnp.asarray(rng.integers(0, 256, (batch, size, size, 3)), jnp.uint8),
-            "label": jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)}
+    return {
+        "image": jnp.asarray(rng.integers(0, 256, (batch, size, size, 3)), jnp.uint8),
+        "label": jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32),
+    }
 
 
 def library_step(num_classes: int = 1000):
@@ -105,6 +108,7 @@ def flax_eval(name, batch, size, *, jit, fold=False, dtype=None, conv=None):
 
 # --- PyTorch ----------------------------------------------------------------------------
 
+
 def _torch():
     import torch
 
@@ -125,9 +129,11 @@ def torch_block(batch, size, channels, mid, *, backward=False):
     block = Bottleneck(channels, mid).to(memory_format=torch.channels_last).train()
     x = torch.randn(batch, channels, size, size).to(memory_format=torch.channels_last)
     if not backward:
+
         def run():
             with torch.no_grad():
                 block(x)
+
         return run
     x.requires_grad_(True)
     dy = torch.randn(batch, channels, size, size).to(memory_format=torch.channels_last)
@@ -136,6 +142,7 @@ def torch_block(batch, size, channels, mid, *, backward=False):
         block.zero_grad(set_to_none=True)
         x.grad = None
         block(x).backward(dy)
+
     return run
 
 
@@ -157,6 +164,7 @@ def torch_train_step(name, batch, size):
         opt.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
+
     return run
 
 
@@ -166,4 +174,5 @@ def torch_eval(name, batch, size):
     def run():
         with torch.inference_mode():
             model(x)
+
     return run

@@ -70,7 +70,11 @@ def _conv3x3_runners(batch: int, size: int, channels: int):
     k = jnp.ones((3, 3, channels, channels), jnp.float32) * 0.01
 
     def conv_grad(x, k):
-        y, vjp = jax.vjp(lambda x, k: lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")), x, k)
+        y, vjp = jax.vjp(
+            lambda x, k: lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")),
+            x,
+            k,
+        )
         return vjp(y)
 
     default, ours = jax.jit(conv_grad), rb.jit(conv_grad)
@@ -83,8 +87,11 @@ def _conv3x3_runners(batch: int, size: int, channels: int):
         y = conv(tx)
         y.backward(y.detach())
 
-    return {TORCH: torch_run, PLAIN: lambda: jax.block_until_ready(default(x, k)),
-            OURS: lambda: jax.block_until_ready(ours(x, k))}
+    return {
+        TORCH: torch_run,
+        PLAIN: lambda: jax.block_until_ready(default(x, k)),
+        OURS: lambda: jax.block_until_ready(ours(x, k)),
+    }
 
 
 def main(argv=None) -> None:
@@ -114,50 +121,82 @@ def main(argv=None) -> None:
     print(f"matmul {n}x{n} f32: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak_gflops.items()), flush=True)
 
     s, c = conv
-    measure("conv", f"3x3 conv {s}x{s}x{c}, forward + backward", _conv3x3_runners(b, s, c), 3 * 2.0 * b * s * s * 9 * c * c)
+    measure(
+        "conv", f"3x3 conv {s}x{s}x{c}, forward + backward", _conv3x3_runners(b, s, c), 3 * 2.0 * b * s * s * 9 * c * c
+    )
     for size_, channels, mid in stages:
         flops = w.block_flops(b, size_, channels, mid)
         for backward in (False, True):
             kind = "block forward + backward" if backward else "block forward"
-            measure(kind, f"block {size_}x{size_}x{channels}/{mid}, {kind.removeprefix('block ')}", {
-                TORCH: w.torch_block(b, size_, channels, mid, backward=backward),
-                PLAIN: w.flax_block(b, size_, channels, mid, jit=jax.jit, conv=nn.Conv, backward=backward),
-                OURS: w.flax_block(b, size_, channels, mid, jit=rb.jit, backward=backward),
-            }, flops * (3 if backward else 1))
+            measure(
+                kind,
+                f"block {size_}x{size_}x{channels}/{mid}, {kind.removeprefix('block ')}",
+                {
+                    TORCH: w.torch_block(b, size_, channels, mid, backward=backward),
+                    PLAIN: w.flax_block(b, size_, channels, mid, jit=jax.jit, conv=nn.Conv, backward=backward),
+                    OURS: w.flax_block(b, size_, channels, mid, jit=rb.jit, backward=backward),
+                },
+                flops * (3 if backward else 1),
+            )
 
     macs = rb.model_cost(model, size)["macs"]
     model_repeats = repeats if args.quick else max(3, repeats - 2)  # the models' rounds are long
-    measure("inference", f"{name} inference {size}x{size}", {
-        TORCH: w.torch_eval(model, b, size),
-        PLAIN: w.flax_eval(model, b, size, jit=jax.jit, conv=nn.Conv),
-        OURS: w.flax_eval(model, b, size, jit=rb.jit, fold=True),
-    }, 2.0 * macs * b, repeats=model_repeats)
-    measure("training", f"{name} training step {size}x{size}", {
-        TORCH: w.torch_train_step(model, b, size),
-        PLAIN: w.flax_train_step(model, b, size, jit=jax.jit, conv=nn.Conv),
-        OURS: w.flax_train_step(model, b, size, jit=rb.jit),
-    }, 3 * 2.0 * macs * b, repeats=model_repeats)
+    measure(
+        "inference",
+        f"{name} inference {size}x{size}",
+        {
+            TORCH: w.torch_eval(model, b, size),
+            PLAIN: w.flax_eval(model, b, size, jit=jax.jit, conv=nn.Conv),
+            OURS: w.flax_eval(model, b, size, jit=rb.jit, fold=True),
+        },
+        2.0 * macs * b,
+        repeats=model_repeats,
+    )
+    measure(
+        "training",
+        f"{name} training step {size}x{size}",
+        {
+            TORCH: w.torch_train_step(model, b, size),
+            PLAIN: w.flax_train_step(model, b, size, jit=jax.jit, conv=nn.Conv),
+            OURS: w.flax_train_step(model, b, size, jit=rb.jit),
+        },
+        3 * 2.0 * macs * b,
+        repeats=model_repeats,
+    )
 
     top = max(peak_gflops.values())
-    lines = [f"Matmul peak measured in this run ({n}x{n}, float32, best of {repeats} rounds): "
-             + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak_gflops.items()) + ".", "",
-             f"| workload (batch {b}) | {TORCH} | {PLAIN} | {OURS} | ours vs PyTorch (time) | ours GFLOP/s (% of peak) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"Matmul peak measured in this run ({n}x{n}, float32, best of {repeats} rounds): "
+        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak_gflops.items())
+        + ".",
+        "",
+        f"| workload (batch {b}) | {TORCH} | {PLAIN} | {OURS} | ours vs PyTorch (time) | ours GFLOP/s (% of peak) |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in rows:
         cell = (lambda t: f"{t * 1e3:.1f} ms ({b / t:.1f} img/s)") if row.per_image else (lambda t: f"{t * 1e3:.1f} ms")
         gflops = row.flops / row.seconds[OURS] / 1e9
-        lines.append(f"| {row.label} | {cell(row.seconds[TORCH])} | {cell(row.seconds[PLAIN])} | "
-                     f"{cell(row.seconds[OURS])} | **{1 / row.speed():.2f}x** | {gflops:.0f} ({100 * gflops / top:.0f}%) |")
+        lines.append(
+            f"| {row.label} | {cell(row.seconds[TORCH])} | {cell(row.seconds[PLAIN])} | "
+            f"{cell(row.seconds[OURS])} | **{1 / row.speed():.2f}x** | {gflops:.0f} ({100 * gflops / top:.0f}%) |"
+        )
     lines += ["", *verdicts(rows, peak_gflops, name)]
     table = "\n".join(lines)
     print(table)
     if args.write:
         plot(rows, b)
-        write_section("cpu", f"CPU: ours against PyTorch and the plain Flax formulation (batch {b}, float32)", table,
-                      reused_memory=reused, note=f" (medians of interleaved rounds; {cores()} threads for everyone)",
-                      text=("Time ratios below 1 mean ours is faster. The 3x3 conv row shows why "
-                            "`resnet_bottleneck.jit` compiles with its own options on CPU (see `xla.py`). "
-                            f"Plot: [{PLOT.name}](benchmarks/{PLOT.name})."))
+        write_section(
+            "cpu",
+            f"CPU: ours against PyTorch and the plain Flax formulation (batch {b}, float32)",
+            table,
+            reused_memory=reused,
+            note=f" (medians of interleaved rounds; {cores()} threads for everyone)",
+            text=(
+                "Time ratios below 1 mean ours is faster. The 3x3 conv row shows why "
+                "`resnet_bottleneck.jit` compiles with its own options on CPU (see `xla.py`). "
+                f"Plot: [{PLOT.name}](benchmarks/{PLOT.name})."
+            ),
+        )
 
 
 def verdicts(rows: list[Row], peak_gflops: dict[str, float], name: str = "ResNet-50") -> list[str]:
@@ -188,8 +227,9 @@ def verdicts(rows: list[Row], peak_gflops: dict[str, float], name: str = "ResNet
         f"- {name} inference >= {need:.1f}x PyTorch's images/s: {verdict(infer >= need)} ({infer:.2f}x). "
         f"PyTorch's inference runs at {torch_infer:.0f} GFLOP/s; {need:.1f}x that is {need * torch_infer:.0f} GFLOP/s, "
         f"{100 * need * torch_infer / max(peak_gflops.values()):.0f}% of the best matmul measured in this run and "
-        f"{100 * need * torch_infer / peak_gflops[OURS]:.0f}% of XLA's: at XLA's matmul peak, with nothing else costing "
-        f"time, ours would take {floor * 1e3:.0f} ms; {need:.1f}x needs <= {inference.seconds[TORCH] / need * 1e3:.0f} ms.",
+        f"{100 * need * torch_infer / peak_gflops[OURS]:.0f}% of XLA's: at XLA's matmul peak, with nothing else "
+        f"costing time, ours would take {floor * 1e3:.0f} ms; "
+        f"{need:.1f}x needs <= {inference.seconds[TORCH] / need * 1e3:.0f} ms.",
         f"- {name} training >= {TARGETS['training']:.1f}x PyTorch's images/s: {verdict(train >= TARGETS['training'])} "
         f"({train:.2f}x).",
     ]
@@ -204,8 +244,9 @@ def plot(rows: list[Row], batch: int) -> None:
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
     ys = range(len(rows))
     for offset, contestant, color in ((-0.2, PLAIN, "#bbbbbb"), (0.2, OURS, "#1f77b4")):
-        ax.barh([y + offset for y in ys], [row.speed(contestant) for row in rows], height=0.4, label=contestant,
-                color=color)
+        ax.barh(
+            [y + offset for y in ys], [row.speed(contestant) for row in rows], height=0.4, label=contestant, color=color
+        )
     ax.axvline(1.0, color="black", lw=1, label="PyTorch")
     ax.set_yticks(list(ys), [row.label for row in rows])
     ax.invert_yaxis()

@@ -92,7 +92,8 @@ def contestants(name: str, batch: int, size: int):
 
 
 def option_variants(proto, dynamic, x):
-    """Session-option variants of the NCHW graph, each against the defaults; and the graph with dynamic height and width."""
+    """Session-option variants of the NCHW graph, each against the defaults; and the graph with dynamic
+    height and width."""
     import onnxruntime as ort
 
     variants = {
@@ -103,8 +104,10 @@ def option_variants(proto, dynamic, x):
         "ORT_ENABLE_BASIC": {"level": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC},
         "1 intra-op thread": {"threads": 1},
     }
-    return {label: partial(_session(changes.pop("proto", proto), **changes).run, None, {"images": x})
-            for label, changes in variants.items()}
+    return {
+        label: partial(_session(changes.pop("proto", proto), **changes).run, None, {"images": x})
+        for label, changes in variants.items()
+    }
 
 
 def main(argv=None) -> None:
@@ -112,8 +115,12 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--pause", type=float, default=0.1,
-                        help="untimed seconds before each contestant's turn, for the other thread pools to go idle")
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.1,
+        help="untimed seconds before each contestant's turn, for the other thread pools to go idle",
+    )
     parser.add_argument("--options", action="store_true", help="also time session-option variants (A/B)")
     parser.add_argument("--quick", action="store_true", help="toy sizes (resnet18 at 32x32), one round; writes nothing")
     parser.add_argument("--write", action="store_true", help="rewrite the deploy section of BENCHMARKS.md")
@@ -140,8 +147,9 @@ def main(argv=None) -> None:
         if args.options:
             variants = interleaved(option_variants(proto, dynamic, x), repeats, inner, pause=args.pause)
             option_rows.append((batch, variants))
-            print(f"batch {batch} options: " + "  ".join(f"{k} {v * 1e3:.1f} ms" for k, v in variants.items()),
-                  flush=True)
+            print(
+                f"batch {batch} options: " + "  ".join(f"{k} {v * 1e3:.1f} ms" for k, v in variants.items()), flush=True
+            )
         del runners
 
     lines = [*table(rows), "", *verdicts(rows, agreements), *options_table(option_rows)]
@@ -150,14 +158,17 @@ def main(argv=None) -> None:
     if args.write:
         load = ", ".join(f"{a:.2f}" for a in os.getloadavg())
         write_section(
-            "deploy", "Deploy: ResNet-50 inference on CPU, PyTorch vs XLA vs ONNX Runtime on our export (float32)",
-            text, reused_memory=reused,
+            "deploy",
+            "Deploy: ResNet-50 inference on CPU, PyTorch vs XLA vs ONNX Runtime on our export (float32)",
+            text,
+            reused_memory=reused,
             note=f" (medians of {repeats} interleaved rounds; {cores()} threads for everyone; "
-                        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; load average at the start "
-                 f"{start_load}, at the end {load}, this run's own threads included)",
+            f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; load average at the start "
+            f"{start_load}, at the end {load}, this run's own threads included)",
             text="Ratios are images/s relative to PyTorch (above 1 is faster). `resnet-bottleneck export IN OUT.onnx "
-                 "--image-size 224` writes the graph timed here; `predict --runtime onnxruntime` runs it with these "
-                 "session options.")
+            "--image-size 224` writes the graph timed here; `predict --runtime onnxruntime` runs it with these "
+            "session options.",
+        )
 
 
 def table(rows) -> list[str]:
@@ -166,32 +177,43 @@ def table(rows) -> list[str]:
     lines = [f"| batch | {TORCH} | " + " | ".join(contenders) + " |", "|---" * (2 + len(contenders)) + "|"]
     for batch, s in rows:
         cells = [f"{s[k] * 1e3:.1f} ms, {batch / s[k]:.1f} img/s (**{s[TORCH] / s[k]:.2f}x**)" for k in contenders]
-        lines.append(f"| {batch} | {s[TORCH] * 1e3:.1f} ms, {batch / s[TORCH]:.1f} img/s (1.00x) | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {batch} | {s[TORCH] * 1e3:.1f} ms, {batch / s[TORCH]:.1f} img/s (1.00x) | " + " | ".join(cells) + " |"
+        )
     return lines
 
 
 def verdicts(rows, agreements) -> list[str]:
     """The targets, read off the rows: one file (one layout) must reach them at every batch."""
     speed = {layout: {batch: s[TORCH] / s[ORT[layout]] for batch, s in rows} for layout in ORT}
-    shown = "; ".join(f"{layout} " + ", ".join(f"batch {b}: {r:.2f}x" for b, r in ratios.items())
-                      for layout, ratios in speed.items())
+    shown = "; ".join(
+        f"{layout} " + ", ".join(f"batch {b}: {r:.2f}x" for b, r in ratios.items()) for layout, ratios in speed.items()
+    )
 
     def verdict(bound):
         met = [layout for layout, ratios in speed.items() if min(ratios.values()) >= bound]
         return f"**met** ({', '.join(met)})" if met else "**not met**"
 
-    return [f"- ONNX Runtime on our export >= {TARGET}x PyTorch's images/s at every batch: {verdict(TARGET)}; "
-            f"moonshot {MOONSHOT}x: {verdict(MOONSHOT)}. Measured: {shown}.",
-            f"- ONNX Runtime agrees with XLA on the same weights: max |difference| <= "
-            f"{max(agreements):.1e} of the largest logit (bound 1e-4)."]
+    return [
+        f"- ONNX Runtime on our export >= {TARGET}x PyTorch's images/s at every batch: {verdict(TARGET)}; "
+        f"moonshot {MOONSHOT}x: {verdict(MOONSHOT)}. Measured: {shown}.",
+        f"- ONNX Runtime agrees with XLA on the same weights: max |difference| <= "
+        f"{max(agreements):.1e} of the largest logit (bound 1e-4).",
+    ]
 
 
 def options_table(option_rows) -> list[str]:
     if not option_rows:
         return []
     labels = list(option_rows[0][1])
-    lines = ["", "Session options and shapes, NCHW graph, one interleaved A/B run per batch (time relative to the defaults; "
-             "above 1 is slower):", "", "| batch | " + " | ".join(labels) + " |", "|---" * (1 + len(labels)) + "|"]
+    lines = [
+        "",
+        "Session options and shapes, NCHW graph, one interleaved A/B run per batch (time relative to the defaults; "
+        "above 1 is slower):",
+        "",
+        "| batch | " + " | ".join(labels) + " |",
+        "|---" * (1 + len(labels)) + "|",
+    ]
     for batch, s in option_rows:
         base = s[labels[0]]
         lines.append(f"| {batch} | " + " | ".join(f"{s[k] * 1e3:.1f} ms ({s[k] / base:.2f})" for k in labels) + " |")

@@ -51,16 +51,27 @@ def main(argv=None) -> None:
         x = jnp.asarray(np.random.default_rng(batch).standard_normal((batch, size, size, 3)), jnp.float32)
         a, b = plain(variables, x), fast(folded, x)
         error = float(jnp.abs(a - b).max() / jnp.abs(a).max())
-        seconds = interleaved({"unfolded": lambda: plain(variables, x).block_until_ready(),
-                               "folded": lambda: fast(folded, x).block_until_ready()}, args.repeats)
+        seconds = interleaved(
+            {
+                "unfolded": lambda: plain(variables, x).block_until_ready(),
+                "folded": lambda: fast(folded, x).block_until_ready(),
+            },
+            args.repeats,
+        )
         t_plain, t_fold = seconds["unfolded"], seconds["folded"]
-        rows.append(f"| {args.model} | {batch} | {t_plain * 1e3:.0f} ms | {t_fold * 1e3:.0f} ms | "
-                    f"**{t_plain / t_fold:.2f}x** | {batch / t_plain:.1f} -> {batch / t_fold:.1f} | {error:.1e} |")
+        rows.append(
+            f"| {args.model} | {batch} | {t_plain * 1e3:.0f} ms | {t_fold * 1e3:.0f} ms | "
+            f"**{t_plain / t_fold:.2f}x** | {batch / t_plain:.1f} -> {batch / t_fold:.1f} | {error:.1e} |"
+        )
         print(rows[-1], flush=True)
     if args.write:
-        write_section("fold", "Inference with BatchNorm folded into the convs (`fold_batchnorm`)", "\n".join(rows),
-                      reused_memory=reused,
-                      note=f" (medians of {args.repeats} interleaved rounds, float32, {size}x{size})")
+        write_section(
+            "fold",
+            "Inference with BatchNorm folded into the convs (`fold_batchnorm`)",
+            "\n".join(rows),
+            reused_memory=reused,
+            note=f" (medians of {args.repeats} interleaved rounds, float32, {size}x{size})",
+        )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,7 @@ import resnet_bottleneck as rb  # noqa: E402
 from resnet_bottleneck.forward import worked_example_input  # noqa: E402
 
 #: (input shape, mid_features, out_features, label, calls per round: textbook, ours)
-CASES = [((4, 4, 4), 2, 4, "worked example", 20, 2000),
-         ((56, 56, 256), 64, 256, "ResNet-50 stage 1 block", 3, 3)]
+CASES = [((4, 4, 4), 2, 4, "worked example", 20, 2000), ((56, 56, 256), 64, 256, "ResNet-50 stage 1 block", 3, 3)]
 
 
 class TextbookBottleneck(nn.Module):
@@ -65,13 +64,19 @@ def main(argv=None) -> None:
 
     rows = []
     for shape, mid, out, label, textbook_calls, our_calls in cases:
-        x = worked_example_input() if label == "worked example" else (
-            np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+        x = (
+            worked_example_input()
+            if label == "worked example"
+            else (np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+        )
         xj = jnp.asarray(x)
-        runners = {"textbook": lambda: textbook_forward(0, xj, mid, out).block_until_ready(),
-                   "ours": lambda: rb.resnet_bottleneck_forward(0, x, mid, out).block_until_ready()}
-        np.testing.assert_allclose(rb.resnet_bottleneck_forward(0, x, mid, out), textbook_forward(0, xj, mid, out),
-                                   atol=1e-4)  # the same function before timing
+        runners = {
+            "textbook": lambda: textbook_forward(0, xj, mid, out).block_until_ready(),
+            "ours": lambda: rb.resnet_bottleneck_forward(0, x, mid, out).block_until_ready(),
+        }
+        np.testing.assert_allclose(
+            rb.resnet_bottleneck_forward(0, x, mid, out), textbook_forward(0, xj, mid, out), atol=1e-4
+        )  # the same function before timing
         seconds = interleaved(runners, repeats, inner={"textbook": textbook_calls, "ours": our_calls})
         rows.append((label, shape, mid, seconds["textbook"], seconds["ours"]))
 
@@ -82,8 +87,11 @@ def main(argv=None) -> None:
     print(table)
     if args.write:
         write_section(
-            "forward", "`resnet_bottleneck_forward`: per-call cost against the textbook eager solution", table,
-            reused_memory=reused, note=f" (medians of {repeats} interleaved rounds)",
+            "forward",
+            "`resnet_bottleneck_forward`: per-call cost against the textbook eager solution",
+            table,
+            reused_memory=reused,
+            note=f" (medians of {repeats} interleaved rounds)",
             text="Ours checks its arguments, then dispatches an executable compiled once per (shape, dtype, "
             "widths); the textbook solution traces `init` and `apply` op by op on every call.",
         )

@@ -73,16 +73,32 @@ def main(argv=None) -> dict:
     measured_peak = 2 * matmul_n**3 / peak_seconds / 1e12
     spec = spec_peak(device)
     top = spec or measured_peak
-    results = {"device": f"{device.platform}: {getattr(device, 'device_kind', '?')}", "model": model, "batch": batch,
-               "image_size": size, "matmul_tflops": measured_peak, "spec_peak_tflops": spec, "rows": []}
+    results = {
+        "device": f"{device.platform}: {getattr(device, 'device_kind', '?')}",
+        "model": model,
+        "batch": batch,
+        "image_size": size,
+        "matmul_tflops": measured_peak,
+        "spec_peak_tflops": spec,
+        "rows": [],
+    }
 
     def row(label, seconds, flops, images=None):
         tflops = flops / seconds / 1e12
-        results["rows"].append({"workload": label, "seconds": seconds, "tflops": tflops,
-                                "images_per_second": images / seconds if images else None,
-                                "fraction_of_peak": tflops / top})
-        print(f"{label:48s} {seconds * 1e3:9.2f} ms  {tflops:8.2f} TFLOP/s"
-              + (f"  {images / seconds:10.1f} img/s" if images else ""), flush=True)
+        results["rows"].append(
+            {
+                "workload": label,
+                "seconds": seconds,
+                "tflops": tflops,
+                "images_per_second": images / seconds if images else None,
+                "fraction_of_peak": tflops / top,
+            }
+        )
+        print(
+            f"{label:48s} {seconds * 1e3:9.2f} ms  {tflops:8.2f} TFLOP/s"
+            + (f"  {images / seconds:10.1f} img/s" if images else ""),
+            flush=True,
+        )
 
     macs = rb.model_cost(model, size)["macs"]
     train = timed(w.flax_train_step(model, batch, size, jit=rb.jit, dtype=bf16))
@@ -91,24 +107,38 @@ def main(argv=None) -> dict:
     row(f"{model} inference (BN folded), batch {batch}", infer, 2.0 * macs * batch, images=batch)
     for s, channels, mid in stages:
         seconds = timed(w.flax_block(block_batch, s, channels, mid, jit=rb.jit, dtype=bf16, backward=True))
-        row(f"block {s}x{s}x{channels}/{mid}, batch {block_batch}, fwd + bwd", seconds,
-            3 * w.block_flops(block_batch, s, channels, mid))
+        row(
+            f"block {s}x{s}x{channels}/{mid}, batch {block_batch}, fwd + bwd",
+            seconds,
+            3 * w.block_flops(block_batch, s, channels, mid),
+        )
 
     if args.json:
         atomic_write(args.json, lambda f: f.write(json.dumps(results, indent=2).encode()))
     if args.write and not args.tiny:
         peak_text = f"{spec:.0f} TFLOP/s data-sheet dense bf16" if spec else "no data-sheet figure known"
-        lines = [f"Device: {results['device']}. Peak: {peak_text}; measured {matmul_n}x{matmul_n} bf16 matmul "
-                 f"{measured_peak:.0f} TFLOP/s.", "",
-                 "| workload | time | TFLOP/s | % of peak | images/s |", "|---|---|---|---|---|"]
+        lines = [
+            f"Device: {results['device']}. Peak: {peak_text}; measured {matmul_n}x{matmul_n} bf16 matmul "
+            f"{measured_peak:.0f} TFLOP/s.",
+            "",
+            "| workload | time | TFLOP/s | % of peak | images/s |",
+            "|---|---|---|---|---|",
+        ]
         for r in results["rows"]:
             images = f"**{r['images_per_second']:,.0f}**" if r["images_per_second"] else ""
-            lines.append(f"| {r['workload']} | {r['seconds'] * 1e3:.2f} ms | {r['tflops']:.1f} | "
-                         f"{100 * r['fraction_of_peak']:.0f}% | {images} |")
-        write_section("gpu", "GPU: ResNet-50 and the block in bf16, synthetic data", "\n".join(lines),
-                      reused_memory=reused, note=f" (medians of {repeats} rounds of {steps} steps)",
-                      text="Targets: >= 4,000 training images/s on one H200 (MLPerf v4.0 H200: ~7,950; "
-                           "NVIDIA's PyTorch AMP on A100: ~2,470).")
+            lines.append(
+                f"| {r['workload']} | {r['seconds'] * 1e3:.2f} ms | {r['tflops']:.1f} | "
+                f"{100 * r['fraction_of_peak']:.0f}% | {images} |"
+            )
+        write_section(
+            "gpu",
+            "GPU: ResNet-50 and the block in bf16, synthetic data",
+            "\n".join(lines),
+            reused_memory=reused,
+            note=f" (medians of {repeats} rounds of {steps} steps)",
+            text="Targets: >= 4,000 training images/s on one H200 (MLPerf v4.0 H200: ~7,950; "
+            "NVIDIA's PyTorch AMP on A100: ~2,470).",
+        )
     return results
 
 

@@ -131,27 +131,37 @@ def main(argv=None) -> None:
     for batch, size, repeats, inner in settings:
         shape = (args.model, batch, size)
         workloads = {
-            "train step": {LINEN: w.flax_train_step(*shape, jit=jax.jit),
-                           **{how: nnx_train_step(*shape, how) for how in (NNX_JIT, CACHED, SPLIT)}},
-            "inference": {LINEN: w.flax_eval(*shape, jit=jax.jit),
-                          **{how: nnx_eval(*shape, how) for how in (NNX_JIT, CACHED, SPLIT)}},
+            "train step": {
+                LINEN: w.flax_train_step(*shape, jit=jax.jit),
+                **{how: nnx_train_step(*shape, how) for how in (NNX_JIT, CACHED, SPLIT)},
+            },
+            "inference": {
+                LINEN: w.flax_eval(*shape, jit=jax.jit),
+                **{how: nnx_eval(*shape, how) for how in (NNX_JIT, CACHED, SPLIT)},
+            },
         }
         for workload, runners in workloads.items():
             seconds = interleaved(runners, repeats, inner=inner)
             for label, s in seconds.items():
                 per_call = f"{s * 1e3:.{0 if s > 0.1 else 1}f} ms"
                 versus = f"{s / seconds[LINEN]:.3f}x ({(s - seconds[LINEN]) * 1e3:+.1f} ms)"
-                lines.append(f"| {args.model} {workload}, batch {batch}, {size}x{size} | {label} | {per_call} | "
-                             f"{batch / s:.2f} | {versus} |")
+                lines.append(
+                    f"| {args.model} {workload}, batch {batch}, {size}x{size} | {label} | {per_call} | "
+                    f"{batch / s:.2f} | {versus} |"
+                )
     table = "\n".join(lines)
     load = f"load average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     print(table)
     print(load)
     if args.write:
-        write_section("nnx", f"Flax NNX against Linen: {args.model} train step and inference, float32", table,
-                      reused_memory=reused,
-                      note=f" (medians of {args.repeats} interleaved rounds of {args.steps} calls, at batch 1 of "
-                           f"{args.overhead_rounds} rounds of 10; {load})")
+        write_section(
+            "nnx",
+            f"Flax NNX against Linen: {args.model} train step and inference, float32",
+            table,
+            reused_memory=reused,
+            note=f" (medians of {args.repeats} interleaved rounds of {args.steps} calls, at batch 1 of "
+            f"{args.overhead_rounds} rounds of 10; {load})",
+        )
 
 
 if __name__ == "__main__":

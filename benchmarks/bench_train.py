@@ -29,8 +29,12 @@ import resnet_bottleneck as rb  # noqa: E402
 def _default_cli_run() -> dict:
     """``resnet-bottleneck train --json`` as a user runs it: its own process, the system allocator."""
     with tempfile.TemporaryDirectory() as out:
-        done = subprocess.run([sys.executable, "-m", "resnet_bottleneck", "train", "--json", "--out", out],
-                              capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "resnet_bottleneck", "train", "--json", "--out", out],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -48,8 +52,10 @@ def main(argv=None) -> None:
         parser.error("--write records the default run too; drop --no-cli")
     reused = not SYSTEM_MALLOC and rb.reuse_freed_memory()
 
-    runners = {"PyTorch (torchvision, channels_last)": w.torch_train_step(args.model, args.batch, args.image_size),
-               "ours (jitted step)": w.flax_train_step(args.model, args.batch, args.image_size, jit=rb.jit)}
+    runners = {
+        "PyTorch (torchvision, channels_last)": w.torch_train_step(args.model, args.batch, args.image_size),
+        "ours (jitted step)": w.flax_train_step(args.model, args.batch, args.image_size, jit=rb.jit),
+    }
     seconds = interleaved(runners, args.repeats, inner=args.steps)
     rates = {k: args.batch / v for k, v in seconds.items()}
     torch_rate = rates["PyTorch (torchvision, channels_last)"]
@@ -59,16 +65,23 @@ def main(argv=None) -> None:
 
     if not args.no_cli:
         default = _default_cli_run()
-        lines += ["", f"Default `resnet-bottleneck train` (resnet_tiny, digits at 32x32, batch 64, 15 epochs; run as "
-                  f"the command, in its own process): test accuracy {default['test_accuracy']:.4f}, "
-                  f"{default['seconds']:.1f} s in all, {default['images_per_second']:,.0f} training images/s "
-                  "(first step's compile excluded)."]
+        lines += [
+            "",
+            f"Default `resnet-bottleneck train` (resnet_tiny, digits at 32x32, batch 64, 15 epochs; run as "
+            f"the command, in its own process): test accuracy {default['test_accuracy']:.4f}, "
+            f"{default['seconds']:.1f} s in all, {default['images_per_second']:,.0f} training images/s "
+            "(first step's compile excluded).",
+        ]
     table = "\n".join(lines)
     print(table)
     if args.write:
-        write_section("train", f"Training throughput: {args.model}, batch {args.batch}, "
-                      f"{args.image_size}x{args.image_size}, float32", table, reused_memory=reused,
-                      note=f" (medians of {args.repeats} interleaved rounds of {args.steps} steps)")
+        write_section(
+            "train",
+            f"Training throughput: {args.model}, batch {args.batch}, {args.image_size}x{args.image_size}, float32",
+            table,
+            reused_memory=reused,
+            note=f" (medians of {args.repeats} interleaved rounds of {args.steps} steps)",
+        )
 
 
 if __name__ == "__main__":

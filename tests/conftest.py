@@ -29,6 +29,7 @@ def digits_run(tmp_path_factory):
     import json
 
     from helpers import SMALL_TRAIN
+
     from resnet_bottleneck.cli import main
 
     run = tmp_path_factory.mktemp("digits") / "run"

@@ -82,9 +82,12 @@ def random_variables(model, shape, seed=1):
         fan_in = np.prod(s.shape[:-1]) if len(s.shape) > 1 else 100
         return (g.standard_normal(s.shape) / np.sqrt(fan_in)).astype(np.float32)
 
-    return {"params": jax.tree_util.tree_map(param, shapes["params"]),
-            "batch_stats": jax.tree_util.tree_map(lambda s: (0.5 + g.random(s.shape)).astype(np.float32),
-                                                  shapes["batch_stats"])}
+    return {
+        "params": jax.tree_util.tree_map(param, shapes["params"]),
+        "batch_stats": jax.tree_util.tree_map(
+            lambda s: (0.5 + g.random(s.shape)).astype(np.float32), shapes["batch_stats"]
+        ),
+    }
 
 
 def bfloat16_rounded(tree):
@@ -121,7 +124,8 @@ def forward_and_grads(module, variables, x, *, jit=jax.jit, weights=None, statis
 
 
 def randomize_norms(model, seed=1):
-    """Random affine and running statistics for every ``BatchNorm2d`` and ``FrozenBatchNorm2d``; ``model`` in eval mode."""
+    """Random affine and running statistics for every ``BatchNorm2d`` and ``FrozenBatchNorm2d``;
+    ``model`` in eval mode."""
     import torch
     from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -153,7 +157,9 @@ def torch_stages(model, x):
     seen = {}
     hooks = [model.relu.register_forward_hook(lambda m, i, o: seen.setdefault("stem", o))]
     for i, stage in enumerate(["C2", "C3", "C4", "C5"]):
-        hooks.append(getattr(model, f"layer{i + 1}").register_forward_hook(lambda m, i, o, s=stage: seen.__setitem__(s, o)))
+        hooks.append(
+            getattr(model, f"layer{i + 1}").register_forward_hook(lambda m, i, o, s=stage: seen.__setitem__(s, o))
+        )
     logits = model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
     for h in hooks:
         h.remove()
@@ -165,7 +171,6 @@ def torch_stages(model, x):
 #: A small, fast ``train`` run: 8x8 digits upsampled to 16; 1,438 training images make 22 steps an
 #: epoch, 44 in all; checkpoints every 5 steps, the last 2 kept (conftest's ``digits_run`` is one).
 SMALL_TRAIN = ["--image-size", "16", "--batch-size", "64", "--epochs", "2", "--checkpoint-every", "5", "--keep", "2"]
-
 
 
 class WatchedImages:

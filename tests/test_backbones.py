@@ -9,17 +9,24 @@ import optax
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import abstract_init, assert_close_to_scale, assert_trees_equal, random_variables, randomize_norms
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.segmentation import deeplabv3_resnet50
 
-from resnet_bottleneck import (create_fpn_backbone, feature_info, freeze, from_torchvision, from_torchvision_fpn,
-                               to_torchvision, to_torchvision_fpn, trainable_mask)
+from resnet_bottleneck import (
+    create_fpn_backbone,
+    feature_info,
+    freeze,
+    from_torchvision,
+    from_torchvision_fpn,
+    to_torchvision,
+    to_torchvision_fpn,
+    trainable_mask,
+)
 from resnet_bottleneck.backbones import _nearest_indices, upsample_nearest
 from resnet_bottleneck.io.torchvision import WeightsMismatch
 from resnet_bottleneck.models import count_params
-
-from helpers import abstract_init, assert_close_to_scale, assert_trees_equal, random_variables, randomize_norms
 
 torch.set_num_threads(2)
 
@@ -62,7 +69,9 @@ def test_fpn_parameter_count_is_torchvisions(fpn50):
     tv, _, variables = fpn50
     theirs = sum(p.numel() for p in tv.parameters())  # frozen BatchNorm: buffers, not parameters
     assert count_params(variables) == theirs == 26_799_296
-    assert not [p for p in jax.tree_util.tree_leaves_with_path(variables["params"]) if "bn" in jax.tree_util.keystr(p[0])]
+    assert not [
+        p for p in jax.tree_util.tree_leaves_with_path(variables["params"]) if "bn" in jax.tree_util.keystr(p[0])
+    ]
     assert set(variables["batch_stats"]["body"]["bn1"]) == {"scale", "bias", "mean", "var"}
 
 
@@ -79,8 +88,9 @@ def test_deeplab_backbone_c5_at_output_stride_8():
     torch.manual_seed(0)
     tv = randomize_norms(deeplabv3_resnet50(weights=None, weights_backbone=None).backbone)
     dilated = (False, True, True)
-    model, variables = from_torchvision(tv.state_dict(), "resnet50", num_classes=None,
-                                        replace_stride_with_dilation=dilated)
+    model, variables = from_torchvision(
+        tv.state_dict(), "resnet50", num_classes=None, replace_stride_with_dilation=dilated
+    )
     assert [i["stride"] for i in feature_info(model)] == [2, 4, 8, 8, 8]
     x = np.random.default_rng(3).standard_normal((1, 67, 45, 3)).astype(np.float32)
     with torch.no_grad():
@@ -127,14 +137,22 @@ def test_fpn_mismatches_name_the_backbone_the_tensors_fit():
     with pytest.raises(WeightsMismatch) as info:
         from_torchvision_fpn(sd, "resnet18")
     err = info.value
-    assert (err.missing, err.unexpected, err.wrong_shape) == (["fpn.inner_blocks.0.0.weight"], ["fpn.extra.0.weight"],
-                                                                [("body.bn1.weight", (65,), (64,))])
-    assert str(err).startswith("state_dict does not fit torchvision's resnet18 FPN backbone; it fits none of the family "
-                               "(nearest: resnet18 FPN backbone). 1 missing: fpn.inner_blocks.0.0.weight"), str(err)
+    assert (err.missing, err.unexpected, err.wrong_shape) == (
+        ["fpn.inner_blocks.0.0.weight"],
+        ["fpn.extra.0.weight"],
+        [("body.bn1.weight", (65,), (64,))],
+    )
+    assert str(err).startswith(
+        "state_dict does not fit torchvision's resnet18 FPN backbone; it fits none of the family "
+        "(nearest: resnet18 FPN backbone). 1 missing: fpn.inner_blocks.0.0.weight"
+    ), str(err)
     with torch.device("meta"):  # names and shapes are enough to tell
         sd101 = resnet_fpn_backbone(backbone_name="resnet101", weights=None).state_dict()
-    with pytest.raises(WeightsMismatch, match=r"^state_dict does not fit torchvision's resnet50 FPN backbone; "
-                                              r"it fits resnet101 FPN backbone\. 255 unexpected: body\.layer3\.6\.conv1\.weight, "):
+    with pytest.raises(
+        WeightsMismatch,
+        match=r"^state_dict does not fit torchvision's resnet50 FPN backbone; "
+        r"it fits resnet101 FPN backbone\. 255 unexpected: body\.layer3\.6\.conv1\.weight, ",
+    ):
         from_torchvision_fpn(sd101, "resnet50")
     # A body cut after layer3 (returned_layers=[2, 3]) read with the default (1, 2, 3, 4), and then right.
     short = resnet_fpn_backbone(backbone_name="resnet18", weights=None, returned_layers=[2, 3]).state_dict()
@@ -172,8 +190,10 @@ def test_trainable_mask_is_torchvisions(trainable_layers):
     module = create_fpn_backbone("resnet18", trainable_layers=trainable_layers)
     shapes = abstract_init(module)
     mask = trainable_mask(shapes["params"], trainable_layers)
-    as_arrays = {"params": jax.tree_util.tree_map(lambda m, s: np.full(s.shape, float(m), np.float32), mask, shapes["params"]),
-                 "batch_stats": jax.tree_util.tree_map(lambda s: np.zeros(s.shape, np.float32), shapes["batch_stats"])}
+    as_arrays = {
+        "params": jax.tree_util.tree_map(lambda m, s: np.full(s.shape, float(m), np.float32), mask, shapes["params"]),
+        "batch_stats": jax.tree_util.tree_map(lambda s: np.zeros(s.shape, np.float32), shapes["batch_stats"]),
+    }
     ours = to_torchvision_fpn(as_arrays, "resnet18", as_numpy=True)
     learning = {key: bool(ours[key].all()) for key, _ in tv.named_parameters()}
     assert learning == {key: p.requires_grad for key, p in tv.named_parameters()}
@@ -186,12 +206,14 @@ def small_fpn():
     x = np.random.default_rng(5).standard_normal((2, 64, 64, 3)).astype(np.float32)
     variables = random_variables(module, x.shape, seed=6)
     g = np.random.default_rng(7)
-    weights = {k: g.standard_normal(s.shape).astype(np.float32)
-               for k, s in jax.eval_shape(module.apply, variables, x).items()}
+    weights = {
+        k: g.standard_normal(s.shape).astype(np.float32) for k, s in jax.eval_shape(module.apply, variables, x).items()
+    }
 
     def loss(params, batch_stats):
-        levels, state = module.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                                     mutable=["batch_stats"])
+        levels, state = module.apply(
+            {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+        )
         return sum(jnp.sum(levels[k] * weights[k]) for k in levels), state["batch_stats"]
 
     return module, variables, jax.jit(jax.grad(loss, has_aux=True))
@@ -225,31 +247,52 @@ def test_frozen_layers_get_no_gradient_and_no_update(small_fpn):
     frozen_after, learning_after = frozen_part(params)
     frozen_before, learning_before = frozen_part(variables["params"])
     assert_trees_equal(frozen_after, frozen_before)
-    assert all(not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(learning_after),
-                                                          jax.tree_util.tree_leaves(learning_before)))
+    assert all(
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree_util.tree_leaves(learning_after), jax.tree_util.tree_leaves(learning_before))
+    )
     assert_trees_equal(stats, variables["batch_stats"])  # frozen BatchNorm: train mode writes nothing
 
     # The same steps with the plain optimizer: weight decay moves the frozen part, zero gradient or not.
     plain, _, _ = run_steps(sgd, variables, grad)
-    assert all(not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(frozen_part(plain)[0]),
-                                                          jax.tree_util.tree_leaves(frozen_before)))
+    assert all(
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree_util.tree_leaves(frozen_part(plain)[0]), jax.tree_util.tree_leaves(frozen_before))
+    )
 
 
-@pytest.mark.parametrize("call,error,message", [
-    (lambda: create_fpn_backbone("resnet50", trainable_layers=6), ValueError,
-     r"trainable_layers must be an integer from 0 to 5 .*; got 6"),
-    (lambda: create_fpn_backbone("resnet50", trainable_layers=-1), ValueError, r"trainable_layers .*; got -1"),
-    (lambda: create_fpn_backbone("resnet50", trainable_layers=2.5), TypeError, r"trainable_layers .*; got 2.5"),
-    (lambda: create_fpn_backbone("resnet50", returned_layers=(0, 1, 2)), ValueError,
-     r"returned_layers must list increasing stage numbers from 1 to 4 .*; got \(0, 1, 2\)"),
-    (lambda: create_fpn_backbone("resnet50", returned_layers=[5]), ValueError, r"returned_layers .*; got \[5\]"),
-    (lambda: create_fpn_backbone("resnet50", returned_layers=(3, 1)), ValueError, r"returned_layers .*; got \(3, 1\)"),
-    (lambda: create_fpn_backbone("resnet50", returned_layers=()), ValueError, r"returned_layers .*; got \(\)"),
-    (lambda: create_fpn_backbone("resnet50", out_channels=0), ValueError, r"out_channels must be a positive integer; got 0"),
-    (lambda: create_fpn_backbone("resnet51"), ValueError, r"name must be one of .*; got 'resnet51'"),
-    (lambda: trainable_mask({}, 7), ValueError, r"trainable_layers must be an integer from 0 to 5 .*; got 7"),
-    (lambda: freeze(optax.sgd(0.1), 9), ValueError, r"trainable_layers .*; got 9"),
-])
+@pytest.mark.parametrize(
+    "call,error,message",
+    [
+        (
+            lambda: create_fpn_backbone("resnet50", trainable_layers=6),
+            ValueError,
+            r"trainable_layers must be an integer from 0 to 5 .*; got 6",
+        ),
+        (lambda: create_fpn_backbone("resnet50", trainable_layers=-1), ValueError, r"trainable_layers .*; got -1"),
+        (lambda: create_fpn_backbone("resnet50", trainable_layers=2.5), TypeError, r"trainable_layers .*; got 2.5"),
+        (
+            lambda: create_fpn_backbone("resnet50", returned_layers=(0, 1, 2)),
+            ValueError,
+            r"returned_layers must list increasing stage numbers from 1 to 4 .*; got \(0, 1, 2\)",
+        ),
+        (lambda: create_fpn_backbone("resnet50", returned_layers=[5]), ValueError, r"returned_layers .*; got \[5\]"),
+        (
+            lambda: create_fpn_backbone("resnet50", returned_layers=(3, 1)),
+            ValueError,
+            r"returned_layers .*; got \(3, 1\)",
+        ),
+        (lambda: create_fpn_backbone("resnet50", returned_layers=()), ValueError, r"returned_layers .*; got \(\)"),
+        (
+            lambda: create_fpn_backbone("resnet50", out_channels=0),
+            ValueError,
+            r"out_channels must be a positive integer; got 0",
+        ),
+        (lambda: create_fpn_backbone("resnet51"), ValueError, r"name must be one of .*; got 'resnet51'"),
+        (lambda: trainable_mask({}, 7), ValueError, r"trainable_layers must be an integer from 0 to 5 .*; got 7"),
+        (lambda: freeze(optax.sgd(0.1), 9), ValueError, r"trainable_layers .*; got 9"),
+    ],
+)
 def test_bad_backbone_arguments_are_named(call, error, message):
     with pytest.raises(error, match=message):
         call()

@@ -35,13 +35,22 @@ def bench(monkeypatch):
 def test_gpu_benchmark_runs_tiny(tmp_path):
     out = tmp_path / "gpu.json"
     before = (ROOT / "BENCHMARKS.md").read_text()
-    proc = subprocess.run([sys.executable, str(BENCH / "bench_gpu.py"), "--tiny", "--json", str(out)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_gpu.py"), "--tiny", "--json", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["model"] == "resnet_tiny" and result["batch"] == 4
     assert [r["workload"].split(",")[0] for r in result["rows"]] == [
-        "resnet_tiny training step", "resnet_tiny inference (BN folded)", "block 8x8x32/8", "block 4x4x64/16"]
+        "resnet_tiny training step",
+        "resnet_tiny inference (BN folded)",
+        "block 8x8x32/8",
+        "block 4x4x64/16",
+    ]
     for r in result["rows"]:
         assert r["seconds"] > 0 and math.isfinite(r["tflops"]) and r["tflops"] > 0
     assert result["rows"][0]["images_per_second"] == 4 / result["rows"][0]["seconds"]
@@ -79,12 +88,27 @@ def test_nnx_benchmark_runs_tiny(bench, capsys, monkeypatch):
     module = bench("bench_nnx")
     monkeypatch.setattr(module.w, "flax_train_step", lambda *args, **kwargs: lambda: None)
     monkeypatch.setattr(module.w, "flax_eval", lambda *args, **kwargs: lambda: None)
-    module.main(["--model", "resnet_tiny", "--batch", "2", "--image-size", "16", "--repeats", "1", "--steps", "1",
-                 "--overhead-rounds", "0"])
+    module.main(
+        [
+            "--model",
+            "resnet_tiny",
+            "--batch",
+            "2",
+            "--image-size",
+            "16",
+            "--repeats",
+            "1",
+            "--steps",
+            "1",
+            "--overhead-rounds",
+            "0",
+        ]
+    )
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| resnet_tiny")]
     contestants = [module.LINEN, module.NNX_JIT, module.CACHED, module.SPLIT]
-    assert [r[:2] for r in rows] == [[f"| resnet_tiny {w}, batch 2, 16x16", c] for w in ("train step", "inference")
-                                     for c in contestants]
+    assert [r[:2] for r in rows] == [
+        [f"| resnet_tiny {w}, batch 2, 16x16", c] for w in ("train step", "inference") for c in contestants
+    ]
     assert all(float(r[2].split()[0]) > 0 for r in rows if r[1] != module.LINEN)
     assert (ROOT / "BENCHMARKS.md").read_text() == before
 
@@ -127,6 +151,7 @@ def test_interleaved_rounds_warm_up_then_alternate(bench, monkeypatch):
         def run():
             order.append(label)
             clock[0] += next(durations[label])
+
         return run
 
     seconds = report.interleaved({"a": runner("a"), "b": runner("b")}, repeats=3, inner={"a": 2, "b": 1})
@@ -162,7 +187,10 @@ def test_sections_are_replaced_whole_and_appended(bench, tmp_path):
     path.write_text("# B\n\n<!-- x:start -->\nold x\n<!-- x:end -->\n\nkept\n")
     report.update_section("x", "new x\n", path)
     report.update_section("y", "y", path)
-    assert path.read_text() == "# B\n\n<!-- x:start -->\nnew x\n<!-- x:end -->\n\nkept\n\n<!-- y:start -->\ny\n<!-- y:end -->\n"
+    assert (
+        path.read_text()
+        == "# B\n\n<!-- x:start -->\nnew x\n<!-- x:end -->\n\nkept\n\n<!-- y:start -->\ny\n<!-- y:end -->\n"
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["B.md"]  # no temporary left behind
 
 
@@ -170,19 +198,23 @@ def test_cpu_verdicts_read_typed_rows_against_the_targets(bench, tmp_path, monke
     """Met and not met, worked by hand: block forward 0.9x PyTorch's time (met); forward + backward
     0.9x and 1.1x (not met); inference 1.25x PyTorch's images/s (met); training 0.8x (not met)."""
     cpu = bench("bench_cpu")
-    T, P, O = cpu.TORCH, cpu.PLAIN, cpu.OURS
-    rows = [cpu.Row("conv", "3x3 conv", {T: 1.0, P: 3.0, O: 2.0}, 1e9),
-            cpu.Row("block forward", "block a, forward", {T: 1.0, P: 2.0, O: 0.9}, 1e9),
-            cpu.Row("block forward + backward", "block a, forward + backward", {T: 1.0, P: 2.0, O: 0.9}, 1e9),
-            cpu.Row("block forward", "block b, forward", {T: 2.0, P: 2.0, O: 1.0}, 1e9),
-            cpu.Row("block forward + backward", "block b, forward + backward", {T: 1.0, P: 2.0, O: 1.1}, 1e9),
-            cpu.Row("inference", "ResNet-50 inference", {T: 0.5, P: 1.0, O: 0.4}, 100e9),
-            cpu.Row("training", "ResNet-50 training step", {T: 1.0, P: 2.0, O: 1.25}, 300e9)]
+    T, P, O = cpu.TORCH, cpu.PLAIN, cpu.OURS  # noqa: E741 (the table's three columns)
+    rows = [
+        cpu.Row("conv", "3x3 conv", {T: 1.0, P: 3.0, O: 2.0}, 1e9),
+        cpu.Row("block forward", "block a, forward", {T: 1.0, P: 2.0, O: 0.9}, 1e9),
+        cpu.Row("block forward + backward", "block a, forward + backward", {T: 1.0, P: 2.0, O: 0.9}, 1e9),
+        cpu.Row("block forward", "block b, forward", {T: 2.0, P: 2.0, O: 1.0}, 1e9),
+        cpu.Row("block forward + backward", "block b, forward + backward", {T: 1.0, P: 2.0, O: 1.1}, 1e9),
+        cpu.Row("inference", "ResNet-50 inference", {T: 0.5, P: 1.0, O: 0.4}, 100e9),
+        cpu.Row("training", "ResNet-50 training step", {T: 1.0, P: 2.0, O: 1.25}, 300e9),
+    ]
     lines = cpu.verdicts(rows, {T: 500.0, O: 400.0})
     assert lines[0] == "- Block forward <= 1.0x PyTorch's time at all 2 stages: **met** (worst 0.90x)."
     assert lines[1] == "- Block forward + backward <= 1.0x at all 2 stages: **not met** (worst 1.10x, best 0.90x)."
-    assert lines[2].startswith("- ResNet-50 inference >= 1.2x PyTorch's images/s: **met** (1.25x). PyTorch's "
-                               "inference runs at 200 GFLOP/s; 1.2x that is 240 GFLOP/s, 48% of the best matmul")
+    assert lines[2].startswith(
+        "- ResNet-50 inference >= 1.2x PyTorch's images/s: **met** (1.25x). PyTorch's "
+        "inference runs at 200 GFLOP/s; 1.2x that is 240 GFLOP/s, 48% of the best matmul"
+    )
     assert lines[2].endswith("ours would take 250 ms; 1.2x needs <= 417 ms.")
     assert lines[3] == "- ResNet-50 training >= 1.0x PyTorch's images/s: **not met** (0.80x)."
     monkeypatch.setattr(cpu, "PLOT", tmp_path / "cpu.png")
@@ -193,10 +225,31 @@ def test_cpu_verdicts_read_typed_rows_against_the_targets(bench, tmp_path, monke
 def test_data_benchmark_runs_small(tmp_path):
     """bench_data.py's loader part at a toy size, in-process: it runs, reports, writes nothing."""
     before = (ROOT / "BENCHMARKS.md").read_text()
-    proc = subprocess.run([sys.executable, str(BENCH / "bench_data.py"), "--images", "48", "--batch", "8",
-                           "--batches", "2", "--rounds", "1", "--workers", "0", "--image-size", "32",
-                           "--skip", "train", "memory"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "bench_data.py"),
+            "--images",
+            "48",
+            "--batch",
+            "8",
+            "--batches",
+            "2",
+            "--rounds",
+            "1",
+            "--workers",
+            "0",
+            "--image-size",
+            "32",
+            "--skip",
+            "train",
+            "memory",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| 0 | " in proc.stdout and "vs PyTorch" in proc.stdout, proc.stdout
     assert (ROOT / "BENCHMARKS.md").read_text() == before
@@ -217,7 +270,9 @@ def test_deploy_benchmark_runs_quick_and_reads_its_targets(bench, capsys, monkey
     T, X, N, H = deploy.TORCH, deploy.XLA, deploy.ORT["NCHW"], deploy.ORT["NHWC"]
     rows = [(1, {T: 1.0, X: 1.0, N: 0.8, H: 0.7}), (8, {T: 1.0, X: 1.0, N: 0.75, H: 0.9})]
     lines = deploy.verdicts(rows, [1e-6, 2e-6])
-    assert lines[0] == ("- ONNX Runtime on our export >= 1.25x PyTorch's images/s at every batch: **met** (NCHW); "
-                        "moonshot 1.5x: **not met**. Measured: NCHW batch 1: 1.25x, batch 8: 1.33x; "
-                        "NHWC batch 1: 1.43x, batch 8: 1.11x.")
+    assert lines[0] == (
+        "- ONNX Runtime on our export >= 1.25x PyTorch's images/s at every batch: **met** (NCHW); "
+        "moonshot 1.5x: **not met**. Measured: NCHW batch 1: 1.25x, batch 8: 1.33x; "
+        "NHWC batch 1: 1.43x, batch 8: 1.11x."
+    )
     assert lines[1].endswith("<= 2.0e-06 of the largest logit (bound 1e-4).")

@@ -8,12 +8,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import (
+    assert_close_to_scale,
+    assert_results_close,
+    assert_trees_close,
+    assert_trees_equal,
+    bfloat16_rounded,
+    forward_and_grads,
+)
+from textbook import np_batchnorm_train, np_conv, relu, same_pad
 
 from resnet_bottleneck import BasicBlock, BottleneckBlock
-
-from helpers import (assert_close_to_scale, assert_results_close, assert_trees_close, assert_trees_equal, bfloat16_rounded,
-                     forward_and_grads)
-from textbook import np_batchnorm_train, np_conv, relu, same_pad
 
 
 def init_apply(block, x, seed=0, **kwargs):
@@ -39,7 +44,9 @@ def numpy_bottleneck_general(p, x, strides, stride_on, groups, dilation, pad_mod
     y = np_conv(y, p["Conv_1"]["kernel"], stride=s3, pad=pad, groups=groups, dilation=dilation)
     y = relu(np_batchnorm_train(y, **p["BatchNorm_1"]))
     y = np_batchnorm_train(np_conv(y, p["Conv_2"]["kernel"]), **p["BatchNorm_2"])
-    shortcut = np_batchnorm_train(np_conv(x, p["Conv_3"]["kernel"], stride=strides), **p["BatchNorm_3"]) if project else x
+    shortcut = (
+        np_batchnorm_train(np_conv(x, p["Conv_3"]["kernel"], stride=strides), **p["BatchNorm_3"]) if project else x
+    )
     return relu(y + shortcut)
 
 
@@ -87,17 +94,22 @@ def test_torch_padding_differs_from_same_only_on_even_strided_input(rng):
         assert (not np.allclose(a, b, atol=1e-4)) == differ
 
 
-@pytest.mark.parametrize("in_ch,strides,projection,expected", [
-    (8, 1, None, False),
-    (4, 1, None, True),
-    (8, 2, None, True),
-    (8, (1, 2), None, True),
-    (8, 1, True, True),
-])
+@pytest.mark.parametrize(
+    "in_ch,strides,projection,expected",
+    [
+        (8, 1, None, False),
+        (4, 1, None, True),
+        (8, 2, None, True),
+        (8, (1, 2), None, True),
+        (8, 1, True, True),
+    ],
+)
 def test_projection_exactly_when_needed(in_ch, strides, projection, expected, rng):
     x = rng.standard_normal((1, 6, 6, in_ch)).astype(np.float32)
-    for block, proj in ((BottleneckBlock(2, 8, strides=strides, projection=projection), "Conv_3"),
-                        (BasicBlock(8, strides=strides, projection=projection), "Conv_2")):
+    for block, proj in (
+        (BottleneckBlock(2, 8, strides=strides, projection=projection), "Conv_3"),
+        (BasicBlock(8, strides=strides, projection=projection), "Conv_2"),
+    ):
         variables = block.init(jax.random.PRNGKey(0), x)
         assert (proj in variables["params"]) == expected
         if expected:
@@ -115,14 +127,19 @@ def test_strided_basic_block_names_and_shapes(rng):
     variables, y, _ = init_apply(BasicBlock(5, strides=2, use_bias=False), x)
     assert y.shape == (2, 5, 4, 5)
     assert jax.tree_util.tree_map(lambda a: a.shape, variables["params"]) == {
-        "Conv_0": {"kernel": (3, 3, 3, 5)}, "BatchNorm_0": {"scale": (5,), "bias": (5,)},
-        "Conv_1": {"kernel": (3, 3, 5, 5)}, "BatchNorm_1": {"scale": (5,), "bias": (5,)},
-        "Conv_2": {"kernel": (1, 1, 3, 5)}, "BatchNorm_2": {"scale": (5,), "bias": (5,)},
+        "Conv_0": {"kernel": (3, 3, 3, 5)},
+        "BatchNorm_0": {"scale": (5,), "bias": (5,)},
+        "Conv_1": {"kernel": (3, 3, 5, 5)},
+        "BatchNorm_1": {"scale": (5,), "bias": (5,)},
+        "Conv_2": {"kernel": (1, 1, 3, 5)},
+        "BatchNorm_2": {"scale": (5,), "bias": (5,)},
     }
 
 
 def test_bottleneck_grouped_kernel_shapes():
-    v = BottleneckBlock(32, 64, groups=8, strides=2, use_bias=False).init(jax.random.PRNGKey(0), jnp.ones((1, 8, 8, 32)))
+    v = BottleneckBlock(32, 64, groups=8, strides=2, use_bias=False).init(
+        jax.random.PRNGKey(0), jnp.ones((1, 8, 8, 32))
+    )
     shapes = jax.tree_util.tree_map(lambda a: a.shape, v["params"])
     assert shapes["Conv_1"] == {"kernel": (3, 3, 4, 32)}
     assert shapes["Conv_3"] == {"kernel": (1, 1, 32, 64)}
@@ -142,7 +159,9 @@ def test_zero_init_last_starts_as_identity(rng):
 def test_eval_uses_running_statistics(rng):
     x = rng.standard_normal((2, 4, 4, 8)).astype(np.float32)
     variables = BottleneckBlock(3, 8).init(jax.random.PRNGKey(0), x)
-    stats = jax.tree_util.tree_map(lambda a: np.asarray(rng.uniform(0.5, 2.0, a.shape), np.float32), variables["batch_stats"])
+    stats = jax.tree_util.tree_map(
+        lambda a: np.asarray(rng.uniform(0.5, 2.0, a.shape), np.float32), variables["batch_stats"]
+    )
     variables = {"params": variables["params"], "batch_stats": stats}
     eval_block = BottleneckBlock(3, 8, norm=partial(nn.BatchNorm, use_running_average=True))
     y = eval_block.apply(variables, x)  # nothing mutable needed in eval
@@ -185,24 +204,29 @@ def test_bfloat16_compute_with_float32_parameters_and_statistics(rng):
     rounded = {**variables, "params": bfloat16_rounded(variables["params"])}
     y32, s32 = block32.apply(rounded, bfloat16_rounded(x), mutable=["batch_stats"])
     assert y16.dtype == jnp.bfloat16
-    assert {a.dtype for a in jax.tree_util.tree_leaves(block16.init(jax.random.PRNGKey(0), x))} == {jnp.dtype("float32")}
+    assert {a.dtype for a in jax.tree_util.tree_leaves(block16.init(jax.random.PRNGKey(0), x))} == {
+        jnp.dtype("float32")
+    }
     assert {a.dtype for a in jax.tree_util.tree_leaves(s16)} == {jnp.dtype("float32")}
     assert_close_to_scale(y16, y32, rel=1e-2)
     assert_trees_close(s16, s32, rel=5e-3)
 
 
-@pytest.mark.parametrize("block,error,message", [
-    (BottleneckBlock(6, 8, groups=4), ValueError, r"groups must divide mid_features; got groups=4, mid_features=6"),
-    (BottleneckBlock(2, 8, stride_on="3x1"), ValueError, r"stride_on must be one of '3x3', '1x1'; got '3x1'"),
-    (BottleneckBlock(2, 8, padding="same"), ValueError, r"padding must be one of 'SAME', 'torch'; got 'same'"),
-    (BottleneckBlock(2, 8, strides=0), ValueError, r"strides must be a positive integer; got 0"),
-    (BottleneckBlock(2, 8, strides=(2, 2, 2)), ValueError, r"strides must be an int or a pair of ints"),
-    (BottleneckBlock(0, 8), ValueError, r"mid_features must be a positive integer; got 0"),
-    (BottleneckBlock(2, 8, groups=1.5), TypeError, r"groups must be a positive integer; got 1.5"),
-    (BottleneckBlock(2, 8, projection="auto"), TypeError, r"projection must be None \(automatic\), True or False"),
-    (BasicBlock(-1), ValueError, r"features must be a positive integer; got -1"),
-    (BasicBlock(8, dilation=0), ValueError, r"dilation must be a positive integer; got 0"),
-])
+@pytest.mark.parametrize(
+    "block,error,message",
+    [
+        (BottleneckBlock(6, 8, groups=4), ValueError, r"groups must divide mid_features; got groups=4, mid_features=6"),
+        (BottleneckBlock(2, 8, stride_on="3x1"), ValueError, r"stride_on must be one of '3x3', '1x1'; got '3x1'"),
+        (BottleneckBlock(2, 8, padding="same"), ValueError, r"padding must be one of 'SAME', 'torch'; got 'same'"),
+        (BottleneckBlock(2, 8, strides=0), ValueError, r"strides must be a positive integer; got 0"),
+        (BottleneckBlock(2, 8, strides=(2, 2, 2)), ValueError, r"strides must be an int or a pair of ints"),
+        (BottleneckBlock(0, 8), ValueError, r"mid_features must be a positive integer; got 0"),
+        (BottleneckBlock(2, 8, groups=1.5), TypeError, r"groups must be a positive integer; got 1.5"),
+        (BottleneckBlock(2, 8, projection="auto"), TypeError, r"projection must be None \(automatic\), True or False"),
+        (BasicBlock(-1), ValueError, r"features must be a positive integer; got -1"),
+        (BasicBlock(8, dilation=0), ValueError, r"dilation must be a positive integer; got 0"),
+    ],
+)
 def test_bad_options_are_named(block, error, message):
     with pytest.raises(error, match=message):
         block.init(jax.random.PRNGKey(0), jnp.ones((1, 4, 4, 8)))
@@ -244,8 +268,12 @@ def test_fast_path_is_taken():
     variables = fast.init(jax.random.PRNGKey(0), x)
 
     def convolutions(block):
-        return jax.jit(lambda v: block.apply(v, x, mutable=["batch_stats"])).lower(variables).as_text().count(
-            "stablehlo.convolution")
+        return (
+            jax.jit(lambda v: block.apply(v, x, mutable=["batch_stats"]))
+            .lower(variables)
+            .as_text()
+            .count("stablehlo.convolution")
+        )
 
     assert (convolutions(fast), convolutions(plain)) == (1, 4)
 

@@ -9,13 +9,12 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import one_line_error
+from textbook import textbook_bottleneck_forward
 
 import resnet_bottleneck as rb
 from resnet_bottleneck.cli import COMMANDS, main
 from resnet_bottleneck.forward import worked_example_input
-
-from helpers import one_line_error
-from textbook import textbook_bottleneck_forward
 
 SCRIPT = Path(sys.executable).parent / "resnet-bottleneck"
 
@@ -30,9 +29,21 @@ def test_default_runs_the_worked_example():
     result = subprocess.run([str(SCRIPT), "forward", "--json"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert (report["seed"], report["mid_features"], report["out_features"], report["input_shape"]) == (0, 2, 4, [4, 4, 4])
+    assert (report["seed"], report["mid_features"], report["out_features"], report["input_shape"]) == (
+        0,
+        2,
+        4,
+        [4, 4, 4],
+    )
     assert [s["shape"] for s in report["stages"]] == [
-        [1, 4, 4, 4], [1, 4, 4, 2], [1, 4, 4, 2], [1, 4, 4, 2], [1, 4, 4, 2], [1, 4, 4, 4], [1, 4, 4, 4], [64]
+        [1, 4, 4, 4],
+        [1, 4, 4, 2],
+        [1, 4, 4, 2],
+        [1, 4, 4, 2],
+        [1, 4, 4, 2],
+        [1, 4, 4, 4],
+        [1, 4, 4, 4],
+        [64],
     ]
     expected = textbook_bottleneck_forward(0, jnp.asarray(worked_example_input()), 2, 4)
     np.testing.assert_allclose(report["output"], expected, atol=1e-5)
@@ -55,8 +66,20 @@ def test_text_walkthrough_names_every_stage():
 def test_input_and_output_files(tmp_path):
     x = np.random.default_rng(1).standard_normal((5, 3, 6)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    result = run("forward", "--input", "x.npy", "--seed", "4294967295", "--mid", "9", "--out", "6",
-                 "--output", "y.npy", cwd=tmp_path)
+    result = run(
+        "forward",
+        "--input",
+        "x.npy",
+        "--seed",
+        "4294967295",
+        "--mid",
+        "9",
+        "--out",
+        "6",
+        "--output",
+        "y.npy",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     y = np.load(tmp_path / "y.npy")
     np.testing.assert_array_equal(y, rb.resnet_bottleneck_forward(2**32 - 1, x, 9, 6))
@@ -74,21 +97,30 @@ def test_bad_input_through_the_process(tmp_path):
     one_line_error(result.stderr, "argument --seed: must be an integer in [0, 2**32); got -1")
 
 
-@pytest.mark.parametrize("args,fragments", [
-    ([], ["the following arguments are required: COMMAND"]),
-    (["backward"], ["invalid choice: 'backward'"]),
-    (["forward", "--mid", "x"], ["argument --mid: must be a positive integer; got 'x'"]),
-    (["forward", "--mid", "0"], ["argument --mid: must be a positive integer; got 0"]),
-    (["forward", "--out", "-4"], ["argument --out: must be a positive integer; got -4"]),
-    (["forward", "--seed", "4294967296"], ["argument --seed: must be an integer in [0, 2**32); got 4294967296"]),
-    (["forward", "--input", "missing.npy"], ["argument --input: no such file: missing.npy"]),
-    (["forward", "--input", "notes.txt"], ["argument --input: cannot read notes.txt as a .npy array"]),
-    (["forward", "--input", "objects.npy"], ["argument --input: cannot read objects.npy", "pickle"]),
-    (["forward", "--input", "nan.npy"], ["argument --input: x must be finite; got 1 NaN/Inf value(s)"]),
-    (["forward", "--input", "flat.npy", "--out", "3"], ["argument --input: x must be a 3-D array (H, W, C); got shape (12,) (1-D)"]),
-    (["forward", "--output", "no/such/dir/y.npy"], ["argument --output: cannot write no/such/dir/y.npy: directory no/such/dir does not exist"]),
-    (["forward", "--bogus"], ["unrecognized arguments: --bogus"]),
-])
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        ([], ["the following arguments are required: COMMAND"]),
+        (["backward"], ["invalid choice: 'backward'"]),
+        (["forward", "--mid", "x"], ["argument --mid: must be a positive integer; got 'x'"]),
+        (["forward", "--mid", "0"], ["argument --mid: must be a positive integer; got 0"]),
+        (["forward", "--out", "-4"], ["argument --out: must be a positive integer; got -4"]),
+        (["forward", "--seed", "4294967296"], ["argument --seed: must be an integer in [0, 2**32); got 4294967296"]),
+        (["forward", "--input", "missing.npy"], ["argument --input: no such file: missing.npy"]),
+        (["forward", "--input", "notes.txt"], ["argument --input: cannot read notes.txt as a .npy array"]),
+        (["forward", "--input", "objects.npy"], ["argument --input: cannot read objects.npy", "pickle"]),
+        (["forward", "--input", "nan.npy"], ["argument --input: x must be finite; got 1 NaN/Inf value(s)"]),
+        (
+            ["forward", "--input", "flat.npy", "--out", "3"],
+            ["argument --input: x must be a 3-D array (H, W, C); got shape (12,) (1-D)"],
+        ),
+        (
+            ["forward", "--output", "no/such/dir/y.npy"],
+            ["argument --output: cannot write no/such/dir/y.npy: directory no/such/dir does not exist"],
+        ),
+        (["forward", "--bogus"], ["unrecognized arguments: --bogus"]),
+    ],
+)
 def test_bad_input_is_one_line_and_status_2(args, fragments, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.txt").write_text("not an array")
@@ -110,12 +142,19 @@ def test_bad_input_is_one_line_and_status_2(args, fragments, tmp_path, capsys, m
 BAD_INPUT = {
     "forward": (["--mid", "0"], ["argument --mid: ", "got 0", "must be a positive integer"]),
     "cost": (["--model", "resnet5"], ["argument --model: ", "got 'resnet5'", "must be one of resnet18, ", "resnet50?"]),
-    "convert": (["w.ckpt", "w.npz", "--model", "resnet18"], ["argument OUT: ", "got w.npz", "must end in .safetensors"]),
+    "convert": (
+        ["w.ckpt", "w.npz", "--model", "resnet18"],
+        ["argument OUT: ", "got w.npz", "must end in .safetensors"],
+    ),
     "export": (["w.ckpt", "w.npz"], ["argument OUT: ", "got w.npz", "must end in .safetensors"]),
-    "evaluate": (["--weights", "w.ckpt", "--model", "resnet18"],
-                 ["argument --weights: ", "got w.ckpt", "must end in .safetensors, .pth or .pt"]),
-    "predict": (["a.png", "--weights", "w.ckpt", "--model", "resnet18"],
-                ["argument --weights: ", "got w.ckpt", "must end in .safetensors, .pth or .pt"]),
+    "evaluate": (
+        ["--weights", "w.ckpt", "--model", "resnet18"],
+        ["argument --weights: ", "got w.ckpt", "must end in .safetensors, .pth or .pt"],
+    ),
+    "predict": (
+        ["a.png", "--weights", "w.ckpt", "--model", "resnet18"],
+        ["argument --weights: ", "got w.ckpt", "must end in .safetensors, .pth or .pt"],
+    ),
     "train": (["--epochs", "-1"], ["argument --epochs: ", "got -1", "must be a positive integer"]),
 }
 

@@ -1,6 +1,6 @@
-"""A run as a usable model, as a user goes: train on digits (conftest's ``digits_run``), export, predict (streaming, class names),
-evaluate (the run's own held-out accuracy, exactly; a folder against torchvision as the oracle);
-and bad input to train --weights, export, predict and evaluate as one line."""
+"""A run as a usable model, as a user goes: train on digits (conftest's ``digits_run``), export, predict
+(streaming, class names), evaluate (the run's own held-out accuracy, exactly; a folder against torchvision as
+the oracle); and bad input to train --weights, export, predict and evaluate as one line."""
 
 import json
 import subprocess
@@ -9,11 +9,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import assert_trees_equal, compiles, one_line_error, random_torchvision
 
 from resnet_bottleneck.cli import main
 from resnet_bottleneck.io.safetensors import load_variables
-
-from helpers import assert_trees_equal, compiles, one_line_error, random_torchvision
 
 torch.set_num_threads(2)
 
@@ -40,7 +39,11 @@ def test_train_writes_a_model_that_export_writes_again(digits_run, tmp_path, cap
     variables, metadata = load_variables(run / "model.safetensors")
     assert json.loads(metadata["classes"]) == [str(i) for i in range(10)]
     assert (metadata["model"], metadata["image_size"], metadata["num_classes"]) == ("resnet_tiny", "16", "10")
-    assert json.loads(metadata["mean"]) == [0.485, 0.456, 0.406] and json.loads(metadata["std"]) == [0.229, 0.224, 0.225]
+    assert json.loads(metadata["mean"]) == [0.485, 0.456, 0.406] and json.loads(metadata["std"]) == [
+        0.229,
+        0.224,
+        0.225,
+    ]
     assert json.loads(metadata["split"]) == {"data": None, "test_fraction": 0.2, "seed": 0}
     assert float(metadata["test_accuracy"]) == summary["test_accuracy"]
 
@@ -81,8 +84,12 @@ def test_predict_prints_the_digits_names_and_streams(digits_run, digits_pngs, tm
     assert main(["predict", *images, "--weights", weights, "--batch-size", "2"]) == 2
     captured = capsys.readouterr()
     assert len(captured.out.splitlines()) == 19 and str(tmp_path / "broken.png") not in captured.out
-    one_line_error(captured.err, f"argument IMAGE: cannot read {tmp_path / 'broken.png'} as an image",
-                   "the other images were classified", prog="resnet-bottleneck predict")
+    one_line_error(
+        captured.err,
+        f"argument IMAGE: cannot read {tmp_path / 'broken.png'} as an image",
+        "the other images were classified",
+        prog="resnet-bottleneck predict",
+    )
     first = events.index("line")
     assert events[:first].count("decode") < 12 <= events.count("decode"), events  # a few batches ahead, not all
 
@@ -114,27 +121,58 @@ def test_a_runs_onnx_export_scores_as_the_run_with_no_jax_compile(digits_run, di
     with compiles() as compiled:
         assert main(["evaluate", "--weights", str(tmp_path / "digits.onnx"), "--runtime", "onnxruntime", "--json"]) == 0
         scores = json.loads(capsys.readouterr().out)
-        assert main(["predict", *digits_pngs, "--weights", str(tmp_path / "digits.onnx"), "--runtime", "onnxruntime",
-                     "--json"]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    *digits_pngs,
+                    "--weights",
+                    str(tmp_path / "digits.onnx"),
+                    "--runtime",
+                    "onnxruntime",
+                    "--json",
+                ]
+            )
+            == 0
+        )
         got = json.loads(capsys.readouterr().out)
     assert compiled == []
     # a graph of dynamic size takes another --image-size; one of fixed size refuses it, in one line
-    assert main(["evaluate", "--weights", str(tmp_path / "digits.onnx"), "--runtime", "onnxruntime",
-                 "--image-size", "24", "--json"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--weights",
+                str(tmp_path / "digits.onnx"),
+                "--runtime",
+                "onnxruntime",
+                "--image-size",
+                "24",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["images"] == 359
     assert main(["export", str(run), str(tmp_path / "fixed.onnx"), "--image-size", "16"]) == 0
     capsys.readouterr()
-    assert main(["evaluate", "--weights", str(tmp_path / "fixed.onnx"), "--runtime", "onnxruntime",
-                 "--image-size", "24"]) == 2
-    one_line_error(capsys.readouterr().err, f"argument --image-size: {tmp_path / 'fixed.onnx'} takes 16x16 images; "
-                   "got 24", prog="resnet-bottleneck evaluate")
+    assert (
+        main(["evaluate", "--weights", str(tmp_path / "fixed.onnx"), "--runtime", "onnxruntime", "--image-size", "24"])
+        == 2
+    )
+    one_line_error(
+        capsys.readouterr().err,
+        f"argument --image-size: {tmp_path / 'fixed.onnx'} takes 16x16 images; got 24",
+        prog="resnet-bottleneck evaluate",
+    )
     assert scores["images"] == 359 and scores["data"] == "the run's held-out split of the digits (20%, seed 0)"
     assert (scores["top1"], scores["top5"]) == (last["test_accuracy"], last["test_top5"])
     np.testing.assert_allclose(scores["loss"], last["test_loss"], rtol=1e-4)
     for mine, theirs in zip(got, expected):
         assert [(r["class"], r["label"]) for r in mine["top5"]] == [(r["class"], r["label"]) for r in theirs["top5"]]
-        np.testing.assert_allclose([r["probability"] for r in mine["top5"]],
-                                   [r["probability"] for r in theirs["top5"]], atol=1e-5)
+        np.testing.assert_allclose(
+            [r["probability"] for r in mine["top5"]], [r["probability"] for r in theirs["top5"]], atol=1e-5
+        )
 
 
 def test_evaluate_a_folder_as_torchvision_computes_it(tmp_path):
@@ -158,14 +196,41 @@ def test_evaluate_a_folder_as_torchvision_computes_it(tmp_path):
             files.append(path)
             labels.append(c)
     # as a user runs it, with 2 worker processes: nothing on stderr (no shared memory left to the resource tracker)
-    done = subprocess.run([sys.executable, "-m", "resnet_bottleneck", "evaluate", "--weights", str(tmp_path / "r18.pth"),
-                           "--model", "resnet18", "--data", str(tmp_path / "data"), "--image-size", "32",
-                           "--batch-size", "8", "--workers", "2", "--json"], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "resnet_bottleneck",
+            "evaluate",
+            "--weights",
+            str(tmp_path / "r18.pth"),
+            "--model",
+            "resnet18",
+            "--data",
+            str(tmp_path / "data"),
+            "--image-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--workers",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0 and done.stderr == "", done.stderr
     scores = json.loads(done.stdout)
 
-    transform = transforms.Compose([transforms.Resize(36), transforms.CenterCrop(32), transforms.ToTensor(),
-                                    transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    transform = transforms.Compose(
+        [
+            transforms.Resize(36),
+            transforms.CenterCrop(32),
+            transforms.ToTensor(),
+            transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
     x = torch.stack([transform(Image.open(f).convert("RGB")) for f in files])
     with torch.no_grad():
         logits = tv.eval()(x)
@@ -176,27 +241,57 @@ def test_evaluate_a_folder_as_torchvision_computes_it(tmp_path):
     np.testing.assert_allclose(scores["loss"], float(torch.nn.functional.cross_entropy(logits, target)), rtol=1e-4)
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["train", "--model", "resnet34", "--weights", "{tmp}/r18.pth", "--out", "{tmp}/run"],
-     "argument --weights: {tmp}/r18.pth does not fit torchvision's resnet34; it fits resnet18"),
-    (["train", "--weights", "{tmp}/missing.pth", "--out", "{tmp}/run"], "argument --weights: no such weights file"),
-    (["export", "{tmp}", "{tmp}/m.safetensors"], "argument IN: {tmp} has no checkpoint (expected {tmp}/checkpoints/"),
-    (["export", "{tmp}/r18.pth", "{tmp}/m.safetensors"],
-     "argument IN: {tmp}/r18.pth does not name its model, as torchvision's weights do not (its tensors fit resnet18)"),
-    (["export", "{tmp}/r18.pth", "{tmp}/m.pb", "--model", "resnet18"], "argument OUT: must end in .safetensors, .onnx"),
-    (["evaluate", "--weights", "{tmp}/m.onnx"], "argument --weights: {tmp}/m.onnx is an ONNX file; evaluate it with --runtime onnxruntime"),
-    (["evaluate", "--weights", "{tmp}/r18.pth", "--runtime", "onnxruntime"],
-     "argument --weights: {tmp}/r18.pth is not an ONNX model ONNX Runtime can run"),
-    (["predict", "{png}", "--weights", "{run}/model.safetensors", "--model", "resnet50"],
-     "argument --weights: {run}/model.safetensors holds 'resnet_tiny' variables, not 'resnet50'"),
-    (["evaluate", "--weights", "{run}", "--model", "resnet18"], "argument --weights: {run} holds a run of 'resnet_tiny'"),
-    (["evaluate", "--weights", "{tmp}/r18.pth", "--model", "resnet18"],
-     "argument --data: required: {tmp}/r18.pth records no held-out split"),
-    (["evaluate", "--weights", "{run}/model.safetensors", "--data", "{tmp}"],
-     "argument --data: {tmp} has no class folders"),
-    (["evaluate", "--weights", "{run}/model.safetensors", "--batch-size", "0"],
-     "argument --batch-size: must be a positive integer; got 0"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (
+            ["train", "--model", "resnet34", "--weights", "{tmp}/r18.pth", "--out", "{tmp}/run"],
+            "argument --weights: {tmp}/r18.pth does not fit torchvision's resnet34; it fits resnet18",
+        ),
+        (["train", "--weights", "{tmp}/missing.pth", "--out", "{tmp}/run"], "argument --weights: no such weights file"),
+        (
+            ["export", "{tmp}", "{tmp}/m.safetensors"],
+            "argument IN: {tmp} has no checkpoint (expected {tmp}/checkpoints/",
+        ),
+        (
+            ["export", "{tmp}/r18.pth", "{tmp}/m.safetensors"],
+            "argument IN: {tmp}/r18.pth does not name its model, as torchvision's weights do not "
+            "(its tensors fit resnet18)",
+        ),
+        (
+            ["export", "{tmp}/r18.pth", "{tmp}/m.pb", "--model", "resnet18"],
+            "argument OUT: must end in .safetensors, .onnx",
+        ),
+        (
+            ["evaluate", "--weights", "{tmp}/m.onnx"],
+            "argument --weights: {tmp}/m.onnx is an ONNX file; evaluate it with --runtime onnxruntime",
+        ),
+        (
+            ["evaluate", "--weights", "{tmp}/r18.pth", "--runtime", "onnxruntime"],
+            "argument --weights: {tmp}/r18.pth is not an ONNX model ONNX Runtime can run",
+        ),
+        (
+            ["predict", "{png}", "--weights", "{run}/model.safetensors", "--model", "resnet50"],
+            "argument --weights: {run}/model.safetensors holds 'resnet_tiny' variables, not 'resnet50'",
+        ),
+        (
+            ["evaluate", "--weights", "{run}", "--model", "resnet18"],
+            "argument --weights: {run} holds a run of 'resnet_tiny'",
+        ),
+        (
+            ["evaluate", "--weights", "{tmp}/r18.pth", "--model", "resnet18"],
+            "argument --data: required: {tmp}/r18.pth records no held-out split",
+        ),
+        (
+            ["evaluate", "--weights", "{run}/model.safetensors", "--data", "{tmp}"],
+            "argument --data: {tmp} has no class folders",
+        ),
+        (
+            ["evaluate", "--weights", "{run}/model.safetensors", "--batch-size", "0"],
+            "argument --batch-size: must be a positive integer; got 0",
+        ),
+    ],
+)
 def test_bad_input_is_one_line_naming_the_file(args, fragment, digits_run, digits_pngs, tmp_path, capsys):
     (run, _), pngs = digits_run, digits_pngs
     torch.save(random_torchvision("resnet18", seed=1).state_dict(), tmp_path / "r18.pth")
@@ -214,6 +309,9 @@ def test_a_run_directory_without_a_checkpoint_is_named(tmp_path, capsys):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "metrics.jsonl").write_text("")
     assert main(["evaluate", "--weights", str(tmp_path / "run")]) == 2
-    one_line_error(capsys.readouterr().err, f"argument --weights: {tmp_path / 'run'} has no checkpoint",
-                   prog="resnet-bottleneck evaluate")
+    one_line_error(
+        capsys.readouterr().err,
+        f"argument --weights: {tmp_path / 'run'} has no checkpoint",
+        prog="resnet-bottleneck evaluate",
+    )
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints", "metrics.jsonl"]

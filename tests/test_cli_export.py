@@ -6,14 +6,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import compiles, one_line_error, random_torchvision, random_variables
 from onnx import TensorProto, helper
 
 from resnet_bottleneck.cli import main
 from resnet_bottleneck.cli.predict import preprocess
 from resnet_bottleneck.io.safetensors import CHECKPOINT_FORMAT, save_variables
 from resnet_bottleneck.io.torchvision import from_torchvision
-
-from helpers import compiles, one_line_error, random_torchvision, random_variables
 
 torch.set_num_threads(2)
 
@@ -30,8 +29,12 @@ def _classifier_graph(input_shape, output_shape, ops):
         out = "y" if i == len(ops) - 1 else f"t{i}"
         nodes.append(helper.make_node(op, [x], [out], **attrs))
         x = out
-    graph = helper.make_graph(nodes, "foreign", [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, output_shape)])
+    graph = helper.make_graph(
+        nodes,
+        "foreign",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, output_shape)],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -42,21 +45,31 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     tv = random_torchvision("resnet18", seed=4, num_classes=10)
     torch.save(tv.state_dict(), root / "r18.pth")
-    save_variables(root / "r18.safetensors", from_torchvision(tv.state_dict(), "resnet18")[1],
-                   {"model": "resnet18", "num_classes": "10", "format": CHECKPOINT_FORMAT})
+    save_variables(
+        root / "r18.safetensors",
+        from_torchvision(tv.state_dict(), "resnet18")[1],
+        {"model": "resnet18", "num_classes": "10", "format": CHECKPOINT_FORMAT},
+    )
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 256, (300, 260, 3), dtype=np.uint8)).save(root / "a.png")
     Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(root / "b.png")
     (root / "labels.txt").write_text("\n".join(f"class-{i}" for i in range(10)) + "\n")
     (root / "three.txt").write_text("a\nb\nc\n")
     (root / "garbage.onnx").write_bytes(b"\x08\x07not a protobuf at all" * 10)
-    _save(_classifier_graph([None, 1, 28, 28], [None, 1], [("GlobalAveragePool", {}), ("Flatten", {})]),
-          root / "gray.onnx")
+    _save(
+        _classifier_graph([None, 1, 28, 28], [None, 1], [("GlobalAveragePool", {}), ("Flatten", {})]),
+        root / "gray.onnx",
+    )
     _save(_classifier_graph([None, 3], [None, 3], [("Relu", {})]), root / "flat.onnx")
     # a foreign NHWC classifier without metadata: its layout is read off its input shape
-    _save(_classifier_graph([None, 224, 224, 3], [None, 3], [("Transpose", {"perm": [0, 3, 1, 2]}),
-                                                           ("GlobalAveragePool", {}), ("Flatten", {})]),
-          root / "foreign_nhwc.onnx")
+    _save(
+        _classifier_graph(
+            [None, 224, 224, 3],
+            [None, 3],
+            [("Transpose", {"perm": [0, 3, 1, 2]}), ("GlobalAveragePool", {}), ("Flatten", {})],
+        ),
+        root / "foreign_nhwc.onnx",
+    )
     return root, tv
 
 
@@ -72,10 +85,25 @@ def test_export_then_predict_with_onnxruntime(files, tmp_path, capsys):
     images = [str(root / "a.png"), str(root / "b.png")]
     nhwc = tmp_path / "r18_nhwc.onnx"
     # our .safetensors names its model; torchvision's .pth needs --model
-    assert main(["export", str(root / "r18.safetensors"), str(nhwc), "--layout", "NHWC",
-                 "--labels", str(root / "labels.txt")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(root / "r18.safetensors"),
+                str(nhwc),
+                "--layout",
+                "NHWC",
+                "--labels",
+                str(root / "labels.txt"),
+            ]
+        )
+        == 0
+    )
     nchw = tmp_path / "r18.onnx"
-    assert main(["export", str(root / "r18.pth"), str(nchw), "--model", "resnet18", "--batch", "1", "--image-size", "224"]) == 0
+    assert (
+        main(["export", str(root / "r18.pth"), str(nchw), "--model", "resnet18", "--batch", "1", "--image-size", "224"])
+        == 0
+    )
     assert "Exported" in capsys.readouterr().out
     props = {p.key: p.value for p in onnx.load(str(nhwc)).metadata_props}
     assert props["layout"] == "NHWC" and props["model"] == "resnet18"
@@ -100,32 +128,74 @@ def test_export_then_predict_with_onnxruntime(files, tmp_path, capsys):
     assert capsys.readouterr().out.startswith(images[0] + ": ")
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["export", "{root}/r18.pth", "{tmp}/o.onnx"], "argument IN: {root}/r18.pth does not name its model, as torchvision's weights do not (its tensors fit resnet18)"),
-    (["export", "{root}/r18.pth", "{tmp}/o.pb", "--model", "resnet18"], "argument OUT: must end in .safetensors, .onnx; got"),
-    (["export", "{root}/r18.pth", "{tmp}/o.safetensors", "--model", "resnet18", "--image-size", "224"],
-     "argument --image-size: only for an .onnx OUT; got 224 for"),
-    (["export", "{root}/r18.pth", "{tmp}/o.onnx", "--model", "resnet50"], "argument IN: {root}/r18.pth does not fit torchvision's resnet50; it fits resnet18"),
-    (["export", "{root}/r18.pth", "{tmp}/o.onnx", "--model", "resnet18", "--layout", "NWHC"], "argument --layout: invalid choice"),
-    (["export", "{root}/r18.pth", "{tmp}/o.onnx", "--model", "resnet18", "--batch", "0"], "argument --batch: must be a positive integer; got 0"),
-    (["export", "{root}/r18.pth", "{tmp}/no/o.onnx", "--model", "resnet18"], "argument OUT: cannot write"),
-    (["export", "{root}/r18.pth", "{tmp}/o.onnx", "--model", "resnet18", "--labels", "{root}/three.txt"],
-     "argument --labels: {root}/three.txt has 3 names for 10 classes"),
-    (["export", "{root}/missing.pth", "{tmp}/o.onnx", "--model", "resnet18"], "argument IN: no such weights file"),
-    (["predict", "{root}/a.png", "--weights", "{root}/garbage.onnx", "--runtime", "onnxruntime"],
-     "argument --weights: {root}/garbage.onnx is not an ONNX model ONNX Runtime can run"),
-    (["predict", "{root}/a.png", "--weights", "{root}/gray.onnx", "--runtime", "onnxruntime"],
-     "has shape [None, 1, 28, 28] and type tensor(float); expected 3 channels"),
-    (["predict", "{root}/a.png", "--weights", "{root}/flat.onnx", "--runtime", "onnxruntime"],
-     "expected a float [N, 3, H, W] or [N, H, W, 3] batch of images"),
-    (["predict", "{root}/a.png", "--weights", "{root}/missing.onnx", "--runtime", "onnxruntime"], "argument --weights: no such ONNX file"),
-    (["predict", "{root}/a.png", "--weights", "{root}/r18.safetensors", "--runtime", "onnxruntime"],
-     "is not an ONNX model ONNX Runtime can run"),
-    (["predict", "{root}/a.png", "--weights", "{root}/garbage.onnx", "--model", "resnet18"],
-     "argument --weights: {root}/garbage.onnx is an ONNX file; run it with --runtime onnxruntime"),
-    (["predict", "{root}/a.png", "--weights", "{root}/r18.pth"], "argument --weights: {root}/r18.pth does not name its model"),
-    (["predict", "{root}/a.png", "--weights", "{root}/r18.pth", "--runtime", "tf"], "argument --runtime: invalid choice"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (
+            ["export", "{root}/r18.pth", "{tmp}/o.onnx"],
+            "argument IN: {root}/r18.pth does not name its model, as torchvision's weights do not "
+            "(its tensors fit resnet18)",
+        ),
+        (
+            ["export", "{root}/r18.pth", "{tmp}/o.pb", "--model", "resnet18"],
+            "argument OUT: must end in .safetensors, .onnx; got",
+        ),
+        (
+            ["export", "{root}/r18.pth", "{tmp}/o.safetensors", "--model", "resnet18", "--image-size", "224"],
+            "argument --image-size: only for an .onnx OUT; got 224 for",
+        ),
+        (
+            ["export", "{root}/r18.pth", "{tmp}/o.onnx", "--model", "resnet50"],
+            "argument IN: {root}/r18.pth does not fit torchvision's resnet50; it fits resnet18",
+        ),
+        (
+            ["export", "{root}/r18.pth", "{tmp}/o.onnx", "--model", "resnet18", "--layout", "NWHC"],
+            "argument --layout: invalid choice",
+        ),
+        (
+            ["export", "{root}/r18.pth", "{tmp}/o.onnx", "--model", "resnet18", "--batch", "0"],
+            "argument --batch: must be a positive integer; got 0",
+        ),
+        (["export", "{root}/r18.pth", "{tmp}/no/o.onnx", "--model", "resnet18"], "argument OUT: cannot write"),
+        (
+            ["export", "{root}/r18.pth", "{tmp}/o.onnx", "--model", "resnet18", "--labels", "{root}/three.txt"],
+            "argument --labels: {root}/three.txt has 3 names for 10 classes",
+        ),
+        (["export", "{root}/missing.pth", "{tmp}/o.onnx", "--model", "resnet18"], "argument IN: no such weights file"),
+        (
+            ["predict", "{root}/a.png", "--weights", "{root}/garbage.onnx", "--runtime", "onnxruntime"],
+            "argument --weights: {root}/garbage.onnx is not an ONNX model ONNX Runtime can run",
+        ),
+        (
+            ["predict", "{root}/a.png", "--weights", "{root}/gray.onnx", "--runtime", "onnxruntime"],
+            "has shape [None, 1, 28, 28] and type tensor(float); expected 3 channels",
+        ),
+        (
+            ["predict", "{root}/a.png", "--weights", "{root}/flat.onnx", "--runtime", "onnxruntime"],
+            "expected a float [N, 3, H, W] or [N, H, W, 3] batch of images",
+        ),
+        (
+            ["predict", "{root}/a.png", "--weights", "{root}/missing.onnx", "--runtime", "onnxruntime"],
+            "argument --weights: no such ONNX file",
+        ),
+        (
+            ["predict", "{root}/a.png", "--weights", "{root}/r18.safetensors", "--runtime", "onnxruntime"],
+            "is not an ONNX model ONNX Runtime can run",
+        ),
+        (
+            ["predict", "{root}/a.png", "--weights", "{root}/garbage.onnx", "--model", "resnet18"],
+            "argument --weights: {root}/garbage.onnx is an ONNX file; run it with --runtime onnxruntime",
+        ),
+        (
+            ["predict", "{root}/a.png", "--weights", "{root}/r18.pth"],
+            "argument --weights: {root}/r18.pth does not name its model",
+        ),
+        (
+            ["predict", "{root}/a.png", "--weights", "{root}/r18.pth", "--runtime", "tf"],
+            "argument --runtime: invalid choice",
+        ),
+    ],
+)
 def test_bad_input_is_one_line(args, fragment, files, tmp_path, capsys):
     root, _ = files
     args = [a.format(root=root, tmp=tmp_path) for a in args]
@@ -144,11 +214,26 @@ def test_predict_refuses_a_headless_or_another_models_export(files, tmp_path, ca
     export_onnx(model, variables, tmp_path / "tiny.onnx", metadata={"model": "resnet_tiny"})
     headless = {c: {k: v for k, v in tree.items() if k != "fc"} for c, tree in variables.items()}
     export_onnx(model.clone(num_classes=None), headless, tmp_path / "headless.onnx")
-    assert main(["predict", str(root / "a.png"), "--weights", str(tmp_path / "headless.onnx"),
-                 "--runtime", "onnxruntime"]) == 2
+    assert (
+        main(["predict", str(root / "a.png"), "--weights", str(tmp_path / "headless.onnx"), "--runtime", "onnxruntime"])
+        == 2
+    )
     one_line_error(capsys.readouterr().err, "expected class scores [N, classes] (a headless model's feature map")
-    assert main(["predict", str(root / "a.png"), "--weights", str(tmp_path / "tiny.onnx"),
-                 "--runtime", "onnxruntime", "--model", "resnet50"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(root / "a.png"),
+                "--weights",
+                str(tmp_path / "tiny.onnx"),
+                "--runtime",
+                "onnxruntime",
+                "--model",
+                "resnet50",
+            ]
+        )
+        == 2
+    )
     one_line_error(capsys.readouterr().err, "argument --model: ", "holds 'resnet_tiny', not 'resnet50'")
 
 
@@ -157,8 +242,15 @@ def test_the_files_transform_and_names_carry_through(files, tmp_path, capsys):
     from resnet_bottleneck.data.transforms import eval_transform
 
     root, tv = files
-    meta = {"model": "resnet18", "num_classes": "10", "format": CHECKPOINT_FORMAT, "image_size": "160",
-            "mean": "[0.5, 0.4, 0.3]", "std": "[0.2, 0.25, 0.3]", "classes": json.dumps([f"n{i}" for i in range(10)])}
+    meta = {
+        "model": "resnet18",
+        "num_classes": "10",
+        "format": CHECKPOINT_FORMAT,
+        "image_size": "160",
+        "mean": "[0.5, 0.4, 0.3]",
+        "std": "[0.2, 0.25, 0.3]",
+        "classes": json.dumps([f"n{i}" for i in range(10)]),
+    }
     save_variables(tmp_path / "r18.safetensors", from_torchvision(tv.state_dict(), "resnet18")[1], meta)
     assert main(["export", str(tmp_path / "r18.safetensors"), str(tmp_path / "r18.onnx")]) == 0
     capsys.readouterr()
@@ -167,7 +259,9 @@ def test_the_files_transform_and_names_carry_through(files, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)[0]
     pixels = eval_transform(image, 160).astype(np.float64) / 255
     x = (pixels - np.array([0.5, 0.4, 0.3])) / np.array([0.2, 0.25, 0.3])
-    probs = torch.softmax(tv(torch.from_numpy(x.transpose(2, 0, 1)[None].astype(np.float32))), dim=1)[0].detach().numpy()
+    probs = (
+        torch.softmax(tv(torch.from_numpy(x.transpose(2, 0, 1)[None].astype(np.float32))), dim=1)[0].detach().numpy()
+    )
     top = np.argsort(-probs)[:5]
     assert [r["class"] for r in result["top5"]] == top.tolist()
     np.testing.assert_allclose([r["probability"] for r in result["top5"]], probs[top], atol=1e-4)

@@ -12,19 +12,24 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
+from helpers import SMALL_TRAIN as SMALL
+from helpers import assert_trees_equal, one_line_error
 
 from resnet_bottleneck.cli import build_parser, main
 from resnet_bottleneck.data.synthetic import write_image_folder
 from resnet_bottleneck.training import Config, RunOptions
 
-from helpers import SMALL_TRAIN as SMALL, assert_trees_equal, one_line_error
-
 PROG = "resnet-bottleneck train"
 
 
 def cli(*args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "resnet_bottleneck", "train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "resnet_bottleneck", "train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def restore_params(run_dir: Path, step: int):
@@ -47,7 +52,12 @@ def test_loss_falls_and_outputs_are_written(digits_run):
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == ["40", "44"]
     assert sorted(p.name for p in (run / "checkpoints" / "44").iterdir() if not p.name.startswith("_")) == [
-        "commit_success.txt", "config", "data", "run", "state"]
+        "commit_success.txt",
+        "config",
+        "data",
+        "run",
+        "state",
+    ]
     position = json.loads((run / "checkpoints" / "44" / "data" / "process_0-of-1.json").read_text())
     assert position["step"] == 44 and position["workers"] == 0 and "grain" in position
 
@@ -56,8 +66,21 @@ def test_sigkill_mid_epoch_with_workers_then_resume_is_bit_exact(tmp_path):
     """JPEGs decoded by 2 worker processes; killed after a checkpoint in the middle of an epoch;
     the same command resumes (train state and grain's iterator state) to the same final weights."""
     data = write_image_folder(tmp_path / "data", classes=3, per_class=30, size=(64, 48))
-    args = ["--data", str(data), "--image-size", "16", "--batch-size", "8", "--epochs", "2", "--workers", "2",
-            "--checkpoint-every", "4", "--json"]  # 72 training images: 9 steps an epoch, 18 in all
+    args = [
+        "--data",
+        str(data),
+        "--image-size",
+        "16",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--workers",
+        "2",
+        "--checkpoint-every",
+        "4",
+        "--json",
+    ]  # 72 training images: 9 steps an epoch, 18 in all
     straight = cli(*args, "--out", str(tmp_path / "straight"))
     killed = tmp_path / "killed"
     victim = cli(*args, "--out", str(killed))
@@ -97,8 +120,21 @@ def test_corrupt_or_foreign_checkpoint_and_other_epochs_are_refused(tmp_path, ca
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
-    code = main(["train", *SMALL, "--lr", "1e30", "--warmup-epochs", "0", "--checkpoint-every", "1",
-                 "--out", str(run), "--json"])
+    code = main(
+        [
+            "train",
+            *SMALL,
+            "--lr",
+            "1e30",
+            "--warmup-epochs",
+            "0",
+            "--checkpoint-every",
+            "1",
+            "--out",
+            str(run),
+            "--json",
+        ]
+    )
     line = one_line_error(capsys.readouterr().err, prog=PROG)
     assert code == 1
     assert "the loss became nan at step" in line or "the loss became inf at step" in line
@@ -110,13 +146,33 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
 def test_imagenet_layout_with_unreadable_images_trains_and_names_them(tmp_path, capsys):
     """ROOT/train and ROOT/val: trained on one, evaluated on the other. A truncated training image is
     replaced and a broken evaluation image left out, both named in the summary."""
-    root = write_image_folder(tmp_path / "imagenet", classes=2, per_class=8, size=(48, 36), layout="imagenet",
-                              val_per_class=3)
+    root = write_image_folder(
+        tmp_path / "imagenet", classes=2, per_class=8, size=(48, 36), layout="imagenet", val_per_class=3
+    )
     cut = root / "train" / "class_001" / "00003.jpg"
     cut.write_bytes(cut.read_bytes()[:300])
     (root / "val" / "class_000" / "00001.jpg").write_bytes(b"broken")
-    assert main(["train", "--data", str(root), "--image-size", "16", "--batch-size", "4", "--epochs", "2",
-                 "--workers", "0", "--out", str(tmp_path / "run"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(root),
+                "--image-size",
+                "16",
+                "--batch-size",
+                "4",
+                "--epochs",
+                "2",
+                "--workers",
+                "0",
+                "--out",
+                str(tmp_path / "run"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 8  # 16 training images in batches of 4, twice
     assert summary["skipped_images"] == sorted([str(cut), str(root / "val" / "class_000" / "00001.jpg")])
@@ -134,23 +190,46 @@ def test_flags_are_the_settings_fields():
     assert (args.learning_rate, args.nesterov, args.workers) == (0.5, False, 3)
 
 
-@pytest.mark.parametrize("setup,args,fragment", [
-    (lambda root: (root / "empty").mkdir(), ["--data", "{root}/empty"], "argument --data: {root}/empty has no class folders"),
-    (lambda root: (root / "d" / "cls").mkdir(parents=True), ["--data", "{root}/d"], "argument --data: class folder {root}/d/cls has no images"),
-    (lambda root: (write_image_folder(root / "v", 2, 2, (20, 16), layout="imagenet", val_per_class=1),
-                   (root / "v" / "val" / "class_001").rename(root / "v" / "val" / "other")),
-     ["--data", "{root}/v"], "argument --data: {root}/v/val has other classes than {root}/v/train"),
-    (lambda root: write_image_folder(root / "few", 2, 5, (20, 16)), ["--data", "{root}/few", "--batch-size", "16"],
-     "argument --batch-size: 16 is larger than the 8 training images"),
-    (lambda root: None, ["--data", "{root}/missing"], "argument --data: {root}/missing is not a directory"),
-    (lambda root: None, ["--model", "resnet51"], "argument --model: must be one of"),
-    (lambda root: None, ["--batch-size", "0"], "argument --batch-size: must be a positive integer; got 0"),
-    (lambda root: None, ["--label-smoothing", "1.5"], "argument --label-smoothing: must be in [0, 1); got 1.5"),
-    (lambda root: None, ["--lr", "abc"], "argument --lr: must be a finite number >= 0; got 'abc'"),
-    (lambda root: None, ["--lr", "-1"], "argument --lr: must be a finite number >= 0; got -1.0"),
-    (lambda root: None, ["--workers", "-1"], "argument --workers: must be an integer >= 0; got -1"),
-    (lambda root: None, ["--batch-size", "5000"], "argument --batch-size: 5000 is larger than the 1438 training images"),
-])
+@pytest.mark.parametrize(
+    "setup,args,fragment",
+    [
+        (
+            lambda root: (root / "empty").mkdir(),
+            ["--data", "{root}/empty"],
+            "argument --data: {root}/empty has no class folders",
+        ),
+        (
+            lambda root: (root / "d" / "cls").mkdir(parents=True),
+            ["--data", "{root}/d"],
+            "argument --data: class folder {root}/d/cls has no images",
+        ),
+        (
+            lambda root: (
+                write_image_folder(root / "v", 2, 2, (20, 16), layout="imagenet", val_per_class=1),
+                (root / "v" / "val" / "class_001").rename(root / "v" / "val" / "other"),
+            ),
+            ["--data", "{root}/v"],
+            "argument --data: {root}/v/val has other classes than {root}/v/train",
+        ),
+        (
+            lambda root: write_image_folder(root / "few", 2, 5, (20, 16)),
+            ["--data", "{root}/few", "--batch-size", "16"],
+            "argument --batch-size: 16 is larger than the 8 training images",
+        ),
+        (lambda root: None, ["--data", "{root}/missing"], "argument --data: {root}/missing is not a directory"),
+        (lambda root: None, ["--model", "resnet51"], "argument --model: must be one of"),
+        (lambda root: None, ["--batch-size", "0"], "argument --batch-size: must be a positive integer; got 0"),
+        (lambda root: None, ["--label-smoothing", "1.5"], "argument --label-smoothing: must be in [0, 1); got 1.5"),
+        (lambda root: None, ["--lr", "abc"], "argument --lr: must be a finite number >= 0; got 'abc'"),
+        (lambda root: None, ["--lr", "-1"], "argument --lr: must be a finite number >= 0; got -1.0"),
+        (lambda root: None, ["--workers", "-1"], "argument --workers: must be an integer >= 0; got -1"),
+        (
+            lambda root: None,
+            ["--batch-size", "5000"],
+            "argument --batch-size: 5000 is larger than the 1438 training images",
+        ),
+    ],
+)
 def test_bad_input_is_one_line(setup, args, fragment, tmp_path, capsys):
     setup(tmp_path)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
@@ -162,8 +241,13 @@ def test_bad_input_is_one_line(setup, args, fragment, tmp_path, capsys):
 
 def test_batch_that_does_not_divide_over_the_devices(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    done = subprocess.run([sys.executable, "-m", "resnet_bottleneck", "train", "--batch-size", "30",
-                           "--out", str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "resnet_bottleneck", "train", "--batch-size", "30", "--out", str(tmp_path / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2
     one_line_error(done.stderr, "argument --batch-size: 30 does not divide over 4 devices", prog=PROG)
     assert not (tmp_path / "run").exists()

@@ -7,12 +7,11 @@ import sys
 import jax
 import jax.numpy as jnp
 import pytest
+from helpers import abstract_init, one_line_error
 
 from resnet_bottleneck import create_model, layer_costs, model_cost
 from resnet_bottleneck.cli import main
 from resnet_bottleneck.cost import bottleneck_params, spec_table
-
-from helpers import abstract_init, one_line_error
 
 # torchvision's model table (GFLOPS column, which counts multiply-accumulates) at 224x224.
 TORCHVISION_GMACS = {
@@ -32,13 +31,14 @@ def test_macs_match_torchvision(name, gmacs):
 
 
 def test_hand_count_of_one_layer():
-    layers = {layer["path"]: layer for layer in
-              layer_costs(create_model("resnet50"), *abstract("resnet50", 224))}
+    layers = {layer["path"]: layer for layer in layer_costs(create_model("resnet50"), *abstract("resnet50", 224))}
     stem = layers["conv1"]
     assert stem["output_shape"] == (1, 112, 112, 64)
     assert stem["macs"] == 112 * 112 * 7 * 7 * 3 * 64 and stem["params"] == 7 * 7 * 3 * 64
-    grouped = {layer["path"]: layer for layer in
-               layer_costs(create_model("resnext50_32x4d"), *abstract("resnext50_32x4d", 224))}
+    grouped = {
+        layer["path"]: layer
+        for layer in layer_costs(create_model("resnext50_32x4d"), *abstract("resnext50_32x4d", 224))
+    }
     conv = grouped["layer1_0/Conv_1"]  # 3x3, 128 -> 128 in 32 groups of 4
     assert conv["macs"] == 56 * 56 * 3 * 3 * 4 * 128 and conv["params"] == 3 * 3 * 4 * 128
     assert layers["fc"]["macs"] == 2048 * 1000 and layers["fc"]["params"] == 2048 * 1000 + 1000
@@ -74,8 +74,12 @@ def test_seed_arithmetic():
 
 
 def test_cost_cli_json():
-    result = subprocess.run([sys.executable, "-m", "resnet_bottleneck", "cost", "--model", "resnet50", "--json"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "resnet_bottleneck", "cost", "--model", "resnet50", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["model"] == "resnet50" and report["image_size"] == 224
@@ -93,12 +97,21 @@ def test_cost_cli_spec_table_and_plot(tmp_path, capsys):
     assert report["rows"][0]["macs"] == 589_824 * 49 and round(report["params_ratio"], 2) == 8.47
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["cost", "--model", "resnet51"], "argument --model: must be one of"),
-    (["cost", "--model", "resnet50", "--image-size", "0"], "argument --image-size: must be a positive integer; got 0"),
-    (["cost", "--size", "0"], "argument --size: must be a positive integer; got 0"),
-    (["cost", "--plot", "/no/such/dir/x.png"], "argument --plot: cannot write /no/such/dir/x.png: directory /no/such/dir does not exist"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["cost", "--model", "resnet51"], "argument --model: must be one of"),
+        (
+            ["cost", "--model", "resnet50", "--image-size", "0"],
+            "argument --image-size: must be a positive integer; got 0",
+        ),
+        (["cost", "--size", "0"], "argument --size: must be a positive integer; got 0"),
+        (
+            ["cost", "--plot", "/no/such/dir/x.png"],
+            "argument --plot: cannot write /no/such/dir/x.png: directory /no/such/dir does not exist",
+        ),
+    ],
+)
 def test_cost_cli_bad_input(args, fragment, capsys):
     assert main(args) == 2
     captured = capsys.readouterr()

@@ -8,16 +8,26 @@ import jax
 import numpy as np
 import pytest
 import torch
+from helpers import WatchedImages
 from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from resnet_bottleneck.data import (DataError, ImageArrays, digits, eval_transform, evaluation_batches,
-                                    evaluation_steps, image_folder_splits, list_images, normalize,
-                                    random_resized_crop_box, train_transform, training_batches)
+from resnet_bottleneck.data import (
+    DataError,
+    ImageArrays,
+    digits,
+    eval_transform,
+    evaluation_batches,
+    evaluation_steps,
+    image_folder_splits,
+    list_images,
+    normalize,
+    random_resized_crop_box,
+    train_transform,
+    training_batches,
+)
 from resnet_bottleneck.data.synthetic import write_image_folder
-
-from helpers import WatchedImages
 
 ONE_HOST = grain.sharding.ShardOptions(0, 1)
 
@@ -71,8 +81,9 @@ def test_reduced_size_decoding_stays_close_to_the_full_decode(jpegs):
         fast = train_transform(files.path(i), 32, np.random.default_rng(i), flip=False).astype(np.int16)
         exact = hwc(F.resized_crop(decoded(files.path(i)), *box, [32, 32], antialias=True))
         assert np.abs(fast - exact).mean() < 1.0, files.path(i)
-        used += not np.array_equal(fast, train_transform(files.path(i), 32, np.random.default_rng(i), flip=False,
-                                                         draft=False))
+        used += not np.array_equal(
+            fast, train_transform(files.path(i), 32, np.random.default_rng(i), flip=False, draft=False)
+        )
     assert used >= len(files) // 2
 
 
@@ -81,19 +92,24 @@ def test_crop_box_follows_torchvisions_distribution():
     and its fallback (a central crop at the nearest ratio) for a strip no try fits."""
     ours = [random_resized_crop_box(500, 375, np.random.default_rng([7, i])) for i in range(3000)]
     torch.manual_seed(0)
-    theirs = [v2.RandomResizedCrop.get_params(torch.zeros(3, 375, 500), scale=[0.08, 1.0],
-                                              ratio=[3 / 4, 4 / 3]) for _ in range(3000)]
+    theirs = [
+        v2.RandomResizedCrop.get_params(torch.zeros(3, 375, 500), scale=[0.08, 1.0], ratio=[3 / 4, 4 / 3])
+        for _ in range(3000)
+    ]
     for boxes in (ours, theirs):
         area = np.array([h * w / (500 * 375) for _, _, h, w in boxes])
         ratio = np.array([w / h for _, _, h, w in boxes])
         assert area.min() >= 0.075 and area.max() <= 1 and ratio.min() > 0.7 and ratio.max() < 1.4
-    stats = [(np.mean([h * w for _, _, h, w in b]), np.mean([np.log(w / h) for _, _, h, w in b])) for b in (ours, theirs)]
+    stats = [
+        (np.mean([h * w for _, _, h, w in b]), np.mean([np.log(w / h) for _, _, h, w in b])) for b in (ours, theirs)
+    ]
     assert abs(stats[0][0] / stats[1][0] - 1) < 0.03 and abs(stats[0][1] - stats[1][1]) < 0.02, stats
     tops = np.array([t / (375 - h) for t, _, h, _ in ours if h < 375])
     assert abs(tops.mean() - 0.5) < 0.03  # placed uniformly
     strip = torch.zeros(3, 10, 1000)
     assert random_resized_crop_box(1000, 10, np.random.default_rng(0)) == tuple(
-        v2.RandomResizedCrop.get_params(strip, scale=[0.9, 1.0], ratio=[3 / 4, 4 / 3]))
+        v2.RandomResizedCrop.get_params(strip, scale=[0.9, 1.0], ratio=[3 / 4, 4 / 3])
+    )
 
 
 def test_eval_transform_is_torchvisions_bit_for_bit(tmp_path, jpegs):
@@ -112,8 +128,9 @@ def test_eval_transform_is_torchvisions_bit_for_bit(tmp_path, jpegs):
 
 def test_normalize_is_torchvisions():
     pixels = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
-    reference = v2.Compose([v2.ToDtype(torch.float32, scale=True),
-                            v2.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    reference = v2.Compose(
+        [v2.ToDtype(torch.float32, scale=True), v2.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+    )
     expected = reference(torch.from_numpy(pixels).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(normalize(pixels), expected, atol=1e-6)
     import jax.numpy as jnp
@@ -127,8 +144,7 @@ def test_unreadable_images_are_named(tmp_path):
     write_image_folder(tmp_path / "f", classes=1, per_class=1)
     whole = (tmp_path / "f" / "class_000" / "00000.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) // 2])
-    for name, fragment in (("junk.jpg", "as an image"), ("cut.jpg", "cannot decode"),
-                           ("none.jpg", "no such file")):
+    for name, fragment in (("junk.jpg", "as an image"), ("cut.jpg", "cannot decode"), ("none.jpg", "no such file")):
         for transform in (lambda p: eval_transform(p, 32), lambda p: train_transform(p, 32, np.random.default_rng(0))):
             with pytest.raises(OSError, match=fragment) as err:
                 transform(tmp_path / name)
@@ -146,25 +162,38 @@ def test_flat_folder_holds_out_a_share_and_train_val_layout_uses_val(tmp_path, j
         assert all(files.path(i).split("/")[-2] == files.classes[files.labels[i]] for i in range(len(files)))
     assert [held.path(i) for i in range(9)] != [image_folder_splits(jpegs, 0.25, seed=1)[1].path(i) for i in range(9)]
 
-    root = write_image_folder(tmp_path / "imagenet", classes=2, per_class=5, size=(40, 30), layout="imagenet",
-                              val_per_class=2)
+    root = write_image_folder(
+        tmp_path / "imagenet", classes=2, per_class=5, size=(40, 30), layout="imagenet", val_per_class=2
+    )
     (root / "train" / "class_001" / "notes.txt").write_text("not an image, ignored")
     train, val = image_folder_splits(root, 0.25, seed=0)
     assert (len(train), len(val)) == (10, 4)
     assert all("/val/" in val.path(i) for i in range(4)) and all("/train/" in train.path(i) for i in range(10))
 
 
-@pytest.mark.parametrize("setup,fragment", [
-    (lambda r: r.mkdir(), "data: {root} has no class folders"),
-    (lambda r: (r / "a").mkdir(parents=True), "data: class folder {root}/a has no images"),
-    (lambda r: None, "data: {root} is not a directory"),
-    (lambda r: (write_image_folder(r, 2, 2, (20, 16), layout="imagenet", val_per_class=1),
-                (r / "val" / "class_001").rename(r / "val" / "class_009")),
-     "data: {root}/val has other classes than {root}/train (train/ only: class_001; val/ only: class_009)"),
-    (lambda r: (write_image_folder(r, 1, 1, (20, 16), layout="imagenet", val_per_class=1),
-                (r / "val" / "class_000" / "00000.jpg").unlink()), "data: class folder {root}/val/class_000 has no images"),
-    (lambda r: write_image_folder(r, 1, 1, (20, 16)), "data: {root} has 1 images: too few to hold out"),
-])
+@pytest.mark.parametrize(
+    "setup,fragment",
+    [
+        (lambda r: r.mkdir(), "data: {root} has no class folders"),
+        (lambda r: (r / "a").mkdir(parents=True), "data: class folder {root}/a has no images"),
+        (lambda r: None, "data: {root} is not a directory"),
+        (
+            lambda r: (
+                write_image_folder(r, 2, 2, (20, 16), layout="imagenet", val_per_class=1),
+                (r / "val" / "class_001").rename(r / "val" / "class_009"),
+            ),
+            "data: {root}/val has other classes than {root}/train (train/ only: class_001; val/ only: class_009)",
+        ),
+        (
+            lambda r: (
+                write_image_folder(r, 1, 1, (20, 16), layout="imagenet", val_per_class=1),
+                (r / "val" / "class_000" / "00000.jpg").unlink(),
+            ),
+            "data: class folder {root}/val/class_000 has no images",
+        ),
+        (lambda r: write_image_folder(r, 1, 1, (20, 16)), "data: {root} has 1 images: too few to hold out"),
+    ],
+)
 def test_folder_errors_name_the_field_and_the_folder(setup, fragment, tmp_path):
     root = tmp_path / "data"
     setup(root)
@@ -201,8 +230,12 @@ def test_batches_are_the_same_for_any_worker_count_and_resume_exactly(jpegs):
     state (same workers) or started at the step (any) continues with the same batches, mid-epoch
     and across the epoch boundary."""
     files = list_images(jpegs)
-    make = lambda workers, start=0: training_batches(files, image_size=24, batch_size=8, seed=3, epochs=3,
-                                                     workers=workers, shard=ONE_HOST, start_step=start)
+
+    def make(workers, start=0):
+        return training_batches(
+            files, image_size=24, batch_size=8, seed=3, epochs=3, workers=workers, shard=ONE_HOST, start_step=start
+        )
+
     inline, _ = take(make(0), 7)
     pooled, state = take(make(2), 3, more=4)
     assert_same_batches(pooled, inline)
@@ -225,14 +258,16 @@ def test_each_host_reads_only_its_rows_and_the_hosts_together_make_one_hosts_bat
     for host in range(2):
         log = []
         source = ImageArrays(WatchedImages(train.images, log.append), train.labels, train.classes)
-        stream = training_batches(source, image_size=8, batch_size=16, seed=0, epochs=1,
-                                  shard=grain.sharding.ShardOptions(host, 2))
+        stream = training_batches(
+            source, image_size=8, batch_size=16, seed=0, epochs=1, shard=grain.sharding.ShardOptions(host, 2)
+        )
         halves.append(take(stream, 5)[0])
         reads.append(set(log))
     for step in range(5):
         for key in ("image", "label"):
-            np.testing.assert_array_equal(np.concatenate([halves[0][step][key], halves[1][step][key]]),
-                                          whole[step][key])
+            np.testing.assert_array_equal(
+                np.concatenate([halves[0][step][key], halves[1][step][key]]), whole[step][key]
+            )
     assert not reads[0] & reads[1] and len(reads[0]) >= 40  # disjoint shares, each host's 8 a step (plus prefetch)
     # evaluation: in order, padded; the two hosts together see every image once
     masks = []
@@ -264,10 +299,13 @@ def test_an_unreadable_image_is_replaced_and_reported(tmp_path):
         take(training_batches(files, image_size=16, batch_size=4, seed=0, epochs=1, shard=ONE_HOST), 1)
 
 
-@pytest.mark.parametrize("batch_size,shard,fragment", [
-    (2000, ONE_HOST, "batch_size: 2000 is larger than the 1438 training images"),
-    (15, grain.sharding.ShardOptions(0, 2), "batch_size: 15 does not divide over 2 processes"),
-])
+@pytest.mark.parametrize(
+    "batch_size,shard,fragment",
+    [
+        (2000, ONE_HOST, "batch_size: 2000 is larger than the 1438 training images"),
+        (15, grain.sharding.ShardOptions(0, 2), "batch_size: 15 does not divide over 2 processes"),
+    ],
+)
 def test_batch_size_errors_name_the_field(batch_size, shard, fragment):
     train, _ = digits(0.2, seed=0)
     with pytest.raises(DataError, match=fragment) as err:

@@ -3,11 +3,10 @@
 import jax
 import numpy as np
 import pytest
+from helpers import assert_close_to_scale, random_torchvision
 
 from resnet_bottleneck.fold import fold_batchnorm
 from resnet_bottleneck.io.torchvision import from_torchvision
-
-from helpers import assert_close_to_scale, random_torchvision
 
 
 @pytest.fixture(scope="module", params=["resnet50", "resnet18"])
@@ -21,8 +20,10 @@ def test_fold_batchnorm_agrees_with_the_eval_model(converted):
     name, model, variables = converted
     folded_model, folded = fold_batchnorm(model, variables)
     assert "batch_stats" not in folded
-    assert not any("BatchNorm" in "/".join(map(str, p)) or "bn1" in str(p)
-                   for p, _ in jax.tree_util.tree_leaves_with_path(folded["params"]))
+    assert not any(
+        "BatchNorm" in "/".join(map(str, p)) or "bn1" in str(p)
+        for p, _ in jax.tree_util.tree_leaves_with_path(folded["params"])
+    )
     x = np.random.default_rng(5).standard_normal((2, 64, 64, 3)).astype(np.float32)
     expected = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
     got = jax.jit(folded_model.apply)(folded, x)

@@ -8,12 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
-
-import resnet_bottleneck as rb
-from resnet_bottleneck.forward import bottleneck_walkthrough, worked_example_input
-
 from helpers import assert_close_to_scale, assert_trees_equal
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from textbook import (
     TextbookBasic,
     TextbookBottleneck,
@@ -23,6 +20,9 @@ from textbook import (
     textbook_bottleneck_forward,
     textbook_forward,
 )
+
+import resnet_bottleneck as rb
+from resnet_bottleneck.forward import bottleneck_walkthrough, worked_example_input
 
 TOL = 1e-5
 close = partial(assert_close_to_scale, rel=0.0, atol=TOL)  # an absolute tolerance: the specification's 1e-5
@@ -47,7 +47,14 @@ def test_worked_example_matches_textbook():
 def test_worked_example_walkthrough_shapes():
     stages = bottleneck_walkthrough((4, 4, 4), 2, 4)
     assert [s["shape"] for s in stages] == [
-        (1, 4, 4, 4), (1, 4, 4, 2), (1, 4, 4, 2), (1, 4, 4, 2), (1, 4, 4, 2), (1, 4, 4, 4), (1, 4, 4, 4), (64,)
+        (1, 4, 4, 4),
+        (1, 4, 4, 2),
+        (1, 4, 4, 2),
+        (1, 4, 4, 2),
+        (1, 4, 4, 2),
+        (1, 4, 4, 4),
+        (1, 4, 4, 4),
+        (64,),
     ]
 
 
@@ -104,7 +111,13 @@ def test_bottleneck_matches_textbook(seed, h, w, out, mid, scale, data):
 
 
 @settings(max_examples=8)
-@given(seed=st.integers(0, 2**32 - 1), h=st.integers(1, 6), w=st.integers(1, 6), c=st.integers(1, 8), data=st.integers(0, 2**16))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    h=st.integers(1, 6),
+    w=st.integers(1, 6),
+    c=st.integers(1, 8),
+    data=st.integers(0, 2**16),
+)
 def test_basic_matches_textbook(seed, h, w, c, data):
     x = image(np.random.default_rng(data), h, w, c)
     expected, kappa = eager_textbook(TextbookBasic(c), seed, x)
@@ -235,7 +248,8 @@ def count_traces():
     """A list that grows by one each time JAX traces a function to a jaxpr (jax's own monitoring events)."""
     traces = []
     jax.monitoring.register_event_duration_secs_listener(
-        lambda event, _, **__: traces.append(event) if event == "/jax/core/compile/jaxpr_trace_duration" else None)
+        lambda event, _, **__: traces.append(event) if event == "/jax/core/compile/jaxpr_trace_duration" else None
+    )
     return traces
 
 
@@ -264,8 +278,10 @@ def test_array_likes_are_accepted(rng):
     close(rb.resnet_bottleneck_forward(4, jnp.asarray(x), 2, 4), expected)
     ints = rng.integers(-5, 6, size=(3, 3, 4))
     close(rb.resnet_bottleneck_forward(4, ints, 2, 4), textbook_bottleneck_forward(4, jnp.asarray(ints), 2, 4))
-    close(rb.resnet_bottleneck_forward(4, ints.astype(np.uint8) % 5, 2, 4),
-          rb.resnet_bottleneck_forward(4, (ints.astype(np.uint8) % 5).astype(np.float32), 2, 4))
+    close(
+        rb.resnet_bottleneck_forward(4, ints.astype(np.uint8) % 5, 2, 4),
+        rb.resnet_bottleneck_forward(4, (ints.astype(np.uint8) % 5).astype(np.float32), 2, 4),
+    )
 
 
 # --- bad input ---------------------------------------------------------------------
@@ -276,8 +292,16 @@ BAD_BOTTLENECK = [
     (dict(x=np.ones((3, 4))), ValueError, r"x must be a 3-D array \(H, W, C\); got shape \(3, 4\) \(2-D\)"),
     (dict(x=np.ones((1, 3, 3, 4))), ValueError, r"x must be a 3-D array .* \(4-D\)"),
     (dict(x=np.ones((0, 3, 4))), ValueError, r"x must have no empty axis .*got shape \(0, 3, 4\)"),
-    (dict(x=np.ones((3, 3, 5))), ValueError, r"x must have out_features=4 channels .*got shape \(3, 3, 5\) \(5 channels\)"),
-    (dict(x=np.where(np.eye(3)[..., None] > 0, np.nan, 1.0) * np.ones((3, 3, 4))), ValueError, r"x must be finite; got 12 NaN/Inf value\(s\), the first at index \(0, 0, 0\)"),
+    (
+        dict(x=np.ones((3, 3, 5))),
+        ValueError,
+        r"x must have out_features=4 channels .*got shape \(3, 3, 5\) \(5 channels\)",
+    ),
+    (
+        dict(x=np.where(np.eye(3)[..., None] > 0, np.nan, 1.0) * np.ones((3, 3, 4))),
+        ValueError,
+        r"x must be finite; got 12 NaN/Inf value\(s\), the first at index \(0, 0, 0\)",
+    ),
     (dict(x=np.full((3, 3, 4), np.inf)), ValueError, r"x must be finite; got 36 NaN/Inf"),
     (dict(x=np.ones((3, 3, 4), np.complex64)), TypeError, r"x must hold real numbers .*got dtype complex64"),
     (dict(x=np.ones((3, 3, 4), bool)), TypeError, r"x must hold real numbers .*got dtype bool"),
@@ -309,15 +333,18 @@ def test_bottleneck_bad_input(change, error, message):
         rb.resnet_bottleneck_forward(**args)
 
 
-@pytest.mark.parametrize("change,error,message", [
-    (dict(features=0), ValueError, r"features must be a positive integer; got 0"),
-    (dict(features=False), TypeError, r"features must be a positive integer; got False \(bool\)"),
-    (dict(features=4.0), TypeError, r"features must be a positive integer; got 4.0"),
-    (dict(x=np.ones((3, 3, 3))), ValueError, r"x must have features=4 channels"),
-    (dict(x=np.ones((3, 3, 4), np.complex128)), TypeError, r"x must hold real numbers"),
-    (dict(x=np.full((3, 3, 4), np.nan)), ValueError, r"x must be finite"),
-    (dict(seed=2**32), ValueError, r"seed must be an integer in \[0, 2\*\*32\)"),
-])
+@pytest.mark.parametrize(
+    "change,error,message",
+    [
+        (dict(features=0), ValueError, r"features must be a positive integer; got 0"),
+        (dict(features=False), TypeError, r"features must be a positive integer; got False \(bool\)"),
+        (dict(features=4.0), TypeError, r"features must be a positive integer; got 4.0"),
+        (dict(x=np.ones((3, 3, 3))), ValueError, r"x must have features=4 channels"),
+        (dict(x=np.ones((3, 3, 4), np.complex128)), TypeError, r"x must hold real numbers"),
+        (dict(x=np.full((3, 3, 4), np.nan)), ValueError, r"x must be finite"),
+        (dict(seed=2**32), ValueError, r"seed must be an integer in \[0, 2\*\*32\)"),
+    ],
+)
 def test_basic_bad_input(change, error, message):
     args = dict(seed=0, x=GOOD, features=4) | change
     with pytest.raises(error, match=message):

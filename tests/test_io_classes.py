@@ -30,13 +30,21 @@ def test_precedence_labels_file_then_metadata_then_imagenet(tmp_path):
     assert class_names(1000, {"classes": json.dumps([str(i) for i in range(1000)])})[:2] == ["0", "1"]
 
 
-@pytest.mark.parametrize("num_classes,metadata,labels,message", [
-    (4, None, "a\nb\nc\n", r"labels.txt has 3 names for 4 classes"),
-    (2, {"classes": json.dumps(["x", "y", "z"])}, None, r"the weights' metadata 'classes' has 3 names for 2 classes"),
-    (2, {"classes": "x, y"}, None, r"metadata 'classes' must be a JSON list of names; got 'x, y'"),
-    (2, {"classes": "[1, 2]"}, None, r"metadata 'classes' must be a JSON list of names; got '\[1, 2\]'"),
-    (2, None, b"\xff\xfe\x00bad", r"cannot read .*labels.txt as text, one class name a line"),
-])
+@pytest.mark.parametrize(
+    "num_classes,metadata,labels,message",
+    [
+        (4, None, "a\nb\nc\n", r"labels.txt has 3 names for 4 classes"),
+        (
+            2,
+            {"classes": json.dumps(["x", "y", "z"])},
+            None,
+            r"the weights' metadata 'classes' has 3 names for 2 classes",
+        ),
+        (2, {"classes": "x, y"}, None, r"metadata 'classes' must be a JSON list of names; got 'x, y'"),
+        (2, {"classes": "[1, 2]"}, None, r"metadata 'classes' must be a JSON list of names; got '\[1, 2\]'"),
+        (2, None, b"\xff\xfe\x00bad", r"cannot read .*labels.txt as text, one class name a line"),
+    ],
+)
 def test_bad_names_are_clear_errors(num_classes, metadata, labels, message, tmp_path):
     path = None
     if labels is not None:

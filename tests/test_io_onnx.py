@@ -16,12 +16,11 @@ import onnxruntime as ort
 import pytest
 import torch
 from flax import traverse_util
+from helpers import assert_close_to_scale, random_torchvision, random_variables
 
-from resnet_bottleneck import BottleneckBlock, ResNet, create_model, fold_batchnorm
+from resnet_bottleneck import BottleneckBlock, ResNet, fold_batchnorm
 from resnet_bottleneck.io.onnx import LAYOUTS, OPSET, export_onnx, load_onnx, onnx_model, session_options
 from resnet_bottleneck.io.torchvision import from_torchvision
-
-from helpers import assert_close_to_scale, random_torchvision, random_variables
 
 PARITY_MODELS = ("resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2")
 CANONICAL_OPS = {"Conv", "Relu", "MaxPool", "Add", "GlobalAveragePool", "Flatten", "Gemm"}
@@ -54,8 +53,10 @@ def exported(request, tmp_path_factory):
     tv = random_torchvision(name, seed=7)
     model, variables = from_torchvision(tv.state_dict(), name)
     root = tmp_path_factory.mktemp(name)
-    files = {layout: export_onnx(model, variables, root / f"{name}_{layout}.onnx", layout=layout,
-                                 metadata={"model": name}) for layout in LAYOUTS}
+    files = {
+        layout: export_onnx(model, variables, root / f"{name}_{layout}.onnx", layout=layout, metadata={"model": name})
+        for layout in LAYOUTS
+    }
     return name, tv, model, variables, files
 
 
@@ -77,8 +78,11 @@ def test_onnx_runtime_agrees_with_the_eval_model(exported):
 
 def _torch_convs(tv):
     """torchvision's convs in definition order: (out, in per group, kh, kw, stride, padding, groups, dilation)."""
-    return [(*m.weight.shape, m.stride[0], m.padding[0], m.groups, m.dilation[0])
-            for m in tv.modules() if isinstance(m, torch.nn.Conv2d)]
+    return [
+        (*m.weight.shape, m.stride[0], m.padding[0], m.groups, m.dilation[0])
+        for m in tv.modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
 
 
 def _onnx_convs(proto):
@@ -103,8 +107,11 @@ def test_the_graph_is_canonical(exported):
         assert set(ops) - CANONICAL_OPS == ({"Transpose"} if layout == "NHWC" else set())
         assert ops["Transpose"] == (1 if layout == "NHWC" else 0)
         assert _onnx_convs(proto) == _torch_convs(tv)
-        kernels = [leaf for path, leaf in traverse_util.flatten_dict(variables["params"]).items()
-                   if path[-1] == "kernel" and leaf.ndim == 4]
+        kernels = [
+            leaf
+            for path, leaf in traverse_util.flatten_dict(variables["params"]).items()
+            if path[-1] == "kernel" and leaf.ndim == 4
+        ]
         assert ops["Conv"] == len(kernels)
         assert ops["MaxPool"] == ops["GlobalAveragePool"] == ops["Gemm"] == 1
         assert all(i.data_type == onnx.TensorProto.FLOAT for i in proto.graph.initializer)
@@ -114,7 +121,10 @@ def test_the_graph_is_canonical(exported):
         channel = dims[1] if layout == "NCHW" else dims[3]
         assert channel.dim_value == 3
         assert {p.key: p.value for p in proto.metadata_props} == {
-            "format": "resnet-bottleneck onnx", "layout": layout, "model": name}
+            "format": "resnet-bottleneck onnx",
+            "layout": layout,
+            "model": name,
+        }
 
 
 # --- every option of the family, on small models ----------------------------------------
@@ -133,13 +143,17 @@ def _small_model(options):
     return model, random_variables(model, (1, 32, 32, 3))
 
 
-@pytest.mark.parametrize("options", [
-    dict(stride_on="1x1"),
-    dict(replace_stride_with_dilation=(False, True, True)),
-    dict(groups=4, width_per_group=8),
-    dict(norm="frozen"),
-    dict(num_classes=None),
-], ids=["stride_on_1x1", "output_stride_8", "groups_4", "frozen_norm", "headless"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(stride_on="1x1"),
+        dict(replace_stride_with_dilation=(False, True, True)),
+        dict(groups=4, width_per_group=8),
+        dict(norm="frozen"),
+        dict(num_classes=None),
+    ],
+    ids=["stride_on_1x1", "output_stride_8", "groups_4", "frozen_norm", "headless"],
+)
 def test_options_export_exactly(options, tmp_path):
     model, variables = small_model(**options)
     x = images(3, 41)
@@ -160,7 +174,10 @@ def assert_same_graph(ours, theirs):
     """The same nodes, inputs, outputs and metadata; the same weights up to float32 rounding."""
     assert list(ours.graph.node) == list(theirs.graph.node)
     assert (ours.graph.input, ours.graph.output, ours.metadata_props) == (
-        theirs.graph.input, theirs.graph.output, theirs.metadata_props)
+        theirs.graph.input,
+        theirs.graph.output,
+        theirs.metadata_props,
+    )
     assert [i.name for i in ours.graph.initializer] == [i.name for i in theirs.graph.initializer]
     for a, b in zip(ours.graph.initializer, theirs.graph.initializer):
         assert_close_to_scale(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b), rel=1e-6, what=a.name)
@@ -198,9 +215,19 @@ def test_a_model_for_grey_images_takes_one_channel(layout):
 
 def test_fixed_batch_and_metadata(tmp_path):
     model, variables = small_model()
-    path = export_onnx(model, variables, tmp_path / "b2.onnx", batch=2, metadata={
-        "model": "small", "classes": [f"c{i}" for i in range(10)], "image_size": 32,
-        "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]})
+    path = export_onnx(
+        model,
+        variables,
+        tmp_path / "b2.onnx",
+        batch=2,
+        metadata={
+            "model": "small",
+            "classes": [f"c{i}" for i in range(10)],
+            "image_size": 32,
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+        },
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["b2.onnx"]
     proto = onnx.load(str(path))
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
@@ -219,16 +246,23 @@ def test_fixed_batch_and_metadata(tmp_path):
     assert_close_to_scale(run(session(fixed), x, "NHWC"), eval_output(model, variables, x))
 
 
-@pytest.mark.parametrize("kwargs,error,fragment", [
-    (dict(layout="NWHC"), ValueError, "layout must be one of 'NCHW', 'NHWC'; got 'NWHC'"),
-    (dict(batch=0), ValueError, "batch must be a positive integer; got 0"),
-    (dict(batch=2.0), TypeError, "batch must be a positive integer"),
-    (dict(metadata={"layout": "NHWC"}), ValueError, "metadata keys must be strings other than format, layout"),
-    (dict(metadata={"classes": ["a", "b"]}), ValueError, "metadata 'classes' has 2 names for 10 classes"),
-    (dict(metadata=[("model", "x")]), TypeError, "metadata must be a mapping"),
-    (dict(image_size=-3), ValueError, "image_size must be a positive integer; got -3"),
-    (dict(image_size=64, metadata={"image_size": 224}), ValueError, "metadata['image_size'] is 224, but image_size=64"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,fragment",
+    [
+        (dict(layout="NWHC"), ValueError, "layout must be one of 'NCHW', 'NHWC'; got 'NWHC'"),
+        (dict(batch=0), ValueError, "batch must be a positive integer; got 0"),
+        (dict(batch=2.0), TypeError, "batch must be a positive integer"),
+        (dict(metadata={"layout": "NHWC"}), ValueError, "metadata keys must be strings other than format, layout"),
+        (dict(metadata={"classes": ["a", "b"]}), ValueError, "metadata 'classes' has 2 names for 10 classes"),
+        (dict(metadata=[("model", "x")]), TypeError, "metadata must be a mapping"),
+        (dict(image_size=-3), ValueError, "image_size must be a positive integer; got -3"),
+        (
+            dict(image_size=64, metadata={"image_size": 224}),
+            ValueError,
+            "metadata['image_size'] is 224, but image_size=64",
+        ),
+    ],
+)
 def test_bad_arguments_are_named(kwargs, error, fragment, tmp_path):
     model, variables = small_model()
     with pytest.raises(error) as info:
@@ -249,7 +283,9 @@ def test_wrong_model_or_variables_are_refused(tmp_path):
 
 
 def test_the_library_does_not_import_onnx():
-    code = ("import sys, resnet_bottleneck, resnet_bottleneck.io, resnet_bottleneck.cli;"
-            "print(sorted(m for m in ('onnx', 'onnxruntime') if m in sys.modules))")
+    code = (
+        "import sys, resnet_bottleneck, resnet_bottleneck.io, resnet_bottleneck.cli;"
+        "print(sorted(m for m in ('onnx', 'onnxruntime') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -4,12 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_trees_equal
+from safetensors import SafetensorError
 
 from resnet_bottleneck import create_model
 from resnet_bottleneck.io import load_model
 from resnet_bottleneck.io.safetensors import CHECKPOINT_FORMAT, load_variables, read_tensors, save_variables
-
-from helpers import assert_trees_equal
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,6 @@ def test_unreadable_file_is_a_clear_error_and_a_failed_write_leaves_nothing(tmp_
     with pytest.raises(FileNotFoundError, match="no such weights file"):
         load_variables(tmp_path / "missing.safetensors")
     before = sorted(tmp_path.iterdir())
-    with pytest.raises(Exception):
+    with pytest.raises(SafetensorError):
         save_variables(tmp_path / "bad.safetensors", {"params": {"x": object()}})
     assert sorted(tmp_path.iterdir()) == before

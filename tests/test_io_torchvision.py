@@ -10,12 +10,16 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from helpers import assert_close_to_scale, assert_trees_close, assert_trees_equal, random_torchvision, torch_stages
 
 from resnet_bottleneck import CONFIGS, create_model
-from resnet_bottleneck.io.torchvision import (WeightsMismatch, detect_architecture, from_torchvision, load_state_dict,
-                                             to_torchvision)
-
-from helpers import assert_close_to_scale, assert_trees_close, assert_trees_equal, random_torchvision, torch_stages
+from resnet_bottleneck.io.torchvision import (
+    WeightsMismatch,
+    detect_architecture,
+    from_torchvision,
+    load_state_dict,
+    to_torchvision,
+)
 
 torch.set_num_threads(2)
 
@@ -49,8 +53,12 @@ def test_train_parity_outputs_and_running_statistics(converted):
     assert_close_to_scale(logits, logits_t, what="train logits")
     _, updated = from_torchvision(tv.state_dict(), name)
     assert_trees_close(state["batch_stats"], updated["batch_stats"])
-    changed = [not np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(state["batch_stats"]),
-                                                    jax.tree_util.tree_leaves(variables["batch_stats"]))]
+    changed = [
+        not np.allclose(a, b)
+        for a, b in zip(
+            jax.tree_util.tree_leaves(state["batch_stats"]), jax.tree_util.tree_leaves(variables["batch_stats"])
+        )
+    ]
     assert all(changed)
 
 
@@ -73,8 +81,9 @@ def test_gradient_parity_every_parameter(converted):
 
         grads = jax.jit(jax.grad(loss))(variables64["params"])
         assert jax.tree_util.tree_leaves(grads)[0].dtype == jnp.float64
-        ours = to_torchvision({"params": grads, "batch_stats": variables["batch_stats"]}, name, as_numpy=True,
-                              dtype=np.float64)
+        ours = to_torchvision(
+            {"params": grads, "batch_stats": variables["batch_stats"]}, name, as_numpy=True, dtype=np.float64
+        )
     assert set(theirs) <= set(ours)
     for key, g in theirs.items():
         assert_close_to_scale(ours[key], g, rel=1e-7, what=key)
@@ -83,8 +92,9 @@ def test_gradient_parity_every_parameter(converted):
 def test_round_trip_flax_torch_flax_is_bit_exact(converted):
     name, _, model, _ = converted
     variables = jax.jit(model.init)(jax.random.PRNGKey(7), jnp.zeros((1, 32, 32, 3)))
-    variables = jax.tree_util.tree_map(lambda a: np.asarray(a) + 0.01 * np.arange(a.size, dtype=a.dtype).reshape(a.shape),
-                                       variables)
+    variables = jax.tree_util.tree_map(
+        lambda a: np.asarray(a) + 0.01 * np.arange(a.size, dtype=a.dtype).reshape(a.shape), variables
+    )
     tv = getattr(torchvision.models, name)(weights=None)
     tv.load_state_dict(to_torchvision(variables, name), strict=True)
     _, back = from_torchvision(tv.state_dict(), name)
@@ -124,8 +134,15 @@ def bottleneck_dicts():
     return {name: _meta_state_dict(name) for name in ("resnet50", "resnet101", "resnext50_32x4d")}
 
 
-@pytest.mark.parametrize("weights,model", [(a, b) for a in ("resnet50", "resnet101", "resnext50_32x4d")
-                                           for b in ("resnet50", "resnet101", "resnext50_32x4d") if a != b])
+@pytest.mark.parametrize(
+    "weights,model",
+    [
+        (a, b)
+        for a in ("resnet50", "resnet101", "resnext50_32x4d")
+        for b in ("resnet50", "resnet101", "resnext50_32x4d")
+        if a != b
+    ],
+)
 def test_weights_of_another_model_name_it(bottleneck_dicts, weights, model):
     with pytest.raises(WeightsMismatch) as info:
         from_torchvision(bottleneck_dicts[weights], model)
@@ -140,7 +157,10 @@ def test_weights_of_another_model_name_it(bottleneck_dicts, weights, model):
     assert set(err.missing) == {k for k in theirs if k not in ours and not k.endswith(counter)}
     assert set(err.unexpected) == {k for k in ours if k not in theirs}  # a BN that is not expected, counter and all
     assert {k: (got, want) for k, got, want in err.wrong_shape} == {
-        k: (tuple(ours[k].shape), tuple(theirs[k].shape)) for k in ours if k in theirs and ours[k].shape != theirs[k].shape}
+        k: (tuple(ours[k].shape), tuple(theirs[k].shape))
+        for k in ours
+        if k in theirs and ours[k].shape != theirs[k].shape
+    }
     shown = sum(len(group) for group in (err.missing, err.unexpected, err.wrong_shape))
     assert len(err.details().splitlines()) == shown + sum(map(bool, (err.missing, err.unexpected, err.wrong_shape)))
 
@@ -155,14 +175,19 @@ def test_a_truncated_state_dict_fits_none_and_says_what_is_missing_first(bottlen
     assert (err.fits, err.nearest, err.unexpected, err.wrong_shape) == (None, "resnet50", [], [])
     assert err.missing[:3] == ["layer3.2.conv3.weight", "layer3.2.bn3.weight", "layer3.2.bn3.bias"]  # where it was cut
     missing = len([k for k in keys[cut:] if not k.endswith("num_batches_tracked")])
-    assert str(err).startswith("state_dict does not fit torchvision's resnet50; it fits none of the family (nearest: "
-                               f"resnet50). {missing} missing: layer3.2.conv3.weight, "), str(err)
+    assert str(err).startswith(
+        "state_dict does not fit torchvision's resnet50; it fits none of the family (nearest: "
+        f"resnet50). {missing} missing: layer3.2.conv3.weight, "
+    ), str(err)
     # the nearest is the model it was cut from: none of its tensors unexplained, the fewest missing
     keys = list(bottleneck_dicts["resnet101"])
     truncated = {k: bottleneck_dicts["resnet101"][k] for k in keys[: keys.index("layer3.10.conv1.weight")]}
     for model, first in (("resnet50", "layer4.0.conv1.weight"), ("resnet101", "layer3.10.conv1.weight")):
-        with pytest.raises(WeightsMismatch, match=rf"fits none of the family \(nearest: resnet101\)\. \d+ missing: "
-                                                  rf"{first}, "):
+        with pytest.raises(
+            WeightsMismatch,
+            match=rf"fits none of the family \(nearest: resnet101\)\. \d+ missing: "
+            rf"{first}, ",
+        ):
             from_torchvision(truncated, model)
 
 
@@ -175,27 +200,44 @@ def test_shapes_are_checked_before_any_tensor_is_read():
     with pytest.raises(WeightsMismatch) as info:
         from_torchvision(sd, "resnet18")
     err = info.value
-    assert (err.missing, err.unexpected, err.wrong_shape) == (["fc.bias"], ["layer5.0.conv1.weight"],
-                                                                [("bn1.weight", (65,), (64,))])
-    assert str(err) == ("state_dict does not fit torchvision's resnet18; it fits none of the family (nearest: resnet18). "
-                        "1 missing: fc.bias; 1 wrongly shaped: bn1.weight (65,), expected (64,); "
-                        "1 unexpected: layer5.0.conv1.weight")
-    with pytest.raises(WeightsMismatch, match=r"state_dict does not fit torchvision's resnet18; it fits resnet18 with 10 "
-                                              r"classes\. 2 wrongly shaped: fc\.weight \(10, 512\), expected \(1000, 512\)"):
+    assert (err.missing, err.unexpected, err.wrong_shape) == (
+        ["fc.bias"],
+        ["layer5.0.conv1.weight"],
+        [("bn1.weight", (65,), (64,))],
+    )
+    assert str(err) == (
+        "state_dict does not fit torchvision's resnet18; it fits none of the family (nearest: resnet18). "
+        "1 missing: fc.bias; 1 wrongly shaped: bn1.weight (65,), expected (64,); "
+        "1 unexpected: layer5.0.conv1.weight"
+    )
+    with pytest.raises(
+        WeightsMismatch,
+        match=r"state_dict does not fit torchvision's resnet18; it fits resnet18 with 10 "
+        r"classes\. 2 wrongly shaped: fc\.weight \(10, 512\), expected \(1000, 512\)",
+    ):
         from_torchvision(_meta_state_dict("resnet18", num_classes=10), "resnet18", num_classes=1000)
 
 
 def test_to_torchvision_names_the_model_the_variables_fit():
-    abstract = jax.eval_shape(create_model("resnet18", num_classes=10).init, jax.random.PRNGKey(0),
-                              jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
-    with pytest.raises(WeightsMismatch, match=r"^variables do not fit resnet34; it fits resnet18\. 80 missing: "
-                                              r"params/layer1_2/Conv_0/kernel, "):
+    abstract = jax.eval_shape(
+        create_model("resnet18", num_classes=10).init,
+        jax.random.PRNGKey(0),
+        jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32),
+    )
+    with pytest.raises(
+        WeightsMismatch,
+        match=r"^variables do not fit resnet34; it fits resnet18\. 80 missing: "
+        r"params/layer1_2/Conv_0/kernel, ",
+    ):
         to_torchvision(abstract, "resnet34")
     variables = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), abstract)
     del variables["params"]["layer1_0"]["Conv_0"]
     variables["params"]["extra"] = {"kernel": np.zeros(3)}
-    with pytest.raises(WeightsMismatch, match=r"it fits none of the family \(nearest: resnet18\)\. 1 missing: "
-                                              r"params/layer1_0/Conv_0/kernel; 1 unexpected: params/extra/kernel$"):
+    with pytest.raises(
+        WeightsMismatch,
+        match=r"it fits none of the family \(nearest: resnet18\)\. 1 missing: "
+        r"params/layer1_0/Conv_0/kernel; 1 unexpected: params/extra/kernel$",
+    ):
         to_torchvision(variables, "resnet18")
 
 

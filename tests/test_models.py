@@ -5,12 +5,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import (
+    abstract_init,
+    assert_close_to_scale,
+    assert_results_close,
+    assert_trees_close,
+    assert_trees_equal,
+    bfloat16_rounded,
+    forward_and_grads,
+    random_variables,
+)
 
 from resnet_bottleneck import CONFIGS, BasicBlock, BottleneckBlock, ResNet, create_model, feature_info
 from resnet_bottleneck.models import count_params, scan_variables, unscan_variables
-
-from helpers import (abstract_init, assert_close_to_scale, assert_results_close, assert_trees_close, assert_trees_equal,
-                     bfloat16_rounded, forward_and_grads, random_variables)
 
 # torchvision.models.<name>(): sum(p.numel() for p in model.parameters())
 TORCHVISION_PARAMS = {
@@ -91,8 +98,13 @@ def test_train_updates_running_stats_and_eval_uses_them(batch):
     before, after = variables["batch_stats"]["bn1"]["mean"], state["batch_stats"]["bn1"]["mean"]
     assert not np.allclose(before, after)
     # torch's momentum 0.1 is flax's 0.9: new = 0.9 * old + 0.1 * batch mean
-    stem = jax.lax.conv_general_dilated(batch, variables["params"]["conv1"]["kernel"], (2, 2), ((3, 3), (3, 3)),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    stem = jax.lax.conv_general_dilated(
+        batch,
+        variables["params"]["conv1"]["kernel"],
+        (2, 2),
+        ((3, 3), (3, 3)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
     np.testing.assert_allclose(after, 0.9 * before + 0.1 * stem.mean(axis=(0, 1, 2)), atol=1e-5)
     eval_a = model.apply(variables, batch, train=False)
     eval_b = model.apply({**variables, "batch_stats": state["batch_stats"]}, batch, train=False)
@@ -111,11 +123,15 @@ def test_remat_and_scan_are_the_same_function(batch):
         scanned = tiny(**options)
         scan_vars = scan_variables(variables)
         assert jax.tree_util.tree_structure(scan_vars) == jax.tree_util.tree_structure(
-            scanned.init(jax.random.PRNGKey(0), batch))
+            scanned.init(jax.random.PRNGKey(0), batch)
+        )
         assert scan_vars["params"]["layer2_scan"]["block"]["Conv_0"]["kernel"].shape[0] == 2
         logits, stats, (grads, dx) = forward_and_grads(scanned, scan_vars, batch, train=True)
-        unscanned = (logits, unscan_variables({"batch_stats": stats})["batch_stats"],
-                     (unscan_variables({"params": grads})["params"], dx))
+        unscanned = (
+            logits,
+            unscan_variables({"batch_stats": stats})["batch_stats"],
+            (unscan_variables({"params": grads})["params"], dx),
+        )
         assert_results_close(unscanned, expected)
 
 
@@ -145,7 +161,9 @@ def test_bfloat16_model(batch):
     logits32, state32 = model32.apply(rounded, bfloat16_rounded(batch), train=True, mutable=["batch_stats"])
     assert logits16.dtype == jnp.float32
     assert {a.dtype for a in jax.tree_util.tree_leaves(state16)} == {jnp.dtype("float32")}
-    assert {a.dtype for a in jax.tree_util.tree_leaves(model16.init(jax.random.PRNGKey(0), batch))} == {jnp.dtype("float32")}
+    assert {a.dtype for a in jax.tree_util.tree_leaves(model16.init(jax.random.PRNGKey(0), batch))} == {
+        jnp.dtype("float32")
+    }
     assert_close_to_scale(logits16, logits32, rel=2e-2)
     assert_trees_close(state16, state32, rel=1e-2)
 
@@ -156,49 +174,96 @@ def test_torch_padding_in_the_stem():
     x = np.zeros((1, 8, 8, 3), np.float32)
     x[0, 0, 0, 0] = 1.0  # a single impulse in the corner
     variables = model.init(jax.random.PRNGKey(0), x)
-    stem = model.apply(variables, x, features=True, capture_intermediates=True,
-                       mutable=["intermediates"])[1]["intermediates"]["conv1"]["__call__"][0]
+    stem = model.apply(variables, x, features=True, capture_intermediates=True, mutable=["intermediates"])[1][
+        "intermediates"
+    ]["conv1"]["__call__"][0]
     kernel = np.asarray(variables["params"]["conv1"]["kernel"])
     # With pad 3, output (0, 0) reads input (0, 0) at tap (3, 3).
     np.testing.assert_allclose(stem[0, 0, 0], kernel[3, 3, 0], rtol=1e-6)
 
 
-@pytest.mark.parametrize("call,error,message", [
-    (lambda: create_model("resnet51"), ValueError, r"name must be one of resnet18, .*; got 'resnet51'"),
-    (lambda: create_model(50), ValueError, r"name must be one of .*; got 50"),
-    (lambda: create_model("resnet50", groups=2), TypeError, r"create_model\('resnet50'\) fixes groups"),
-    (lambda: abstract_init(create_model("resnet50", num_classes=0)), ValueError, r"num_classes must be a positive integer; got 0"),
-    (lambda: abstract_init(create_model("resnet50"), shape=(64, 64, 3)), ValueError, r"x must be a 4-D batch of images \(N, H, W, C\); got shape \(64, 64, 3\)"),
-    (lambda: abstract_init(ResNet(stage_sizes=())), ValueError, r"stage_sizes must list 1 to 4 stages; got \(\)"),
-    (lambda: abstract_init(ResNet(stage_sizes=(2, 0))), ValueError, r"stage_sizes must be a positive integer; got 0"),
-    (lambda: abstract_init(ResNet(stage_sizes=(2,), block="bottleneck")), TypeError, r"block must be a block class such as BottleneckBlock or BasicBlock; got 'bottleneck'"),
-    (lambda: abstract_init(ResNet(stage_sizes=(2,), block=BasicBlock, groups=32)), ValueError, r"basic blocks support only groups=1"),
-    (lambda: abstract_init(create_model("resnet18", replace_stride_with_dilation=(False, True, True))), ValueError,
-     r"replace_stride_with_dilation=\(False, True, True\) dilates C4 by 2, but basic blocks support only dilation=1"),
-    (lambda: abstract_init(create_model("resnet50", replace_stride_with_dilation=(True, False))), ValueError,
-     r"replace_stride_with_dilation must be three booleans \(for the stages C3, C4, C5\); got \(True, False\)"),
-    (lambda: abstract_init(create_model("resnet50", norm="group")), ValueError, r"norm must be one of 'batch', 'frozen'; got 'group'"),
-    (lambda: abstract_init(create_model("resnet50", trainable_layers=6)), ValueError,
-     r"trainable_layers must be an integer from 0 to 5 .*; got 6"),
-    (lambda: feature_info(create_model("resnet34", replace_stride_with_dilation=(True, False, False))), ValueError,
-     r"replace_stride_with_dilation=\(True, False, False\) dilates C3 by 2"),
-])
+@pytest.mark.parametrize(
+    "call,error,message",
+    [
+        (lambda: create_model("resnet51"), ValueError, r"name must be one of resnet18, .*; got 'resnet51'"),
+        (lambda: create_model(50), ValueError, r"name must be one of .*; got 50"),
+        (lambda: create_model("resnet50", groups=2), TypeError, r"create_model\('resnet50'\) fixes groups"),
+        (
+            lambda: abstract_init(create_model("resnet50", num_classes=0)),
+            ValueError,
+            r"num_classes must be a positive integer; got 0",
+        ),
+        (
+            lambda: abstract_init(create_model("resnet50"), shape=(64, 64, 3)),
+            ValueError,
+            r"x must be a 4-D batch of images \(N, H, W, C\); got shape \(64, 64, 3\)",
+        ),
+        (lambda: abstract_init(ResNet(stage_sizes=())), ValueError, r"stage_sizes must list 1 to 4 stages; got \(\)"),
+        (
+            lambda: abstract_init(ResNet(stage_sizes=(2, 0))),
+            ValueError,
+            r"stage_sizes must be a positive integer; got 0",
+        ),
+        (
+            lambda: abstract_init(ResNet(stage_sizes=(2,), block="bottleneck")),
+            TypeError,
+            r"block must be a block class such as BottleneckBlock or BasicBlock; got 'bottleneck'",
+        ),
+        (
+            lambda: abstract_init(ResNet(stage_sizes=(2,), block=BasicBlock, groups=32)),
+            ValueError,
+            r"basic blocks support only groups=1",
+        ),
+        (
+            lambda: abstract_init(create_model("resnet18", replace_stride_with_dilation=(False, True, True))),
+            ValueError,
+            r"replace_stride_with_dilation=\(False, True, True\) dilates C4 by 2, "
+            r"but basic blocks support only dilation=1",
+        ),
+        (
+            lambda: abstract_init(create_model("resnet50", replace_stride_with_dilation=(True, False))),
+            ValueError,
+            r"replace_stride_with_dilation must be three booleans \(for the stages C3, C4, C5\); got \(True, False\)",
+        ),
+        (
+            lambda: abstract_init(create_model("resnet50", norm="group")),
+            ValueError,
+            r"norm must be one of 'batch', 'frozen'; got 'group'",
+        ),
+        (
+            lambda: abstract_init(create_model("resnet50", trainable_layers=6)),
+            ValueError,
+            r"trainable_layers must be an integer from 0 to 5 .*; got 6",
+        ),
+        (
+            lambda: feature_info(create_model("resnet34", replace_stride_with_dilation=(True, False, False))),
+            ValueError,
+            r"replace_stride_with_dilation=\(True, False, False\) dilates C3 by 2",
+        ),
+    ],
+)
 def test_bad_model_arguments_are_named(call, error, message):
     with pytest.raises(error, match=message):
         call()
 
 
-@pytest.mark.parametrize("dilate,strides", [((False, True, True), [2, 4, 8, 8, 8]),
-                                            ((False, False, True), [2, 4, 8, 16, 16]),
-                                            ((True, True, True), [2, 4, 4, 4, 4])])
+@pytest.mark.parametrize(
+    "dilate,strides",
+    [
+        ((False, True, True), [2, 4, 8, 8, 8]),
+        ((False, False, True), [2, 4, 8, 16, 16]),
+        ((True, True, True), [2, 4, 4, 4, 4]),
+    ],
+)
 def test_dilated_stages_keep_the_resolution_and_feature_info_says_so(dilate, strides):
     model = create_model("resnet50", replace_stride_with_dilation=dilate)
     info = feature_info(model)
     assert [i["stride"] for i in info] == strides
     variables = abstract_init(model)
     assert count_params(variables) == TORCHVISION_PARAMS["resnet50"]  # dilation adds no parameter
-    outputs = jax.eval_shape(lambda v, x: model.apply(v, x, features=True), variables,
-                             jax.ShapeDtypeStruct((1, 65, 47, 3), jnp.float32))
+    outputs = jax.eval_shape(
+        lambda v, x: model.apply(v, x, features=True), variables, jax.ShapeDtypeStruct((1, 65, 47, 3), jnp.float32)
+    )
     for i in info:
         assert outputs[i["name"]].shape == (1, -(-65 // i["stride"]), -(-47 // i["stride"]), i["channels"])
 
@@ -206,8 +271,11 @@ def test_dilated_stages_keep_the_resolution_and_feature_info_says_so(dilate, str
 def test_frozen_norm_is_fixed_in_training_too(batch):
     model = tiny(norm="frozen")
     variables = random_variables(model, batch.shape)
-    assert not [p for p, _ in jax.tree_util.tree_leaves_with_path(variables["params"])
-                if "BatchNorm" in jax.tree_util.keystr(p) or "bn1" in jax.tree_util.keystr(p)]
+    assert not [
+        p
+        for p, _ in jax.tree_util.tree_leaves_with_path(variables["params"])
+        if "BatchNorm" in jax.tree_util.keystr(p) or "bn1" in jax.tree_util.keystr(p)
+    ]
     assert set(variables["batch_stats"]["layer1_0"]["BatchNorm_0"]) == {"scale", "bias", "mean", "var"}
     logits, stats, (grads, _) = forward_and_grads(model, variables, batch, train=True)
     assert_trees_equal(stats, variables["batch_stats"])
@@ -246,23 +314,24 @@ def test_model_composes_as_a_linen_submodule(batch):
 
 # --- the fast path of the models ------------------------------------------------------
 
+
 def numpy_max_pool(x, g, window=3, stride=2, pad=1):
     """Eager oracle: max-pool with -inf padding, and its gradient routed to each window's
     first maximum in row-major order (PyTorch's CPU kernel's rule)."""
     n, h, w, c = x.shape
     xp = np.full((n, h + 2 * pad, w + 2 * pad, c), -np.inf)
-    xp[:, pad:pad + h, pad:pad + w] = x
+    xp[:, pad : pad + h, pad : pad + w] = x
     oh, ow = (h + 2 * pad - window) // stride + 1, (w + 2 * pad - window) // stride + 1
     y, dxp = np.zeros((n, oh, ow, c)), np.zeros_like(xp)
     for b in range(n):
         for i in range(oh):
             for j in range(ow):
                 for ch in range(c):
-                    patch = xp[b, i * stride:i * stride + window, j * stride:j * stride + window, ch]
+                    patch = xp[b, i * stride : i * stride + window, j * stride : j * stride + window, ch]
                     k = int(np.argmax(patch))  # argmax returns the first maximum in row-major order
                     y[b, i, j, ch] = patch.flat[k]
                     dxp[b, i * stride + k // window, j * stride + k % window, ch] += g[b, i, j, ch]
-    return y, dxp[:, pad:pad + h, pad:pad + w]
+    return y, dxp[:, pad : pad + h, pad : pad + w]
 
 
 @pytest.mark.parametrize("shape", [(2, 9, 8, 3), (1, 7, 7, 2), (1, 2, 3, 1)])
@@ -289,8 +358,10 @@ def test_fast_model_agrees_with_plain_nn_conv(batch):
     fast, plain = tiny(), tiny(conv=nn.Conv)
     variables = plain.init(jax.random.PRNGKey(0), batch)
     assert_trees_equal(fast.init(jax.random.PRNGKey(0), batch), variables)
-    assert_results_close(forward_and_grads(fast, variables, batch, jit=rb.jit, train=True),
-                         forward_and_grads(plain, variables, batch, train=True))
+    assert_results_close(
+        forward_and_grads(fast, variables, batch, jit=rb.jit, train=True),
+        forward_and_grads(plain, variables, batch, train=True),
+    )
 
 
 def test_global_average_pool_is_the_mean_and_keeps_convs_off_ynnpack(rng):
@@ -313,6 +384,7 @@ def test_global_average_pool_is_the_mean_and_keeps_convs_off_ynnpack(rng):
         def f(x):
             y = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
             return pool(jax.nn.relu(y))
+
         return rb.jit(f).lower(x).compile().as_text()
 
     if jax.default_backend() == "cpu":

@@ -13,14 +13,19 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
+from helpers import (
+    assert_close_to_scale,
+    assert_trees_close,
+    assert_trees_equal,
+    random_torchvision,
+    random_variables,
+    torch_stages,
+)
 
 import resnet_bottleneck as rb
 from resnet_bottleneck import nnx as rnnx
 from resnet_bottleneck.models import CONFIGS, count_params
 from resnet_bottleneck.norm import BatchNorm as LinenBatchNorm
-
-from helpers import (assert_close_to_scale, assert_trees_close, assert_trees_equal, random_torchvision,
-                     random_variables, torch_stages)
 
 torch.set_num_threads(2)
 
@@ -33,6 +38,7 @@ REL = 0.0 if jax.default_backend() == "cpu" else 1e-6
 
 def linen_outputs(model, variables, x):
     """Eval logits, train logits and the updated running statistics of the Linen model, in one program."""
+
     def run(variables, x):
         logits_train, state = model.apply(variables, x, train=True, mutable=["batch_stats"])
         return model.apply(variables, x, train=False), logits_train, state["batch_stats"]
@@ -56,6 +62,7 @@ def nnx_param_count(model) -> int:
 
 
 # --- the family from Linen variables ----------------------------------------------------
+
 
 @pytest.fixture(scope="module", params=RUN)
 def family(request):
@@ -86,7 +93,9 @@ def test_family_outputs_and_running_statistics_equal_linens(family):
     assert_close_to_scale(train_n, train_l, rel=REL, what=f"{name} train")
     stats_n = rnnx.to_linen(twin)[1]["batch_stats"]
     assert_trees_close(stats_n, stats_l, rel=REL)
-    changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(stats_n), jax.tree.leaves(variables["batch_stats"]))]
+    changed = [
+        not np.allclose(a, b) for a, b in zip(jax.tree.leaves(stats_n), jax.tree.leaves(variables["batch_stats"]))
+    ]
     assert all(changed)  # the statistics were updated in place, every one
     assert not np.allclose(eval_l, train_l, rtol=1e-3)  # the two modes differ, so each comparison means something
 
@@ -99,18 +108,23 @@ def test_native_model_has_the_linen_layout(name):
     assert model == rb.create_model(name)
     expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
     assert jax.tree.structure(variables) == jax.tree.structure(expected)
-    assert [(a.shape, a.dtype) for a in jax.tree.leaves(variables)] == \
-        [(a.shape, a.dtype) for a in jax.tree.leaves(expected)]
+    assert [(a.shape, a.dtype) for a in jax.tree.leaves(variables)] == [
+        (a.shape, a.dtype) for a in jax.tree.leaves(expected)
+    ]
     assert nnx_param_count(abstract) == count_params(expected)
 
 
-@pytest.mark.parametrize("options", [
-    dict(stride_on="1x1", zero_init_last=True, bn_momentum=0.5, bn_epsilon=1e-3),
-    dict(conv=nn.Conv),
-    dict(num_classes=None),
-    dict(dtype=jnp.bfloat16),
-    dict(replace_stride_with_dilation=(False, True, True), norm="frozen", trainable_layers=2),
-], ids=["v1-zero-init-momentum", "plain-conv", "headless", "bfloat16", "detection-backbone"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(stride_on="1x1", zero_init_last=True, bn_momentum=0.5, bn_epsilon=1e-3),
+        dict(conv=nn.Conv),
+        dict(num_classes=None),
+        dict(dtype=jnp.bfloat16),
+        dict(replace_stride_with_dilation=(False, True, True), norm="frozen", trainable_layers=2),
+    ],
+    ids=["v1-zero-init-momentum", "plain-conv", "headless", "bfloat16", "detection-backbone"],
+)
 def test_model_options_carry_over(options):
     options = {"num_classes": 10, **options}
     model = rb.create_model("resnet_tiny", **options)
@@ -140,8 +154,11 @@ def test_stage_outputs_equal_linens():
         assert_close_to_scale(ours[key], theirs[key], rel=REL, what=key)
 
 
-@pytest.mark.parametrize("options", [{}, dict(trainable_layers=3, replace_stride_with_dilation=(False, False, True))],
-                         ids=["default", "frozen-layers-dilated"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, dict(trainable_layers=3, replace_stride_with_dilation=(False, False, True))],
+    ids=["default", "frozen-layers-dilated"],
+)
 def test_gradients_equal_linens(options):
     model = rb.create_model("resnet_tiny", num_classes=10, **options)
     x = images((4, 32, 32, 3))
@@ -162,6 +179,7 @@ def test_gradients_equal_linens(options):
 
 # --- the blocks, the seed block first ----------------------------------------------------
 
+
 @pytest.mark.parametrize("seed,shape,mid,out", [(0, (4, 4, 4), 2, 4), (3, (8, 8, 32), 8, 32)])
 def test_seed_block_is_the_linen_block(seed, shape, mid, out):
     """The founding block, initialised from the seed through the conversion: the Linen block's output
@@ -179,13 +197,28 @@ def test_seed_block_is_the_linen_block(seed, shape, mid, out):
     assert_close_to_scale(y_nnx.reshape(-1), rb.resnet_bottleneck_forward(seed, x, mid, out), rel=1e-6)
 
 
-@pytest.mark.parametrize("block,shape", [
-    (rb.BottleneckBlock(16, 64, strides=2, groups=4, dilation=2, padding="torch", use_bias=False), (2, 9, 9, 32)),
-    (rb.BottleneckBlock(8, 32, strides=(2, 1), stride_on="1x1", projection=True, zero_init_last=True,
-                        norm=partial(LinenBatchNorm, use_running_average=False), conv=nn.Conv), (2, 8, 8, 32)),
-    (rb.BasicBlock(8), (2, 6, 6, 8)),
-    (rb.BasicBlock(16, strides=2, padding="torch", dtype=jnp.bfloat16), (2, 8, 8, 8)),
-], ids=["grouped-dilated-strided", "v1-projection-pytorch-bn-plain-conv", "basic", "basic-strided-bf16"])
+@pytest.mark.parametrize(
+    "block,shape",
+    [
+        (rb.BottleneckBlock(16, 64, strides=2, groups=4, dilation=2, padding="torch", use_bias=False), (2, 9, 9, 32)),
+        (
+            rb.BottleneckBlock(
+                8,
+                32,
+                strides=(2, 1),
+                stride_on="1x1",
+                projection=True,
+                zero_init_last=True,
+                norm=partial(LinenBatchNorm, use_running_average=False),
+                conv=nn.Conv,
+            ),
+            (2, 8, 8, 32),
+        ),
+        (rb.BasicBlock(8), (2, 6, 6, 8)),
+        (rb.BasicBlock(16, strides=2, padding="torch", dtype=jnp.bfloat16), (2, 8, 8, 8)),
+    ],
+    ids=["grouped-dilated-strided", "v1-projection-pytorch-bn-plain-conv", "basic", "basic-strided-bf16"],
+)
 def test_block_options_carry_over(block, shape):
     x = images(shape)
     variables = random_variables(block, x.shape)
@@ -220,12 +253,14 @@ def test_batch_norm_keeps_pytorchs_statistics_where_flaxs_would_not(rng):
     assert not np.allclose(flax_bn.var[...], ours.var[...], rtol=1e-3)
     ours.eval()
     before = np.asarray(ours.mean[...])
-    np.testing.assert_allclose(ours(jnp.asarray(x, jnp.float32)),
-                               (x - before) / np.sqrt(np.asarray(ours.var[...]) + 1e-5), atol=1e-4)
+    np.testing.assert_allclose(
+        ours(jnp.asarray(x, jnp.float32)), (x - before) / np.sqrt(np.asarray(ours.var[...]) + 1e-5), atol=1e-4
+    )
     np.testing.assert_array_equal(ours.mean[...], before)  # eval reads the running averages, never writes them
 
 
 # --- NNX-native use --------------------------------------------------------------------
+
 
 def test_attribute_access_and_train_eval_switch_every_batch_norm():
     model = nnx.eval_shape(lambda: rnnx.create_model("resnet50", rngs=nnx.Rngs(0)))
@@ -247,7 +282,9 @@ def test_native_initialisation_is_torchvisions():
     model = rnnx.create_model("resnet_tiny", zero_init_last=True, rngs=nnx.Rngs(0))
     kernel = np.asarray(model.layer4[0].conv2.kernel[...])
     np.testing.assert_allclose(kernel.std(), np.sqrt(2.0 / (3 * 3 * kernel.shape[-1])), rtol=0.05)
-    assert (np.asarray(model.layer4[0].bn3.scale[...]) == 0).all() and (np.asarray(model.layer4[0].bn2.scale[...]) == 1).all()
+    assert (np.asarray(model.layer4[0].bn3.scale[...]) == 0).all() and (
+        np.asarray(model.layer4[0].bn2.scale[...]) == 1
+    ).all()
     other = rnnx.create_model("resnet_tiny", zero_init_last=True, rngs=nnx.Rngs(1))
     assert not np.allclose(other.layer4[0].conv2.kernel[...], kernel)
 
@@ -262,7 +299,8 @@ def test_tools_serve_nnx_models_through_to_linen():
     assert_close_to_scale(folded.apply(folded_variables, x), nnx.jit(lambda m, x: m(x))(twin, x), rel=1e-5)
     costs = rb.layer_costs(*rnnx.to_linen(twin), x)
     assert sum(c["params"] for c in costs) == nnx_param_count(twin) - 2 * sum(
-        m.num_features for _, m in nnx.iter_modules(twin) if isinstance(m, nnx.BatchNorm))
+        m.num_features for _, m in nnx.iter_modules(twin) if isinstance(m, nnx.BatchNorm)
+    )
 
 
 def test_torchvision_resnet50_into_nnx_and_back():
@@ -284,7 +322,7 @@ def test_torchvision_resnet50_into_nnx_and_back():
 
 def _readme_example() -> str:
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Flax NNX"):]
+    section = text[text.index("## Flax NNX") :]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     return next(b for b in blocks if "nnx.Optimizer" in b)
 
@@ -300,33 +338,81 @@ def test_readme_example_fine_tunes_digits(capsys):
 
 # --- errors ------------------------------------------------------------------------------
 
+
 def _tiny_linen():
     model = rb.create_model("resnet_tiny", num_classes=10)
     return model, random_variables(model, (1, 32, 32, 3))
 
 
-@pytest.mark.parametrize("call,error,message", [
-    (lambda: rnnx.create_model("resnet51", rngs=nnx.Rngs(0)), ValueError, r"name must be one of resnet18, .*; got 'resnet51'"),
-    (lambda: rnnx.create_model("resnet18", rngs=0), TypeError, r"rngs must be a flax.nnx.Rngs, e.g. nnx.Rngs\(0\); got 0 \(int\)"),
-    (lambda: rnnx.create_model("resnet18", rngs=jax.random.key(0)), TypeError, r"rngs must be a flax.nnx.Rngs, .*; got Array"),
-    (lambda: rnnx.create_model("resnet18"), TypeError, r"missing 1 required keyword-only argument: 'rngs'"),
-    (lambda: rnnx.create_model("resnet18", stage_sizes=(1,), rngs=nnx.Rngs(0)), TypeError, r"fixes stage_sizes"),
-    (lambda: rnnx.create_model("resnet18", scan=True, rngs=nnx.Rngs(0)), TypeError, r"unexpected keyword argument 'scan'"),
-    (lambda: rnnx.ResNet((1,), block=rb.BottleneckBlock, rngs=nnx.Rngs(0)), TypeError,
-     r"block must be an NNX block class .*; got the Linen resnet_bottleneck.blocks.BottleneckBlock"),
-    (lambda: rnnx.BottleneckBlock(8, 6, 8, groups=4, rngs=nnx.Rngs(0)), ValueError, r"groups must divide mid_features"),
-    (lambda: rnnx.BottleneckBlock(8, 2, 16, projection=False, rngs=nnx.Rngs(0)), ValueError,
-     r"projection=False needs an identity shortcut"),
-    (lambda: rnnx.BasicBlock(0, 8, rngs=nnx.Rngs(0)), ValueError, r"in_features must be a positive integer; got 0"),
-    (lambda: rnnx.to_nnx(rb.create_model("resnet18", scan=True), {}), ValueError,
-     r"ResNet\(scan=True\) has no NNX twin: convert a model with scan=False"),
-    (lambda: rnnx.to_nnx(rb.create_model("resnet18", conv=lambda *a, **k: nn.Conv(*a, **k)), {}), ValueError,
-     r"conv=<function <lambda>.*> has no twin: it must be flax.linen.linear.Conv or a keyword partial of it"),
-    (lambda: rnnx.to_nnx("resnet18", {}), TypeError, r"model must be a Linen ResNet, BottleneckBlock, BasicBlock .*; got builtins.str"),
-    (lambda: rnnx.to_nnx(rb.create_model("resnet18"), [1]), TypeError, r"variables must be a mapping .*; got list"),
-    (lambda: rnnx.to_linen(rb.create_model("resnet18")), TypeError, r"model must be an NNX ResNet, .*; got resnet_bottleneck.models.ResNet"),
-    (lambda: rb.from_torchvision({}, "resnet18", api="jax"), ValueError, r"api must be one of 'linen', 'nnx'; got 'jax'"),
-])
+@pytest.mark.parametrize(
+    "call,error,message",
+    [
+        (
+            lambda: rnnx.create_model("resnet51", rngs=nnx.Rngs(0)),
+            ValueError,
+            r"name must be one of resnet18, .*; got 'resnet51'",
+        ),
+        (
+            lambda: rnnx.create_model("resnet18", rngs=0),
+            TypeError,
+            r"rngs must be a flax.nnx.Rngs, e.g. nnx.Rngs\(0\); got 0 \(int\)",
+        ),
+        (
+            lambda: rnnx.create_model("resnet18", rngs=jax.random.key(0)),
+            TypeError,
+            r"rngs must be a flax.nnx.Rngs, .*; got Array",
+        ),
+        (lambda: rnnx.create_model("resnet18"), TypeError, r"missing 1 required keyword-only argument: 'rngs'"),
+        (lambda: rnnx.create_model("resnet18", stage_sizes=(1,), rngs=nnx.Rngs(0)), TypeError, r"fixes stage_sizes"),
+        (
+            lambda: rnnx.create_model("resnet18", scan=True, rngs=nnx.Rngs(0)),
+            TypeError,
+            r"unexpected keyword argument 'scan'",
+        ),
+        (
+            lambda: rnnx.ResNet((1,), block=rb.BottleneckBlock, rngs=nnx.Rngs(0)),
+            TypeError,
+            r"block must be an NNX block class .*; got the Linen resnet_bottleneck.blocks.BottleneckBlock",
+        ),
+        (
+            lambda: rnnx.BottleneckBlock(8, 6, 8, groups=4, rngs=nnx.Rngs(0)),
+            ValueError,
+            r"groups must divide mid_features",
+        ),
+        (
+            lambda: rnnx.BottleneckBlock(8, 2, 16, projection=False, rngs=nnx.Rngs(0)),
+            ValueError,
+            r"projection=False needs an identity shortcut",
+        ),
+        (lambda: rnnx.BasicBlock(0, 8, rngs=nnx.Rngs(0)), ValueError, r"in_features must be a positive integer; got 0"),
+        (
+            lambda: rnnx.to_nnx(rb.create_model("resnet18", scan=True), {}),
+            ValueError,
+            r"ResNet\(scan=True\) has no NNX twin: convert a model with scan=False",
+        ),
+        (
+            lambda: rnnx.to_nnx(rb.create_model("resnet18", conv=lambda *a, **k: nn.Conv(*a, **k)), {}),
+            ValueError,
+            r"conv=<function <lambda>.*> has no twin: it must be flax.linen.linear.Conv or a keyword partial of it",
+        ),
+        (
+            lambda: rnnx.to_nnx("resnet18", {}),
+            TypeError,
+            r"model must be a Linen ResNet, BottleneckBlock, BasicBlock .*; got builtins.str",
+        ),
+        (lambda: rnnx.to_nnx(rb.create_model("resnet18"), [1]), TypeError, r"variables must be a mapping .*; got list"),
+        (
+            lambda: rnnx.to_linen(rb.create_model("resnet18")),
+            TypeError,
+            r"model must be an NNX ResNet, .*; got resnet_bottleneck.models.ResNet",
+        ),
+        (
+            lambda: rb.from_torchvision({}, "resnet18", api="jax"),
+            ValueError,
+            r"api must be one of 'linen', 'nnx'; got 'jax'",
+        ),
+    ],
+)
 def test_bad_arguments_are_named(call, error, message):
     with pytest.raises(error, match=message):
         call()
@@ -334,8 +420,11 @@ def test_bad_arguments_are_named(call, error, message):
 
 def test_mismatched_variables_are_listed_by_path():
     model, variables = _tiny_linen()
-    params = {**variables["params"], "fc": {**variables["params"]["fc"], "kernel": jnp.zeros((512, 7))},
-              "layer9_0": {"Conv_0": {"kernel": jnp.zeros((1, 1, 2, 2))}}}
+    params = {
+        **variables["params"],
+        "fc": {**variables["params"]["fc"], "kernel": jnp.zeros((512, 7))},
+        "layer9_0": {"Conv_0": {"kernel": jnp.zeros((1, 1, 2, 2))}},
+    }
     params["layer1_0"] = {k: v for k, v in params["layer1_0"].items() if k != "Conv_0"}
     with pytest.raises(ValueError) as info:
         rnnx.to_nnx(model, {**variables, "params": params})

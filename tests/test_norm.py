@@ -6,12 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_close_to_scale, assert_results_close, assert_trees_close, forward_and_grads
 from hypothesis import given
 from hypothesis import strategies as st
 
 from resnet_bottleneck.norm import FLAX_BATCH_NORM, BatchNorm, FrozenBatchNorm, batch_norm
-
-from helpers import assert_close_to_scale, assert_results_close, assert_trees_close, forward_and_grads
 
 
 def plain_batch_norm(x, scale, bias, epsilon, fast_variance):
@@ -47,9 +46,11 @@ def test_gradient_is_autodiffs_of_the_formula(shape, offset, spread, fast_varian
     x = jnp.asarray(rng.standard_normal(shape) * spread + offset, jnp.float32)
     scale = jnp.asarray(rng.standard_normal(shape[-1]), jnp.float32)
     bias = jnp.asarray(rng.standard_normal(shape[-1]), jnp.float32)
-    cts = (jnp.asarray(rng.standard_normal(shape), jnp.float32),
-           jnp.asarray(rng.standard_normal(shape[-1]), jnp.float32),
-           jnp.asarray(rng.standard_normal(shape[-1]), jnp.float32))
+    cts = (
+        jnp.asarray(rng.standard_normal(shape), jnp.float32),
+        jnp.asarray(rng.standard_normal(shape[-1]), jnp.float32),
+        jnp.asarray(rng.standard_normal(shape[-1]), jnp.float32),
+    )
     ours = _vjp_of(lambda *a: batch_norm(*a, 1e-5, fast_variance), x, scale, bias, cts)
     ref = _vjp_of(lambda *a: plain_batch_norm(*a, 1e-5, fast_variance), x, scale, bias, cts)
     # The closed form's sum(dy * x) - mean * sum(dy) cancels ~|mean| / std ulps (see norm.py), and
@@ -75,8 +76,9 @@ def test_bfloat16_input_gets_a_bfloat16_gradient(rng):
     x = jnp.asarray(rng.standard_normal((2, 4, 4, 8)), jnp.bfloat16)
     scale, bias = jnp.full(8, 1.5), jnp.full(8, 0.5)
     dy = jnp.asarray(rng.standard_normal((2, 4, 4, 8)), jnp.float32)
-    (y, _, _), (dx, dscale, dbias) = _vjp_of(lambda *a: batch_norm(*a, 1e-5, False), x, scale, bias,
-                                             (dy, jnp.zeros(8), jnp.zeros(8)))
+    (y, _, _), (dx, dscale, dbias) = _vjp_of(
+        lambda *a: batch_norm(*a, 1e-5, False), x, scale, bias, (dy, jnp.zeros(8), jnp.zeros(8))
+    )
     assert (y.dtype, dx.dtype, dscale.dtype, dbias.dtype) == (jnp.float32, jnp.bfloat16, jnp.float32, jnp.float32)
     ref = _vjp_of(lambda *a: plain_batch_norm(*a, 1e-5, False), x, scale, bias, (dy, jnp.zeros(8), jnp.zeros(8)))[1]
     assert_trees_close((dx, dscale, dbias), ref, rel=1e-2)  # bf16 holds ~3 significant digits
@@ -90,8 +92,10 @@ def test_flax_batch_norm_is_flaxs(train, rng):
     flax = nn.BatchNorm(use_running_average=not train)
     variables = flax.init(jax.random.PRNGKey(0), x)
     assert jax.tree.structure(ours.init(jax.random.PRNGKey(0), x)) == jax.tree.structure(variables)
-    variables = {"params": {"scale": jnp.linspace(0.5, 2.0, 8), "bias": jnp.linspace(-1.0, 1.0, 8)},
-                 "batch_stats": {"mean": jnp.full(8, 0.3), "var": jnp.full(8, 1.7)}}
+    variables = {
+        "params": {"scale": jnp.linspace(0.5, 2.0, 8), "bias": jnp.linspace(-1.0, 1.0, 8)},
+        "batch_stats": {"mean": jnp.full(8, 0.3), "var": jnp.full(8, 1.7)},
+    }
     assert_results_close(forward_and_grads(ours, variables, x), forward_and_grads(flax, variables, x), rel=1e-5)
 
 
@@ -121,8 +125,10 @@ def _shards(seed):
 
 
 def _variables():
-    return {"params": {"scale": jnp.linspace(0.5, 2.0, 8), "bias": jnp.linspace(-1.0, 1.0, 8)},
-            "batch_stats": {"mean": jnp.full(8, 0.3), "var": jnp.full(8, 1.7)}}
+    return {
+        "params": {"scale": jnp.linspace(0.5, 2.0, 8), "bias": jnp.linspace(-1.0, 1.0, 8)},
+        "batch_stats": {"mean": jnp.full(8, 0.3), "var": jnp.full(8, 1.7)},
+    }
 
 
 def _per_shard(module, x, weights, axis_name):
@@ -132,10 +138,17 @@ def _per_shard(module, x, weights, axis_name):
     Every shard holds the same statistics, so each puts a quarter of them in its loss."""
     y, stats, (d_params, d_x) = jax.vmap(
         lambda x, w: forward_and_grads(module, _variables(), x, weights=w, statistics_weight=1 / SHARDS),
-        axis_name=axis_name)(x, weights)
+        axis_name=axis_name,
+    )(x, weights)
     whole = (-1, *x.shape[2:])
-    return [(y.reshape(whole), jax.tree.map(lambda s: s[i], stats),
-             (jax.tree.map(lambda g: g.sum(0), d_params), d_x.reshape(whole))) for i in range(SHARDS)]
+    return [
+        (
+            y.reshape(whole),
+            jax.tree.map(lambda s: s[i], stats),
+            (jax.tree.map(lambda g: g.sum(0), d_params), d_x.reshape(whole)),
+        )
+        for i in range(SHARDS)
+    ]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -171,8 +184,12 @@ def test_frozen_batch_norm_is_torchvisions(rng):
     c = 6
     x = (3.0 * rng.standard_normal((2, 5, 7, c)) + 1.0).astype(np.float32)
     g = rng.standard_normal(x.shape).astype(np.float32)
-    vectors = {"scale": 0.5 + rng.random(c), "bias": rng.standard_normal(c), "mean": rng.standard_normal(c),
-               "var": 0.5 + rng.random(c)}
+    vectors = {
+        "scale": 0.5 + rng.random(c),
+        "bias": rng.standard_normal(c),
+        "mean": rng.standard_normal(c),
+        "var": 0.5 + rng.random(c),
+    }
     vectors = {k: v.astype(np.float32) for k, v in vectors.items()}
     tv = FrozenBatchNorm2d(c)
     for ours, theirs in (("scale", "weight"), ("bias", "bias"), ("mean", "running_mean"), ("var", "running_var")):

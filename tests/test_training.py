@@ -10,15 +10,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from helpers import WatchedImages, assert_trees_equal, random_torchvision
 
 from resnet_bottleneck.data import DataError, ImageArrays, ImageError, digits
 from resnet_bottleneck.data.synthetic import write_image_folder
 from resnet_bottleneck.io.safetensors import load_variables as load_model_file
 from resnet_bottleneck.io.torchvision import load_torchvision
-from resnet_bottleneck.training import Config, RunOptions, TrainingError, train
-from resnet_bottleneck.training import loop
-
-from helpers import WatchedImages, assert_trees_equal, random_torchvision
+from resnet_bottleneck.training import Config, RunOptions, TrainingError, loop, train
 
 PROGRAM = Path(__file__).parent / "programs" / "train_steps.py"
 
@@ -43,8 +41,12 @@ def test_resume_with_another_worker_count_is_exact_and_losses_are_read_in_groups
     original = loop._Meter.read
     monkeypatch.setattr(loop._Meter, "read", lambda self, keep=0: reads.append(original(self, keep)) or reads[-1])
     config = Config(image_size=16, batch_size=64, epochs=1)
-    whole = train(config, out=tmp_path / "a", options=RunOptions(workers=0, checkpoint_every=15, log_every=4, keep=10),
-                  progress=False)
+    whole = train(
+        config,
+        out=tmp_path / "a",
+        options=RunOptions(workers=0, checkpoint_every=15, log_every=4, keep=10),
+        progress=False,
+    )
     assert whole.steps == 22 and sum(reads) == 22
     assert len([n for n in reads if n]) <= 8 and max(reads) >= 3, reads  # at 3, 7, 11 (lagging one), 15, ...
     import shutil
@@ -58,8 +60,13 @@ def test_resume_with_another_worker_count_is_exact_and_losses_are_read_in_groups
 
 
 def run_program(out, data, env, workers=0):
-    return subprocess.Popen([sys.executable, str(PROGRAM), str(out), str(data), str(workers)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(PROGRAM), str(out), str(data), str(workers)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(process):
@@ -102,9 +109,20 @@ def test_two_processes_equal_one_and_each_opens_only_its_own_files(tmp_path, two
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     finish(run_program(tmp_path / "one.npz", two_steps_folder, dict(env, OPEN_LOG=str(tmp_path / "one"))))
-    processes = [run_program(tmp_path / "two.npz", two_steps_folder,
-                             dict(env, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                                  JAX_PROCESS_ID=str(i), OPEN_LOG=str(tmp_path / "two"))) for i in range(2)]
+    processes = [
+        run_program(
+            tmp_path / "two.npz",
+            two_steps_folder,
+            dict(
+                env,
+                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                JAX_NUM_PROCESSES="2",
+                JAX_PROCESS_ID=str(i),
+                OPEN_LOG=str(tmp_path / "two"),
+            ),
+        )
+        for i in range(2)
+    ]
     for p in processes:
         finish(p)
     two = load_variables(tmp_path / "two.npz")
@@ -135,16 +153,29 @@ def test_data_that_fails_mid_epoch_stops_with_a_checkpoint_and_the_step(tmp_path
     step it completed, so the same command resumes once the data is back."""
     train_set, held = digits(0.2, seed=0)
     with pytest.raises(DataError) as err:
-        train(Config(image_size=8, batch_size=64, epochs=1), out=tmp_path, progress=False,
-              options=RunOptions(workers=0, checkpoint_every=100),
-              datasets=(ImageArrays(WatchedImages(train_set.images, failing_after(64 * 5)), train_set.labels,
-                                    train_set.classes), held))
+        train(
+            Config(image_size=8, batch_size=64, epochs=1),
+            out=tmp_path,
+            progress=False,
+            options=RunOptions(workers=0, checkpoint_every=100),
+            datasets=(
+                ImageArrays(
+                    WatchedImages(train_set.images, failing_after(64 * 5)), train_set.labels, train_set.classes
+                ),
+                held,
+            ),
+        )
     step = int(str(err.value).split("(at step ")[1].split(";")[0]) - 1
     assert err.value.field == "data" and "images in a row are unreadable" in str(err.value)
     assert 2 <= step <= 5 and f"checkpoint at step {step} kept" in str(err.value)
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [step]
-    resumed = train(Config(image_size=8, batch_size=64, epochs=1), out=tmp_path, progress=False,
-                    options=RunOptions(workers=0), datasets=(train_set, held))
+    resumed = train(
+        Config(image_size=8, batch_size=64, epochs=1),
+        out=tmp_path,
+        progress=False,
+        options=RunOptions(workers=0),
+        datasets=(train_set, held),
+    )
     assert resumed.resumed_from == step and resumed.steps == 22
 
 
@@ -164,8 +195,16 @@ def pretrained(tmp_path_factory):
 
 def fine_tune(pretrained, out, **settings):
     weights, folder = pretrained
-    config = Config(model="resnet18", weights=str(weights), data=str(folder), image_size=32, batch_size=16, epochs=4,
-                    freeze_bn=True, **settings)
+    config = Config(
+        model="resnet18",
+        weights=str(weights),
+        data=str(folder),
+        image_size=32,
+        batch_size=16,
+        epochs=4,
+        freeze_bn=True,
+        **settings,
+    )
     return train(config, out=out, options=RunOptions(workers=0), progress=False)
 
 
@@ -178,8 +217,10 @@ def test_fine_tuning_starts_from_every_tensor_of_the_file(pretrained, tmp_path):
     classifier, with AdamW. So every backbone tensor and statistic after training is the one the run
     started from, and it is the file's, bit for bit: the initial state took every one of them."""
     result = fine_tune(pretrained, tmp_path, trainable_layers=0, optimizer="adamw", learning_rate=0.01)
-    assert result.initialised == (f"initialised from {pretrained[0]}: every backbone tensor and BatchNorm statistic; "
-                                  "classifier re-initialised: the weights have 1000 classes, the data 3")
+    assert result.initialised == (
+        f"initialised from {pretrained[0]}: every backbone tensor and BatchNorm statistic; "
+        "classifier re-initialised: the weights have 1000 classes, the data 3"
+    )
     variables, metadata = load_model_file(result.model_file)
     _, expected = load_torchvision(pretrained[0], "resnet18")  # the file, read as torchvision's
     assert_trees_equal(without_head(variables), without_head(expected))
@@ -201,8 +242,10 @@ def test_fine_tuning_with_frozen_stages_and_batchnorm(pretrained, tmp_path):
     assert len(frozen) == 6 and len(learning) == 4
     assert_trees_equal({k: params[k] for k in frozen}, {k: before[k] for k in frozen})
     assert_trees_equal(variables["batch_stats"], expected["batch_stats"])
-    for after, start in zip(jax.tree_util.tree_leaves({k: params[k] for k in learning}),
-                            jax.tree_util.tree_leaves({k: before[k] for k in learning})):
+    for after, start in zip(
+        jax.tree_util.tree_leaves({k: params[k] for k in learning}),
+        jax.tree_util.tree_leaves({k: before[k] for k in learning}),
+    ):
         assert not np.array_equal(after, start)
     assert result.test_accuracy >= 0.6, result.history  # chance is 1/3
 
@@ -216,7 +259,6 @@ def test_fine_tuning_with_frozen_stages_and_batchnorm(pretrained, tmp_path):
 def test_host_sums_are_eval_steps_in_numpy(classes, rng):
     """evaluate_onnx's numpy sums equal eval_step's on the same logits (JAX's top_k, optax's cross-entropy);
     a padded row (mask False) counts nowhere."""
-    import jax.numpy as jnp
 
     from resnet_bottleneck.training.evaluation import host_sums
     from resnet_bottleneck.training.state import eval_step
@@ -229,7 +271,9 @@ def test_host_sums_are_eval_steps_in_numpy(classes, rng):
     batch = {"image": np.zeros((9, 2, 2, 3), np.uint8), "label": labels, "mask": mask}
     expected = jax.device_get(eval_step(state, batch))
     got = host_sums(logits, labels, mask)
-    assert {k: int(got[k]) for k in ("correct", "top5", "count")} == {k: int(expected[k]) for k in ("correct", "top5", "count")}
+    assert {k: int(got[k]) for k in ("correct", "top5", "count")} == {
+        k: int(expected[k]) for k in ("correct", "top5", "count")
+    }
     assert int(got["count"]) == 8 and 0 < int(got["correct"]) <= int(got["top5"]) <= 8
     np.testing.assert_allclose(float(got["loss"]), float(expected["loss"]), rtol=1e-6)
     assert int(host_sums(logits, (labels + 1) % classes, mask)["correct"]) != int(got["correct"])  # labels matter

@@ -9,19 +9,19 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import pytest
+from helpers import assert_trees_close
 from jax import lax
 
 import resnet_bottleneck as rb
 from resnet_bottleneck import xla
 
-from helpers import assert_trees_close
-
 PROGRAMS = Path(__file__).resolve().parent / "programs"
 
 
 def _conv_grad(x, k):
-    y, vjp = jax.vjp(lambda x, k: lax.conv_general_dilated(x, k, (1, 1), "SAME",
-                                                           dimension_numbers=("NHWC", "HWIO", "NHWC")), x, k)
+    y, vjp = jax.vjp(
+        lambda x, k: lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")), x, k
+    )
     return vjp(y)
 
 
@@ -57,8 +57,9 @@ def test_jit_is_jax_jit_otherwise(rng):
 
 def _page_faults_of_calls(mode: str) -> int:
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, str(PROGRAMS / "page_faults.py"), mode], capture_output=True, text=True,
-                          env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(PROGRAMS / "page_faults.py"), mode], capture_output=True, text=True, env=env, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return int(done.stdout.split()[-1])
 

@@ -73,13 +73,16 @@ def np_conv(x, kernel, bias=None, stride=1, pad=((0, 0), (0, 0)), groups=1, dila
     out = np.zeros((n, oh, ow, cout))
     per_group = cout // groups
     for g in range(groups):
-        xs = x[..., g * cin_g:(g + 1) * cin_g]
-        ks = kernel[..., g * per_group:(g + 1) * per_group]
+        xs = x[..., g * cin_g : (g + 1) * cin_g]
+        ks = kernel[..., g * per_group : (g + 1) * per_group]
         for i in range(kh):
             for j in range(kw):
-                patch = xs[:, i * dilation:i * dilation + stride * (oh - 1) + 1:stride,
-                           j * dilation:j * dilation + stride * (ow - 1) + 1:stride]
-                out[..., g * per_group:(g + 1) * per_group] += patch @ ks[i, j]
+                patch = xs[
+                    :,
+                    i * dilation : i * dilation + stride * (oh - 1) + 1 : stride,
+                    j * dilation : j * dilation + stride * (ow - 1) + 1 : stride,
+                ]
+                out[..., g * per_group : (g + 1) * per_group] += patch @ ks[i, j]
     if bias is not None:
         out += np.asarray(bias, np.float64)
     return out

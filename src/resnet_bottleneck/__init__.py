@@ -5,10 +5,10 @@ from .blocks import BasicBlock, BottleneckBlock, FastConv
 from .cost import layer_costs, model_cost
 from .fold import fold_batchnorm
 from .forward import resnet_basic_forward, resnet_bottleneck_forward
-from .models import CONFIGS, ResNet, create_model, feature_info
 from .io import load_model
 from .io.onnx import export_onnx
 from .io.torchvision import from_torchvision, from_torchvision_fpn, to_torchvision, to_torchvision_fpn
+from .models import CONFIGS, ResNet, create_model, feature_info
 from .xla import compiler_options, jit, reuse_freed_memory
 
 __all__ = [

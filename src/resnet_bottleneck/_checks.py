@@ -84,13 +84,9 @@ def real_array(name: str, value: Any, ndim: int, layout: str) -> np.ndarray:
     # Integer and floating kinds (bfloat16 included); bool, complex, str, object are refused.
     is_real = array.dtype.kind in "iuf" or array.dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2")
     if not is_real:
-        raise TypeError(
-            f"{name} must hold real numbers (an integer or floating dtype); got dtype {array.dtype}"
-        )
+        raise TypeError(f"{name} must hold real numbers (an integer or floating dtype); got dtype {array.dtype}")
     if array.ndim != ndim:
-        raise ValueError(
-            f"{name} must be a {ndim}-D array {layout}; got shape {array.shape} ({array.ndim}-D)"
-        )
+        raise ValueError(f"{name} must be a {ndim}-D array {layout}; got shape {array.shape} ({array.ndim}-D)")
     if 0 in array.shape:
         raise ValueError(f"{name} must have no empty axis {layout}; got shape {array.shape}")
     if array.dtype.kind not in "iu":
@@ -99,7 +95,6 @@ def real_array(name: str, value: Any, ndim: int, layout: str) -> np.ndarray:
             bad = np.argwhere(~finite)
             first = tuple(int(i) for i in bad[0])
             raise ValueError(
-                f"{name} must be finite; got {len(bad)} NaN/Inf value(s), the first at index "
-                f"{first} ({array[first]!r})"
+                f"{name} must be finite; got {len(bad)} NaN/Inf value(s), the first at index {first} ({array[first]!r})"
             )
     return array

@@ -22,7 +22,8 @@ both with the same K::
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -92,10 +93,18 @@ class FeaturePyramidNetwork(nn.Module):
     @nn.compact
     def __call__(self, features: Sequence) -> list:
         """Output maps for ``features`` (finest first), plus the pooled level if ``extra_pool``."""
+
         def conv(kernel: int, name: str):
-            return self.conv(self.out_channels, (kernel, kernel), padding=((kernel // 2, kernel // 2),) * 2,
-                             kernel_init=fpn_kernel_init, bias_init=nn.initializers.zeros_init(), dtype=self.dtype,
-                             param_dtype=self.param_dtype, name=name)
+            return self.conv(
+                self.out_channels,
+                (kernel, kernel),
+                padding=((kernel // 2, kernel // 2),) * 2,
+                kernel_init=fpn_kernel_init,
+                bias_init=nn.initializers.zeros_init(),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=name,
+            )
 
         n = len(features)
         last = conv(1, f"inner_blocks_{n - 1}")(features[-1])
@@ -120,8 +129,13 @@ def _returned_layers(value: Any) -> tuple[int, ...]:
 
 
 def _trainable_layers(value: Any) -> int:
-    return _checks.int_in_range("trainable_layers", value, 0, len(TRAINABLE_LAYERS),
-                                " (how many of layer4, layer3, layer2, layer1, conv1 learn)")
+    return _checks.int_in_range(
+        "trainable_layers",
+        value,
+        0,
+        len(TRAINABLE_LAYERS),
+        " (how many of layer4, layer3, layer2, layer1, conv1 learn)",
+    )
 
 
 class FPNBackbone(nn.Module):
@@ -147,19 +161,33 @@ class FPNBackbone(nn.Module):
     def __call__(self, x, train: bool = False) -> dict:
         returned = _returned_layers(self.returned_layers)
         if len(self.body.stage_sizes) < returned[-1]:
-            raise ValueError(f"returned_layers={returned!r} needs layer{returned[-1]}, but the body has "
-                             f"{len(self.body.stage_sizes)} stages")
+            raise ValueError(
+                f"returned_layers={returned!r} needs layer{returned[-1]}, but the body has "
+                f"{len(self.body.stage_sizes)} stages"
+            )
         stages = self.body(x, train=train, features=True)
-        levels = FeaturePyramidNetwork(_checks.positive_int("out_channels", self.out_channels), self.extra_pool,
-                                       conv=self.body.conv, dtype=self.body.dtype, param_dtype=self.body.param_dtype,
-                                       name="fpn")([stages[STAGE_NAMES[k - 1]] for k in returned])
+        levels = FeaturePyramidNetwork(
+            _checks.positive_int("out_channels", self.out_channels),
+            self.extra_pool,
+            conv=self.body.conv,
+            dtype=self.body.dtype,
+            param_dtype=self.body.param_dtype,
+            name="fpn",
+        )([stages[STAGE_NAMES[k - 1]] for k in returned])
         names = [str(i) for i in range(len(returned))] + (["pool"] if self.extra_pool else [])
         return dict(zip(names, levels))
 
 
-def create_fpn_backbone(name: str, out_channels: int = 256, trainable_layers: int = 3,
-                        returned_layers: Sequence[int] = (1, 2, 3, 4), extra_pool: bool = True, *,
-                        norm: str = "frozen", **options) -> FPNBackbone:
+def create_fpn_backbone(
+    name: str,
+    out_channels: int = 256,
+    trainable_layers: int = 3,
+    returned_layers: Sequence[int] = (1, 2, 3, 4),
+    extra_pool: bool = True,
+    *,
+    norm: str = "frozen",
+    **options,
+) -> FPNBackbone:
     """torchvision's ``resnet_fpn_backbone(backbone_name=name, ...)`` as a Linen module.
 
     Args:
@@ -178,7 +206,7 @@ def create_fpn_backbone(name: str, out_channels: int = 256, trainable_layers: in
     if not isinstance(extra_pool, bool):
         raise TypeError(f"extra_pool must be True or False; got {extra_pool!r}")
     body = create_model(name, num_classes=None, norm=norm, trainable_layers=trainable_layers, **options)
-    body = body.clone(stage_sizes=tuple(body.stage_sizes[:returned[-1]]))
+    body = body.clone(stage_sizes=tuple(body.stage_sizes[: returned[-1]]))
     return FPNBackbone(body=body, returned_layers=returned, out_channels=out_channels, extra_pool=extra_pool)
 
 
@@ -201,7 +229,7 @@ def trainable_mask(params, trainable_layers: int):
     else (a pyramid, a classifier) learns. Works on a ResNet's or an
     :class:`FPNBackbone`'s ``params`` (use it with ``optax.masked``, or :func:`freeze`).
     """
-    learning = {None, *TRAINABLE_LAYERS[:_trainable_layers(trainable_layers)]}  # None: not a body layer
+    learning = {None, *TRAINABLE_LAYERS[: _trainable_layers(trainable_layers)]}  # None: not a body layer
     return jax.tree_util.tree_map_with_path(lambda path, _: _layer_of(path) in learning, params)
 
 
@@ -215,7 +243,8 @@ def freeze(optimizer: optax.GradientTransformation, trainable_layers: int) -> op
     trainable_layers = _trainable_layers(trainable_layers)
 
     def labels(params):
-        return jax.tree_util.tree_map(lambda learns: "train" if learns else "frozen",
-                                      trainable_mask(params, trainable_layers))
+        return jax.tree_util.tree_map(
+            lambda learns: "train" if learns else "frozen", trainable_mask(params, trainable_layers)
+        )
 
     return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)

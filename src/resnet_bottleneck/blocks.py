@@ -21,8 +21,9 @@ whatever is injected, the way torchvision's ``bn1`` stays ``bn1`` for any
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -39,8 +40,18 @@ PADDINGS = ("SAME", "torch")
 _NHWC = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
 
 
-def conv_1x1_as_dot(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                    dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+def conv_1x1_as_dot(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    precision=None,
+    **kwargs,
+):
     """``lax.conv_general_dilated``, with 1x1 convolutions computed as a matrix product.
 
     A 1x1 conv is a dot over channels at every (strided) position, and XLA:CPU runs it
@@ -50,12 +61,28 @@ def conv_1x1_as_dot(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_di
     """
     kwargs = {k: v for k, v in kwargs.items() if v is not None}  # flax NNX's Conv passes out_sharding=None
     unpadded = padding in ("VALID", "SAME") or all(tuple(p) == (0, 0) for p in padding)
-    pointwise = (rhs.ndim == 4 and rhs.shape[:2] == (1, 1) and feature_group_count == 1 and unpadded
-                 and tuple(lhs_dilation or (1, 1)) == (1, 1) and dimension_numbers == _NHWC and not kwargs)
+    pointwise = (
+        rhs.ndim == 4
+        and rhs.shape[:2] == (1, 1)
+        and feature_group_count == 1
+        and unpadded
+        and tuple(lhs_dilation or (1, 1)) == (1, 1)
+        and dimension_numbers == _NHWC
+        and not kwargs
+    )
     if not pointwise:
-        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-                                        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-                                        feature_group_count=feature_group_count, precision=precision, **kwargs)
+        return lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            precision=precision,
+            **kwargs,
+        )
     sh, sw = window_strides
     x = lhs[:, ::sh, ::sw, :] if (sh, sw) != (1, 1) else lhs  # a 1x1 conv reads only the strided positions
     # As a 2-D product: the weight gradient then contracts one axis, not three, which
@@ -88,15 +115,23 @@ def conv_options(block, kernel: int, strides=(1, 1), groups: int = 1, dilation: 
         padding = "SAME"
     else:  # torchvision: padding=dilation on both sides, also when strided
         padding = ((dilation, dilation), (dilation, dilation))
-    return dict(strides=strides, padding=padding, kernel_dilation=(dilation, dilation), feature_group_count=groups,
-                use_bias=block.use_bias, kernel_init=block.kernel_init, dtype=block.dtype,
-                param_dtype=block.param_dtype)
+    return dict(
+        strides=strides,
+        padding=padding,
+        kernel_dilation=(dilation, dilation),
+        feature_group_count=groups,
+        use_bias=block.use_bias,
+        kernel_init=block.kernel_init,
+        dtype=block.dtype,
+        param_dtype=block.param_dtype,
+    )
 
 
 def _conv(block, index: int, features: int, kernel: int, strides=(1, 1), groups: int = 1, dilation: int = 1):
     """The block's ``index``-th convolution."""
-    return block.conv(features, (kernel, kernel), **conv_options(block, kernel, strides, groups, dilation),
-                      name=f"Conv_{index}")
+    return block.conv(
+        features, (kernel, kernel), **conv_options(block, kernel, strides, groups, dilation), name=f"Conv_{index}"
+    )
 
 
 def _norm(block, index: int, zero_init: bool = False):
@@ -215,8 +250,9 @@ class BottleneckBlock(nn.Module):
     param_dtype: Any = jnp.float32
 
     @classmethod
-    def stage_args(cls, planes: int, *, groups: int = 1, width_per_group: int = 64, stride_on: str = "3x3",
-                   dilation: int = 1) -> dict:
+    def stage_args(
+        cls, planes: int, *, groups: int = 1, width_per_group: int = 64, stride_on: str = "3x3", dilation: int = 1
+    ) -> dict:
         """Constructor arguments of a stage's blocks at ``planes`` (torchvision's widths).
 
         The 3x3 conv is ``int(planes * width_per_group / 64) * groups`` wide (ResNeXt
@@ -224,8 +260,13 @@ class BottleneckBlock(nn.Module):
         ``dilation`` is the stage's (its first block may be given the previous stage's).
         """
         mid = int(planes * (width_per_group / 64.0)) * groups
-        return {"mid_features": mid, "out_features": planes * cls.expansion, "groups": groups, "stride_on": stride_on,
-                "dilation": _checks.positive_int("dilation", dilation)}
+        return {
+            "mid_features": mid,
+            "out_features": planes * cls.expansion,
+            "groups": groups,
+            "stride_on": stride_on,
+            "dilation": _checks.positive_int("dilation", dilation),
+        }
 
     @nn.compact
     def __call__(self, x):
@@ -264,8 +305,9 @@ class BasicBlock(nn.Module):
     param_dtype: Any = jnp.float32
 
     @classmethod
-    def stage_args(cls, planes: int, *, groups: int = 1, width_per_group: int = 64, stride_on: str = "3x3",
-                   dilation: int = 1) -> dict:
+    def stage_args(
+        cls, planes: int, *, groups: int = 1, width_per_group: int = 64, stride_on: str = "3x3", dilation: int = 1
+    ) -> dict:
         """Constructor arguments of a stage's blocks at ``planes``.
 
         A basic block has one width, so ``groups`` and ``width_per_group`` must keep their
@@ -274,8 +316,10 @@ class BasicBlock(nn.Module):
         3x3 conv, so ``stride_on`` is only checked.
         """
         if (groups, width_per_group) != (1, 64):
-            raise ValueError(f"basic blocks support only groups=1, width_per_group=64; "
-                             f"got groups={groups!r}, width_per_group={width_per_group!r}")
+            raise ValueError(
+                f"basic blocks support only groups=1, width_per_group=64; "
+                f"got groups={groups!r}, width_per_group={width_per_group!r}"
+            )
         if dilation != 1:
             raise ValueError(f"basic blocks support only dilation=1, as torchvision's; got dilation={dilation!r}")
         _checks.one_of("stride_on", stride_on, STRIDE_PLACEMENTS)

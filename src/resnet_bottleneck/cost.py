@@ -32,8 +32,11 @@ def basic_pair_params(features: int) -> int:
 
 def bottleneck_params(mid_features: int, out_features: int) -> int:
     """The bottleneck's 1x1 -> 3x3 -> 1x1 triple (identity shortcut)."""
-    return (conv_params(out_features, mid_features, 1) + conv_params(mid_features, mid_features, 3)
-            + conv_params(mid_features, out_features, 1))
+    return (
+        conv_params(out_features, mid_features, 1)
+        + conv_params(mid_features, mid_features, 3)
+        + conv_params(mid_features, out_features, 1)
+    )
 
 
 @dataclass(frozen=True)
@@ -129,19 +132,22 @@ def layer_costs(module: nn.Module, variables, x) -> list[dict]:
             for axis in range(ndim):
                 pad = padding if isinstance(padding, str) else padding[axis]
                 low = _pad_low(pad, in_shape[1 + axis], kernel[axis], strides[axis], dilation[axis])
-                taps *= _valid_taps(in_shape[1 + axis], out_shape[1 + axis], kernel[axis], strides[axis],
-                                    dilation[axis], low)
+                taps *= _valid_taps(
+                    in_shape[1 + axis], out_shape[1 + axis], kernel[axis], strides[axis], dilation[axis], low
+                )
             unpadded = taps * weights // math.prod(kernel)
         bias = layer.features if layer.use_bias else 0
-        costs.append({
-            "path": "/".join(layer.scope.path),
-            "kind": type(layer).__name__,
-            "input_shape": tuple(in_shape),
-            "output_shape": tuple(out_shape),
-            "params": weights + bias,
-            "macs": macs,
-            "macs_unpadded": unpadded,
-        })
+        costs.append(
+            {
+                "path": "/".join(layer.scope.path),
+                "kind": type(layer).__name__,
+                "input_shape": tuple(in_shape),
+                "output_shape": tuple(out_shape),
+                "params": weights + bias,
+                "macs": macs,
+                "macs_unpadded": unpadded,
+            }
+        )
     return costs
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from . import _checks, xla
 from .blocks import BasicBlock, BottleneckBlock
 
+
 def _init_apply(block, seed, x):
     x_b = x[None, ...]
     variables = block.init(jax.random.PRNGKey(seed), x_b)
@@ -116,9 +117,19 @@ def bottleneck_walkthrough(x_shape: tuple[int, ...], mid_features: int, out_feat
         {"step": 1, "op": "x_b = x[None, ...]", "shape": x_b.shape, "note": "batched"},
         {"step": 2, "op": f"Conv1x1({mid_features})", "shape": shape("Conv_0"), "note": "squeeze: channels down"},
         {"step": 3, "op": "BN -> ReLU", "shape": shape("BatchNorm_0"), "note": ""},
-        {"step": 4, "op": f"Conv3x3({mid_features}, 'SAME')", "shape": shape("Conv_1"), "note": "spatial mixing at low width"},
+        {
+            "step": 4,
+            "op": f"Conv3x3({mid_features}, 'SAME')",
+            "shape": shape("Conv_1"),
+            "note": "spatial mixing at low width",
+        },
         {"step": 5, "op": "BN -> ReLU", "shape": shape("BatchNorm_1"), "note": ""},
         {"step": 6, "op": f"Conv1x1({out_features})", "shape": shape("Conv_2"), "note": "expand: channels back up"},
-        {"step": 7, "op": "BN -> (+ x_b) -> ReLU", "shape": tuple(y.shape), "note": "residual add, then the one final ReLU"},
+        {
+            "step": 7,
+            "op": "BN -> (+ x_b) -> ReLU",
+            "shape": tuple(y.shape),
+            "note": "residual add, then the one final ReLU",
+        },
         {"step": 8, "op": "reshape to 1-D", "shape": (int(np.prod(y.shape)),), "note": "flattened output"},
     ]

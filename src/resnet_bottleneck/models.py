@@ -19,8 +19,9 @@ For detection and segmentation backbones it has torchvision's three options:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -46,8 +47,13 @@ def _windows(x, window: int, stride: int, padding: int) -> list:
     n, h, w, c = x.shape
     oh, ow = (h + 2 * padding - window) // stride + 1, (w + 2 * padding - window) // stride + 1
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
-    return [jax.lax.slice(xp, (0, i, j, 0), (n, i + stride * (oh - 1) + 1, j + stride * (ow - 1) + 1, c), (1, stride, stride, 1))
-            for i in range(window) for j in range(window)]
+    return [
+        jax.lax.slice(
+            xp, (0, i, j, 0), (n, i + stride * (oh - 1) + 1, j + stride * (ow - 1) + 1, c), (1, stride, stride, 1)
+        )
+        for i in range(window)
+        for j in range(window)
+    ]
 
 
 def _max_of(views):
@@ -66,8 +72,9 @@ def global_average_pool(x):
     """
     n, h, w, c = x.shape
     ones = jnp.ones((h * w,), x.dtype)
-    total = jnp.einsum("nsc,s->nc", x.reshape(n, h * w, c), ones,
-                       preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
+    total = jnp.einsum(
+        "nsc,s->nc", x.reshape(n, h * w, c), ones, preferred_element_type=jnp.promote_types(x.dtype, jnp.float32)
+    )
     return (total / (h * w)).astype(x.dtype)
 
 
@@ -239,7 +246,9 @@ class ResNet(nn.Module):
             )
         if self.folded:
             if train:
-                raise ValueError("a folded model (BatchNorm folded into convs) is for inference: call it with train=False")
+                raise ValueError(
+                    "a folded model (BatchNorm folded into convs) is for inference: call it with train=False"
+                )
             norm = folded_norm
         common = dict(
             norm=norm,
@@ -254,8 +263,17 @@ class ResNet(nn.Module):
         block_cls = nn.remat(self.block) if self.remat else self.block
 
         x = jnp.asarray(x, self.dtype) if self.dtype is not None else x
-        x = nn.Conv(self.stem_width, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=self.folded,
-                    kernel_init=conv_kernel_init, dtype=self.dtype, param_dtype=self.param_dtype, name="conv1")(x)
+        x = nn.Conv(
+            self.stem_width,
+            (7, 7),
+            strides=(2, 2),
+            padding=((3, 3), (3, 3)),
+            use_bias=self.folded,
+            kernel_init=conv_kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="conv1",
+        )(x)
         x = nn.relu(norm(dtype=self.dtype, param_dtype=self.param_dtype, name="bn1")(x))
         frozen = len(TRAINABLE_LAYERS) - self.trainable_layers  # frozen from the input side: stem, layer1, ...
         x = jax.lax.stop_gradient(x) if frozen > 0 else x
@@ -289,14 +307,19 @@ class ResNet(nn.Module):
         return jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32))  # bf16 logits come back as float32
 
 
-
 # The layout's arithmetic and checks, as functions of a ResNet's attributes: shared by the
 # Linen ResNet and its Flax NNX twin (resnet_bottleneck.nnx.ResNet), which has the same ones.
 
+
 def stage_args(model, i: int, dilation: int = 1) -> dict:
     """The block constructor arguments of stage ``i``."""
-    return model.block.stage_args(model.stem_width * 2**i, groups=model.groups, width_per_group=model.width_per_group,
-                                  stride_on=model.stride_on, dilation=dilation)
+    return model.block.stage_args(
+        model.stem_width * 2**i,
+        groups=model.groups,
+        width_per_group=model.width_per_group,
+        stride_on=model.stride_on,
+        dilation=dilation,
+    )
 
 
 def stage_plan(model, stages: int) -> list[tuple[int, int, int]]:
@@ -325,19 +348,29 @@ def check_layout(model) -> tuple[int, ...]:
     _checks.positive_int("stem_width", model.stem_width)
     stage_args(model, 0)  # the block's own checks of groups and widths
     _checks.one_of("norm", model.norm, NORMS)
-    _checks.int_in_range("trainable_layers", model.trainable_layers, 0, len(TRAINABLE_LAYERS),
-                         " (how many of layer4, layer3, layer2, layer1, conv1 learn)")
+    _checks.int_in_range(
+        "trainable_layers",
+        model.trainable_layers,
+        0,
+        len(TRAINABLE_LAYERS),
+        " (how many of layer4, layer3, layer2, layer1, conv1 learn)",
+    )
     dilate = model.replace_stride_with_dilation
-    if (not isinstance(dilate, (tuple, list)) or len(dilate) != 3
-            or not all(isinstance(d, (bool, np.bool_)) for d in dilate)):
-        raise ValueError(f"replace_stride_with_dilation must be three booleans (for the stages C3, C4, C5); "
-                         f"got {dilate!r}")
+    if (
+        not isinstance(dilate, (tuple, list))
+        or len(dilate) != 3
+        or not all(isinstance(d, (bool, np.bool_)) for d in dilate)
+    ):
+        raise ValueError(
+            f"replace_stride_with_dilation must be three booleans (for the stages C3, C4, C5); got {dilate!r}"
+        )
     for i, (_, _, dilation) in enumerate(stage_plan(model, len(sizes))):
         try:
             stage_args(model, i, dilation)
         except ValueError as err:
-            raise ValueError(f"replace_stride_with_dilation={tuple(dilate)!r} dilates {STAGE_NAMES[i]} "
-                             f"by {dilation}, but {err}") from None
+            raise ValueError(
+                f"replace_stride_with_dilation={tuple(dilate)!r} dilates {STAGE_NAMES[i]} by {dilation}, but {err}"
+            ) from None
     return sizes
 
 
@@ -384,8 +417,9 @@ def feature_info(model: Any) -> list[dict]:
     info, stride = [{"name": "stem", "channels": model.stem_width, "stride": 2}], 4  # the max-pool halves again
     for i, (strides, _, _) in enumerate(stage_plan(model, len(sizes))):
         stride *= strides
-        info.append({"name": STAGE_NAMES[i], "channels": model.stem_width * 2**i * model.block.expansion,
-                     "stride": stride})
+        info.append(
+            {"name": STAGE_NAMES[i], "channels": model.stem_width * 2**i * model.block.expansion, "stride": stride}
+        )
     return info
 
 

@@ -24,8 +24,9 @@ detection backbones): statistics and affine fixed, no gradient, no update.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -89,9 +90,22 @@ def _batch_norm_bwd(epsilon, fast_variance, residuals, cotangents):
 batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
 
 
-def normalize(x, scale, bias, ra_mean, ra_var, *, use_running_average: bool, momentum: float, epsilon: float,
-              unbiased_running_var: bool, use_fast_variance: bool, axis_name: str | None, dtype: Any,
-              param_dtype: Any):
+def normalize(
+    x,
+    scale,
+    bias,
+    ra_mean,
+    ra_var,
+    *,
+    use_running_average: bool,
+    momentum: float,
+    epsilon: float,
+    unbiased_running_var: bool,
+    use_fast_variance: bool,
+    axis_name: str | None,
+    dtype: Any,
+    param_dtype: Any,
+):
     """One BatchNorm application as a pure function: ``(y, (new_mean, new_var) or None)``.
 
     The arithmetic of :class:`BatchNorm` (Linen) and of its Flax NNX twin
@@ -118,8 +132,10 @@ def normalize(x, scale, bias, ra_mean, ra_var, *, use_running_average: bool, mom
     if not use_running_average:
         n = math.prod(x.shape[:-1]) * (jax.lax.psum(1, axis_name) if sync else 1)
         folded = var * (n / max(n - 1, 1)) if unbiased_running_var else var
-        updated = (momentum * ra_mean + (1 - momentum) * mean.astype(param_dtype),
-                   momentum * ra_var + (1 - momentum) * folded.astype(param_dtype))
+        updated = (
+            momentum * ra_mean + (1 - momentum) * mean.astype(param_dtype),
+            momentum * ra_var + (1 - momentum) * folded.astype(param_dtype),
+        )
     return y.astype(dtype), updated
 
 
@@ -160,20 +176,30 @@ class BatchNorm(nn.Module):
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones(features, self.param_dtype))
         scale = self.param("scale", self.scale_init, features, self.param_dtype)
         bias = self.param("bias", self.bias_init, features, self.param_dtype)
-        y, updated = normalize(x, scale, bias, ra_mean.value, ra_var.value, use_running_average=use_running_average,
-                               momentum=self.momentum, epsilon=self.epsilon,
-                               unbiased_running_var=self.unbiased_running_var,
-                               use_fast_variance=self.use_fast_variance,
-                               axis_name=None if self.is_initializing() else self.axis_name,
-                               dtype=self.dtype, param_dtype=self.param_dtype)
+        y, updated = normalize(
+            x,
+            scale,
+            bias,
+            ra_mean.value,
+            ra_var.value,
+            use_running_average=use_running_average,
+            momentum=self.momentum,
+            epsilon=self.epsilon,
+            unbiased_running_var=self.unbiased_running_var,
+            use_fast_variance=self.use_fast_variance,
+            axis_name=None if self.is_initializing() else self.axis_name,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
         if updated is not None and not self.is_initializing():
             ra_mean.value, ra_var.value = updated
         return y
 
 
 #: Flax's ``nn.BatchNorm`` in training mode, with the hand-written gradient: the blocks' default.
-FLAX_BATCH_NORM = partial(BatchNorm, use_running_average=False, momentum=0.99, unbiased_running_var=False,
-                          use_fast_variance=True)
+FLAX_BATCH_NORM = partial(
+    BatchNorm, use_running_average=False, momentum=0.99, unbiased_running_var=False, use_fast_variance=True
+)
 
 
 class FrozenBatchNorm(nn.Module):
@@ -203,15 +229,22 @@ class FrozenBatchNorm(nn.Module):
     def __call__(self, x):
         features = (x.shape[-1],)
         vectors = {
-            "scale": self.variable("batch_stats", "scale",
-                                   lambda: self.scale_init(self.make_rng("params"), features, self.param_dtype)),
-            "bias": self.variable("batch_stats", "bias",
-                                  lambda: self.bias_init(self.make_rng("params"), features, self.param_dtype)),
+            "scale": self.variable(
+                "batch_stats", "scale", lambda: self.scale_init(self.make_rng("params"), features, self.param_dtype)
+            ),
+            "bias": self.variable(
+                "batch_stats", "bias", lambda: self.bias_init(self.make_rng("params"), features, self.param_dtype)
+            ),
             "mean": self.variable("batch_stats", "mean", lambda: jnp.zeros(features, self.param_dtype)),
             "var": self.variable("batch_stats", "var", lambda: jnp.ones(features, self.param_dtype)),
         }
-        return frozen_normalize(x, *(vectors[k].value for k in ("scale", "bias", "mean", "var")),
-                                epsilon=self.epsilon, dtype=self.dtype, param_dtype=self.param_dtype)
+        return frozen_normalize(
+            x,
+            *(vectors[k].value for k in ("scale", "bias", "mean", "var")),
+            epsilon=self.epsilon,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
 
 
 def frozen_normalize(x, scale, bias, mean, var, *, epsilon: float, dtype: Any, param_dtype: Any):

@@ -6,8 +6,12 @@ import jax
 
 
 def settings():
-    return (os.environ.get("XLA_FLAGS"), jax.config.jax_enable_x64, jax.config.jax_numpy_rank_promotion,
-            jax.config.jax_default_matmul_precision)
+    return (
+        os.environ.get("XLA_FLAGS"),
+        jax.config.jax_enable_x64,
+        jax.config.jax_numpy_rank_promotion,
+        jax.config.jax_default_matmul_precision,
+    )
 
 
 if __name__ == "__main__":

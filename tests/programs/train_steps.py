@@ -10,8 +10,9 @@ import os
 import sys
 
 if os.environ.get("OPEN_LOG"):
-    _log = os.open(f"{os.environ['OPEN_LOG']}.{os.environ.get('JAX_PROCESS_ID', '0')}",
-                   os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    _log = os.open(
+        f"{os.environ['OPEN_LOG']}.{os.environ.get('JAX_PROCESS_ID', '0')}", os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    )
 
     def _note(event, args):
         if event == "open" and isinstance(args[0], str) and args[0].endswith(".jpg"):
@@ -28,14 +29,23 @@ def main():
 
     maybe_initialize_distributed()
     workers = int(sys.argv[3]) if len(sys.argv) > 3 else 0
-    result = train(Config(data=sys.argv[2], image_size=16, batch_size=32, epochs=1, test_fraction=0.2),
-                   options=RunOptions(workers=workers), progress=False)
+    result = train(
+        Config(data=sys.argv[2], image_size=16, batch_size=32, epochs=1, test_fraction=0.2),
+        options=RunOptions(workers=workers),
+        progress=False,
+    )
     assert result.steps == 2, result.steps
     if jax.process_index() == 0:
         variables = {"params": result.state.params, "batch_stats": result.state.batch_stats}
-        np.savez(sys.argv[1], devices=len(jax.devices()), processes=jax.process_count(),
-                 **{jax.tree_util.keystr(k): np.asarray(jax.device_get(v))
-                    for k, v in jax.tree_util.tree_leaves_with_path(variables)})
+        np.savez(
+            sys.argv[1],
+            devices=len(jax.devices()),
+            processes=jax.process_count(),
+            **{
+                jax.tree_util.keystr(k): np.asarray(jax.device_get(v))
+                for k, v in jax.tree_util.tree_leaves_with_path(variables)
+            },
+        )
 
 
 if __name__ == "__main__":

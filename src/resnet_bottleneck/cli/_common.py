@@ -38,7 +38,8 @@ def argument(name: str):
 def print_skipped(paths: list[str], shown: int = 10) -> None:
     """The unreadable images a run or an evaluation left out, on one line (none: nothing)."""
     if paths:
-        print(f"skipped {len(paths)} unreadable image(s): {', '.join(paths[:shown])}{' ...' if len(paths) > shown else ''}")
+        more = " ..." if len(paths) > shown else ""
+        print(f"skipped {len(paths)} unreadable image(s): {', '.join(paths[:shown])}{more}")
 
 
 def _checked(convert, accept, expected: str):

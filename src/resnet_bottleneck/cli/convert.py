@@ -16,9 +16,11 @@ def add_parser(commands) -> None:
     parser.add_argument("input", metavar="IN", help="torchvision weights: .safetensors, .pth or .pt")
     parser.add_argument("output", metavar="OUT", help="the Flax checkpoint to write (.safetensors)")
     parser.add_argument("--model", required=True, type=model_name, help="the torchvision model name, e.g. resnet50")
-    parser.add_argument("--verbose", action="store_true",
-                        help="on weights that do not fit --model, list every differing tensor below the one-line "
-                        "error (several lines)")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="on weights that do not fit --model, list every differing tensor below the one-line error (several lines)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -31,7 +33,10 @@ def run(args) -> int:
     with argument("IN"):
         model, variables = load_torchvision(args.input, args.model)
     with argument("OUT"):
-        save_variables(args.output, variables, {"model": args.model, "num_classes": str(model.num_classes),
-                                                "format": CHECKPOINT_FORMAT})
+        save_variables(
+            args.output,
+            variables,
+            {"model": args.model, "num_classes": str(model.num_classes), "format": CHECKPOINT_FORMAT},
+        )
     print(f"Converted {args.input} ({args.model}, {model.num_classes} classes) to {args.output}")
     return 0

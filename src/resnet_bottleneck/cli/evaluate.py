@@ -23,18 +23,32 @@ def add_parser(commands) -> None:
         "model file is evaluated on the run's own held-out images (its metadata records the split). Images get the "
         "evaluation transform at the model's image size and its normalisation, batched over every device.",
     )
-    parser.add_argument("--weights", required=True,
-                        help="a model file (train's OUT/model.safetensors, export's), a run directory, or torchvision "
-                        "weights (with --model); an .onnx file from export with --runtime onnxruntime")
-    parser.add_argument("--runtime", choices=("jax", "onnxruntime"), default="jax",
-                        help="jax (the default), or onnxruntime to evaluate an .onnx file from export")
-    parser.add_argument("--data", help="image folder: ROOT/<class>/<image>, or ROOT/val/<class>/<image> (ImageNet's "
-                        "layout); default: the run's held-out split")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="a model file (train's OUT/model.safetensors, export's), a run directory, or torchvision "
+        "weights (with --model); an .onnx file from export with --runtime onnxruntime",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=("jax", "onnxruntime"),
+        default="jax",
+        help="jax (the default), or onnxruntime to evaluate an .onnx file from export",
+    )
+    parser.add_argument(
+        "--data",
+        help="image folder: ROOT/<class>/<image>, or ROOT/val/<class>/<image> (ImageNet's "
+        "layout); default: the run's held-out split",
+    )
     parser.add_argument("--model", type=model_name, help="the model name: needed for torchvision's weights")
     parser.add_argument("--batch-size", type=positive_int, help="global batch size (default: the run's, else 64)")
     parser.add_argument("--image-size", type=positive_int, help="evaluation crop (default: the model file's, else 224)")
-    parser.add_argument("--workers", type=count, help="processes decoding images (default: none where the model runs on the CPU, where "
-                        "they would take its cores: a thread decodes ahead; else the machine's cores)")
+    parser.add_argument(
+        "--workers",
+        type=count,
+        help="processes decoding images (default: none where the model runs on the CPU, where "
+        "they would take its cores: a thread decodes ahead; else the machine's cores)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(run=run)
 
@@ -61,8 +75,9 @@ def _labelled(files, names: list[str] | None, num_classes: int, where: str):
         return files
     unknown = sorted(set(files.classes) - set(names or ()))
     named = f" ({len(unknown)} not among its class names, e.g. {unknown[0]!r})" if names else ""
-    raise UsageError(f"argument --data: {where} has {len(files.classes)} class folders{named}; the model has "
-                     f"{num_classes} classes")
+    raise UsageError(
+        f"argument --data: {where} has {len(files.classes)} class folders{named}; the model has {num_classes} classes"
+    )
 
 
 def _split(metadata: dict, weights: str):
@@ -83,8 +98,9 @@ def _recorded_batch_size(metadata: dict, weights: str) -> int:
     """The run's batch size from the model file's metadata, else 64."""
     text = metadata.get("batch_size", "64")
     if not (isinstance(text, str) and text.isdigit() and int(text) > 0):
-        raise UsageError(f"argument --weights: {weights}'s metadata 'batch_size' must be a positive integer; "
-                         f"got {str(text)[:60]!r}")
+        raise UsageError(
+            f"argument --weights: {weights}'s metadata 'batch_size' must be a positive integer; got {str(text)[:60]!r}"
+        )
     return int(text)
 
 
@@ -106,8 +122,10 @@ def _run(args) -> int:
         classifier, num_classes, image_size = open_onnx(args.weights, args.model)
         metadata = classifier.metadata
         if args.image_size is not None and classifier.fixed_size not in (None, args.image_size):
-            raise UsageError(f"argument --image-size: {args.weights} takes {classifier.fixed_size}x"
-                             f"{classifier.fixed_size} images; got {args.image_size}")
+            raise UsageError(
+                f"argument --image-size: {args.weights} takes {classifier.fixed_size}x"
+                f"{classifier.fixed_size} images; got {args.image_size}"
+            )
     else:
         model, variables, metadata, (image_size, mean, std) = open_model(args.weights, args.model, "evaluate")
         num_classes = model.num_classes
@@ -124,21 +142,43 @@ def _run(args) -> int:
     batch_size = args.batch_size or _recorded_batch_size(metadata, args.weights)
     if args.runtime == "onnxruntime":
         try:
-            scores = evaluate_onnx(classifier, source, image_size=args.image_size or image_size,
-                                   batch_size=batch_size, workers=workers)
+            scores = evaluate_onnx(
+                classifier, source, image_size=args.image_size or image_size, batch_size=batch_size, workers=workers
+            )
         except data.DataError:
             raise
         except ValueError as err:  # ONNX Runtime could not run the file on these images
             raise UsageError(f"argument --weights: {err}") from None
     else:
-        scores = evaluate(model, variables, source, image_size=args.image_size or image_size, batch_size=batch_size,
-                          mean=mean, std=std, workers=workers)
+        scores = evaluate(
+            model,
+            variables,
+            source,
+            image_size=args.image_size or image_size,
+            batch_size=batch_size,
+            mean=mean,
+            std=std,
+            workers=workers,
+        )
     if args.json:
-        print(json.dumps({"weights": args.weights, "model": metadata.get("model", args.model), "data": described,
-                          "images": scores.count, "top1": scores.top1, "top5": scores.top5, "loss": scores.loss,
-                          "skipped_images": scores.skipped}))
+        print(
+            json.dumps(
+                {
+                    "weights": args.weights,
+                    "model": metadata.get("model", args.model),
+                    "data": described,
+                    "images": scores.count,
+                    "top1": scores.top1,
+                    "top5": scores.top5,
+                    "loss": scores.loss,
+                    "skipped_images": scores.skipped,
+                }
+            )
+        )
     else:
-        print(f"top-1 {scores.top1:.4f}, top-5 {scores.top5:.4f}, loss {scores.loss:.4f} on {scores.count} images "
-              f"of {described}")
+        print(
+            f"top-1 {scores.top1:.4f}, top-5 {scores.top5:.4f}, loss {scores.loss:.4f} on {scores.count} images "
+            f"of {described}"
+        )
         print_skipped(scores.skipped)
     return 0

@@ -33,15 +33,25 @@ def add_parser(commands) -> None:
     )
     parser.add_argument("input", metavar="IN", help="a run directory, our .safetensors, or torchvision weights")
     parser.add_argument("output", metavar="OUT", help="the file to write: .safetensors or .onnx")
-    parser.add_argument("--model", type=model_name,
-                        help="the model name, e.g. resnet50: needed for torchvision's weights; others name theirs")
+    parser.add_argument(
+        "--model",
+        type=model_name,
+        help="the model name, e.g. resnet50: needed for torchvision's weights; others name theirs",
+    )
     parser.add_argument("--labels", help="a text file with one class name per line, stored in OUT's metadata")
     onnx = parser.add_argument_group(".onnx only")
-    onnx.add_argument("--layout", choices=("NCHW", "NHWC"),
-                      help="the graph's input layout: NCHW (torchvision's, the default) or NHWC (ours)")
+    onnx.add_argument(
+        "--layout",
+        choices=("NCHW", "NHWC"),
+        help="the graph's input layout: NCHW (torchvision's, the default) or NHWC (ours)",
+    )
     onnx.add_argument("--batch", type=positive_int, help="a fixed batch size (default: a dynamic batch axis)")
-    onnx.add_argument("--image-size", type=positive_int, help="a fixed square input size, e.g. 224 (ONNX Runtime "
-                      "runs a fixed shape a little faster; default: dynamic height and width)")
+    onnx.add_argument(
+        "--image-size",
+        type=positive_int,
+        help="a fixed square input size, e.g. 224 (ONNX Runtime "
+        "runs a fixed shape a little faster; default: dynamic height and width)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -57,8 +67,15 @@ def write_onnx(args, model, variables, metadata: dict[str, str]) -> None:
     carried = {"model": metadata["model"], **{k: metadata[k] for k in CARRIED if k in metadata}}
     if args.image_size is not None:  # the size the graph takes is the size to prepare images at
         carried["image_size"] = str(args.image_size)
-    export_onnx(model, variables, args.output, layout=args.layout or "NCHW", batch=args.batch,
-                image_size=args.image_size, metadata=carried)
+    export_onnx(
+        model,
+        variables,
+        args.output,
+        layout=args.layout or "NCHW",
+        batch=args.batch,
+        image_size=args.image_size,
+        metadata=carried,
+    )
 
 
 #: OUT's suffix -> the function that writes that format.
@@ -78,7 +95,9 @@ def run(args) -> int:
         for option in ONNX_OPTIONS:
             if getattr(args, option) is not None:
                 flag = "--" + option.replace("_", "-")
-                raise UsageError(f"argument {flag}: only for an .onnx OUT; got {getattr(args, option)} for {args.output}")
+                raise UsageError(
+                    f"argument {flag}: only for an .onnx OUT; got {getattr(args, option)} for {args.output}"
+                )
     if args.labels is not None:
         with argument("--labels"):
             read_labels(args.labels)  # a bad labels file is reported before any weights are read

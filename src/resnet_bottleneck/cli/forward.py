@@ -47,14 +47,18 @@ def run(args) -> int:
         with argument("--output"):
             atomic_write(args.output, lambda f: np.save(f, y, allow_pickle=False))
     if args.json:
-        print(json.dumps({
-            "seed": args.seed,
-            "mid_features": args.mid,
-            "out_features": args.out,
-            "input_shape": list(np.shape(x)),
-            "stages": [dict(s, shape=list(s["shape"])) for s in stages],
-            "output": y.tolist(),
-        }))
+        print(
+            json.dumps(
+                {
+                    "seed": args.seed,
+                    "mid_features": args.mid,
+                    "out_features": args.out,
+                    "input_shape": list(np.shape(x)),
+                    "stages": [dict(s, shape=list(s["shape"])) for s in stages],
+                    "output": y.tolist(),
+                }
+            )
+        )
         return 0
     source = "the worked example's fixed input" if args.input is None else args.input
     print(f"ResNet bottleneck block: seed {args.seed}, mid_features {args.mid}, out_features {args.out}")

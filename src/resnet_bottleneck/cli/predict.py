@@ -35,22 +35,39 @@ def add_parser(commands) -> None:
         "[N, 3, H, W] or [N, H, W, 3] float input and one [N, classes] output.",
     )
     parser.add_argument("images", metavar="IMAGE", nargs="+")
-    parser.add_argument("--weights", required=True,
-                        help="a model file (train's OUT/model.safetensors, export's, convert's), a run directory, or "
-                        "torchvision weights (.pth, .pt, .safetensors); an .onnx file with --runtime onnxruntime")
-    parser.add_argument("--model", type=model_name,
-                        help="the model name, e.g. resnet50: needed for torchvision's weights; our files name theirs")
-    parser.add_argument("--runtime", choices=("jax", "onnxruntime"), default="jax",
-                        help="jax (the default), or onnxruntime to run an .onnx file from export")
-    parser.add_argument("--labels", help="a text file with one class name per line (overrides the weights' own "
-                        "names and ImageNet's)")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="a model file (train's OUT/model.safetensors, export's, convert's), a run directory, or "
+        "torchvision weights (.pth, .pt, .safetensors); an .onnx file with --runtime onnxruntime",
+    )
+    parser.add_argument(
+        "--model",
+        type=model_name,
+        help="the model name, e.g. resnet50: needed for torchvision's weights; our files name theirs",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=("jax", "onnxruntime"),
+        default="jax",
+        help="jax (the default), or onnxruntime to run an .onnx file from export",
+    )
+    parser.add_argument(
+        "--labels", help="a text file with one class name per line (overrides the weights' own names and ImageNet's)"
+    )
     parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
-    parser.add_argument("--workers", type=count, default=0,
-                        help="processes decoding images (default 0: one thread, a batch or two ahead)")
+    parser.add_argument(
+        "--workers",
+        type=count,
+        default=0,
+        help="processes decoding images (default 0: one thread, a batch or two ahead)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON list")
-    parser.add_argument("--verbose", action="store_true",
-                        help="on weights that do not fit --model, list every differing tensor below the one-line "
-                        "error (several lines)")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="on weights that do not fit --model, list every differing tensor below the one-line error (several lines)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -70,8 +87,9 @@ def _batches(paths: list[str], image_size: int, batch_size: int, workers: int):
     from ..data.pipeline import private_copy
     from ..data.transforms import ImageError, eval_transform
 
-    source = data.ImageFiles("", np.asarray([p.encode() for p in paths], dtype=bytes),
-                             np.zeros(len(paths), np.int32), ("",))
+    source = data.ImageFiles(
+        "", np.asarray([p.encode() for p in paths], dtype=bytes), np.zeros(len(paths), np.int32), ("",)
+    )
     stream = iter(data.evaluation_batches(source, image_size=image_size, batch_size=batch_size, workers=workers))
     try:
         for step in range(data.evaluation_steps(source, batch_size)):
@@ -95,8 +113,13 @@ def _batches(paths: list[str], image_size: int, batch_size: int, workers: int):
 
 
 def _line(result: dict) -> str:
-    return result["image"] + ": " + ", ".join(f"{r['class']}{' ' + r['label'] if 'label' in r else ''} "
-                                              f"({r['probability']:.3f})" for r in result["top5"])
+    return (
+        result["image"]
+        + ": "
+        + ", ".join(
+            f"{r['class']}{' ' + r['label'] if 'label' in r else ''} ({r['probability']:.3f})" for r in result["top5"]
+        )
+    )
 
 
 def _jax_classifier(args):
@@ -112,7 +135,8 @@ def _jax_classifier(args):
 
 
 def _onnx_classifier(args):
-    """The same for an ``.onnx`` file run by ONNX Runtime (its metadata, or its fixed input size, sets the transform)."""
+    """The same for an ``.onnx`` file run by ONNX Runtime (its metadata, or its fixed input size, sets the
+    transform)."""
     from ..data.transforms import normalize
 
     classifier, num_classes, image_size = open_onnx(args.weights, args.model)
@@ -155,8 +179,13 @@ def run(args) -> int:
                 result = {"image": path, "error": problem}
             else:
                 top = np.argsort(-probs)[: min(5, probs.size)]
-                result = {"image": path, "top5": [{"class": int(i), "probability": float(probs[i]),
-                                                   **({"label": labels[i]} if labels else {})} for i in top]}
+                result = {
+                    "image": path,
+                    "top5": [
+                        {"class": int(i), "probability": float(probs[i]), **({"label": labels[i]} if labels else {})}
+                        for i in top
+                    ],
+                }
                 if bar is not None and not args.json:
                     bar.write(_line(result), file=sys.stdout)
                 elif not args.json:

@@ -71,16 +71,30 @@ def add_parser(commands) -> None:
         for f in fields(cls):
             default = f.default if f.default is not MISSING else None
             if f.type == "bool":
-                parser.add_argument(_flag(f), dest=f.name, action=argparse.BooleanOptionalAction,
-                                    default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {default})")
+                parser.add_argument(
+                    _flag(f),
+                    dest=f.name,
+                    action=argparse.BooleanOptionalAction,
+                    default=argparse.SUPPRESS,
+                    help=f"{f.metadata['help']} (default: {default})",
+                )
             else:
                 shown = "" if default is None else f" (default {default})"
-                parser.add_argument(_flag(f), dest=f.name, type=_parser_type(f), default=argparse.SUPPRESS,
-                                    metavar=f.name.upper(), help=f.metadata["help"] + shown)
+                parser.add_argument(
+                    _flag(f),
+                    dest=f.name,
+                    type=_parser_type(f),
+                    default=argparse.SUPPRESS,
+                    metavar=f.name.upper(),
+                    help=f.metadata["help"] + shown,
+                )
     parser.add_argument("--out", help="run directory (default runs/MODEL-seedSEED)")
-    parser.add_argument("--reuse-freed-memory", action="store_true",
-                        help="have glibc keep freed memory for reuse: faster for large models on CPU, slower for "
-                        "small ones (see resnet_bottleneck.reuse_freed_memory)")
+    parser.add_argument(
+        "--reuse-freed-memory",
+        action="store_true",
+        help="have glibc keep freed memory for reuse: faster for large models on CPU, slower for "
+        "small ones (see resnet_bottleneck.reuse_freed_memory)",
+    )
     parser.add_argument("--json", action="store_true", help="no progress; print one JSON summary")
     parser.set_defaults(run=run)
 
@@ -147,8 +161,10 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"test accuracy {result.test_accuracy:.4f} after {result.epochs} epochs ({result.steps} steps) in "
-              f"{result.seconds:.1f} s, {result.images_per_second:,.0f} training images/s")
+        print(
+            f"test accuracy {result.test_accuracy:.4f} after {result.epochs} epochs ({result.steps} steps) in "
+            f"{result.seconds:.1f} s, {result.images_per_second:,.0f} training images/s"
+        )
         print_skipped(result.skipped)
         print(f"checkpoint {result.checkpoint}; metrics {result.metrics}; curves {result.plot}")
         if result.model_file is not None:

@@ -32,7 +32,9 @@ def digits(test_fraction: float = 0.2, seed: int = 0) -> tuple[ImageArrays, Imag
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise DataError("data", "the default data set needs scikit-learn: pip install 'resnet-bottleneck[train]'") from None
+        raise DataError(
+            "data", "the default data set needs scikit-learn: pip install 'resnet-bottleneck[train]'"
+        ) from None
     data = load_digits()
     images = np.repeat(np.round(data.images * (255 / 16)).astype(np.uint8)[..., None], 3, axis=-1)
     everything = ImageArrays(images, data.target.astype(np.int32), tuple(str(i) for i in range(10)))

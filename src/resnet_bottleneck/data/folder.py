@@ -97,14 +97,21 @@ def image_folder_splits(root: str | os.PathLike, test_fraction: float, seed: int
     if is_train_val(root):
         train, val = list_images(Path(root) / "train"), list_images(Path(root) / "val")
         if train.classes != val.classes:
-            differ = [f"{where} only: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
-                      for where, names in (("train/", sorted(set(train.classes) - set(val.classes))),
-                                           ("val/", sorted(set(val.classes) - set(train.classes)))) if names]
+            differ = [
+                f"{where} only: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+                for where, names in (
+                    ("train/", sorted(set(train.classes) - set(val.classes))),
+                    ("val/", sorted(set(val.classes) - set(train.classes))),
+                )
+                if names
+            ]
             raise DataError("data", f"{root}/val has other classes than {root}/train ({'; '.join(differ)})")
         return train, val
     files = list_images(root)
     order = np.random.default_rng(seed).permutation(len(files))
     n_test = max(1, int(round(len(order) * test_fraction)))
     if n_test >= len(order):
-        raise DataError("data", f"{root} has {len(order)} images: too few to hold out a test_fraction of {test_fraction}")
+        raise DataError(
+            "data", f"{root} has {len(order)} images: too few to hold out a test_fraction of {test_fraction}"
+        )
     return files.subset(np.sort(order[n_test:])), files.subset(np.sort(order[:n_test]))

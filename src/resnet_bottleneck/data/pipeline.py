@@ -70,8 +70,16 @@ def shard_of(shard=None) -> tuple[int, int]:
 class _Example:
     """Element ``j`` of this host's stream (picklable, for grain's workers) -> one example."""
 
-    def __init__(self, source: Source, image_size: int, batch_size: int, process: tuple[int, int],
-                 seed: int, steps_per_epoch: int | None, augment: bool):
+    def __init__(
+        self,
+        source: Source,
+        image_size: int,
+        batch_size: int,
+        process: tuple[int, int],
+        seed: int,
+        steps_per_epoch: int | None,
+        augment: bool,
+    ):
         import grain
 
         self.source, self.image_size, self.seed, self.augment = source, image_size, seed, augment
@@ -90,8 +98,9 @@ class _Example:
             if position >= n:
                 return self._example(np.zeros((self.image_size,) * 2 + (3,), np.uint8), 0, False, -1)
             try:
-                return self._example(read(self.source, position, self.image_size, None),
-                                     self.source.labels[position], True, -1)
+                return self._example(
+                    read(self.source, position, self.image_size, None), self.source.labels[position], True, -1
+                )
             except ImageError:
                 return self._example(np.zeros((self.image_size,) * 2 + (3,), np.uint8), 0, False, position)
         epoch, within = divmod(step, self.steps_per_epoch)
@@ -117,8 +126,11 @@ def _check_batch(source: Source, batch_size: int, process_count: int, what: str)
     if batch_size % process_count:
         raise DataError("batch_size", f"{batch_size} does not divide over {process_count} processes")
     if what == "training" and len(source) < batch_size:
-        raise DataError("batch_size", f"{batch_size} is larger than the {len(source)} {what} images "
-                        f"(each of {process_count} process(es) needs {batch_size // process_count} a step)")
+        raise DataError(
+            "batch_size",
+            f"{batch_size} is larger than the {len(source)} {what} images "
+            f"(each of {process_count} process(es) needs {batch_size // process_count} a step)",
+        )
 
 
 def _allow_grain_workers_without_absl() -> None:
@@ -154,13 +166,25 @@ def _finish(dataset, workers: int):
     stream = dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
     if workers > 0:
         _allow_grain_workers_without_absl()
-        stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2),
-                                    worker_init_fn=_exit_with_parent)
+        stream = stream.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2),
+            worker_init_fn=_exit_with_parent,
+        )
     return stream
 
 
-def training_batches(source: Source, *, image_size: int, batch_size: int, seed: int, epochs: int,
-                     augment: bool = True, workers: int = 0, shard=None, start_step: int = 0):
+def training_batches(
+    source: Source,
+    *,
+    image_size: int,
+    batch_size: int,
+    seed: int,
+    epochs: int,
+    augment: bool = True,
+    workers: int = 0,
+    shard=None,
+    start_step: int = 0,
+):
     """This host's share of every training step's batch, ``epochs`` epochs of ``len(source) //
     batch_size`` steps (each epoch's tail dropped; take that many, the stream goes on): a grain
     ``IterDataset`` of dicts with

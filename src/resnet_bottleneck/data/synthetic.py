@@ -9,8 +9,16 @@ from pathlib import Path
 import numpy as np
 
 
-def write_image_folder(root: str | os.PathLike, classes: int = 4, per_class: int = 100, size=(500, 375),
-                       quality: int = 90, seed: int = 0, layout: str = "flat", val_per_class: int = 0) -> Path:
+def write_image_folder(
+    root: str | os.PathLike,
+    classes: int = 4,
+    per_class: int = 100,
+    size=(500, 375),
+    quality: int = 90,
+    seed: int = 0,
+    layout: str = "flat",
+    val_per_class: int = 0,
+) -> Path:
     """Write ``root/<class>/<i>.jpg`` (``layout="flat"``) or ``root/{train,val}/<class>/<i>.jpg``
     (``"imagenet"``, with ``val_per_class`` validation images) and return ``root``."""
     from PIL import Image
@@ -30,6 +38,8 @@ def write_image_folder(root: str | os.PathLike, classes: int = 4, per_class: int
                 base = Image.fromarray(coarse).resize((width, height), Image.BICUBIC)
                 detail = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).resize((width, height))
                 y, x = rng.integers(0, height), rng.integers(0, width)
-                pixels = np.asarray(Image.blend(base, detail, 0.3), np.int16) + grain_field[y:y + height, x:x + width]
+                pixels = (
+                    np.asarray(Image.blend(base, detail, 0.3), np.int16) + grain_field[y : y + height, x : x + width]
+                )
                 Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i:05d}.jpg", quality=quality)
     return root

@@ -44,8 +44,9 @@ def normalize(images: Any, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Any:
     return images.astype(np.float32) * scale - offset
 
 
-def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
-                            scale=SCALE, ratio=RATIO) -> tuple[int, int, int, int]:
+def random_resized_crop_box(
+    width: int, height: int, rng: np.random.Generator, scale=SCALE, ratio=RATIO
+) -> tuple[int, int, int, int]:
     """torchvision's ``RandomResizedCrop.get_params`` on numpy's generator: ``(top, left, h, w)``.
 
     Ten tries at an area fraction uniform in ``scale`` and an aspect ratio log-uniform in
@@ -120,8 +121,9 @@ def _load_rgb(image, path):
         raise ImageError(f"cannot decode {path} as an image ({err})") from None
 
 
-def train_transform(path: str | os.PathLike, image_size: int, rng: np.random.Generator,
-                    flip: bool = True, draft: bool = True) -> np.ndarray:
+def train_transform(
+    path: str | os.PathLike, image_size: int, rng: np.random.Generator, flip: bool = True, draft: bool = True
+) -> np.ndarray:
     """RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) of the full image, bilinear with antialiasing
     to ``image_size`` square, and a horizontal flip half the time: uint8 (image_size, image_size, 3).
 

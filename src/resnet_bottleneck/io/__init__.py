@@ -29,8 +29,8 @@ def load_model(path: str | os.PathLike, name: str | None = None) -> tuple[ResNet
 
     Raises:
       FileNotFoundError: no such file.
-      ValueError: the file is unreadable, a directory holds no checkpoint, names another model than ``name``, names none and
-        ``name`` is not given, or does not fit (a :class:`WeightsMismatch` naming the file and
+      ValueError: the file is unreadable, a directory holds no checkpoint, names another model than
+        ``name``, names none and ``name`` is not given, or does not fit (a :class:`WeightsMismatch` naming the file and
         the model it fits).
     """
     path = Path(path)
@@ -41,8 +41,9 @@ def load_model(path: str | os.PathLike, name: str | None = None) -> tuple[ResNet
         if name is None:
             fits = detect_architecture(load_state_dict(path))
             hint = f" (its tensors fit {fits})" if fits else ""
-            raise ValueError(f"{path} does not name its model, as torchvision's weights do not{hint}: give the model "
-                             "name (--model)")
+            raise ValueError(
+                f"{path} does not name its model, as torchvision's weights do not{hint}: give the model name (--model)"
+            )
         return (*load_torchvision(path, name), metadata)
     saved = metadata.get("model")
     if name is not None and saved is not None and saved != name:
@@ -71,4 +72,11 @@ def _load_run(path: Path, name: str | None):
     return model, variables, metadata
 
 
-__all__ = ["WeightsMismatch", "class_names", "detect_architecture", "imagenet_classes", "load_model", "load_torchvision"]
+__all__ = [
+    "WeightsMismatch",
+    "class_names",
+    "detect_architecture",
+    "imagenet_classes",
+    "load_model",
+    "load_torchvision",
+]

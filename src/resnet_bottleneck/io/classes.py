@@ -9,8 +9,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Mapping
 from importlib import resources
-from typing import Mapping
 
 
 @functools.lru_cache(maxsize=1)
@@ -34,8 +34,9 @@ def read_labels(path: str | os.PathLike) -> list[str]:
         raise ValueError(f"cannot read {path} as text, one class name a line ({err})") from None
 
 
-def class_names(num_classes: int, metadata: Mapping[str, str] | None = None,
-                labels_path: str | os.PathLike | None = None) -> list[str] | None:
+def class_names(
+    num_classes: int, metadata: Mapping[str, str] | None = None, labels_path: str | os.PathLike | None = None
+) -> list[str] | None:
     """The names of a model's ``num_classes`` classes, or None where only indices are known.
 
     In order of precedence: the file ``labels_path``; the weights file's own names, a JSON

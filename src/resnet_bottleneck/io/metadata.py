@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -32,8 +32,11 @@ def _json(metadata: Mapping[str, str], key: str, source: str, check, expected: s
 
 
 def _channels(value) -> bool:
-    return (isinstance(value, list) and len(value) == 3
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+    return (
+        isinstance(value, list)
+        and len(value) == 3
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    )
 
 
 def preprocessing(metadata: Mapping[str, str], source: str = "the file") -> tuple[int, tuple, tuple]:
@@ -44,14 +47,20 @@ def preprocessing(metadata: Mapping[str, str], source: str = "the file") -> tupl
     """
     size = DEFAULT_IMAGE_SIZE
     if "image_size" in metadata:
-        size = _json(metadata, "image_size", source, lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
-                     "a positive integer")
+        size = _json(
+            metadata,
+            "image_size",
+            source,
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+            "a positive integer",
+        )
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     if "mean" in metadata:
         mean = tuple(_json(metadata, "mean", source, _channels, "a JSON list of 3 numbers"))
     if "std" in metadata:
-        std = tuple(_json(metadata, "std", source, lambda v: _channels(v) and min(v) > 0,
-                          "a JSON list of 3 positive numbers"))
+        std = tuple(
+            _json(metadata, "std", source, lambda v: _channels(v) and min(v) > 0, "a JSON list of 3 positive numbers")
+        )
     return size, mean, std
 
 
@@ -59,20 +68,44 @@ def held_out(metadata: Mapping[str, str], source: str = "the file") -> dict | No
     """The run's held-out split (``{"data": path or None, "test_fraction", "seed"}``), or None if not recorded."""
     if "split" not in metadata:
         return None
-    return _json(metadata, "split", source,
-                 lambda v: isinstance(v, dict) and {"data", "test_fraction", "seed"} <= set(v),
-                 'a JSON object with "data", "test_fraction" and "seed"')
+    return _json(
+        metadata,
+        "split",
+        source,
+        lambda v: isinstance(v, dict) and {"data", "test_fraction", "seed"} <= set(v),
+        'a JSON object with "data", "test_fraction" and "seed"',
+    )
 
 
-def describe_run(*, model: str, classes, image_size: int, mean, std, dtype: str, batch_size: int,
-                 split: dict, config: dict, step: int, test_accuracy: float | None) -> dict[str, str]:
+def describe_run(
+    *,
+    model: str,
+    classes,
+    image_size: int,
+    mean,
+    std,
+    dtype: str,
+    batch_size: int,
+    split: dict,
+    config: dict,
+    step: int,
+    test_accuracy: float | None,
+) -> dict[str, str]:
     """The metadata of a trained model (see the module's docstring), ready for ``save_variables``."""
     from .safetensors import CHECKPOINT_FORMAT
 
     return {
-        "format": CHECKPOINT_FORMAT, "model": model, "num_classes": str(len(classes)),
-        "classes": json.dumps(list(classes)), "image_size": str(image_size),
-        "mean": json.dumps([float(m) for m in mean]), "std": json.dumps([float(s) for s in std]),
-        "dtype": dtype, "batch_size": str(batch_size), "split": json.dumps(split), "config": json.dumps(config),
-        "step": str(step), **({"test_accuracy": repr(float(test_accuracy))} if test_accuracy is not None else {}),
+        "format": CHECKPOINT_FORMAT,
+        "model": model,
+        "num_classes": str(len(classes)),
+        "classes": json.dumps(list(classes)),
+        "image_size": str(image_size),
+        "mean": json.dumps([float(m) for m in mean]),
+        "std": json.dumps([float(s) for s in std]),
+        "dtype": dtype,
+        "batch_size": str(batch_size),
+        "split": json.dumps(split),
+        "config": json.dumps(config),
+        "step": str(step),
+        **({"test_accuracy": repr(float(test_accuracy))} if test_accuracy is not None else {}),
     }

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,9 +29,9 @@ from flax import traverse_util
 from .. import _checks
 from .._files import atomic_write
 from ..cost import traced_layers
+from ..data.pipeline import available_cores
 from ..fold import fold_batchnorm
 from ..models import ResNet, check_layout, feature_info, unscan_variables
-from ..data.pipeline import available_cores
 from .classes import class_names
 from .metadata import preprocessing
 
@@ -61,8 +62,10 @@ def _inference_form(model: ResNet, variables) -> tuple[ResNet, dict]:
     if not isinstance(model, ResNet):
         raise TypeError(f"model must be a resnet_bottleneck ResNet; got {type(model).__name__}")
     if not hasattr(variables, "keys") or "params" not in variables:
-        raise TypeError(f"variables must be a mapping with 'params' (and 'batch_stats' unless folded); "
-                        f"got {type(variables).__name__}")
+        raise TypeError(
+            f"variables must be a mapping with 'params' (and 'batch_stats' unless folded); "
+            f"got {type(variables).__name__}"
+        )
     if model.scan:  # the graph names layers as the plain layout does
         model, variables = model.clone(scan=False), unscan_variables(dict(variables))
     # float32 whatever the model computes in (bf16 compute, bf16 parameters): the export is float32.
@@ -89,12 +92,21 @@ def _check_variables(model: ResNet, variables) -> None:
     show = "/".join
     differences = (
         ("missing", [show(k) for k in expected if k not in given]),
-        ("wrongly shaped", [f"{show(k)} {tuple(given[k].shape)} (expected {tuple(v.shape)})"
-                            for k, v in expected.items() if k in given and tuple(given[k].shape) != tuple(v.shape)]),
+        (
+            "wrongly shaped",
+            [
+                f"{show(k)} {tuple(given[k].shape)} (expected {tuple(v.shape)})"
+                for k, v in expected.items()
+                if k in given and tuple(given[k].shape) != tuple(v.shape)
+            ],
+        ),
         ("unexpected", [show(k) for k in given if k not in expected]),
     )
-    found = [f"{len(items)} {what}: {', '.join(items[:4])}{', ...' if len(items) > 4 else ''}"
-             for what, items in differences if items]
+    found = [
+        f"{len(items)} {what}: {', '.join(items[:4])}{', ...' if len(items) > 4 else ''}"
+        for what, items in differences
+        if items
+    ]
     if found:
         raise ValueError("variables do not fit the model: " + "; ".join(found))
 
@@ -147,8 +159,12 @@ class _Graph:
         self.used.append(path)
         name = "/".join(path)
         kernel = np.asarray(self.params[(*path, "kernel")])
-        attrs = dict(kernel_shape=list(kernel.shape[:2]), strides=_ints(layer.strides),
-                     dilations=_ints(layer.kernel_dilation), group=int(layer.feature_group_count))
+        attrs = dict(
+            kernel_shape=list(kernel.shape[:2]),
+            strides=_ints(layer.strides),
+            dilations=_ints(layer.kernel_dilation),
+            group=int(layer.feature_group_count),
+        )
         if _ints(layer.input_dilation) != [1, 1]:
             raise ValueError(f"conv {name} has input_dilation {layer.input_dilation}; ONNX Conv has none")
         padding = 0 if layer.padding == "VALID" else layer.padding  # the models pad explicitly, as torchvision
@@ -162,8 +178,15 @@ class _Graph:
         return self.node("Conv", inputs, name, **attrs)
 
 
-def onnx_model(model: ResNet, variables, *, layout: str = "NCHW", batch: int | None = None,
-               image_size: int | None = None, metadata: Mapping[str, Any] | None = None):
+def onnx_model(
+    model: ResNet,
+    variables,
+    *,
+    layout: str = "NCHW",
+    batch: int | None = None,
+    image_size: int | None = None,
+    metadata: Mapping[str, Any] | None = None,
+):
     """The ONNX ``ModelProto`` that :func:`export_onnx` writes (checked with ``onnx.checker``)."""
     onnx = _require("onnx")
     from onnx import TensorProto, helper
@@ -180,8 +203,11 @@ def onnx_model(model: ResNet, variables, *, layout: str = "NCHW", batch: int | N
             raise ValueError(f"metadata['image_size'] is {metadata['image_size']!r}, but image_size={image_size}")
     model, params = _inference_form(model, variables)
     sizes = check_layout(model)
-    abstract = {"params": traverse_util.unflatten_dict(
-        {k: jax.ShapeDtypeStruct(v.shape, jnp.float32) for k, v in params.items()})}
+    abstract = {
+        "params": traverse_util.unflatten_dict(
+            {k: jax.ShapeDtypeStruct(v.shape, jnp.float32) for k, v in params.items()}
+        )
+    }
     c = _in_channels(abstract)
     traced = traced_layers(model, abstract, jax.ShapeDtypeStruct((1, 64, 64, c), jnp.float32))
     graph = _Graph(params, {tuple(layer.scope.path): layer for layer, _, _ in traced})
@@ -213,8 +239,15 @@ def onnx_model(model: ResNet, variables, *, layout: str = "NCHW", batch: int | N
     else:
         x = graph.node("Flatten", [graph.node("GlobalAveragePool", [x], "avgpool")], "flatten", axis=1)
         graph.used.append(("fc",))
-        x = graph.node("Gemm", [x, graph.constant("fc/weight", params[("fc", "kernel")]),
-                                graph.constant("fc/bias", params[("fc", "bias")])], "fc")
+        x = graph.node(
+            "Gemm",
+            [
+                x,
+                graph.constant("fc/weight", params[("fc", "kernel")]),
+                graph.constant("fc/bias", params[("fc", "bias")]),
+            ],
+            "fc",
+        )
         out_name, out_dims = LOGITS, [n, model.num_classes]
     graph.nodes[-1].output[0] = out_name
     unused = sorted("/".join(p) for p in graph.layers if p not in graph.used)
@@ -225,18 +258,33 @@ def onnx_model(model: ResNet, variables, *, layout: str = "NCHW", batch: int | N
     in_dims = [n, c, h, w] if layout == "NCHW" else [n, h, w, c]
     props = _metadata(metadata, layout, model.num_classes)
     proto = helper.make_model(
-        helper.make_graph(graph.nodes, "resnet", [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, in_dims)],
-                          [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, out_dims)], graph.initializers),
-        opset_imports=[helper.make_opsetid("", OPSET)], producer_name="resnet-bottleneck",
-        doc_string="BatchNorm folded; one Conv per convolution.")
+        helper.make_graph(
+            graph.nodes,
+            "resnet",
+            [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, in_dims)],
+            [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, out_dims)],
+            graph.initializers,
+        ),
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="resnet-bottleneck",
+        doc_string="BatchNorm folded; one Conv per convolution.",
+    )
     proto.ir_version = helper.find_min_ir_version_for(list(proto.opset_import))
     helper.set_model_props(proto, props)
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
 
-def export_onnx(model: ResNet, variables, path: str | os.PathLike, *, layout: str = "NCHW", batch: int | None = None,
-                image_size: int | None = None, metadata: Mapping[str, Any] | None = None) -> Path:
+def export_onnx(
+    model: ResNet,
+    variables,
+    path: str | os.PathLike,
+    *,
+    layout: str = "NCHW",
+    batch: int | None = None,
+    image_size: int | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
     """Write ``model`` as an ONNX inference graph, BatchNorm folded, float32; atomic.
 
     Args:
@@ -257,12 +305,14 @@ def export_onnx(model: ResNet, variables, path: str | os.PathLike, *, layout: st
       ``path``. The graph's input is ``images``; its output ``logits`` ``(N, classes)``, or
       ``features`` (the last stage's map) for a headless model.
     """
-    data = onnx_model(model, variables, layout=layout, batch=batch, image_size=image_size,
-                      metadata=metadata).SerializeToString()
+    data = onnx_model(
+        model, variables, layout=layout, batch=batch, image_size=image_size, metadata=metadata
+    ).SerializeToString()
     return atomic_write(path, lambda f: f.write(data))
 
 
 # --- running an exported file ------------------------------------------------------------
+
 
 def session_options(threads: int | None = None):
     """ONNX Runtime's CPU session options we run with: every graph optimisation, ``threads``
@@ -305,13 +355,14 @@ class OnnxClassifier:
         step = self.batch or len(x)
         outputs = []
         for start in range(0, len(x), step):
-            chunk = x[start:start + step]
+            chunk = x[start : start + step]
             padded = np.concatenate([chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), chunk.dtype)])
             try:
                 logits = self.session.run(None, {self.input_name: np.ascontiguousarray(padded)})[0]
             except Exception as err:  # noqa: BLE001 - onnxruntime's errors are pybind classes, one per fault
-                raise ValueError(f"ONNX Runtime could not run {self.path} on {padded.shape} "
-                                 f"({_first_line(err)})") from None
+                raise ValueError(
+                    f"ONNX Runtime could not run {self.path} on {padded.shape} ({_first_line(err)})"
+                ) from None
             outputs.append(logits[: len(chunk)])
         return np.concatenate(outputs)
 
@@ -347,7 +398,9 @@ def load_onnx(path: str | os.PathLike, *, threads: int | None = None) -> OnnxCla
     metadata = dict(session.get_modelmeta().custom_metadata_map)
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(outputs) != 1:
-        raise ValueError(f"{path} has {len(inputs)} inputs and {len(outputs)} outputs; an image classifier has one of each")
+        raise ValueError(
+            f"{path} has {len(inputs)} inputs and {len(outputs)} outputs; an image classifier has one of each"
+        )
     shape, out_shape = list(inputs[0].shape), list(outputs[0].shape)
     where = f"{path}'s input {inputs[0].name!r} has shape {shape} and type {inputs[0].type}"
     if inputs[0].type != "tensor(float)" or len(shape) != 4:
@@ -357,10 +410,14 @@ def load_onnx(path: str | os.PathLike, *, threads: int | None = None) -> OnnxCla
         layout = "NCHW" if shape[1] == 3 else "NHWC" if shape[3] == 3 else None
     channels = shape[1] if layout == "NCHW" else shape[3] if layout == "NHWC" else None
     if layout is None or channels != 3:
-        raise ValueError(f"{where}{f' ({layout})' if layout else ''}; expected 3 channels, as [N, 3, H, W] or [N, H, W, 3]")
+        raise ValueError(
+            f"{where}{f' ({layout})' if layout else ''}; expected 3 channels, as [N, 3, H, W] or [N, H, W, 3]"
+        )
     if len(out_shape) != 2:
-        raise ValueError(f"{path}'s output {outputs[0].name!r} has shape {out_shape}; expected class scores [N, classes]"
-                         + (" (a headless model's feature map cannot classify)" if len(out_shape) == 4 else ""))
+        raise ValueError(
+            f"{path}'s output {outputs[0].name!r} has shape {out_shape}; expected class scores [N, classes]"
+            + (" (a headless model's feature map cannot classify)" if len(out_shape) == 4 else "")
+        )
     height, width = (_static(d) for d in (shape[2:] if layout == "NCHW" else shape[1:3]))
     if height != width:
         raise ValueError(f"{where}; predict's transform makes square images, and this input is {height} x {width}")
@@ -369,5 +426,16 @@ def load_onnx(path: str | os.PathLike, *, threads: int | None = None) -> OnnxCla
         size = height
     elif "image_size" not in metadata:
         size = None
-    return OnnxClassifier(path, session, inputs[0].name, layout, _static(shape[0]), size, _static(out_shape[1]),
-                          height, metadata, mean, std)
+    return OnnxClassifier(
+        path,
+        session,
+        inputs[0].name,
+        layout,
+        _static(shape[0]),
+        size,
+        _static(out_shape[1]),
+        height,
+        metadata,
+        mean,
+        std,
+    )

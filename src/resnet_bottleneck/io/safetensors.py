@@ -8,8 +8,8 @@ the metadata is a flat ``str -> str`` map (``format``, ``model``, ``num_classes`
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import jax.numpy as jnp
 import numpy as np
@@ -46,7 +46,9 @@ def save_variables(path: str | os.PathLike, variables, metadata: Mapping[str, st
     """Write variables as a ``.safetensors`` file, keys ``collection/module/.../name``; atomic."""
     from safetensors.numpy import save
 
-    flat = {"/".join(k): np.ascontiguousarray(np.asarray(v)) for k, v in traverse_util.flatten_dict(dict(variables)).items()}
+    flat = {
+        "/".join(k): np.ascontiguousarray(np.asarray(v)) for k, v in traverse_util.flatten_dict(dict(variables)).items()
+    }
     data = save(flat, metadata=dict(metadata or {}))
     return atomic_write(path, lambda f: f.write(data))
 

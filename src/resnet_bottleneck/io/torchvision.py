@@ -34,8 +34,9 @@ import os
 import pickle
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -50,8 +51,12 @@ from .safetensors import read_tensors
 #: The Flax APIs :func:`from_torchvision` builds for.
 APIS = ("linen", "nnx")
 
-_BN = (("scale", "params", "weight"), ("bias", "params", "bias"), ("mean", "batch_stats", "running_mean"),
-       ("var", "batch_stats", "running_var"))
+_BN = (
+    ("scale", "params", "weight"),
+    ("bias", "params", "bias"),
+    ("mean", "batch_stats", "running_mean"),
+    ("var", "batch_stats", "running_var"),
+)
 
 
 def _torch_module(flax_module: tuple[str, ...], block: type) -> str:
@@ -59,7 +64,7 @@ def _torch_module(flax_module: tuple[str, ...], block: type) -> str:
     if len(flax_module) == 1:
         return flax_module[0]  # conv1, bn1, fc
     stage, layer = flax_module
-    i, j = stage[len("layer"):].split("_")
+    i, j = stage[len("layer") :].split("_")
     kind, index = layer.split("_")
     k = int(index)
     if k < block.shortcut_index:
@@ -82,8 +87,11 @@ def _layout(model: ResNet):
     ``num_batches_tracked`` (a frozen BatchNorm, all four vectors in ``batch_stats``, has none).
     """
     variables = _abstract_variables(model)
-    shapes = {(collection, *path): leaf.shape for collection, tree in variables.items()
-              for path, leaf in traverse_util.flatten_dict(dict(tree)).items()}
+    shapes = {
+        (collection, *path): leaf.shape
+        for collection, tree in variables.items()
+        for path, leaf in traverse_util.flatten_dict(dict(tree)).items()
+    }
     entries = []
     for module in sorted({key[1:-1] for key in shapes}):
         torch_name = _torch_module(module, model.block)
@@ -92,8 +100,9 @@ def _layout(model: ResNet):
             kind = "dense" if len(shape) == 2 else "conv"
             entries.append((f"{torch_name}.weight", ("params", *module, "kernel"), shape, kind))
             if ("params", *module, "bias") in shapes:
-                entries.append((f"{torch_name}.bias", ("params", *module, "bias"), shapes[("params", *module, "bias")],
-                                "vector"))
+                entries.append(
+                    (f"{torch_name}.bias", ("params", *module, "bias"), shapes[("params", *module, "bias")], "vector")
+                )
             continue
         frozen = ("batch_stats", *module, "scale") in shapes
         for ours, collection, theirs in _BN:
@@ -140,12 +149,12 @@ def _to_numpy(value) -> np.ndarray:
 # --- which family model do these tensors fit? -------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _traced_layout(config: tuple) -> tuple:
     return tuple(_layout(ResNet(**dict(config), num_classes=1)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _family_layout(name: str, num_classes: int | None, norm: str = "batch") -> tuple:
     """``_layout(create_model(name, num_classes, norm=norm))``, traced cheaply and cached.
 
@@ -168,8 +177,10 @@ def _family_layout(name: str, num_classes: int | None, norm: str = "batch") -> t
         second = re.fullmatch(r"layer(\d+)_1", path[1])  # a stage's second block: repeated for the rest
         if second:
             i = second[1]
-            entries += [(key.replace(f"layer{i}.1.", f"layer{i}.{j}.", 1), (path[0], f"layer{i}_{j}", *path[2:]), shape, kind)
-                        for j in range(2, sizes[int(i) - 1])]
+            entries += [
+                (key.replace(f"layer{i}.1.", f"layer{i}.{j}.", 1), (path[0], f"layer{i}_{j}", *path[2:]), shape, kind)
+                for j in range(2, sizes[int(i) - 1])
+            ]
     return tuple(entries)
 
 
@@ -180,7 +191,7 @@ def _shapes_of(layout, torch: bool) -> dict[str, tuple]:
     return {"/".join(path): tuple(shape) for _, path, shape, _ in layout}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _expected_shapes(name: str, num_classes: int | None, torch: bool, norm: str = "batch") -> dict[str, tuple]:
     """Tensor name -> shape of model ``name`` (see :func:`_shapes_of`)."""
     return _shapes_of(_family_layout(name, num_classes, norm), torch)
@@ -210,13 +221,24 @@ def _model_order(key: str):
 
 def _differences(shapes: Mapping[str, tuple], expected: Mapping[str, tuple], torch: bool):
     """``(missing, unexpected, wrong_shape)`` in model order; a BatchNorm's ``num_batches_tracked`` is optional."""
+
     def bn_counter(key):
-        return torch and key.endswith(".num_batches_tracked") and key[: -len("num_batches_tracked")] + "running_mean" in expected
+        return (
+            torch
+            and key.endswith(".num_batches_tracked")
+            and key[: -len("num_batches_tracked")] + "running_mean" in expected
+        )
 
     missing = sorted((k for k in expected if k not in shapes), key=_model_order)
     unexpected = sorted((k for k in shapes if k not in expected and not bn_counter(k)), key=_model_order)
-    wrong = sorted(((k, tuple(shapes[k]), tuple(want)) for k, want in expected.items()
-                    if k in shapes and tuple(shapes[k]) != tuple(want)), key=lambda w: _model_order(w[0]))
+    wrong = sorted(
+        (
+            (k, tuple(shapes[k]), tuple(want))
+            for k, want in expected.items()
+            if k in shapes and tuple(shapes[k]) != tuple(want)
+        ),
+        key=lambda w: _model_order(w[0]),
+    )
     return missing, unexpected, wrong
 
 
@@ -271,17 +293,37 @@ class WeightsMismatch(ValueError):
     #: ``str()`` names at most this many differences, in at most ``BUDGET`` characters; the rest are counted
     SHOWN, BUDGET = 3, 100
 
-    def __init__(self, name: str, missing, unexpected, wrong_shape, fits: str | None, nearest: str, *,
-                 what: str = "state_dict", num_classes: int | None = None, source: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        missing,
+        unexpected,
+        wrong_shape,
+        fits: str | None,
+        nearest: str,
+        *,
+        what: str = "state_dict",
+        num_classes: int | None = None,
+        source: str | None = None,
+    ):
         self.name, self.what, self.source = name, what, source
         self.missing, self.unexpected, self.wrong_shape = list(missing), list(unexpected), list(wrong_shape)
         self.fits, self.nearest, self.num_classes = fits, nearest, num_classes
         super().__init__(str(self))
 
-    def with_source(self, source: str | os.PathLike) -> "WeightsMismatch":
+    def with_source(self, source: str | os.PathLike) -> WeightsMismatch:
         """The same error, naming the file the tensors came from."""
-        return WeightsMismatch(self.name, self.missing, self.unexpected, self.wrong_shape, self.fits, self.nearest,
-                               what=self.what, num_classes=self.num_classes, source=str(source))
+        return WeightsMismatch(
+            self.name,
+            self.missing,
+            self.unexpected,
+            self.wrong_shape,
+            self.fits,
+            self.nearest,
+            what=self.what,
+            num_classes=self.num_classes,
+            source=str(source),
+        )
 
     def _groups(self):
         shaped = [f"{k} {got}, expected {want}" for k, got, want in self.wrong_shape]
@@ -319,16 +361,26 @@ class WeightsMismatch(ValueError):
         return "\n".join(lines)
 
 
-def _mismatch(name: str, shapes: Mapping[str, tuple], num_classes: int | None, torch: bool,
-              norm: str = "batch") -> WeightsMismatch | None:
+def _mismatch(
+    name: str, shapes: Mapping[str, tuple], num_classes: int | None, torch: bool, norm: str = "batch"
+) -> WeightsMismatch | None:
     """The error for ``shapes`` against model ``name`` with ``num_classes`` outputs, or None if they fit."""
     missing, unexpected, wrong = _differences(shapes, _expected_shapes(name, num_classes, torch, norm), torch)
     if not (missing or unexpected or wrong):
         return None
     fits, nearest = _detect(shapes, torch)
     detected = _classes(shapes, torch)
-    return WeightsMismatch(name, missing, unexpected, wrong, fits, nearest, what="state_dict" if torch else "variables",
-                           num_classes=detected if fits is not None and detected != num_classes else None)
+    return WeightsMismatch(
+        name,
+        missing,
+        unexpected,
+        wrong,
+        fits,
+        nearest,
+        what="state_dict" if torch else "variables",
+        num_classes=detected if fits is not None and detected != num_classes else None,
+    )
+
 
 def _unwrap(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
     """A training checkpoint's ``{'state_dict': ...}`` or ``{'model': ...}``, or the tensors themselves."""
@@ -343,8 +395,9 @@ def _unwrap(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
 _FROM_FC = object()  # num_classes: read from the state dict's fc
 
 
-def from_torchvision(state_dict: Mapping[str, Any], name: str, *, num_classes: Any = _FROM_FC, api: str = "linen",
-                     **options):
+def from_torchvision(
+    state_dict: Mapping[str, Any], name: str, *, num_classes: Any = _FROM_FC, api: str = "linen", **options
+):
     """A model and its variables from a torchvision ``state_dict`` of model ``name``.
 
     Args:
@@ -388,8 +441,10 @@ def from_torchvision(state_dict: Mapping[str, Any], name: str, *, num_classes: A
 
 def _read(state_dict: Mapping[str, Any], layout) -> dict:
     """The variables ``layout`` places, converted from ``state_dict``'s tensors (already checked)."""
-    flat = {path: jnp.asarray(_from_torch(_to_numpy(state_dict[key]), kind).astype(np.float32))
-            for key, path, _, kind in layout}
+    flat = {
+        path: jnp.asarray(_from_torch(_to_numpy(state_dict[key]), kind).astype(np.float32))
+        for key, path, _, kind in layout
+    }
     return traverse_util.unflatten_dict(flat)
 
 
@@ -466,7 +521,7 @@ def to_torchvision(variables, name: str, *, as_numpy: bool = False, dtype=np.flo
 # --- feature pyramid backbones ----------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fpn_layout(name: str, out_channels: int, returned_layers: tuple, norm: str) -> tuple:
     """The layout of ``create_fpn_backbone(name, ...)``: the headless body cut after the last
     returned stage under ``body``, and the pyramid's convs, whose shapes need no trace.
@@ -474,15 +529,22 @@ def _fpn_layout(name: str, out_channels: int, returned_layers: tuple, norm: str)
     torchvision (>= 0.13) wraps each pyramid conv in a ``Conv2dNormActivation``, hence
     ``fpn.inner_blocks.{i}.0.weight``.
     """
-    entries = [(f"body.{key}", (path[0], "body", *path[1:]), shape, kind)
-               for key, path, shape, kind in _family_layout(name, None, norm)
-               if not path[1].startswith("layer") or int(path[1][len("layer"):].split("_")[0]) <= returned_layers[-1]]
+    entries = [
+        (f"body.{key}", (path[0], "body", *path[1:]), shape, kind)
+        for key, path, shape, kind in _family_layout(name, None, norm)
+        if not path[1].startswith("layer") or int(path[1][len("layer") :].split("_")[0]) <= returned_layers[-1]
+    ]
     channels = {i["name"]: i["channels"] for i in feature_info(name)}
     for i, stage in enumerate(returned_layers):
-        for blocks, kernel, inputs in (("inner_blocks", 1, channels[f"C{stage + 1}"]), ("layer_blocks", 3, out_channels)):
+        for blocks, kernel, inputs in (
+            ("inner_blocks", 1, channels[f"C{stage + 1}"]),
+            ("layer_blocks", 3, out_channels),
+        ):
             module = ("params", "fpn", f"{blocks}_{i}")
-            entries += [(f"fpn.{blocks}.{i}.0.weight", (*module, "kernel"), (kernel, kernel, inputs, out_channels), "conv"),
-                        (f"fpn.{blocks}.{i}.0.bias", (*module, "bias"), (out_channels,), "vector")]
+            entries += [
+                (f"fpn.{blocks}.{i}.0.weight", (*module, "kernel"), (kernel, kernel, inputs, out_channels), "conv"),
+                (f"fpn.{blocks}.{i}.0.bias", (*module, "bias"), (out_channels,), "vector"),
+            ]
     return tuple(entries)
 
 
@@ -495,8 +557,15 @@ def _fpn_checked(module: FPNBackbone, name: str, shapes: Mapping[str, tuple], to
     if missing or unexpected or wrong:
         fits, nearest = _detect(shapes, torch, lambda other: _shapes_of(_fpn_layout(other, *options), torch))
         backbone = "{} FPN backbone".format
-        raise WeightsMismatch(backbone(name), missing, unexpected, wrong, fits and backbone(fits), backbone(nearest),
-                              what="state_dict" if torch else "variables")
+        raise WeightsMismatch(
+            backbone(name),
+            missing,
+            unexpected,
+            wrong,
+            fits and backbone(fits),
+            backbone(nearest),
+            what="state_dict" if torch else "variables",
+        )
     return layout
 
 
@@ -522,8 +591,9 @@ def from_torchvision_fpn(state_dict: Mapping[str, Any], name: str, **options) ->
     name = _model_name(name)
     state_dict, shapes = _shapes(state_dict)
     out = shapes.get("fpn.layer_blocks.0.0.weight")
-    module = create_fpn_backbone(name, out_channels=options.pop("out_channels", out[0] if out and len(out) == 4 else 256),
-                                 **options)
+    module = create_fpn_backbone(
+        name, out_channels=options.pop("out_channels", out[0] if out and len(out) == 4 else 256), **options
+    )
     return module, _read(state_dict, _fpn_checked(module, name, shapes, torch=True))
 
 
@@ -539,8 +609,9 @@ def to_torchvision_fpn(variables, name: str, *, as_numpy: bool = False, dtype=np
     name = _model_name(name)
     flat, shapes = _flat_shapes(variables)
     kernel = shapes.get("params/fpn/layer_blocks_0/kernel")
-    module = create_fpn_backbone(name, out_channels=options.pop("out_channels", kernel[-1] if kernel and len(kernel) == 4
-                                                                else 256), **options)
+    module = create_fpn_backbone(
+        name, out_channels=options.pop("out_channels", kernel[-1] if kernel and len(kernel) == 4 else 256), **options
+    )
     layout = _fpn_checked(module, name, shapes, torch=False)
     return _write(flat, {path: (key, shape, kind) for key, path, shape, kind in layout}, as_numpy, dtype)
 
@@ -562,15 +633,18 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         try:
             import torch
         except ImportError:
-            raise ValueError(f"reading {path.name} needs PyTorch (pip install torch), or convert it to .safetensors") from None
+            raise ValueError(
+                f"reading {path.name} needs PyTorch (pip install torch), or convert it to .safetensors"
+            ) from None
         try:
             with warnings.catch_warnings():  # a plain pickle's protocol is no concern: the unpickler is safe
                 warnings.filterwarnings("ignore", message="Detected pickle protocol")
                 loaded = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else "not a weights-only file"
-            raise ValueError(f"refusing to load {path}: it holds more than tensors, and unpickling it could run "
-                             f"code ({first})") from None
+            raise ValueError(
+                f"refusing to load {path}: it holds more than tensors, and unpickling it could run code ({first})"
+            ) from None
         except (RuntimeError, EOFError, OSError, ValueError) as err:
             raise ValueError(f"{path} is not a readable PyTorch weights file ({err})") from None
         if not isinstance(loaded, Mapping):

@@ -13,8 +13,9 @@ projection ``downsample[0]`` (conv) / ``downsample[1]`` (BN), ``None`` for an id
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -29,10 +30,16 @@ from .norm import FLAX_BATCH_NORM
 FastConv = partial(nnx.Conv, conv_general_dilated=linen.conv_1x1_as_dot)
 
 
-def _conv(block, in_features: int, features: int, kernel: int, strides=(1, 1), groups: int = 1, dilation: int = 1, *,
-          rngs):
-    return block.conv(in_features, features, (kernel, kernel),
-                      **linen.conv_options(block, kernel, strides, groups, dilation), rngs=rngs)
+def _conv(
+    block, in_features: int, features: int, kernel: int, strides=(1, 1), groups: int = 1, dilation: int = 1, *, rngs
+):
+    return block.conv(
+        in_features,
+        features,
+        (kernel, kernel),
+        **linen.conv_options(block, kernel, strides, groups, dilation),
+        rngs=rngs,
+    )
 
 
 def _norm(block, features: int, zero_init: bool = False, *, rngs):
@@ -44,8 +51,9 @@ def _downsample(block, in_features: int, features: int, strides, *, rngs):
     """``nnx.List([conv, bn])``, torchvision's ``downsample``, or ``None`` for an identity shortcut."""
     if not linen.projects(block, in_features, features, strides):
         return None
-    return nnx.List([_conv(block, in_features, features, 1, strides=strides, rngs=rngs),
-                     _norm(block, features, rngs=rngs)])
+    return nnx.List(
+        [_conv(block, in_features, features, 1, strides=strides, rngs=rngs), _norm(block, features, rngs=rngs)]
+    )
 
 
 def _add_shortcut(block, y, x):
@@ -73,17 +81,49 @@ class BottleneckBlock(nnx.Module):
     shortcut_index = linen.BottleneckBlock.shortcut_index
     stage_args = classmethod(linen.BottleneckBlock.stage_args.__func__)
 
-    def __init__(self, in_features: int, mid_features: int, out_features: int, *, strides: int | tuple[int, int] = 1,
-                 stride_on: str = "3x3", projection: bool | None = None, groups: int = 1, dilation: int = 1,
-                 use_bias: bool = True, zero_init_last: bool = False, padding: str = "SAME",
-                 norm: Callable = FLAX_BATCH_NORM, conv: Callable = FastConv,
-                 kernel_init: Callable = nn.linear.default_kernel_init, dtype: Any = None,
-                 param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        mid_features: int,
+        out_features: int,
+        *,
+        strides: int | tuple[int, int] = 1,
+        stride_on: str = "3x3",
+        projection: bool | None = None,
+        groups: int = 1,
+        dilation: int = 1,
+        use_bias: bool = True,
+        zero_init_last: bool = False,
+        padding: str = "SAME",
+        norm: Callable = FLAX_BATCH_NORM,
+        conv: Callable = FastConv,
+        kernel_init: Callable = nn.linear.default_kernel_init,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         rngs = _rngs.checked(rngs)
-        _keep(self, dict(in_features=in_features, mid_features=mid_features, out_features=out_features,
-                         strides=strides, stride_on=stride_on, projection=projection, groups=groups, dilation=dilation,
-                         use_bias=use_bias, zero_init_last=zero_init_last, padding=padding, norm=norm, conv=conv,
-                         kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype))
+        _keep(
+            self,
+            dict(
+                in_features=in_features,
+                mid_features=mid_features,
+                out_features=out_features,
+                strides=strides,
+                stride_on=stride_on,
+                projection=projection,
+                groups=groups,
+                dilation=dilation,
+                use_bias=use_bias,
+                zero_init_last=zero_init_last,
+                padding=padding,
+                norm=norm,
+                conv=conv,
+                kernel_init=kernel_init,
+                dtype=dtype,
+                param_dtype=param_dtype,
+            ),
+        )
         c_in = _checks.positive_int("in_features", in_features)
         mid, out, groups, strides, s1, s3 = linen.bottleneck_plan(self)
         self.conv1 = _conv(self, c_in, mid, 1, strides=s1, rngs=rngs)
@@ -112,15 +152,43 @@ class BasicBlock(nnx.Module):
     shortcut_index = linen.BasicBlock.shortcut_index
     stage_args = classmethod(linen.BasicBlock.stage_args.__func__)
 
-    def __init__(self, in_features: int, features: int, *, strides: int | tuple[int, int] = 1,
-                 projection: bool | None = None, dilation: int = 1, use_bias: bool = True,
-                 zero_init_last: bool = False, padding: str = "SAME", norm: Callable = FLAX_BATCH_NORM,
-                 conv: Callable = FastConv, kernel_init: Callable = nn.linear.default_kernel_init, dtype: Any = None,
-                 param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        features: int,
+        *,
+        strides: int | tuple[int, int] = 1,
+        projection: bool | None = None,
+        dilation: int = 1,
+        use_bias: bool = True,
+        zero_init_last: bool = False,
+        padding: str = "SAME",
+        norm: Callable = FLAX_BATCH_NORM,
+        conv: Callable = FastConv,
+        kernel_init: Callable = nn.linear.default_kernel_init,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         rngs = _rngs.checked(rngs)
-        _keep(self, dict(in_features=in_features, features=features, strides=strides, projection=projection,
-                         dilation=dilation, use_bias=use_bias, zero_init_last=zero_init_last, padding=padding,
-                         norm=norm, conv=conv, kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype))
+        _keep(
+            self,
+            dict(
+                in_features=in_features,
+                features=features,
+                strides=strides,
+                projection=projection,
+                dilation=dilation,
+                use_bias=use_bias,
+                zero_init_last=zero_init_last,
+                padding=padding,
+                norm=norm,
+                conv=conv,
+                kernel_init=kernel_init,
+                dtype=dtype,
+                param_dtype=param_dtype,
+            ),
+        )
         c_in = _checks.positive_int("in_features", in_features)
         features, strides = linen.basic_plan(self)
         self.conv1 = _conv(self, c_in, features, 3, strides=strides, dilation=dilation, rngs=rngs)

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Mapping
 from functools import partial
-from typing import Any, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -42,8 +43,11 @@ _LINEN = {twin: cls for cls, twin in MODULES.items()}
 # first; a keyword-only partial of a paired class maps to the same partial of its twin.
 _CONSTRUCTORS = {
     "conv": ((linen_blocks.FastConv, FastConv), (nn.Conv, nnx.Conv)),
-    "norm": ((linen_norm.FLAX_BATCH_NORM, FLAX_BATCH_NORM), (linen_norm.BatchNorm, BatchNorm),
-             (linen_norm.FrozenBatchNorm, FrozenBatchNorm)),
+    "norm": (
+        (linen_norm.FLAX_BATCH_NORM, FLAX_BATCH_NORM),
+        (linen_norm.BatchNorm, BatchNorm),
+        (linen_norm.FrozenBatchNorm, FrozenBatchNorm),
+    ),
 }
 # An NNX norm layer's options that its Linen twin takes as attributes (dtypes come from the block).
 _NORM_OPTIONS = {BatchNorm: OPTIONS, FrozenBatchNorm: ("epsilon",)}
@@ -89,15 +93,18 @@ def _nnx_kwargs(module) -> dict:
         value = getattr(module, field.name)
         if field.name not in accepted:
             if value is not field.default and value != field.default:
-                raise ValueError(f"{type(module).__name__}({field.name}={value!r}) has no NNX twin: convert a model "
-                                 f"with {field.name}={field.default!r}")
+                raise ValueError(
+                    f"{type(module).__name__}({field.name}={value!r}) has no NNX twin: convert a model "
+                    f"with {field.name}={field.default!r}"
+                )
         elif field.name == "block":
             if value not in TWINS:
-                raise ValueError(f"block={value!r} has no NNX twin: it must be one of "
-                                 f"{', '.join(c.__name__ for c in TWINS)}")
+                raise ValueError(
+                    f"block={value!r} has no NNX twin: it must be one of {', '.join(c.__name__ for c in TWINS)}"
+                )
             kwargs["block"] = TWINS[value]
         elif field.name == "conv" or (field.name == "norm" and not isinstance(module, linen_models.ResNet)):
-            kwargs[field.name] = _constructor_twin(field.name, value)  # a ResNet's norm is a name: 'batch', 'frozen' 
+            kwargs[field.name] = _constructor_twin(field.name, value)  # a ResNet's norm is a name: 'batch', 'frozen'
         else:
             kwargs[field.name] = value
     return kwargs
@@ -108,14 +115,17 @@ def _block_norm(block) -> partial:
     norms = [m for _, m in nnx.iter_modules(block) if m is not block and not isinstance(m, (nnx.Conv, nnx.List))]
     kinds = {type(m) for m in norms}
     if len(kinds) != 1 or not kinds <= set(_NORM_OPTIONS):
-        raise ValueError(f"the block's norm has no Linen twin: its norm layers must all be one of "
-                         f"{', '.join(c.__name__ for c in _NORM_OPTIONS)} of resnet_bottleneck.nnx; "
-                         f"got {sorted(c.__name__ for c in kinds)}")
+        raise ValueError(
+            f"the block's norm has no Linen twin: its norm layers must all be one of "
+            f"{', '.join(c.__name__ for c in _NORM_OPTIONS)} of resnet_bottleneck.nnx; "
+            f"got {sorted(c.__name__ for c in kinds)}"
+        )
     kind = kinds.pop()
     options = {tuple((k, getattr(m, k)) for k in _NORM_OPTIONS[kind]) for m in norms}
     if len(options) != 1:
-        raise ValueError(f"the block's norm layers differ in {_NORM_OPTIONS[kind]} ({sorted(options)}); "
-                         f"a Linen block has one norm")
+        raise ValueError(
+            f"the block's norm layers differ in {_NORM_OPTIONS[kind]} ({sorted(options)}); a Linen block has one norm"
+        )
     return partial(_LINEN_NORMS[kind], **dict(options.pop()))
 
 
@@ -129,8 +139,10 @@ def _linen_module(model):
         value = getattr(model, field.name)
         if field.name == "block":
             if value not in _LINEN:
-                raise ValueError(f"block={value!r} has no Linen twin: it must be one of "
-                                 f"{', '.join(c.__name__ for c in TWINS.values())} of resnet_bottleneck.nnx")
+                raise ValueError(
+                    f"block={value!r} has no Linen twin: it must be one of "
+                    f"{', '.join(c.__name__ for c in TWINS.values())} of resnet_bottleneck.nnx"
+                )
             value = _LINEN[value]
         elif field.name == "conv":
             value = _constructor_twin("conv", value, to_linen=True)
@@ -199,11 +211,14 @@ def to_nnx(model, variables: Mapping[str, Any]):
         missing, unexpected and wrongly shaped one listed, with its path).
     """
     if type(model) not in MODULES:
-        raise TypeError(f"model must be a Linen {', '.join(c.__name__ for c in MODULES)} of resnet_bottleneck; "
-                        f"got {type(model).__module__}.{type(model).__name__}")
+        raise TypeError(
+            f"model must be a Linen {', '.join(c.__name__ for c in MODULES)} of resnet_bottleneck; "
+            f"got {type(model).__module__}.{type(model).__name__}"
+        )
     if not isinstance(variables, Mapping):
-        raise TypeError(f"variables must be a mapping {{'params': ..., 'batch_stats': ...}}; "
-                        f"got {type(variables).__name__}")
+        raise TypeError(
+            f"variables must be a mapping {{'params': ..., 'batch_stats': ...}}; got {type(variables).__name__}"
+        )
     kwargs = _nnx_kwargs(model)
     given = traverse_util.flatten_dict(dict(variables))
     twin = MODULES[type(model)]
@@ -213,8 +228,11 @@ def to_nnx(model, variables: Mapping[str, Any]):
     show = "/".join
     missing = sorted(show(k) for k in expected if k not in given)
     unexpected = sorted(show(map(str, k)) for k in given if k not in expected)
-    wrong = [(show(k), tuple(np.shape(given[k])), tuple(v.shape)) for k, (_, v) in expected.items()
-             if k in given and tuple(np.shape(given[k])) != tuple(v.shape)]
+    wrong = [
+        (show(k), tuple(np.shape(given[k])), tuple(v.shape))
+        for k, (_, v) in expected.items()
+        if k in given and tuple(np.shape(given[k])) != tuple(v.shape)
+    ]
     if missing or unexpected or wrong:
         raise ValueError(_mismatch(f"variables do not fit the {type(model).__name__}", missing, unexpected, wrong))
 
@@ -232,7 +250,9 @@ def to_linen(model) -> tuple[nn.Module, dict]:
     a model's mode is the ``train`` argument of the Linen ``apply``.
     """
     if type(model) not in _LINEN:
-        raise TypeError(f"model must be an NNX {', '.join(c.__name__ for c in _LINEN)} of resnet_bottleneck.nnx; "
-                        f"got {type(model).__module__}.{type(model).__name__}")
+        raise TypeError(
+            f"model must be an NNX {', '.join(c.__name__ for c in _LINEN)} of resnet_bottleneck.nnx; "
+            f"got {type(model).__module__}.{type(model).__name__}"
+        )
     flat = {(_collection(v), *_linen_path(model, p)): v.get_value() for p, v in nnx.to_flat_state(nnx.state(model))}
     return _linen_module(model), traverse_util.unflatten_dict(flat)

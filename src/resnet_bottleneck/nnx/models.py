@@ -14,8 +14,9 @@ place; the state after construction, as PyTorch's) and ``model.eval()`` (running
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -42,25 +43,46 @@ class ResNet(nnx.Module):
     with :func:`~resnet_bottleneck.nnx.to_linen` for those.
     """
 
-    def __init__(self, stage_sizes: Sequence[int], *, block: type = BottleneckBlock, groups: int = 1,
-                 width_per_group: int = 64, num_classes: int | None = 1000, stem_width: int = 64,
-                 stride_on: str = "3x3", zero_init_last: bool = False, bn_momentum: float = 0.9,
-                 bn_epsilon: float = 1e-5, axis_name: str | None = None, dtype: Any = None,
-                 param_dtype: Any = jnp.float32, conv: Any = FastConv,
-                 replace_stride_with_dilation: Sequence[bool] = (False, False, False), norm: str = "batch",
-                 trainable_layers: int = len(linen.TRAINABLE_LAYERS), in_features: int = 3, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        stage_sizes: Sequence[int],
+        *,
+        block: type = BottleneckBlock,
+        groups: int = 1,
+        width_per_group: int = 64,
+        num_classes: int | None = 1000,
+        stem_width: int = 64,
+        stride_on: str = "3x3",
+        zero_init_last: bool = False,
+        bn_momentum: float = 0.9,
+        bn_epsilon: float = 1e-5,
+        axis_name: str | None = None,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        conv: Any = FastConv,
+        replace_stride_with_dilation: Sequence[bool] = (False, False, False),
+        norm: str = "batch",
+        trainable_layers: int = len(linen.TRAINABLE_LAYERS),
+        in_features: int = 3,
+        rngs: nnx.Rngs,
+    ):
         rngs = _rngs.checked(rngs)
         self.stage_sizes = tuple(stage_sizes) if isinstance(stage_sizes, (list, tuple)) else stage_sizes
         self.block, self.groups, self.width_per_group = block, groups, width_per_group
         self.num_classes, self.stem_width, self.stride_on = num_classes, stem_width, stride_on
         self.zero_init_last, self.bn_momentum, self.bn_epsilon = zero_init_last, bn_momentum, bn_epsilon
         self.axis_name, self.dtype, self.param_dtype, self.conv = axis_name, dtype, param_dtype, conv
-        self.replace_stride_with_dilation = tuple(replace_stride_with_dilation) if isinstance(
-            replace_stride_with_dilation, list) else replace_stride_with_dilation
+        self.replace_stride_with_dilation = (
+            tuple(replace_stride_with_dilation)
+            if isinstance(replace_stride_with_dilation, list)
+            else replace_stride_with_dilation
+        )
         self.norm, self.trainable_layers, self.in_features = norm, trainable_layers, in_features
         if isinstance(block, type) and issubclass(block, nn.Module):
-            raise TypeError(f"block must be an NNX block class such as resnet_bottleneck.nnx.BottleneckBlock; "
-                            f"got the Linen {block.__module__}.{block.__name__}")
+            raise TypeError(
+                f"block must be an NNX block class such as resnet_bottleneck.nnx.BottleneckBlock; "
+                f"got the Linen {block.__module__}.{block.__name__}"
+            )
         sizes = linen.check_layout(self)
         _checks.positive_int("in_features", in_features)
         if norm == "frozen":
@@ -68,13 +90,29 @@ class ResNet(nnx.Module):
         else:
             norm_layer = partial(BatchNorm, momentum=bn_momentum, epsilon=bn_epsilon, axis_name=axis_name)
         kind = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.conv1 = nnx.Conv(in_features, stem_width, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-                              kernel_init=linen.conv_kernel_init, **kind)
+        self.conv1 = nnx.Conv(
+            in_features,
+            stem_width,
+            (7, 7),
+            strides=(2, 2),
+            padding=((3, 3), (3, 3)),
+            use_bias=False,
+            kernel_init=linen.conv_kernel_init,
+            **kind,
+        )
         self.bn1 = norm_layer(stem_width, **kind)
         channels = stem_width
         for i, (size, (strides, first_dilation, dilation)) in enumerate(zip(sizes, linen.stage_plan(self, len(sizes)))):
-            options = dict(linen.stage_args(self, i, dilation), norm=norm_layer, conv=conv, use_bias=False,
-                           padding="torch", kernel_init=linen.conv_kernel_init, zero_init_last=zero_init_last, **kind)
+            options = dict(
+                linen.stage_args(self, i, dilation),
+                norm=norm_layer,
+                conv=conv,
+                use_bias=False,
+                padding="torch",
+                kernel_init=linen.conv_kernel_init,
+                zero_init_last=zero_init_last,
+                **kind,
+            )
             stage = [block(channels, **{**options, "strides": strides, "dilation": first_dilation})]
             channels = stem_width * 2**i * block.expansion
             stage += [block(channels, **options) for _ in range(1, size)]

@@ -12,8 +12,9 @@ the twin of :class:`resnet_bottleneck.norm.FrozenBatchNorm` the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import jax.numpy as jnp
 from flax import nnx
@@ -33,15 +34,35 @@ class BatchNorm(nnx.BatchNorm):
     in training mode (batch statistics), as ``nnx.BatchNorm`` and PyTorch do.
     """
 
-    def __init__(self, num_features: int, *, use_running_average: bool = False, momentum: float = 0.9,
-                 epsilon: float = 1e-5, unbiased_running_var: bool = True, use_fast_variance: bool = False,
-                 axis_name: str | None = None, dtype: Any = None, param_dtype: Any = jnp.float32,
-                 scale_init: Callable = nnx.initializers.ones_init(),
-                 bias_init: Callable = nnx.initializers.zeros_init(),
-                 rngs: nnx.Rngs):
-        super().__init__(num_features, use_running_average=use_running_average, momentum=momentum, epsilon=epsilon,
-                         dtype=dtype, param_dtype=param_dtype, scale_init=scale_init, bias_init=bias_init,
-                         axis_name=axis_name, use_fast_variance=use_fast_variance, rngs=_rngs.checked(rngs))
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        use_running_average: bool = False,
+        momentum: float = 0.9,
+        epsilon: float = 1e-5,
+        unbiased_running_var: bool = True,
+        use_fast_variance: bool = False,
+        axis_name: str | None = None,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        scale_init: Callable = nnx.initializers.ones_init(),
+        bias_init: Callable = nnx.initializers.zeros_init(),
+        rngs: nnx.Rngs,
+    ):
+        super().__init__(
+            num_features,
+            use_running_average=use_running_average,
+            momentum=momentum,
+            epsilon=epsilon,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            scale_init=scale_init,
+            bias_init=bias_init,
+            axis_name=axis_name,
+            use_fast_variance=use_fast_variance,
+            rngs=_rngs.checked(rngs),
+        )
         self.mean = nnx.BatchStat(jnp.zeros((num_features,), param_dtype))
         self.var = nnx.BatchStat(jnp.ones((num_features,), param_dtype))
         self.unbiased_running_var = unbiased_running_var
@@ -50,10 +71,20 @@ class BatchNorm(nnx.BatchNorm):
         """Normalised ``x``; in training mode the running averages are updated in place."""
         use_running_average = self.use_running_average if use_running_average is None else use_running_average
         y, updated = linen_norm.normalize(
-            x, self.scale[...], self.bias[...], self.mean[...], self.var[...],
-            use_running_average=use_running_average, momentum=self.momentum, epsilon=self.epsilon,
-            unbiased_running_var=self.unbiased_running_var, use_fast_variance=self.use_fast_variance,
-            axis_name=self.axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
+            x,
+            self.scale[...],
+            self.bias[...],
+            self.mean[...],
+            self.var[...],
+            use_running_average=use_running_average,
+            momentum=self.momentum,
+            epsilon=self.epsilon,
+            unbiased_running_var=self.unbiased_running_var,
+            use_fast_variance=self.use_fast_variance,
+            axis_name=self.axis_name,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
         if updated is not None:
             self.mean[...], self.var[...] = updated
         return y
@@ -61,8 +92,9 @@ class BatchNorm(nnx.BatchNorm):
 
 #: Flax's BatchNorm statistics in training mode, with the closed-form gradient: the blocks' default,
 #: the twin of :data:`resnet_bottleneck.norm.FLAX_BATCH_NORM`.
-FLAX_BATCH_NORM = partial(BatchNorm, use_running_average=False, momentum=0.99, unbiased_running_var=False,
-                          use_fast_variance=True)
+FLAX_BATCH_NORM = partial(
+    BatchNorm, use_running_average=False, momentum=0.99, unbiased_running_var=False, use_fast_variance=True
+)
 
 
 class FrozenBatchNorm(nnx.Module):
@@ -75,10 +107,17 @@ class FrozenBatchNorm(nnx.Module):
     ``train()`` / ``eval()`` change nothing.
     """
 
-    def __init__(self, num_features: int, *, epsilon: float = 1e-5, dtype: Any = None, param_dtype: Any = jnp.float32,
-                 scale_init: Callable = nnx.initializers.ones_init(),
-                 bias_init: Callable = nnx.initializers.zeros_init(),
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        epsilon: float = 1e-5,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        scale_init: Callable = nnx.initializers.ones_init(),
+        bias_init: Callable = nnx.initializers.zeros_init(),
+        rngs: nnx.Rngs,
+    ):
         rngs = _rngs.checked(rngs)
         shape = (num_features,)
         self.scale = nnx.BatchStat(scale_init(rngs.params(), shape, param_dtype))
@@ -88,5 +127,13 @@ class FrozenBatchNorm(nnx.Module):
         self.num_features, self.epsilon, self.dtype, self.param_dtype = num_features, epsilon, dtype, param_dtype
 
     def __call__(self, x):
-        return linen_norm.frozen_normalize(x, self.scale[...], self.bias[...], self.mean[...], self.var[...],
-                                           epsilon=self.epsilon, dtype=self.dtype, param_dtype=self.param_dtype)
+        return linen_norm.frozen_normalize(
+            x,
+            self.scale[...],
+            self.bias[...],
+            self.mean[...],
+            self.var[...],
+            epsilon=self.epsilon,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )

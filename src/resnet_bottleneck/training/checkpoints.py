@@ -68,12 +68,15 @@ class Checkpoints:
         import grain
 
         ocp = self._ocp
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            config=ocp.args.JsonSave(identity(self.config, self.run)),
-            run=ocp.args.JsonSave(self.run),
-            data=grain.checkpoint.CheckpointSave(_IteratorState(position)),
-        ))
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                config=ocp.args.JsonSave(identity(self.config, self.run)),
+                run=ocp.args.JsonSave(self.run),
+                data=grain.checkpoint.CheckpointSave(_IteratorState(position)),
+            ),
+        )
         self.manager.wait_until_finished()
 
     def _where(self, step: int) -> Path:
@@ -84,17 +87,23 @@ class Checkpoints:
         saved = self._restore(step, "is unreadable", config=self._ocp.args.JsonRestore())["config"]
         now = identity(self.config, self.run)
         if saved.get("epochs") != now["epochs"]:
-            raise ConfigError("epochs", f"must be {saved.get('epochs')}, as when checkpoint {self._where(step)} was "
-                              "written: the learning-rate schedule spans every epoch (another value needs another "
-                              f"output directory); got {now['epochs']}")
+            raise ConfigError(
+                "epochs",
+                f"must be {saved.get('epochs')}, as when checkpoint {self._where(step)} was "
+                "written: the learning-rate schedule spans every epoch (another value needs another "
+                f"output directory); got {now['epochs']}",
+            )
         # A setting newer than the checkpoint was then at its default; the weights are compared by content.
         before = identity(Config(), {})
-        differ = {k: (saved.get(k, before[k]), v) for k, v in now.items()
-                  if saved.get(k, before[k]) != v and k != "weights"}
+        differ = {
+            k: (saved.get(k, before[k]), v) for k, v in now.items() if saved.get(k, before[k]) != v and k != "weights"
+        }
         if differ:
             listed = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in differ.items())
-            raise TrainingError(f"checkpoint {self._where(step)} was written by a different run ({listed}); "
-                                "use another output directory or the same settings")
+            raise TrainingError(
+                f"checkpoint {self._where(step)} was written by a different run ({listed}); "
+                "use another output directory or the same settings"
+            )
 
     def _restore(self, step: int, failure: str, **items) -> dict:
         """``items`` (name -> orbax restore args) of checkpoint ``step``; any failure a :class:`TrainingError`
@@ -108,8 +117,9 @@ class Checkpoints:
     def saved_run(self, step: int) -> tuple[dict, dict]:
         """The settings (:func:`identity`) and the ``run`` a checkpoint was written with."""
         json = self._ocp.args.JsonRestore
-        saved = self._restore(step, "is unreadable or older than runs that record their classes",
-                              config=json(), run=json())
+        saved = self._restore(
+            step, "is unreadable or older than runs that record their classes", config=json(), run=json()
+        )
         return saved["config"], saved["run"]
 
     def restore_state(self, step: int, abstract_state):
@@ -121,6 +131,10 @@ class Checkpoints:
         import grain
 
         self.check_config(step)
-        restored = self._restore(step, "cannot be restored", state=self._ocp.args.StandardRestore(abstract_state),
-                                 data=grain.checkpoint.CheckpointRestore(_IteratorState()))
+        restored = self._restore(
+            step,
+            "cannot be restored",
+            state=self._ocp.args.StandardRestore(abstract_state),
+            data=grain.checkpoint.CheckpointRestore(_IteratorState()),
+        )
         return restored["state"], restored["data"].position

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import jax
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from .. import data, xla
 from ..data.pipeline import private_copy
@@ -53,8 +54,11 @@ class Evaluation:
     def __call__(self, state) -> Scores:
         started = time.perf_counter()
         if self.iterator is None:
-            self.iterator = iter(data.evaluation_batches(self.source, image_size=self.image_size,
-                                                         batch_size=self.batch_size, workers=self.workers))
+            self.iterator = iter(
+                data.evaluation_batches(
+                    self.source, image_size=self.image_size, batch_size=self.batch_size, workers=self.workers
+                )
+            )
         totals = []
         for _ in range(self.steps):
             batch = private_copy(next(self.iterator))
@@ -63,8 +67,13 @@ class Evaluation:
         sums = {k: np.asarray(jax.device_get(sum(t[k] for t in totals))) for k in totals[0]}
         self.seconds += time.perf_counter() - started
         count = max(int(sums["count"]), 1)
-        return Scores(int(sums["correct"]) / count, int(sums["top5"]) / count, float(sums["loss"]) / count,
-                      int(sums["count"]), sorted(self.source.path(i) for i in self.bad))
+        return Scores(
+            int(sums["correct"]) / count,
+            int(sums["top5"]) / count,
+            float(sums["loss"]) / count,
+            int(sums["count"]),
+            sorted(self.source.path(i) for i in self.bad),
+        )
 
     def close(self) -> None:
         if self.iterator is not None:
@@ -75,12 +84,24 @@ class Evaluation:
 def compile_eval_step(mesh, state_sharding, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """:func:`~.state.eval_step` jitted over ``mesh``: the state replicated as ``state_sharding`` says,
     the batch split along ``data``, the sums replicated."""
-    return xla.jit(functools.partial(eval_step, mean=tuple(mean), std=tuple(std)),
-                   in_shardings=(state_sharding, batch_sharding(mesh)), out_shardings=NamedSharding(mesh, P()))
+    return xla.jit(
+        functools.partial(eval_step, mean=tuple(mean), std=tuple(std)),
+        in_shardings=(state_sharding, batch_sharding(mesh)),
+        out_shardings=NamedSharding(mesh, P()),
+    )
 
 
-def evaluate(model, variables, source, *, image_size: int, batch_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-             workers: int = 0) -> Scores:
+def evaluate(
+    model,
+    variables,
+    source,
+    *,
+    image_size: int,
+    batch_size: int,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    workers: int = 0,
+) -> Scores:
     """Top-1, top-5 and loss of ``model`` with ``variables`` (``params``, ``batch_stats``) on ``source``
     (``data.ImageFiles`` or ``data.ImageArrays``), in eval mode, batched and sharded over every device
     as training evaluates. ``mean`` and ``std``: the normalisation the model was trained with.
@@ -91,12 +112,17 @@ def evaluate(model, variables, source, *, image_size: int, batch_size: int, mean
     mesh = data_mesh()
     if batch_size % mesh.devices.size:
         raise data.DataError("batch_size", f"{batch_size} does not divide over {mesh.devices.size} devices")
-    state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=optax.identity(),
-                              batch_stats=variables.get("batch_stats", {}))
+    state = TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=optax.identity(),
+        batch_stats=variables.get("batch_stats", {}),
+    )
     replicated = jax.tree_util.tree_map(lambda _: NamedSharding(mesh, P()), state)
     state = jax.device_put(state, replicated)
-    evaluation = Evaluation(source, image_size, batch_size, workers, compile_eval_step(mesh, replicated, mean, std),
-                            batch_sharding(mesh))
+    evaluation = Evaluation(
+        source, image_size, batch_size, workers, compile_eval_step(mesh, replicated, mean, std), batch_sharding(mesh)
+    )
     try:
         return evaluation(state)
     finally:
@@ -109,9 +135,15 @@ def host_sums(logits: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> dict:
     k = min(5, logits.shape[-1])
     top5 = np.any(np.argsort(-logits, axis=-1, kind="stable")[:, :k] == labels[:, None], axis=-1)
     shifted = logits - logits.max(axis=-1, keepdims=True)
-    loss = np.log(np.exp(shifted).sum(axis=-1)) - np.take_along_axis(shifted, labels[:, None].astype(np.int64), -1)[:, 0]
-    return {"correct": np.sum((np.argmax(logits, -1) == labels) & mask), "top5": np.sum(top5 & mask),
-            "loss": np.sum(np.where(mask, loss, 0.0)), "count": np.sum(mask)}
+    loss = (
+        np.log(np.exp(shifted).sum(axis=-1)) - np.take_along_axis(shifted, labels[:, None].astype(np.int64), -1)[:, 0]
+    )
+    return {
+        "correct": np.sum((np.argmax(logits, -1) == labels) & mask),
+        "top5": np.sum(top5 & mask),
+        "loss": np.sum(np.where(mask, loss, 0.0)),
+        "count": np.sum(mask),
+    }
 
 
 def evaluate_onnx(classifier, source, *, image_size: int, batch_size: int, workers: int = 0) -> Scores:

@@ -22,7 +22,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from .. import data, xla
 from ..models import create_model
@@ -81,17 +82,22 @@ class _Meter:
 
     def read(self, keep: int = 0) -> int:
         """Reads all but the newest ``keep`` steps; raises :class:`DivergedError` at a non-finite loss."""
-        ready, self.pending = self.pending[:len(self.pending) - keep], self.pending[len(self.pending) - keep:]
+        ready, self.pending = self.pending[: len(self.pending) - keep], self.pending[len(self.pending) - keep :]
         if not ready:
             return 0
         losses, correct = jax.device_get(([m["loss"] for _, m in ready], [m["correct"] for _, m in ready]))
         for (step, _), loss in zip(ready, losses):
             if not math.isfinite(float(loss)):
                 last = self.checkpoints.latest() if self.checkpoints else None
-                kept = (f"; the last good checkpoint is step {last} in {self.checkpoints.directory}"
-                        if last is not None else "")
-                raise DivergedError(f"the loss became {float(loss)} at step {step} "
-                                    f"(epoch {(step - 1) // self.steps_per_epoch + 1}); stopped without saving it{kept}")
+                kept = (
+                    f"; the last good checkpoint is step {last} in {self.checkpoints.directory}"
+                    if last is not None
+                    else ""
+                )
+                raise DivergedError(
+                    f"the loss became {float(loss)} at step {step} "
+                    f"(epoch {(step - 1) // self.steps_per_epoch + 1}); stopped without saving it{kept}"
+                )
         self.loss += float(np.sum(losses, dtype=np.float64)) * self.batch_size
         self.correct += int(np.sum(correct))
         self.seen += len(ready) * self.batch_size
@@ -145,8 +151,13 @@ def _failed(err: Exception, step: int, state, meter: _Meter, checkpoints: Checkp
     return TrainingError(f"the input pipeline failed at step {step + 1} ({type(err).__name__}: {err}){kept}")
 
 
-def train(config: Config, out: str | Path | None = None, options: RunOptions | None = None,
-          progress: bool = True, datasets=None) -> Result:
+def train(
+    config: Config,
+    out: str | Path | None = None,
+    options: RunOptions | None = None,
+    progress: bool = True,
+    datasets=None,
+) -> Result:
     """Train ``config.model`` and evaluate it each epoch; with ``out``, checkpoint there (and resume
     from there), and write ``metrics.jsonl`` and ``curves.png``.
 
@@ -168,18 +179,30 @@ def train(config: Config, out: str | Path | None = None, options: RunOptions | N
     mesh = data_mesh()
     if config.batch_size % mesh.devices.size:
         raise ConfigError("batch_size", f"{config.batch_size} does not divide over {mesh.devices.size} devices")
-    stream = functools.partial(data.training_batches, train_set, image_size=config.image_size,
-                               batch_size=config.batch_size, seed=config.seed, epochs=config.epochs,
-                               augment=config.augment and isinstance(train_set, data.ImageFiles), workers=workers)
+    stream = functools.partial(
+        data.training_batches,
+        train_set,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        epochs=config.epochs,
+        augment=config.augment and isinstance(train_set, data.ImageFiles),
+        workers=workers,
+    )
     stream()  # checks the batch against the data and the hosts before any compilation
     steps_per_epoch = len(train_set) // config.batch_size
     total_steps = config.epochs * steps_per_epoch
 
     run = {"classes": list(train_set.classes), **describe_weights(config)}
-    model = create_model(config.model, num_classes=len(train_set.classes), trainable_layers=config.trainable_layers,
-                         dtype=jnp.bfloat16 if config.bf16 else None)
-    init = functools.partial(create_train_state, model, make_optimizer(config, steps_per_epoch), config.seed,
-                             config.image_size)
+    model = create_model(
+        config.model,
+        num_classes=len(train_set.classes),
+        trainable_layers=config.trainable_layers,
+        dtype=jnp.bfloat16 if config.bf16 else None,
+    )
+    init = functools.partial(
+        create_train_state, model, make_optimizer(config, steps_per_epoch), config.seed, config.image_size
+    )
     replicated, rows = NamedSharding(mesh, P()), batch_sharding(mesh)
     abstract = jax.eval_shape(init)
     state_sharding = jax.tree_util.tree_map(lambda _: replicated, abstract)
@@ -187,12 +210,15 @@ def train(config: Config, out: str | Path | None = None, options: RunOptions | N
     resumed_from = checkpoints.latest() if checkpoints is not None else None
     initialised = None
     if resumed_from is not None:
-        target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                        abstract, state_sharding)
+        target = jax.tree_util.tree_map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding
+        )
         state, position = checkpoints.restore(resumed_from, target)
         if position["step"] != resumed_from:
-            raise TrainingError(f"checkpoint {checkpoints.directory / str(resumed_from)} holds the input pipeline "
-                                f"of step {position['step']}, not of its own step")
+            raise TrainingError(
+                f"checkpoint {checkpoints.directory / str(resumed_from)} holds the input pipeline "
+                f"of step {position['step']}, not of its own step"
+            )
     else:
         start = None
         if config.weights is not None:
@@ -202,12 +228,26 @@ def train(config: Config, out: str | Path | None = None, options: RunOptions | N
                 print(initialised, file=sys.stderr, flush=True)
         state, position = jax.jit(init, out_shardings=state_sharding)(start), None
     normalisation = {"mean": tuple(run["mean"]), "std": tuple(run["std"])}
-    step_fn = xla.jit(functools.partial(train_step, num_classes=len(train_set.classes),
-                                        label_smoothing=config.label_smoothing, freeze_bn=config.freeze_bn,
-                                        **normalisation),
-                      in_shardings=(state_sharding, rows), out_shardings=(state_sharding, replicated), donate_argnums=0)
-    evaluate = Evaluation(eval_set, config.image_size, config.batch_size, workers,
-                          compile_eval_step(mesh, state_sharding, **normalisation), rows)
+    step_fn = xla.jit(
+        functools.partial(
+            train_step,
+            num_classes=len(train_set.classes),
+            label_smoothing=config.label_smoothing,
+            freeze_bn=config.freeze_bn,
+            **normalisation,
+        ),
+        in_shardings=(state_sharding, rows),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=0,
+    )
+    evaluate = Evaluation(
+        eval_set,
+        config.image_size,
+        config.batch_size,
+        workers,
+        compile_eval_step(mesh, state_sharding, **normalisation),
+        rows,
+    )
 
     step = first_step = int(jax.device_get(state.step))
     writer = jax.process_index() == 0 and out is not None
@@ -239,17 +279,29 @@ def train(config: Config, out: str | Path | None = None, options: RunOptions | N
                 elif step % options.log_every == 0:
                     meter.read(keep=1)  # one step behind: the device keeps working meanwhile
                 if meter.seen and step - shown >= options.log_every:
-                    bar.update(step - shown, meter.loss / meter.seen, meter.correct / meter.seen,
-                               (step - shown) * config.batch_size / max(time.perf_counter() - epoch_start, 1e-9))
+                    bar.update(
+                        step - shown,
+                        meter.loss / meter.seen,
+                        meter.correct / meter.seen,
+                        (step - shown) * config.batch_size / max(time.perf_counter() - epoch_start, 1e-9),
+                    )
                     shown = step
             meter.read()
             seconds = time.perf_counter() - epoch_start
             loss, accuracy = meter.epoch_totals()
             scores = evaluate(state)
-            record = {"epoch": epoch + 1, "step": step, "train_loss": loss, "train_accuracy": accuracy,
-                      "test_accuracy": scores.top1, "test_top5": scores.top5, "test_loss": scores.loss,
-                      "images_per_second":
-                      (step - max(epoch * steps_per_epoch, first_step)) * config.batch_size / max(seconds, 1e-9)}
+            record = {
+                "epoch": epoch + 1,
+                "step": step,
+                "train_loss": loss,
+                "train_accuracy": accuracy,
+                "test_accuracy": scores.top1,
+                "test_top5": scores.top5,
+                "test_loss": scores.loss,
+                "images_per_second": (step - max(epoch * steps_per_epoch, first_step))
+                * config.batch_size
+                / max(seconds, 1e-9),
+            }
             history.append(record)
             bar.update(step - shown, loss, accuracy, record["images_per_second"])
             bar.end_epoch(record, config.epochs)
@@ -262,8 +314,9 @@ def train(config: Config, out: str | Path | None = None, options: RunOptions | N
         test_accuracy = history[-1]["test_accuracy"] if history else evaluate(state).top1
         model_file = None
         if writer:  # the final weights, with what predict and evaluate need to use them as this run did
-            model_file = str(write_model(Path(out) / MODEL_FILE, state,
-                                         describe_model(config, run, step, test_accuracy)))
+            model_file = str(
+                write_model(Path(out) / MODEL_FILE, state, describe_model(config, run, step, test_accuracy))
+            )
     finally:
         bar.close()
         evaluate.close()

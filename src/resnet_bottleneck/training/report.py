@@ -21,25 +21,40 @@ class Progress:
         if self.live:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=steps, initial=done, desc=f"epoch {epoch}/{epochs}", unit="step",
-                            file=self.stream, leave=True, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=steps,
+                initial=done,
+                desc=f"epoch {epoch}/{epochs}",
+                unit="step",
+                file=self.stream,
+                leave=True,
+                dynamic_ncols=True,
+            )
 
     def update(self, steps: int, loss: float, accuracy: float, images_per_second: float) -> None:
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.3f}", img_s=f"{images_per_second:,.0f}",
-                                 refresh=False)
+            self.bar.set_postfix(
+                loss=f"{loss:.4f}", acc=f"{accuracy:.3f}", img_s=f"{images_per_second:,.0f}", refresh=False
+            )
             self.bar.update(steps)
 
     def end_epoch(self, record: dict, epochs: int) -> None:
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{record['train_loss']:.4f}", acc=f"{record['train_accuracy']:.3f}",
-                                 test=f"{record['test_accuracy']:.3f}")
+            self.bar.set_postfix(
+                loss=f"{record['train_loss']:.4f}",
+                acc=f"{record['train_accuracy']:.3f}",
+                test=f"{record['test_accuracy']:.3f}",
+            )
             self.bar.close()
             self.bar = None
         elif self.enabled:
-            print(f"epoch {record['epoch']}/{epochs}: loss {record['train_loss']:.4f} acc "
-                  f"{record['train_accuracy']:.3f} test {record['test_accuracy']:.3f} "
-                  f"{record['images_per_second']:,.0f} img/s", file=self.stream, flush=True)
+            print(
+                f"epoch {record['epoch']}/{epochs}: loss {record['train_loss']:.4f} acc "
+                f"{record['train_accuracy']:.3f} test {record['test_accuracy']:.3f} "
+                f"{record['images_per_second']:,.0f} img/s",
+                file=self.stream,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.bar is not None:

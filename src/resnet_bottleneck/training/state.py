@@ -45,15 +45,18 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransf
     if config.optimizer == "adamw":
         optimizer = optax.adamw(schedule, weight_decay=config.weight_decay, mask=_decay_mask)
     else:
-        optimizer = optax.chain(optax.add_decayed_weights(config.weight_decay, mask=_decay_mask),
-                                optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov))
+        optimizer = optax.chain(
+            optax.add_decayed_weights(config.weight_decay, mask=_decay_mask),
+            optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov),
+        )
     if config.trainable_layers < len(TRAINABLE_LAYERS):
         optimizer = freeze(optimizer, config.trainable_layers)
     return optimizer
 
 
-def create_train_state(model, optimizer: optax.GradientTransformation, seed: int, image_size: int,
-                       start: dict | None = None) -> TrainState:
+def create_train_state(
+    model, optimizer: optax.GradientTransformation, seed: int, image_size: int, start: dict | None = None
+) -> TrainState:
     """Initial weights from ``seed`` alone (the same for any data, device or host count), or, where
     ``start`` (variables, e.g. pretrained) has a tensor of the same path and shape, that tensor.
 
@@ -62,12 +65,14 @@ def create_train_state(model, optimizer: optax.GradientTransformation, seed: int
     variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, image_size, image_size, 3), jnp.float32))
     if start is not None:
         variables = {collection: _overlay(tree, start.get(collection, {})) for collection, tree in variables.items()}
-    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=optimizer,
-                             batch_stats=variables["batch_stats"])
+    return TrainState.create(
+        apply_fn=model.apply, params=variables["params"], tx=optimizer, batch_stats=variables["batch_stats"]
+    )
 
 
 def _overlay(tree, given):
     """``tree`` with each leaf replaced by ``given``'s at the same path, where it has the same shape."""
+
     def pick(path, leaf):
         found = given
         for key in path:
@@ -77,8 +82,15 @@ def _overlay(tree, given):
     return jax.tree_util.tree_map_with_path(pick, tree)
 
 
-def train_step(state: TrainState, batch: dict, num_classes: int, label_smoothing: float, freeze_bn: bool = False,
-               mean=IMAGENET_MEAN, std=IMAGENET_STD):
+def train_step(
+    state: TrainState,
+    batch: dict,
+    num_classes: int,
+    label_smoothing: float,
+    freeze_bn: bool = False,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+):
     """One optimizer step on ``batch`` (``image`` uint8 NHWC, ``label``): the new state and the batch's
     mean loss and number of correct predictions. ``freeze_bn``: BatchNorm normalises with the running
     statistics, which stay as they are. ``mean``, ``std``: the normalisation (ImageNet's by default)."""
@@ -103,11 +115,16 @@ def eval_step(state: TrainState, batch: dict, mean=IMAGENET_MEAN, std=IMAGENET_S
     """Sums over the batch's real (``mask``) examples, with the running averages: top-1 and top-5
     correct predictions, cross-entropy loss (no label smoothing), and the count. ``mean`` and
     ``std``: the normalisation the model was trained with."""
-    logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                            normalize(batch["image"], mean, std), train=False)
+    logits = state.apply_fn(
+        {"params": state.params, "batch_stats": state.batch_stats}, normalize(batch["image"], mean, std), train=False
+    )
     mask, labels = batch["mask"], batch["label"]
     k = min(5, logits.shape[-1])
     top5 = jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-    return {"correct": jnp.sum((jnp.argmax(logits, -1) == labels) & mask), "top5": jnp.sum(top5 & mask),
-            "loss": jnp.sum(jnp.where(mask, loss, 0.0)), "count": jnp.sum(mask)}
+    return {
+        "correct": jnp.sum((jnp.argmax(logits, -1) == labels) & mask),
+        "top5": jnp.sum(top5 & mask),
+        "loss": jnp.sum(jnp.where(mask, loss, 0.0)),
+        "count": jnp.sum(mask),
+    }

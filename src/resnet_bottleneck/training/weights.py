@@ -76,8 +76,11 @@ def starting_weights(config: Config, classes) -> tuple[dict, str]:
     if theirs == len(classes) and (named is None or list(named) == list(classes)):
         head = f"classifier kept ({theirs} classes)"
     else:
-        why = (f"the weights have {theirs} classes, the data {len(classes)}" if theirs != len(classes)
-               else "the weights' classes have other names than the data's")
+        why = (
+            f"the weights have {theirs} classes, the data {len(classes)}"
+            if theirs != len(classes)
+            else "the weights' classes have other names than the data's"
+        )
         head = f"classifier re-initialised: {why}"
         variables = {**variables, "params": {k: v for k, v in variables["params"].items() if k != "fc"}}
     return jax.tree_util.tree_map(np.asarray, variables), head
@@ -87,12 +90,24 @@ def describe_model(config: Config, run: dict, step: int, test_accuracy: float | 
     """The metadata of the run's model file (see :mod:`resnet_bottleneck.io.metadata`)."""
     from ..io.metadata import describe_run
 
-    split = {"data": os.path.abspath(config.data) if config.data is not None else None,
-             "test_fraction": config.test_fraction, "seed": config.seed}
-    return describe_run(model=config.model, classes=run["classes"], image_size=config.image_size, mean=run["mean"],
-                        std=run["std"], dtype="bfloat16" if config.bf16 else "float32", batch_size=config.batch_size,
-                        split=split, config={**asdict(config), "weights_sha256": run.get("weights_sha256")},
-                        step=step, test_accuracy=test_accuracy)
+    split = {
+        "data": os.path.abspath(config.data) if config.data is not None else None,
+        "test_fraction": config.test_fraction,
+        "seed": config.seed,
+    }
+    return describe_run(
+        model=config.model,
+        classes=run["classes"],
+        image_size=config.image_size,
+        mean=run["mean"],
+        std=run["std"],
+        dtype="bfloat16" if config.bf16 else "float32",
+        batch_size=config.batch_size,
+        split=split,
+        config={**asdict(config), "weights_sha256": run.get("weights_sha256")},
+        step=step,
+        test_accuracy=test_accuracy,
+    )
 
 
 def write_model(path: str | os.PathLike, state, metadata: dict[str, str]) -> Path:
@@ -122,8 +137,10 @@ def load_run(run_dir: str | os.PathLike):
     run_dir = Path(run_dir)
     directory = run_dir / "checkpoints"
     if not directory.is_dir() or not any(p.name.isdigit() for p in directory.iterdir()):
-        raise TrainingError(f"{run_dir} has no checkpoint (expected {directory}/<step>): not a run directory, or "
-                            "a run that has not saved one yet")
+        raise TrainingError(
+            f"{run_dir} has no checkpoint (expected {directory}/<step>): not a run directory, or "
+            "a run that has not saved one yet"
+        )
     checkpoints = Checkpoints(directory, None, Config())
     step = checkpoints.latest()
     saved, run = checkpoints.saved_run(step)
@@ -133,7 +150,8 @@ def load_run(run_dir: str | os.PathLike):
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree_util.tree_map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-        jax.eval_shape(partial(create_train_state, model, make_optimizer(config, 1), config.seed, config.image_size)))
+        jax.eval_shape(partial(create_train_state, model, make_optimizer(config, 1), config.seed, config.image_size)),
+    )
     state = checkpoints.restore_state(step, abstract)
     variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
     return model, variables, describe_model(config, run, step, _test_accuracy(run_dir / "metrics.jsonl", step))
