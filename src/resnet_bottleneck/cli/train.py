@@ -80,7 +80,7 @@ def add_parser(commands) -> None:
         "--reuse-freed-memory",
         action="store_true",
         help="have glibc keep freed memory for reuse: faster for large models on CPU, slower for "
-        "small ones (see resnet_bottleneck.reuse_freed_memory)",
+        "small ones (see resnet_bottleneck.xla.reuse_freed_memory)",
     )
     parser.add_argument("--json", action="store_true", help="no progress; print one JSON summary")
     parser.set_defaults(run=run)
