@@ -1,8 +1,12 @@
-"""Argument checks shared by the functional API, the models and the CLI.
+"""Argument checks, defined once for the functional API, the models, the settings of a run and the CLI.
 
-Every check raises ``TypeError`` (wrong kind of thing) or ``ValueError`` (right kind,
-wrong value) with a message that names the argument, shows what it got and says what
-was expected.
+Every kind of value checked in more than one place (a positive integer, a count, a seed, a
+fraction, a finite number >= 0, torchvision's ``trainable_layers``, a model name) is one
+:class:`Kind` in :data:`KINDS` (or :func:`model_name` for names): the Python API raises
+``TypeError`` (wrong kind of thing) or ``ValueError`` (right kind, wrong value) as
+``name must be ...; got ...``; ``training.Config`` reports ``field: must be ...; got ...``;
+the command line's argparse types ``argument --flag: must be ...; got ...``. One verdict
+everywhere: a numpy integer is an integer, a bool never is.
 """
 
 from __future__ import annotations
