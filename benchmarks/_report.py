@@ -4,7 +4,7 @@ Importing this module changes nothing in the process. Each benchmark's ``main`` 
 glibc keeping freed memory itself, before any JAX computation (PyTorch shares the process, so
 it runs under the same allocator)::
 
-    reused = not SYSTEM_MALLOC and rb.reuse_freed_memory()
+    reused = not SYSTEM_MALLOC and rb.xla.reuse_freed_memory()
 
 and passes ``reused`` to :func:`write_section`, which records it with the machine.
 ``BENCH_SYSTEM_MALLOC=1`` measures with the system allocator's defaults instead.

@@ -77,7 +77,7 @@ def _conv3x3_runners(batch: int, size: int, channels: int):
         )
         return vjp(y)
 
-    default, ours = jax.jit(conv_grad), rb.jit(conv_grad)
+    default, ours = jax.jit(conv_grad), rb.xla.jit(conv_grad)
     conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
     tx = torch.randn(batch, channels, size, size).to(memory_format=torch.channels_last).requires_grad_(True)
 
@@ -104,7 +104,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.write and args.quick:
         parser.error("--quick is a smoke test; it does not --write")
-    reused = not SYSTEM_MALLOC and rb.reuse_freed_memory()
+    reused = not SYSTEM_MALLOC and rb.xla.reuse_freed_memory()
     b, size, repeats, model, name = args.batch, args.image_size, args.repeats, "resnet50", "ResNet-50"
     stages, conv, n = w.STAGES, (56, 64), 2048
     if args.quick:
@@ -116,7 +116,7 @@ def main(argv=None) -> None:
         rows.append(Row(kind, label, interleaved(runners, repeats, inner), flops))
         print(f"{label:44s} " + "  ".join(f"{k} {v * 1e3:8.1f} ms" for k, v in rows[-1].seconds.items()), flush=True)
 
-    peak = interleaved({TORCH: w.torch_matmul(n), OURS: w.flax_matmul(n, rb.jit)}, repeats, inner=3, stat=min)
+    peak = interleaved({TORCH: w.torch_matmul(n), OURS: w.flax_matmul(n, rb.xla.jit)}, repeats, inner=3, stat=min)
     peak_gflops = {k: 2 * n**3 / v / 1e9 for k, v in peak.items()}
     print(f"matmul {n}x{n} f32: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak_gflops.items()), flush=True)
 
@@ -134,7 +134,7 @@ def main(argv=None) -> None:
                 {
                     TORCH: w.torch_block(b, size_, channels, mid, backward=backward),
                     PLAIN: w.flax_block(b, size_, channels, mid, jit=jax.jit, conv=nn.Conv, backward=backward),
-                    OURS: w.flax_block(b, size_, channels, mid, jit=rb.jit, backward=backward),
+                    OURS: w.flax_block(b, size_, channels, mid, jit=rb.xla.jit, backward=backward),
                 },
                 flops * (3 if backward else 1),
             )
@@ -147,7 +147,7 @@ def main(argv=None) -> None:
         {
             TORCH: w.torch_eval(model, b, size),
             PLAIN: w.flax_eval(model, b, size, jit=jax.jit, conv=nn.Conv),
-            OURS: w.flax_eval(model, b, size, jit=rb.jit, fold=True),
+            OURS: w.flax_eval(model, b, size, jit=rb.xla.jit, fold=True),
         },
         2.0 * macs * b,
         repeats=model_repeats,
@@ -158,7 +158,7 @@ def main(argv=None) -> None:
         {
             TORCH: w.torch_train_step(model, b, size),
             PLAIN: w.flax_train_step(model, b, size, jit=jax.jit, conv=nn.Conv),
-            OURS: w.flax_train_step(model, b, size, jit=rb.jit),
+            OURS: w.flax_train_step(model, b, size, jit=rb.xla.jit),
         },
         3 * 2.0 * macs * b,
         repeats=model_repeats,

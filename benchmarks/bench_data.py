@@ -265,7 +265,7 @@ def main(argv=None) -> None:
         rss_child(args.rss_child[0], int(args.rss_child[1]), int(args.rss_child[2]))
         return
     args.reused = (
-        not SYSTEM_MALLOC and rb.reuse_freed_memory()
+        not SYSTEM_MALLOC and rb.xla.reuse_freed_memory()
     )  # before any JAX work; the memory part's runs go without
     if args.images // args.batch <= args.batches:  # PyTorch's loader must not end its epoch inside a round
         parser.error(f"--images {args.images} make fewer than --batches {args.batches} + 1 batches of {args.batch}")

@@ -78,7 +78,7 @@ def contestants(name: str, batch: int, size: int):
     x = np.random.default_rng(0).standard_normal((batch, size, size, 3)).astype(np.float32)
     variables = random_variables(model, size)
     folded_model, folded = rb.fold_batchnorm(model, variables)
-    forward = rb.jit(partial(folded_model.apply, train=False))
+    forward = rb.xla.jit(partial(folded_model.apply, train=False))
     protos = {layout: onnx_model(model, variables, layout=layout, image_size=size) for layout in ORT}
     inputs = {"NCHW": np.ascontiguousarray(x.transpose(0, 3, 1, 2)), "NHWC": x}
     sessions = {layout: _session(proto) for layout, proto in protos.items()}
@@ -127,7 +127,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.write and args.quick:
         parser.error("--quick is a smoke test; it does not --write")
-    reused = not SYSTEM_MALLOC and rb.reuse_freed_memory()
+    reused = not SYSTEM_MALLOC and rb.xla.reuse_freed_memory()
     start_load = ", ".join(f"{a:.2f}" for a in os.getloadavg())
     import onnxruntime
     import torch

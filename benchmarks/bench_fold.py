@@ -31,7 +31,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--write", action="store_true", help="rewrite the section of BENCHMARKS.md")
     args = parser.parse_args(argv)
-    reused = not SYSTEM_MALLOC and rb.reuse_freed_memory()
+    reused = not SYSTEM_MALLOC and rb.xla.reuse_freed_memory()
     size = args.image_size
 
     model = rb.create_model(args.model)
@@ -41,8 +41,8 @@ def main(argv=None) -> None:
     calibrate = jax.jit(lambda v, x: model.clone(bn_momentum=0.0).apply(v, x, train=True, mutable=["batch_stats"])[1])
     variables = {"params": variables["params"], **calibrate(variables, x8)}
     folded_model, folded = rb.fold_batchnorm(model, variables)
-    plain = rb.jit(lambda v, x: model.apply(v, x, train=False))
-    fast = rb.jit(folded_model.apply)
+    plain = rb.xla.jit(lambda v, x: model.apply(v, x, train=False))
+    fast = rb.xla.jit(folded_model.apply)
     rows = [
         "| model | batch | unfolded eval | BN folded | speed-up | images/s unfolded -> folded | max rel. difference |",
         "|---|---|---|---|---|---|---|",

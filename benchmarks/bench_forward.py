@@ -59,7 +59,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.write and args.quick:
         parser.error("--quick is a smoke test; it does not --write")
-    reused = not SYSTEM_MALLOC and rb.reuse_freed_memory()
+    reused = not SYSTEM_MALLOC and rb.xla.reuse_freed_memory()
     cases, repeats = (CASES[:1], 1) if args.quick else (CASES, args.repeats)
 
     rows = []

@@ -56,7 +56,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--write", action="store_true", help="rewrite the GPU section of BENCHMARKS.md")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
-    reused = not SYSTEM_MALLOC and rb.reuse_freed_memory()
+    reused = not SYSTEM_MALLOC and rb.xla.reuse_freed_memory()
 
     model, batch, size, steps, repeats = "resnet50", args.batch, args.image_size, args.steps, args.repeats
     stages, matmul_n, block_batch = w.STAGES, 8192, args.batch // 8
@@ -69,7 +69,7 @@ def main(argv=None) -> dict:
     def timed(run, stat=statistics.median):
         return interleaved({"run": run}, repeats, inner=steps, stat=stat)["run"]
 
-    peak_seconds = timed(w.flax_matmul(matmul_n, rb.jit, bf16), stat=min)  # a peak: the best round
+    peak_seconds = timed(w.flax_matmul(matmul_n, rb.xla.jit, bf16), stat=min)  # a peak: the best round
     measured_peak = 2 * matmul_n**3 / peak_seconds / 1e12
     spec = spec_peak(device)
     top = spec or measured_peak
@@ -101,12 +101,12 @@ def main(argv=None) -> dict:
         )
 
     macs = rb.model_cost(model, size)["macs"]
-    train = timed(w.flax_train_step(model, batch, size, jit=rb.jit, dtype=bf16))
+    train = timed(w.flax_train_step(model, batch, size, jit=rb.xla.jit, dtype=bf16))
     row(f"{model} training step, batch {batch}", train, 3 * 2.0 * macs * batch, images=batch)
-    infer = timed(w.flax_eval(model, batch, size, jit=rb.jit, fold=True, dtype=bf16))
+    infer = timed(w.flax_eval(model, batch, size, jit=rb.xla.jit, fold=True, dtype=bf16))
     row(f"{model} inference (BN folded), batch {batch}", infer, 2.0 * macs * batch, images=batch)
     for s, channels, mid in stages:
-        seconds = timed(w.flax_block(block_batch, s, channels, mid, jit=rb.jit, dtype=bf16, backward=True))
+        seconds = timed(w.flax_block(block_batch, s, channels, mid, jit=rb.xla.jit, dtype=bf16, backward=True))
         row(
             f"block {s}x{s}x{channels}/{mid}, batch {block_batch}, fwd + bwd",
             seconds,

@@ -71,7 +71,7 @@ def main(argv=None) -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--write", action="store_true", help="rewrite the section of BENCHMARKS.md")
     args = parser.parse_args(argv)
-    reused = not SYSTEM_MALLOC and rb.reuse_freed_memory()
+    reused = not SYSTEM_MALLOC and rb.xla.reuse_freed_memory()
 
     lines = [
         "| variant | trace + lower | XLA compile | temporaries (activations) | planned peak (args + temps + outputs) |",

@@ -122,7 +122,7 @@ def main(argv=None) -> None:
     parser.add_argument("--overhead-rounds", type=int, default=21, help="rounds at batch 1, 32x32; 0 skips them")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args(argv)
-    reused = not SYSTEM_MALLOC and rb.reuse_freed_memory()
+    reused = not SYSTEM_MALLOC and rb.xla.reuse_freed_memory()
     load_before = os.getloadavg()[0]
 
     lines = ["| workload | contestant | per call | images/s | time vs Linen |", "|---|---|---|---|---|"]

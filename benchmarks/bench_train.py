@@ -50,11 +50,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.write and args.no_cli:
         parser.error("--write records the default run too; drop --no-cli")
-    reused = not SYSTEM_MALLOC and rb.reuse_freed_memory()
+    reused = not SYSTEM_MALLOC and rb.xla.reuse_freed_memory()
 
     runners = {
         "PyTorch (torchvision, channels_last)": w.torch_train_step(args.model, args.batch, args.image_size),
-        "ours (jitted step)": w.flax_train_step(args.model, args.batch, args.image_size, jit=rb.jit),
+        "ours (jitted step)": w.flax_train_step(args.model, args.batch, args.image_size, jit=rb.xla.jit),
     }
     seconds = interleaved(runners, args.repeats, inner=args.steps)
     rates = {k: args.batch / v for k, v in seconds.items()}

@@ -63,7 +63,7 @@ def test_forward_fold_and_models_benchmarks_run_tiny(bench, capsys, monkeypatch)
     each main's own explicit call (recorded here, not made), and nothing is written."""
     before = (ROOT / "BENCHMARKS.md").read_text()
     calls = []
-    monkeypatch.setattr(rb, "reuse_freed_memory", lambda: calls.append("reuse") or False)
+    monkeypatch.setattr(rb.xla, "reuse_freed_memory", lambda: calls.append("reuse") or False)
     forward = bench("bench_forward")
     monkeypatch.setattr(forward, "SYSTEM_MALLOC", False)
     forward.main(["--quick"])
@@ -119,7 +119,6 @@ def test_importing_the_shared_modules_changes_nothing(bench, monkeypatch):
     def refuse():
         raise AssertionError("reuse_freed_memory() called on import")
 
-    monkeypatch.setattr(rb, "reuse_freed_memory", refuse)
     monkeypatch.setattr(rb.xla, "reuse_freed_memory", refuse)
     for name in ("_report", "_workloads"):
         monkeypatch.delitem(sys.modules, name, raising=False)
@@ -259,7 +258,7 @@ def test_deploy_benchmark_runs_quick_and_reads_its_targets(bench, capsys, monkey
     """bench_deploy --quick (resnet18, 32x32): every contestant runs, ONNX Runtime agrees with XLA, nothing
     is written; the verdicts, worked by hand: one layout must reach the bound at every batch."""
     before = (ROOT / "BENCHMARKS.md").read_text()
-    monkeypatch.setattr(rb, "reuse_freed_memory", lambda: False)
+    monkeypatch.setattr(rb.xla, "reuse_freed_memory", lambda: False)
     deploy = bench("bench_deploy")
     deploy.main(["--quick", "--pause", "0"])
     out = capsys.readouterr().out

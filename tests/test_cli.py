@@ -100,7 +100,7 @@ def test_bad_input_through_the_process(tmp_path):
 @pytest.mark.parametrize(
     "args,fragments",
     [
-        ([], ["the following arguments are required: COMMAND"]),
+        (["--bogus"], ["the following arguments are required: COMMAND"]),
         (["backward"], ["invalid choice: 'backward'"]),
         (["forward", "--mid", "x"], ["argument --mid: must be a positive integer; got 'x'"]),
         (["forward", "--mid", "0"], ["argument --mid: must be a positive integer; got 0"]),
@@ -177,3 +177,24 @@ def test_library_import_changes_no_global_settings():
     program = Path(__file__).resolve().parent / "programs" / "import_side_effects.py"
     result = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, env=env, timeout=120)
     assert result.stdout.strip() == "True", result.stderr
+
+
+def test_no_arguments_prints_the_help(capsys):
+    """``resnet-bottleneck`` alone: the help, on stdout, exit status 0 (not a usage error)."""
+    result = run()
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.startswith("usage: resnet-bottleneck ")
+    commands = [c.__name__.rsplit(".", 1)[-1] for c in COMMANDS]
+    assert all(f"    {name}" in result.stdout for name in commands), result.stdout
+    assert main([]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("usage: resnet-bottleneck ") and captured.err == ""
+
+
+def test_version_is_the_packages():
+    from importlib import metadata
+
+    result = run("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"resnet-bottleneck {metadata.version('resnet-bottleneck')}\n"
+    assert metadata.version("resnet-bottleneck") == rb.__version__

@@ -238,3 +238,28 @@ def test_predict_names_the_classes(small_weights, tmp_path, capsys):
     assert line.startswith(image + ": ") and all(
         f"{i} {name} (" in line for i, name in enumerate(["cat", "dog", "eel"])
     )
+
+
+def test_predict_a_directory_classifies_every_image_under_it(small_weights, tmp_path, capsys):
+    """``predict DIR``: every image under DIR, recursively, sorted; the same results as naming the files."""
+    import shutil
+
+    root, _ = small_weights
+    (tmp_path / "x" / "y").mkdir(parents=True)
+    shutil.copy(root / "a.png", tmp_path / "x" / "y" / "a.png")
+    shutil.copy(root / "b.jpg", tmp_path / "x" / "b.jpg")
+    (tmp_path / "x" / "notes.txt").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    args = ["--weights", str(root / "r18.pth"), "--model", "resnet18", "--json"]
+    assert main(["predict", str(tmp_path / "x"), *args]) == 0
+    by_directory = json.loads(capsys.readouterr().out)
+    files = [str(tmp_path / "x" / "b.jpg"), str(tmp_path / "x" / "y" / "a.png")]
+    assert [r["image"] for r in by_directory] == files
+    assert main(["predict", *files, *args]) == 0
+    assert json.loads(capsys.readouterr().out) == by_directory
+    assert main(["predict", str(tmp_path / "empty"), *args]) == 2
+    one_line_error(
+        capsys.readouterr().err,
+        f"argument IMAGE: {tmp_path / 'empty'} is a directory without images",
+        prog="resnet-bottleneck predict",
+    )

@@ -7,8 +7,7 @@ import pytest
 from helpers import assert_trees_equal
 from safetensors import SafetensorError
 
-from resnet_bottleneck import create_model
-from resnet_bottleneck.io import load_model
+from resnet_bottleneck import create_model, load_model
 from resnet_bottleneck.io.safetensors import CHECKPOINT_FORMAT, load_variables, read_tensors, save_variables
 
 

@@ -12,7 +12,6 @@ import pytest
 from helpers import assert_trees_close
 from jax import lax
 
-import resnet_bottleneck as rb
 from resnet_bottleneck import xla
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
@@ -28,14 +27,14 @@ def _conv_grad(x, k):
 def test_options_are_chosen_per_backend():
     assert xla.compiler_options("gpu") == {} and xla.compiler_options("tpu") == {}
     assert xla.compiler_options("cpu") == xla.CPU_OPTIONS  # the pinned jaxlib accepts them
-    assert rb.compiler_options() == xla.compiler_options(jax.default_backend())
+    assert xla.compiler_options() == xla.compiler_options(jax.default_backend())
 
 
 def test_jit_keeps_convolutions_on_xlas_own_kernels():
     """The reason for the options: by default XLA:CPU hands this conv's gradient to YNNPACK."""
     x, k = jnp.ones((8, 56, 56, 64)), jnp.full((3, 3, 64, 64), 0.01)
     default = jax.jit(_conv_grad).lower(x, k).compile().as_text()
-    ours = rb.jit(_conv_grad).lower(x, k).compile().as_text()
+    ours = xla.jit(_conv_grad).lower(x, k).compile().as_text()
     assert "__ynn_fusion" in default
     assert "__ynn_fusion" not in ours
 
@@ -43,15 +42,15 @@ def test_jit_keeps_convolutions_on_xlas_own_kernels():
 def test_jit_is_jax_jit_otherwise(rng):
     x = jnp.asarray(rng.standard_normal((2, 6, 6, 4)), jnp.float32)
     k = jnp.asarray(rng.standard_normal((3, 3, 4, 4)), jnp.float32)
-    assert_trees_close(rb.jit(_conv_grad)(x, k), jax.jit(_conv_grad)(x, k), rel=1e-5)
+    assert_trees_close(xla.jit(_conv_grad)(x, k), jax.jit(_conv_grad)(x, k), rel=1e-5)
 
-    @rb.jit(static_argnums=1)
+    @xla.jit(static_argnums=1)
     def power(x, n):
         return x**n
 
     assert power(jnp.float32(3.0), 2) == 9.0 and power.__name__ == "power"
     before = os.environ.get("XLA_FLAGS")
-    rb.jit(lambda x: x + 1)(jnp.ones(3))
+    xla.jit(lambda x: x + 1)(jnp.ones(3))
     assert os.environ.get("XLA_FLAGS") == before  # compiling with options sets nothing process-wide
 
 

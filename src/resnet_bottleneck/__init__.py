@@ -1,15 +1,21 @@
-"""resnet-bottleneck: the ResNet bottleneck block and its family in JAX/Flax Linen."""
+"""resnet-bottleneck: the ResNet bottleneck block and its family in JAX/Flax Linen.
 
-from .backbones import FPNBackbone, create_fpn_backbone, freeze, trainable_mask
+The top level holds what a model user needs: the models and blocks, the functional forward
+passes, weights in and out, costs, feature-map and variable-layout helpers, the FPN backbone
+and its optimizer utilities. Process-wide switches (``reuse_freed_memory``) and the compile
+options live in :mod:`resnet_bottleneck.xla`; importing the package changes no setting.
+"""
+
+from .backbones import FPNBackbone, create_fpn_backbone
 from .blocks import BasicBlock, BottleneckBlock, FastConv
 from .cost import layer_costs, model_cost
 from .fold import fold_batchnorm
 from .forward import resnet_basic_forward, resnet_bottleneck_forward
-from .io import load_model
+from .inference import load_model
 from .io.onnx import export_onnx
 from .io.torchvision import from_torchvision, from_torchvision_fpn, to_torchvision, to_torchvision_fpn
-from .models import CONFIGS, ResNet, create_model, feature_info
-from .xla import compiler_options, jit, reuse_freed_memory
+from .models import CONFIGS, ResNet, count_params, create_model, feature_info, scan_variables, unscan_variables
+from .training.optim import freeze, trainable_mask
 
 __all__ = [
     "CONFIGS",
@@ -18,25 +24,25 @@ __all__ = [
     "FPNBackbone",
     "FastConv",
     "ResNet",
+    "count_params",
     "create_fpn_backbone",
     "create_model",
     "export_onnx",
-    "compiler_options",
     "feature_info",
     "fold_batchnorm",
     "freeze",
     "from_torchvision",
     "from_torchvision_fpn",
-    "jit",
     "layer_costs",
     "load_model",
     "model_cost",
     "resnet_basic_forward",
     "resnet_bottleneck_forward",
-    "reuse_freed_memory",
+    "scan_variables",
     "to_torchvision",
     "to_torchvision_fpn",
     "trainable_mask",
+    "unscan_variables",
 ]
 
 __version__ = "0.1.0"

@@ -11,9 +11,9 @@ reads a torchvision ``BackboneWithFPN`` state dict.
 
 ``trainable_layers=K`` has torchvision's meaning (only the last K of conv1+bn1, layer1,
 ..., layer4 learn). The model cuts the frozen part from autodiff, so it gets exactly zero
-gradient; :func:`freeze` wraps an optax optimizer so that it also gets exactly zero
-*update* (a plain optimizer would still move it by weight decay). A training step uses
-both with the same K::
+gradient; :func:`~resnet_bottleneck.training.optim.freeze` (also ``resnet_bottleneck.freeze``) wraps
+an optax optimizer so that it also gets exactly zero *update* (a plain optimizer would still
+move it by weight decay). A training step uses both with the same K::
 
     model = create_fpn_backbone("resnet50", trainable_layers=3)
     tx = freeze(optax.sgd(0.02, momentum=0.9), trainable_layers=3)
@@ -21,24 +21,19 @@ both with the same K::
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from . import _checks
 from .blocks import FastConv
-from .models import STAGE_NAMES, TRAINABLE_LAYERS, ResNet, create_model
+from .models import STAGE_NAMES, ResNet, create_model
 
 #: torchvision's FPN initialisation, ``kaiming_uniform_(a=1)``: uniform with variance ``1 / fan_in``.
 fpn_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
-
-_STAGE = re.compile(r"(layer\d+)_(\d+|scan)")
 
 
 def _nearest_indices(in_size: int, out_size: int) -> np.ndarray | None:
@@ -120,22 +115,12 @@ class FeaturePyramidNetwork(nn.Module):
 
 def _returned_layers(value: Any) -> tuple[int, ...]:
     expected = "returned_layers must list increasing stage numbers from 1 to 4 (layer1..layer4), e.g. (2, 3, 4)"
-    if not isinstance(value, (tuple, list)) or not value or not all(_checks._is_int(v) for v in value):
+    if not isinstance(value, (tuple, list)) or not value or not all(_checks.is_int(v) for v in value):
         raise ValueError(f"{expected}; got {value!r}")
     layers = tuple(int(v) for v in value)
     if not all(1 <= v <= 4 for v in layers) or list(layers) != sorted(set(layers)):
         raise ValueError(f"{expected}; got {value!r}")
     return layers
-
-
-def _trainable_layers(value: Any) -> int:
-    return _checks.int_in_range(
-        "trainable_layers",
-        value,
-        0,
-        len(TRAINABLE_LAYERS),
-        " (how many of layer4, layer3, layer2, layer1, conv1 learn)",
-    )
 
 
 class FPNBackbone(nn.Module):
@@ -201,50 +186,10 @@ def create_fpn_backbone(
       **options: further :class:`~.models.ResNet` options for the body (``dtype``, ...).
     """
     returned = _returned_layers(returned_layers)
-    trainable_layers = _trainable_layers(trainable_layers)
+    trainable_layers = _checks.trainable_layers(trainable_layers)
     out_channels = _checks.positive_int("out_channels", out_channels)
     if not isinstance(extra_pool, bool):
         raise TypeError(f"extra_pool must be True or False; got {extra_pool!r}")
     body = create_model(name, num_classes=None, norm=norm, trainable_layers=trainable_layers, **options)
     body = body.clone(stage_sizes=tuple(body.stage_sizes[: returned[-1]]))
     return FPNBackbone(body=body, returned_layers=returned, out_channels=out_channels, extra_pool=extra_pool)
-
-
-def _layer_of(path) -> str | None:
-    """The TRAINABLE_LAYERS entry a parameter belongs to (``bn1`` goes with ``conv1``), or None."""
-    for key in path:
-        key = getattr(key, "key", key)
-        if key in ("conv1", "bn1"):
-            return "conv1"
-        match = _STAGE.fullmatch(str(key))
-        if match:
-            return match.group(1)
-    return None
-
-
-def trainable_mask(params, trainable_layers: int):
-    """``True`` for each parameter that learns under torchvision's ``trainable_layers=K``, else ``False``.
-
-    The frozen ones are the body's conv1/bn1 and layer1..4 beyond the last K; everything
-    else (a pyramid, a classifier) learns. Works on a ResNet's or an
-    :class:`FPNBackbone`'s ``params`` (use it with ``optax.masked``, or :func:`freeze`).
-    """
-    learning = {None, *TRAINABLE_LAYERS[: _trainable_layers(trainable_layers)]}  # None: not a body layer
-    return jax.tree_util.tree_map_with_path(lambda path, _: _layer_of(path) in learning, params)
-
-
-def freeze(optimizer: optax.GradientTransformation, trainable_layers: int) -> optax.GradientTransformation:
-    """``optimizer`` for the learning parameters; exactly zero updates for the frozen ones.
-
-    ``optax.multi_transform`` with ``optax.set_to_zero()`` for the frozen part: the
-    optimizer (its momentum, its weight decay) never sees those parameters, so they stay
-    bit-identical, as torchvision's ``requires_grad_(False)`` keeps them.
-    """
-    trainable_layers = _trainable_layers(trainable_layers)
-
-    def labels(params):
-        return jax.tree_util.tree_map(
-            lambda learns: "train" if learns else "frozen", trainable_mask(params, trainable_layers)
-        )
-
-    return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)

@@ -15,7 +15,7 @@ import resnet_bottleneck as rb
 
 def main(mode: str) -> int:
     if mode == "reuse":
-        assert rb.reuse_freed_memory()
+        assert rb.xla.reuse_freed_memory()
     ones = jnp.ones((4096, 8), jnp.float32)
     f = jax.jit(lambda a: jnp.sin(a) @ ones + jnp.cos(a) @ ones)  # two 64 MB intermediates per call
     a = jnp.full((4096, 4096), 1e-3, jnp.float32)

@@ -23,8 +23,21 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message, prog=self.prog)
 
 
+def version() -> str:
+    """The installed package's version (its metadata), else the source tree's ``__version__``."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("resnet-bottleneck")
+    except metadata.PackageNotFoundError:
+        from .. import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="The ResNet bottleneck block and its family in JAX/Flax.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for command in COMMANDS:
         command.add_parser(commands)
@@ -35,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0, 1 for a diverged run, 2 for bad input)."""
     args = None
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        if not (sys.argv[1:] if argv is None else argv):  # no command: the help, as asked for
+            parser.print_help(sys.stdout)
+            return 0
+        args = parser.parse_args(argv)
         return args.run(args)
     except UsageError as err:
         prog, message, details = err.prog, str(err), err.details

@@ -4,10 +4,9 @@ types that check a value as it is parsed (``argument --mid: must be a positive i
 from __future__ import annotations
 
 import argparse
-import math
 from contextlib import contextmanager
 
-from .._checks import SEED_LIMIT
+from .. import _checks
 
 PROG = "resnet-bottleneck"
 
@@ -42,44 +41,45 @@ def print_skipped(paths: list[str], shown: int = 10) -> None:
         print(f"skipped {len(paths)} unreadable image(s): {', '.join(paths[:shown])}{more}")
 
 
-def _checked(convert, accept, expected: str):
-    """An argparse type: ``convert(text)``, refused as ``must be {expected}; got ...`` unless ``accept(value)``."""
+def parser_type(check: _checks.Kind, name: str):
+    """The argparse type of a kind of value (:class:`_checks.Kind`): the library's own check of the parsed
+    value, told as ``must be <expected>; got <text>`` (argparse adds ``argument --flag:``)."""
 
     def parse(text: str):
         try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {expected}; got {text!r}") from None
-        if not accept(value):
-            raise argparse.ArgumentTypeError(f"must be {expected}; got {value}")
-        return value
+            return check.from_text(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
 
+    parse.__name__ = name
     return parse
 
 
-positive_int = _checked(int, lambda n: n > 0, "a positive integer")
-count = _checked(int, lambda n: n >= 0, "an integer >= 0")
-seed = _checked(int, lambda n: 0 <= n < SEED_LIMIT, "an integer in [0, 2**32)")
-non_negative = _checked(float, lambda x: math.isfinite(x) and x >= 0, "a finite number >= 0")
+def kind(name: str):
+    """The argparse type of ``_checks.KINDS[name]``."""
+    return parser_type(_checks.KINDS[name], name)
+
+
+positive_int = kind("positive_int")
+count = kind("count")
+seed = kind("seed")
+non_negative = kind("non_negative")
 
 
 def model_name(text: str) -> str:
-    """argparse type: a key of ``CONFIGS``, with the nearest name suggested for a typo."""
-    import difflib
-
+    """argparse type: a name of the model registry, with the nearest name suggested for a typo."""
     from ..models import CONFIGS
 
-    if text not in CONFIGS:
-        close = difflib.get_close_matches(text, CONFIGS, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise argparse.ArgumentTypeError(f"must be one of {', '.join(CONFIGS)}; got {text!r}{hint}")
+    problem = _checks.name_problem(text, tuple(CONFIGS))
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 
 def open_model(weights: str, model: str | None, verb: str):
     """``(model, variables, metadata, (image size, mean, std))`` of our model for ``--runtime jax``,
     preprocessed as its file says; an ``.onnx`` file is pointed to ``--runtime onnxruntime`` (``verb`` it)."""
-    from ..io import load_model
+    from ..inference import load_model
     from ..io.metadata import preprocessing
 
     if weights.lower().endswith(".onnx"):

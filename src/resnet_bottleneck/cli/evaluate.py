@@ -62,36 +62,20 @@ def _folder(root: str):
     return list_images(Path(root) / "val" if is_train_val(root) else root, field="data")
 
 
-def _labelled(files, names: list[str] | None, num_classes: int, where: str):
-    """``files`` with labels in the model's class indices: by class name where the model names its
-    classes and every folder's name is one of them, else by position (sorted folders, as ImageFolder)."""
-    import numpy as np
-
-    if names is not None and set(files.classes) <= set(names):
-        index = {name: i for i, name in enumerate(names)}
-        mapped = np.asarray([index[files.classes[label]] for label in files.labels], np.int32)
-        return type(files)(files.root, files.files, mapped, tuple(names))
-    if len(files.classes) == num_classes:
-        return files
-    unknown = sorted(set(files.classes) - set(names or ()))
-    named = f" ({len(unknown)} not among its class names, e.g. {unknown[0]!r})" if names else ""
-    raise UsageError(
-        f"argument --data: {where} has {len(files.classes)} class folders{named}; the model has {num_classes} classes"
-    )
-
-
 def _split(metadata: dict, weights: str):
-    """The run's held-out images, as the run listed them."""
-    from ..io.metadata import held_out
-    from ..training import Config, load_datasets
+    """The run's held-out images, as the run listed them, and their description."""
+    from ..errors import DataError
+    from ..inference import held_out_split
 
-    with argument("--weights"):
-        split = held_out(metadata, weights)
+    try:
+        split = held_out_split(metadata, weights)
+    except DataError:  # the recorded images: reported as --data's
+        raise
+    except ValueError as err:  # the recorded split itself
+        raise UsageError(f"argument --weights: {err}") from None
     if split is None:
         raise UsageError(f"argument --data: required: {weights} records no held-out split (a run's model file does)")
-    _, held = load_datasets(Config(data=split["data"], test_fraction=split["test_fraction"], seed=split["seed"]))
-    where = "the digits" if split["data"] is None else split["data"]
-    return held, f"the run's held-out split of {where} ({split['test_fraction']:.0%}, seed {split['seed']})"
+    return split
 
 
 def _recorded_batch_size(metadata: dict, weights: str) -> int:
@@ -115,6 +99,7 @@ def run(args) -> int:
 
 def _run(args) -> int:
     from .. import data
+    from ..inference import match_classes
     from ..io import class_names
     from ..training import evaluate, evaluate_onnx
 
@@ -135,7 +120,8 @@ def _run(args) -> int:
         source, described = _folder(args.data), args.data
     else:
         source, described = _split(metadata, args.weights)
-    source = _labelled(source, names, num_classes, described) if isinstance(source, data.ImageFiles) else source
+    if isinstance(source, data.ImageFiles):
+        source = match_classes(source, names, num_classes, described)
     workers = args.workers
     if workers is None:
         workers = data.default_workers(source, "cpu" if args.runtime == "onnxruntime" else None)

@@ -83,7 +83,8 @@ WRITERS = {".safetensors": write_safetensors, ".onnx": write_onnx}
 
 
 def run(args) -> int:
-    from ..io import class_names, load_model
+    from ..inference import load_model
+    from ..io import class_names
     from ..io.classes import read_labels
     from ..io.safetensors import CHECKPOINT_FORMAT
 

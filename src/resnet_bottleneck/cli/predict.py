@@ -2,7 +2,8 @@
 
 Images stream through the data pipeline (``data.evaluation_batches``): decoded a batch or two
 ahead of the model, and each batch's results printed as soon as it is done, so memory does
-not grow with the number of images. Paths that are not files are refused before any work. An
+not grow with the number of images (``inference.predict_files``). A directory stands for every
+image under it, recursively, sorted. Paths that do not exist are refused before any work. An
 image that cannot be decoded is skipped and the others go on; at the end one line names it
 (and counts any others) and the exit status is 2, so a script sees that not every image was
 classified. ``--json`` then lists it with its ``error`` in place of ``top5``.
@@ -15,7 +16,6 @@ with JAX.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import numpy as np
@@ -34,7 +34,9 @@ def add_parser(commands) -> None:
         "onnxruntime, an .onnx file from export (its metadata gives the same) or any image classifier with one "
         "[N, 3, H, W] or [N, H, W, 3] float input and one [N, classes] output.",
     )
-    parser.add_argument("images", metavar="IMAGE", nargs="+")
+    parser.add_argument(
+        "images", metavar="IMAGE", nargs="+", help="image files, or directories: every image under them, sorted"
+    )
     parser.add_argument(
         "--weights",
         required=True,
@@ -81,37 +83,6 @@ def preprocess(path: str, image_size: int = 224, mean=None, std=None) -> np.ndar
         raise UsageError(f"argument IMAGE: {err}") from None
 
 
-def _batches(paths: list[str], image_size: int, batch_size: int, workers: int):
-    """``(rows, uint8 batch)`` per batch: ``rows`` the ``(path, problem or None)`` of its real images, in order."""
-    from .. import data
-    from ..data.pipeline import private_copy
-    from ..data.transforms import ImageError, eval_transform
-
-    source = data.ImageFiles(
-        "", np.asarray([p.encode() for p in paths], dtype=bytes), np.zeros(len(paths), np.int32), ("",)
-    )
-    stream = iter(data.evaluation_batches(source, image_size=image_size, batch_size=batch_size, workers=workers))
-    try:
-        for step in range(data.evaluation_steps(source, batch_size)):
-            batch = private_copy(next(stream))
-            rows = []
-            for k in range(batch_size):
-                position = step * batch_size + k
-                if position >= len(paths):
-                    break
-                problem = None
-                if not batch["mask"][k]:  # unreadable: decode it again for the reason
-                    try:
-                        eval_transform(paths[position], image_size)
-                        problem = f"cannot read {paths[position]} as an image"
-                    except ImageError as err:
-                        problem = str(err)
-                rows.append((paths[position], problem))
-            yield rows, batch["image"]
-    finally:
-        stream.close()
-
-
 def _line(result: dict) -> str:
     return (
         result["image"]
@@ -122,68 +93,56 @@ def _line(result: dict) -> str:
     )
 
 
-def _jax_classifier(args):
-    """``(probabilities of a uint8 NHWC batch, number of classes, metadata, image size)`` of our model on JAX."""
-    import jax
+def _classifier(args):
+    """``(probabilities of a uint8 NHWC batch, number of classes, metadata, image size)``: our model on JAX,
+    or an ``.onnx`` file on ONNX Runtime (its metadata, or its fixed input size, sets the transform)."""
+    from ..inference import jax_classifier, onnx_classifier
 
-    from .. import xla
-    from ..data.transforms import normalize
+    if args.runtime == "onnxruntime":
+        classifier, num_classes, image_size = open_onnx(args.weights, args.model)
+        probabilities = onnx_classifier(classifier)
 
+        def forward(images):
+            with argument("--weights"):  # ONNX Runtime could not run the file on these images
+                return probabilities(images)
+
+        return forward, num_classes, classifier.metadata, image_size
     model, variables, metadata, (image_size, mean, std) = open_model(args.weights, args.model, "run")
-    forward = xla.jit(lambda v, x: jax.nn.softmax(model.apply(v, normalize(x, mean, std), train=False)))
-    return (lambda x: np.asarray(forward(variables, x))), model.num_classes, metadata, image_size
-
-
-def _onnx_classifier(args):
-    """The same for an ``.onnx`` file run by ONNX Runtime (its metadata, or its fixed input size, sets the
-    transform)."""
-    from ..data.transforms import normalize
-
-    classifier, num_classes, image_size = open_onnx(args.weights, args.model)
-
-    def probabilities(x):
-        with argument("--weights"):
-            logits = classifier(normalize(x, classifier.mean, classifier.std)).astype(np.float64)
-        e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
-
-    return probabilities, num_classes, classifier.metadata, image_size
+    return jax_classifier(model, variables, mean, std), model.num_classes, metadata, image_size
 
 
 def run(args) -> int:
+    from ..inference import image_paths, predict_files
     from ..io import class_names
     from ..io.classes import read_labels
 
     if args.labels is not None:
         with argument("--labels"):
             read_labels(args.labels)  # a bad labels file is reported before any weights are read
-    classifier = _onnx_classifier if args.runtime == "onnxruntime" else _jax_classifier
-    forward, num_classes, metadata, image_size = classifier(args)
+    forward, num_classes, metadata, image_size = _classifier(args)
     with argument("--labels" if args.labels is not None else "--weights"):
         labels = class_names(num_classes, metadata, args.labels)
-    for path in args.images:  # every path is checked before any work; decoding happens as the batches go
-        if not os.path.isfile(path):
-            raise UsageError(f"argument IMAGE: no such file: {path}")
-    batch_size = min(args.batch_size, len(args.images))
+    with argument("IMAGE"):  # every path is checked before any work; decoding happens as the batches go
+        paths = image_paths(args.images)
+    batch_size = min(args.batch_size, len(paths))
     results, problems = [], []
     bar = None
-    if len(args.images) > batch_size and sys.stderr.isatty():
+    if len(paths) > batch_size and sys.stderr.isatty():
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(args.images), unit="image", file=sys.stderr, leave=False)
-    for rows, images in _batches(args.images, image_size, batch_size, args.workers):
-        probabilities = forward(images)
-        for (path, problem), probs in zip(rows, probabilities):
-            if problem is not None:
-                problems.append(problem)
-                result = {"image": path, "error": problem}
+        bar = tqdm(total=len(paths), unit="image", file=sys.stderr, leave=False)
+    predictions = predict_files(forward, paths, image_size=image_size, batch_size=batch_size, workers=args.workers)
+    for batch in predictions:
+        for prediction in batch:
+            if prediction.error is not None:
+                problems.append(prediction.error)
+                result = {"image": prediction.path, "error": prediction.error}
             else:
-                top = np.argsort(-probs)[: min(5, probs.size)]
                 result = {
-                    "image": path,
+                    "image": prediction.path,
                     "top5": [
-                        {"class": int(i), "probability": float(probs[i]), **({"label": labels[i]} if labels else {})}
-                        for i in top
+                        {"class": i, "probability": p, **({"label": labels[i]} if labels else {})}
+                        for i, p in prediction.top
                     ],
                 }
                 if bar is not None and not args.json:
@@ -193,13 +152,13 @@ def run(args) -> int:
             if args.json:
                 results.append(result)
         if bar is not None:
-            bar.update(len(rows))
+            bar.update(len(batch))
     if bar is not None:
         bar.close()
     if args.json:
         print(json.dumps(results))
     if problems:
         more = f" (and {len(problems) - 1} more unreadable image(s))" if len(problems) > 1 else ""
-        rest = "; the other images were classified" if len(problems) < len(args.images) else ""
+        rest = "; the other images were classified" if len(problems) < len(paths) else ""
         raise UsageError(f"argument IMAGE: {problems[0]}{more}{rest}")
     return 0

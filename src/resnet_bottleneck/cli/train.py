@@ -12,7 +12,7 @@ import json
 import sys
 from dataclasses import MISSING, asdict, fields
 
-from ._common import PROG, UsageError, model_name, print_skipped
+from ._common import PROG, UsageError, model_name, parser_type, print_skipped
 
 
 def _settings():
@@ -27,27 +27,14 @@ def _flag(f) -> str:
 
 def _parser_type(f):
     """argparse type of a field: parsed as its kind says, and checked as the library checks it."""
-    from ..training.config import KINDS, ConfigError, check_value
+    from ..training.config import KINDS
 
     kind = f.metadata["kind"]
     if kind == "model":
         return model_name
     if kind is None:
         return str
-    convert, _, expected = KINDS[kind]
-
-    def parse(text: str):
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {expected}; got {text!r}") from None
-        try:
-            check_value(f.name, kind, value)
-        except ConfigError as err:
-            raise argparse.ArgumentTypeError(err.message) from None
-        return value
-
-    return parse
+    return parser_type(KINDS[kind], kind)
 
 
 def flags() -> dict[str, str]:
@@ -93,7 +80,7 @@ def add_parser(commands) -> None:
         "--reuse-freed-memory",
         action="store_true",
         help="have glibc keep freed memory for reuse: faster for large models on CPU, slower for "
-        "small ones (see resnet_bottleneck.reuse_freed_memory)",
+        "small ones (see resnet_bottleneck.xla.reuse_freed_memory)",
     )
     parser.add_argument("--json", action="store_true", help="no progress; print one JSON summary")
     parser.set_defaults(run=run)

@@ -14,20 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError, SettingError  # noqa: F401 - importable from here as before
+
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
-
-
-class SettingError(ValueError):
-    """A bad setting, named by its ``field``: the library says ``batch_size: <message>``, the
-    command line ``argument --batch-size: <message>``."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field, self.message = field, message
-
-
-class DataError(SettingError):
-    """Bad data: missing or empty folders, mismatched classes, too few images, unreadable images."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DataError, ImageError
 from .digits import ImageArrays
-from .folder import DataError, ImageFiles
-from .transforms import ImageError, eval_transform, resize_nearest, train_transform
+from .folder import ImageFiles
+from .transforms import eval_transform, resize_nearest, train_transform
 
 Source = ImageFiles | ImageArrays
 

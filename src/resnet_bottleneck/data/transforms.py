@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ImageError  # noqa: F401 - importable from here as before
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -24,10 +26,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_FRACTION = 0.875
 SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
-
-
-class ImageError(OSError):
-    """An image file that cannot be opened or decoded; the message names the file."""
 
 
 def normalize(images: Any, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Any:

@@ -1,7 +1,10 @@
 """Weights in and out, one module per format: :mod:`.safetensors` (ours), :mod:`.torchvision`,
 :mod:`.onnx` (out, and ONNX Runtime to run it); the names of a model's classes (:mod:`.classes`)
-and how to preprocess its images (:mod:`.metadata`); :func:`load_model` for any of them; and
-:func:`atomic_write`, with which everything here writes: a file appears whole or not at all."""
+and how to preprocess its images (:mod:`.metadata`); :func:`load_model_file` for a file of any of
+them (a run directory too: :func:`resnet_bottleneck.load_model`); and :func:`atomic_write`, with
+which everything here writes: a file appears whole or not at all.
+
+File formats only: nothing here imports training or inference."""
 
 from __future__ import annotations
 
@@ -17,10 +20,10 @@ from .safetensors import CHECKPOINT_FORMAT, load_variables, read_tensors
 from .torchvision import WeightsMismatch, _checked_layout, detect_architecture, load_state_dict, load_torchvision
 
 
-def load_model(path: str | os.PathLike, name: str | None = None) -> tuple[ResNet, dict, dict[str, str]]:
-    """``(model, variables, metadata)`` from a file written by ``train``/``export`` or ``convert``, from
-    torchvision weights (``.pth``/``.pt``/``.safetensors``; metadata ``{}`` or the file's own), or
-    from a run directory (``train``'s ``--out``: its last checkpoint, as ``export`` writes it).
+def load_model_file(path: str | os.PathLike, name: str | None = None) -> tuple[ResNet, dict, dict[str, str]]:
+    """``(model, variables, metadata)`` from a file written by ``train``/``export`` or ``convert``, or from
+    torchvision weights (``.pth``/``.pt``/``.safetensors``; metadata ``{}`` or the file's own). A run
+    directory is read by :func:`resnet_bottleneck.load_model`, which calls this for files.
 
     Our files name their model, so ``name`` may be left out (given, it must agree); a trained model
     comes back in its run's compute dtype. Files that do not name it (torchvision's) need ``name``.
@@ -29,13 +32,13 @@ def load_model(path: str | os.PathLike, name: str | None = None) -> tuple[ResNet
 
     Raises:
       FileNotFoundError: no such file.
-      ValueError: the file is unreadable, a directory holds no checkpoint, names another model than
+      ValueError: the file is unreadable, names another model than
         ``name``, names none and ``name`` is not given, or does not fit (a :class:`WeightsMismatch` naming the file and
         the model it fits).
     """
     path = Path(path)
     if path.is_dir():
-        return _load_run(path, name)
+        raise ValueError(f"{path} is a directory, not a weights file (resnet_bottleneck.load_model reads a run's)")
     metadata = read_tensors(path, header_only=True)[1] if path.suffix.lower() == ".safetensors" else {}
     if metadata.get("format") != CHECKPOINT_FORMAT:
         if name is None:
@@ -60,23 +63,11 @@ def load_model(path: str | os.PathLike, name: str | None = None) -> tuple[ResNet
     return model, variables, metadata
 
 
-def _load_run(path: Path, name: str | None):
-    from ..training import TrainingError, load_run
-
-    try:
-        model, variables, metadata = load_run(path)
-    except TrainingError as err:
-        raise ValueError(str(err)) from None
-    if name is not None and metadata["model"] != name:
-        raise ValueError(f"{path} holds a run of {metadata['model']!r}, not {name!r}")
-    return model, variables, metadata
-
-
 __all__ = [
     "WeightsMismatch",
     "class_names",
     "detect_architecture",
     "imagenet_classes",
-    "load_model",
+    "load_model_file",
     "load_torchvision",
 ]

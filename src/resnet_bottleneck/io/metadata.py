@@ -15,6 +15,7 @@ import json
 import math
 from collections.abc import Mapping
 
+from .. import _checks
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 #: The evaluation size of torchvision's ImageNet weights: what a file that does not say is used at.
@@ -32,11 +33,7 @@ def _json(metadata: Mapping[str, str], key: str, source: str, check, expected: s
 
 
 def _channels(value) -> bool:
-    return (
-        isinstance(value, list)
-        and len(value) == 3
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-    )
+    return isinstance(value, list) and len(value) == 3 and all(_checks.is_number(v) and math.isfinite(v) for v in value)
 
 
 def preprocessing(metadata: Mapping[str, str], source: str = "the file") -> tuple[int, tuple, tuple]:
@@ -51,8 +48,8 @@ def preprocessing(metadata: Mapping[str, str], source: str = "the file") -> tupl
             metadata,
             "image_size",
             source,
-            lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
-            "a positive integer",
+            _checks.KINDS["positive_int"].valid,
+            _checks.KINDS["positive_int"].expected,
         )
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     if "mean" in metadata:

@@ -1,8 +1,9 @@
 """Training: settings, the train state and steps, checkpoints, the loop that calls them, evaluation,
 and a run's model file."""
 
+from ..errors import ConfigError, DivergedError, TrainingError
 from .checkpoints import Checkpoints
-from .config import Config, ConfigError, DivergedError, RunOptions, TrainingError
+from .config import Config, RunOptions
 from .devices import data_mesh, maybe_initialize_distributed
 from .evaluation import Scores, evaluate, evaluate_onnx
 from .loop import Result, load_datasets, train

@@ -13,7 +13,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import Config, ConfigError, TrainingError
+from ..errors import ConfigError, TrainingError
+from .config import Config
 
 
 class _IteratorState:

@@ -9,49 +9,22 @@ these, and reports an error that names a field with that field's flag.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields
 
-from ..data.folder import SettingError
-
-
-class TrainingError(Exception):
-    """A run that cannot go on: bad data, bad settings, a bad checkpoint."""
-
-
-class ConfigError(TrainingError, SettingError):
-    """A bad setting; ``field`` names it (see :class:`SettingError`)."""
-
-
-class DivergedError(TrainingError):
-    """The loss became NaN or infinite."""
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
+from .. import _checks
+from ..errors import ConfigError, DivergedError, TrainingError  # noqa: F401 - importable from here as before
 
 #: The optimizers a run may use (optax's).
 OPTIMIZERS = ("sgd", "adamw")
 
-#: kind -> (the type a value is parsed to, whether a value is accepted, what is expected).
+#: kind -> how its values are checked (``_checks.Kind``: parsed from text, type, range, what is expected).
+#: The shared kinds are the library's own (``_checks.KINDS``); ``layers`` is ``trainable_layers``.
 KINDS = {
-    "positive_int": (int, lambda v: _is_int(v) and v > 0, "a positive integer"),
-    "count": (int, lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "seed": (int, lambda v: _is_int(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
-    "non_negative": (float, lambda v: _is_number(v) and math.isfinite(v) and v >= 0, "a finite number >= 0"),
-    "below_one": (float, lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)"),
-    "fraction": (float, lambda v: _is_number(v) and 0 < v < 1, "in (0, 1)"),
-    "layers": (
-        int,
-        lambda v: _is_int(v) and 0 <= v <= 5,
-        "an integer from 0 to 5 (how many of layer4, layer3, layer2, layer1, conv1 learn)",
-    ),
-    "optimizer": (str, lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+    **{
+        kind: _checks.KINDS[kind] for kind in ("positive_int", "count", "seed", "non_negative", "below_one", "fraction")
+    },
+    "layers": _checks.KINDS["trainable_layers"],
+    "optimizer": _checks.Kind(f"one of {', '.join(OPTIMIZERS)}", str, lambda v: v in OPTIMIZERS),
 }
 
 
@@ -59,15 +32,20 @@ def _meta(help: str, kind: str | None = None, **more) -> dict:
     return {"help": help, "kind": kind, **more}
 
 
-def check_value(name: str, kind: str | None, value) -> None:
-    """Raises :class:`ConfigError` naming ``name`` unless ``value`` is of ``kind`` (None: anything)."""
+def check_value(name: str, kind: str | None, value):
+    """``value`` (a numpy scalar as the Python number it holds), or :class:`ConfigError` naming ``name``
+    unless ``value`` is of ``kind`` (None: anything)."""
     if kind == "model":
         from ..models import CONFIGS
 
-        if value not in CONFIGS:
-            raise ConfigError(name, f"must be one of {', '.join(CONFIGS)}; got {value!r}")
-    elif kind is not None and not KINDS[kind][1](value):
-        raise ConfigError(name, f"must be {KINDS[kind][2]}; got {value!r}")
+        problem = _checks.name_problem(value, tuple(CONFIGS))
+    elif kind is not None:
+        problem = KINDS[kind].problem(value)
+    else:
+        return value
+    if problem is not None:
+        raise ConfigError(name, problem)
+    return _checks._plain(value)
 
 
 @dataclass
@@ -170,4 +148,4 @@ def _check(settings) -> None:
     for f in fields(settings):
         value = getattr(settings, f.name)
         if value is not None or f.default is not None:
-            check_value(f.name, f.metadata["kind"], value)
+            setattr(settings, f.name, check_value(f.name, f.metadata["kind"], value))

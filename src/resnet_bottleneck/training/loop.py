@@ -26,9 +26,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from .. import data, xla
+from ..errors import ConfigError, DivergedError, TrainingError
 from ..models import create_model
 from .checkpoints import Checkpoints
-from .config import Config, ConfigError, DivergedError, RunOptions, TrainingError
+from .config import Config, RunOptions
 from .devices import batch_sharding, data_mesh, put_batch
 from .evaluation import Evaluation, compile_eval_step
 from .report import Progress, plot_curves, resume_history

@@ -1,4 +1,5 @@
-"""The train state, the optimizer and the two steps, as small pure functions (as in Flax's ImageNet example).
+"""The train state and the two steps, as small pure functions (as in Flax's ImageNet example); the optimizer
+is :mod:`.optim`'s.
 
 The steps take batches of uint8 pixels and normalise them on the device (``data.normalize``),
 so a quarter of the bytes travel from the loader; BatchNorm's statistics ride in the state.
@@ -13,45 +14,14 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from ..backbones import freeze
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
-from ..models import TRAINABLE_LAYERS
-from .config import Config
+from .optim import learning_rate_schedule, make_optimizer  # noqa: F401 - importable from here as before
 
 
 class TrainState(train_state.TrainState):
     """Flax's train state (step, params, optimizer state) plus BatchNorm's running statistics."""
 
     batch_stats: Any = None
-
-
-def _decay_mask(params):
-    """Weight decay on conv and dense kernels only: not on BatchNorm scales or biases."""
-    return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
-
-
-def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
-    """Linear warmup over ``warmup_epochs``, then cosine decay to zero at the last step of ``epochs``."""
-    total = config.epochs * steps_per_epoch
-    warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
-    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, max(warmup, 1), max(total, 2))
-
-
-def make_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
-    """On the schedule above, with weight decay on kernels only: SGD with (Nesterov) momentum and
-    the decay added to the gradient, or AdamW (optax's, decoupled decay). With ``trainable_layers``
-    below 5 the frozen layers get exactly zero update (:func:`~resnet_bottleneck.backbones.freeze`)."""
-    schedule = learning_rate_schedule(config, steps_per_epoch)
-    if config.optimizer == "adamw":
-        optimizer = optax.adamw(schedule, weight_decay=config.weight_decay, mask=_decay_mask)
-    else:
-        optimizer = optax.chain(
-            optax.add_decayed_weights(config.weight_decay, mask=_decay_mask),
-            optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov),
-        )
-    if config.trainable_layers < len(TRAINABLE_LAYERS):
-        optimizer = freeze(optimizer, config.trainable_layers)
-    return optimizer
 
 
 def create_train_state(

@@ -1,7 +1,7 @@
 """A run's starting weights (``Config.weights``) and its model file (``OUT/model.safetensors``).
 
 Starting weights are torchvision's (``.pth`` through ``torch.load(weights_only=True)``, or
-``.safetensors``) or a model a run exported; :func:`~resnet_bottleneck.io.load_model` reads them
+``.safetensors``) or a model a run exported; :func:`~resnet_bottleneck.io.load_model_file` reads them
 strictly, so every backbone tensor and BatchNorm statistic is the file's or the run stops. The
 classifier is kept when it fits the data (as many classes and, where the file names them, the
 same names), else re-initialised from the seed. The run normalises as the weights were trained:
@@ -20,7 +20,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from .config import Config, ConfigError
+from ..errors import ConfigError, TrainingError
+from .config import Config
 
 #: The file written at the end of a run with an output directory, and by ``export RUN_DIR``.
 MODEL_FILE = "model.safetensors"
@@ -65,10 +66,10 @@ def starting_weights(config: Config, classes) -> tuple[dict, str]:
     Raises:
       ConfigError: the file is missing, unreadable or of another model (``field`` is ``weights``).
     """
-    from ..io import load_model
+    from ..io import load_model_file
 
     try:
-        model, variables, metadata = load_model(config.weights, config.model)
+        model, variables, metadata = load_model_file(config.weights, config.model)
         named = json.loads(metadata["classes"]) if "classes" in metadata else None
     except (OSError, ValueError) as err:
         raise ConfigError("weights", str(err)) from None
@@ -131,7 +132,6 @@ def load_run(run_dir: str | os.PathLike):
 
     from ..models import create_model
     from .checkpoints import Checkpoints
-    from .config import TrainingError
     from .state import create_train_state, make_optimizer
 
     run_dir = Path(run_dir)
