@@ -28,7 +28,8 @@ test: $(VENV)/.test
 	$(BIN)/python -m pytest
 
 # Every CPU benchmark, one after another, each rewriting its own BENCHMARKS.md section(s) on this machine
-# (about an hour on 2 cores). bench_gpu.py needs a GPU: run it there (`python benchmarks/bench_gpu.py --write`).
+# (about 25 minutes on 2 cores; longer beside other work). bench_gpu.py needs a GPU: run it there
+# (`python benchmarks/bench_gpu.py --write`).
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/bench_cpu.py --write
 	$(BIN)/python benchmarks/bench_forward.py --write
