@@ -27,11 +27,18 @@ test: $(VENV)/.test
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
+# Every CPU benchmark, one after another, each rewriting its own BENCHMARKS.md section(s) on this machine
+# (about 25 minutes on 2 cores; longer beside other work). bench_gpu.py needs a GPU: run it there
+# (`python benchmarks/bench_gpu.py --write`).
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/bench_cpu.py --write
 	$(BIN)/python benchmarks/bench_forward.py --write
 	$(BIN)/python benchmarks/bench_models.py --write
 	$(BIN)/python benchmarks/bench_fold.py --write
+	$(BIN)/python benchmarks/bench_train.py --write
+	$(BIN)/python benchmarks/bench_data.py --train-rounds 3 --write
+	$(BIN)/python benchmarks/bench_nnx.py --write
+	$(BIN)/python benchmarks/bench_deploy.py --options --write
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

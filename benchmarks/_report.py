@@ -6,7 +6,8 @@ it runs under the same allocator)::
 
     reused = not SYSTEM_MALLOC and rb.xla.reuse_freed_memory()
 
-and passes ``reused`` to :func:`write_section`, which records it with the machine.
+and passes ``reused`` to :func:`write_section`, which records it on its own line, so that the
+machine line is the same in every section written on one machine.
 ``BENCH_SYSTEM_MALLOC=1`` measures with the system allocator's defaults instead.
 """
 
@@ -70,8 +71,8 @@ def interleaved(
     return {label: stat(rounds) for label, rounds in times.items()}
 
 
-def machine(reused_memory: bool) -> str:
-    """The CPU, cores, memory, Python and jax versions, backend, and the allocator's setting."""
+def machine() -> str:
+    """The CPU, cores, memory, Python and jax versions, and backend: one line per machine."""
     import jax
 
     cpu = platform.processor() or "unknown CPU"
@@ -87,11 +88,15 @@ def machine(reused_memory: bool) -> str:
         mem = f", {kb / 2**20:.0f} GiB"
     except (OSError, AttributeError):
         pass
-    allocator = "freed memory reused (`reuse_freed_memory()`)" if reused_memory else "the system allocator's defaults"
     return (
         f"{cpu}, {cores()} cores{mem}; Python {platform.python_version()}, jax {jax.__version__} "
-        f"({jax.default_backend()}), {platform.system()} {platform.machine()}; {allocator}"
+        f"({jax.default_backend()}), {platform.system()} {platform.machine()}"
     )
+
+
+def allocator(reused_memory: bool) -> str:
+    """The allocator's setting the section measured with."""
+    return "freed memory reused (`reuse_freed_memory()`)" if reused_memory else "the system allocator's defaults"
 
 
 def command() -> str:
@@ -112,8 +117,15 @@ def update_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
 
 
 def write_section(name: str, title: str, table: str, *, reused_memory: bool, note: str = "", text: str = "") -> None:
-    """A BENCHMARKS.md section: title, machine, the exact command (+ ``note``), ``text``, ``table``."""
-    lines = [f"## {title}", "", f"Machine: {machine(reused_memory)}.", f"Command: `{command()}`{note}.", ""]
+    """A BENCHMARKS.md section: title, machine, allocator, the exact command (+ ``note``), ``text``, ``table``."""
+    lines = [
+        f"## {title}",
+        "",
+        f"Machine: {machine()}.",
+        f"Allocator: {allocator(reused_memory)}.",
+        f"Command: `{command()}`{note}.",
+        "",
+    ]
     if text:
         lines += [text, ""]
     update_section(name, "\n".join([*lines, table]))
