@@ -46,7 +46,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _check_run(cmd: list[str], where: str, cwd: Path, timeout: int = 240) -> None:
+def _check_run(cmd: list[str], where: str, cwd: Path, timeout: int = 900) -> None:
     done = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, (
         f"{where} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
