@@ -36,9 +36,9 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, tuple[argparse.Ar
 
 
 def _escape(text: str) -> str:
-    """Text for a Markdown table cell: one line, pipes and angle brackets escaped."""
+    """Help text as Markdown: one line; pipes (table cells), asterisks and angle brackets escaped."""
     text = " ".join(text.split())
-    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("|", "\\|").replace("*", "\\*").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _invocation(action: argparse.Action, parser: argparse.ArgumentParser) -> str:
@@ -64,7 +64,7 @@ def _section(name: str, parser: argparse.ArgumentParser, summary: str, level: in
     usage.add_usage(parser.usage, parser._actions, parser._mutually_exclusive_groups)
     lines += ["```text", usage.format_help().strip(), "```", ""]
     if parser.description:
-        lines += [" ".join(parser.description.split()), ""]
+        lines += [_escape(parser.description), ""]
     for group in parser._action_groups:
         actions = [a for a in group._group_actions if a.help != argparse.SUPPRESS]
         actions = [a for a in actions if not isinstance(a, argparse._SubParsersAction)]
