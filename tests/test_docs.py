@@ -80,27 +80,64 @@ def test_every_block_has_a_known_language():
             assert lang in RUN | SHOWN, f"{page.relative_to(ROOT)}:{line}: a ```{lang} block is neither run nor text"
 
 
-@pytest.mark.parametrize("page", _pages_with_blocks(), ids=lambda page: str(page.relative_to(ROOT)))
-def test_page_blocks_run_as_written(page, tmp_path, standins, monkeypatch):
+def run_page(page: Path, folder: Path, standins: Path) -> dict:
+    """Run ``page``'s blocks in order in ``folder`` (the current directory); returns the Python namespace."""
     runnable = [(lang, code, line) for lang, code, line in blocks(page) if lang in RUN]
-    prepare(tmp_path, named_in("".join(code for _, code, _ in runnable)), standins)
-    monkeypatch.chdir(tmp_path)
+    prepare(folder, named_in("".join(code for _, code, _ in runnable)), standins)
+    name = str(page.relative_to(ROOT)) if page.is_relative_to(ROOT) else page.name
     namespace: dict = {"__name__": f"docs:{page.name}"}
     for lang, code, line in runnable:
-        where = f"{page.relative_to(ROOT)}:{line}"
+        where = f"{name}:{line}"
         if lang == "python" and 'if __name__ == "__main__":' in code:
-            script = tmp_path / f"block_{line}.py"
+            script = folder / f"block_{line}.py"
             script.write_text(code)
-            _check_run([sys.executable, script.name], where, tmp_path)
+            _check_run([sys.executable, script.name], where, folder)
         elif lang == "python":
             exec(compile(code, where, "exec"), namespace)
         elif _is_quick_start(code):  # the test command itself: its targets must exist and resolve
             targets = [c.split()[1] for c in code.splitlines() if c.split("#")[0].strip()]
-            _check_run(["make", "-n", "-C", str(ROOT), *targets], where, tmp_path)
+            _check_run(["make", "-n", "-C", str(ROOT), *targets], where, folder)
         else:
-            _check_run(["bash", "-e", "-o", "pipefail", "-c", code], where, tmp_path)
+            _check_run(["bash", "-e", "-o", "pipefail", "-c", code], where, folder)
+    return namespace
+
+
+@pytest.mark.parametrize("page", _pages_with_blocks(), ids=lambda page: str(page.relative_to(ROOT)))
+def test_page_blocks_run_as_written(page, tmp_path, standins, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace = run_page(page, tmp_path, standins)
     claim = CLAIMS.get(str(page.relative_to(ROOT)))
     assert claim is None or claim(namespace), f"{page.relative_to(ROOT)}: a claim about its examples fails"
+
+
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        ("```python\nx = 1\n```\n\n```python\nprint(backbone)\n```\n", NameError),  # a name never defined
+        ("```sh\nresnet-bottleneck forward --mid 0\n```\n", AssertionError),  # a command that fails
+        ("```sh\ntrue\nfalse\ntrue\n```\n", AssertionError),  # any line of a block, not just the last
+        ('```python\nif __name__ == "__main__":\n    raise SystemExit(3)\n```\n', AssertionError),  # a script
+    ],
+)
+def test_a_broken_block_fails_the_page(text, error, tmp_path, standins, monkeypatch):
+    page = tmp_path / "page.md"
+    page.write_text(text)
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    with pytest.raises(error):
+        run_page(page, tmp_path / "run", standins)
+
+
+def test_blocks_of_a_page_share_one_namespace_and_folder(tmp_path, standins, monkeypatch):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "```python\nvalue = 41\n```\n```text\nnot run\n```\n```python\nvalue += 1\n```\n"
+        "```sh\ntest -f cat.jpg && echo made > made.txt\n```\n"
+    )
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    assert run_page(page, tmp_path / "run", standins)["value"] == 42
+    assert (tmp_path / "run" / "made.txt").read_text() == "made\n"  # the stand-in cat.jpg was there
 
 
 def test_mkdocs_build_is_strict_and_clean(tmp_path):
