@@ -247,7 +247,7 @@ class ResNet(nn.Module):
         )
         block_cls = nn.remat(self.block) if self.remat else self.block
         spec = arch.describe(self)
-        paths = arch.linen_names(spec)
+        paths, scanned = arch.linen_names(spec), arch.linen_names(spec, scan=True)
 
         x = jnp.asarray(x, self.dtype) if self.dtype is not None else x
         conv, bn = spec.stem.layers
@@ -260,9 +260,9 @@ class ResNet(nn.Module):
             kernel_init=conv_kernel_init,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            name=conv.name,
+            name=paths[conv.name][-1],
         )(x)
-        x = nn.relu(norm(dtype=self.dtype, param_dtype=self.param_dtype, name=bn.name)(x))
+        x = nn.relu(norm(dtype=self.dtype, param_dtype=self.param_dtype, name=paths[bn.name][-1])(x))
         frozen = len(TRAINABLE_LAYERS) - self.trainable_layers  # frozen from the input side: stem, layer1, ...
         x = jax.lax.stop_gradient(x) if frozen > 0 else x
         outputs = {"stem": x}
@@ -280,7 +280,7 @@ class ResNet(nn.Module):
                     split_rngs={"params": True},
                     length=len(stage.blocks) - 1,
                 )
-                x, _ = body(make, name=f"{stage.name}_scan")(x, None)
+                x, _ = body(make, name=scanned[stage.blocks[1].all_layers[0].name][0])(x, None)  # layerN_scan
             else:
                 for block, name in zip(stage.blocks[1:], names[1:]):
                     x = block_cls(**block_options(block), **common, name=name)(x)
@@ -293,7 +293,7 @@ class ResNet(nn.Module):
             return x
         x = global_average_pool(x)
         fc = spec.head.layer
-        x = nn.Dense(fc.out_features, dtype=self.dtype, param_dtype=self.param_dtype, name=fc.name)(x)
+        x = nn.Dense(fc.out_features, dtype=self.dtype, param_dtype=self.param_dtype, name=paths[fc.name][-1])(x)
         return jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32))  # bf16 logits come back as float32
 
 
