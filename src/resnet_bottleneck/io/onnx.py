@@ -240,8 +240,8 @@ def onnx_model(
             raise ValueError(f"metadata['image_size'] is {metadata['image_size']!r}, but image_size={image_size}")
     model, params = _inference_form(model, variables)
     check_layout(model)
-    spec = arch.describe(model)
     c = _in_channels({"params": traverse_util.unflatten_dict(params)})
+    spec = arch.describe(model, in_features=c)  # the input's channels are the first conv's
     graph = _Graph(params, arch.linen_names(spec))
     n = batch if batch is not None else "batch"
 
