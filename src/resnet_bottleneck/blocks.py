@@ -29,12 +29,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from . import _checks
+from . import _checks, arch
+from .arch import STRIDE_PLACEMENTS
 from .norm import FLAX_BATCH_NORM
 
 ModuleDef = Any
 
-STRIDE_PLACEMENTS = ("3x3", "1x1")
 PADDINGS = ("SAME", "torch")
 
 _NHWC = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
@@ -127,21 +127,34 @@ def conv_options(block, kernel: int, strides=(1, 1), groups: int = 1, dilation: 
     )
 
 
-def _conv(block, index: int, features: int, kernel: int, strides=(1, 1), groups: int = 1, dilation: int = 1):
-    """The block's ``index``-th convolution."""
-    return block.conv(
-        features, (kernel, kernel), **conv_options(block, kernel, strides, groups, dilation), name=f"Conv_{index}"
-    )
+def _conv(block, layer: arch.Conv, name: str):
+    """The block's conv ``layer`` (a spec), as the Linen module ``name``."""
+    kernel = layer.kernel
+    options = conv_options(block, kernel, layer.stride, layer.groups, layer.dilation)
+    return block.conv(layer.out_features, (kernel, kernel), **options, name=name)
 
 
-def _norm(block, index: int, zero_init: bool = False):
-    kwargs = {"scale_init": nn.initializers.zeros_init()} if zero_init else {}
-    return block.norm(dtype=block.dtype, param_dtype=block.param_dtype, name=f"BatchNorm_{index}", **kwargs)
+def _norm(block, layer: arch.Norm, name: str):
+    kwargs = {"scale_init": nn.initializers.zeros_init()} if layer.zero_init else {}
+    return block.norm(dtype=block.dtype, param_dtype=block.param_dtype, name=name, **kwargs)
+
+
+#: How each spec layer kind is built in Linen: ``(block, layer, name) -> module``.
+LAYERS = {arch.Conv: _conv, arch.Norm: _norm}
+
+
+def _sequence(block, x, layers, names, relu_between: bool):
+    """``layers`` in order; a ReLU after each norm but the last (where ``relu_between``)."""
+    for k, layer in enumerate(layers):
+        x = LAYERS[type(layer)](block, layer, names[layer.name][-1])(x)
+        if relu_between and isinstance(layer, arch.Norm) and k < len(layers) - 1:
+            x = nn.relu(x)
+    return x
 
 
 def projects(block, in_features: int, features: int, strides: tuple[int, int]) -> bool:
     """Whether ``block``'s shortcut is a projection; an error if ``projection=False`` cannot be."""
-    needed = in_features != features or strides != (1, 1)
+    needed = arch.needs_projection(in_features, features, strides)
     project = needed if block.projection is None else bool(block.projection)
     if needed and not project:
         raise ValueError(
@@ -152,12 +165,31 @@ def projects(block, in_features: int, features: int, strides: tuple[int, int]) -
     return project
 
 
-def _shortcut(block, x, features: int, strides: tuple[int, int], index: int):
-    """Identity, or a 1x1 conv + BN projection (``Conv_index``/``BatchNorm_index``)."""
-    if not projects(block, x.shape[-1], features, strides):
-        return x
-    residual = _conv(block, index, features, 1, strides=strides)(x)
-    return _norm(block, index)(residual)
+#: How each shortcut kind is computed in Linen: ``(block, x, shortcut spec, names) -> residual``.
+SHORTCUTS = {
+    "identity": lambda block, x, shortcut, names: x,
+    "projection": lambda block, x, shortcut, names: _sequence(block, x, shortcut.layers, names, False),
+}
+
+
+def residual(block, x, spec: arch.Block):
+    """A residual block from its spec: the main path, plus the shortcut, then ReLU.
+
+    Its modules are named by :func:`resnet_bottleneck.arch.names.linen_names` (``Conv_k``,
+    ``BatchNorm_k``): the founding block's textbook tree.
+    """
+    names = arch.linen_names(spec)
+    y = _sequence(block, x, spec.layers, names, True)
+    shortcut = SHORTCUTS[spec.shortcut.kind](block, x, spec.shortcut, names)
+    return nn.relu(y + shortcut.astype(y.dtype))
+
+
+def block_spec(block, in_features: int, args: dict, strides: tuple[int, int]) -> arch.Block:
+    """The spec of a block module of ``block.kind`` (Linen or NNX) on ``in_features`` channels."""
+    project = projects(block, in_features, args[arch.block_kind(block.kind).out_key], strides)
+    return arch.describe_block(
+        block.kind, in_features, args, stride=strides, projection=project, zero_init_last=block.zero_init_last
+    )
 
 
 def _check_common(block) -> tuple[int, int]:
@@ -230,7 +262,8 @@ class BottleneckBlock(nn.Module):
       param_dtype: parameter dtype; BatchNorm statistics stay in it.
     """
 
-    expansion: ClassVar[int] = 4
+    kind: ClassVar[str] = "bottleneck"
+    expansion: ClassVar[int] = arch.BLOCK_KINDS["bottleneck"].expansion
     shortcut_index: ClassVar[int] = 3
 
     mid_features: int
@@ -259,25 +292,20 @@ class BottleneckBlock(nn.Module):
         groups it, Wide ResNet doubles it) and the block outputs ``planes * expansion``.
         ``dilation`` is the stage's (its first block may be given the previous stage's).
         """
-        mid = int(planes * (width_per_group / 64.0)) * groups
-        return {
-            "mid_features": mid,
-            "out_features": planes * cls.expansion,
-            "groups": groups,
-            "stride_on": stride_on,
-            "dilation": _checks.positive_int("dilation", dilation),
-        }
+        _checks.positive_int("dilation", dilation)
+        return arch.stage_args(
+            dict(
+                block=cls.kind, stem_width=planes, groups=groups, width_per_group=width_per_group, stride_on=stride_on
+            ),
+            0,
+            dilation,
+        )
 
     @nn.compact
     def __call__(self, x):
-        mid, out, groups, strides, s1, s3 = bottleneck_plan(self)
-        y = _conv(self, 0, mid, 1, strides=s1)(x)
-        y = nn.relu(_norm(self, 0)(y))
-        y = _conv(self, 1, mid, 3, strides=s3, groups=groups, dilation=self.dilation)(y)
-        y = nn.relu(_norm(self, 1)(y))
-        y = _conv(self, 2, out, 1)(y)
-        y = _norm(self, 2, zero_init=self.zero_init_last)(y)
-        return nn.relu(y + _shortcut(self, x, out, strides, self.shortcut_index).astype(y.dtype))
+        mid, out, groups, strides, _, _ = bottleneck_plan(self)
+        args = dict(mid_features=mid, out_features=out, groups=groups, stride_on=self.stride_on, dilation=self.dilation)
+        return residual(self, x, block_spec(self, x.shape[-1], args, strides))
 
 
 class BasicBlock(nn.Module):
@@ -288,7 +316,8 @@ class BasicBlock(nn.Module):
     ``features`` is both the width and the output channels.
     """
 
-    expansion: ClassVar[int] = 1
+    kind: ClassVar[str] = "basic"
+    expansion: ClassVar[int] = arch.BLOCK_KINDS["basic"].expansion
     shortcut_index: ClassVar[int] = 2
 
     features: int
@@ -315,22 +344,21 @@ class BasicBlock(nn.Module):
         "Dilation > 1 not supported in BasicBlock"); the stride always sits on the first
         3x3 conv, so ``stride_on`` is only checked.
         """
-        if (groups, width_per_group) != (1, 64):
-            raise ValueError(
-                f"basic blocks support only groups=1, width_per_group=64; "
-                f"got groups={groups!r}, width_per_group={width_per_group!r}"
-            )
-        if dilation != 1:
-            raise ValueError(f"basic blocks support only dilation=1, as torchvision's; got dilation={dilation!r}")
-        _checks.one_of("stride_on", stride_on, STRIDE_PLACEMENTS)
-        return {"features": planes * cls.expansion, "dilation": 1}
+        return arch.stage_args(
+            dict(
+                block=cls.kind, stem_width=planes, groups=groups, width_per_group=width_per_group, stride_on=stride_on
+            ),
+            0,
+            dilation,
+        )
 
     @nn.compact
     def __call__(self, x):
         features, strides = basic_plan(self)
+        return residual(
+            self, x, block_spec(self, x.shape[-1], dict(features=features, dilation=self.dilation), strides)
+        )
 
-        y = _conv(self, 0, features, 3, strides=strides, dilation=self.dilation)(x)
-        y = nn.relu(_norm(self, 0)(y))
-        y = _conv(self, 1, features, 3, dilation=self.dilation)(y)
-        y = _norm(self, 1, zero_init=self.zero_init_last)(y)
-        return nn.relu(y + _shortcut(self, x, features, strides, self.shortcut_index).astype(y.dtype))
+
+#: Each block kind's Linen implementation.
+BLOCKS = {BottleneckBlock.kind: BottleneckBlock, BasicBlock.kind: BasicBlock}

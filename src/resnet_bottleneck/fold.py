@@ -11,14 +11,15 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import traverse_util
 
+from . import arch
 from .models import ResNet
 
 
-def _bn_to_conv(module: tuple[str, ...]) -> tuple[str, ...]:
-    *parent, last = module
-    if last == "bn1":
-        return (*parent, "conv1")
-    return (*parent, last.replace("BatchNorm_", "Conv_"))
+def _norm_to_conv(model: ResNet) -> dict[tuple[str, ...], tuple[str, ...]]:
+    """Linen module path of each norm -> that of the conv before it, from the model's spec (scanned or plain)."""
+    spec = arch.describe(model)
+    paths = arch.linen_names(spec, scan=model.scan)
+    return {paths[norm.name]: paths[conv.name] for conv, norm in spec.conv_norm_pairs()}
 
 
 def fold_batchnorm(model: ResNet, variables) -> tuple[ResNet, dict]:
@@ -40,7 +41,8 @@ def fold_batchnorm(model: ResNet, variables) -> tuple[ResNet, dict]:
         raise ValueError("variables must hold 'batch_stats' (the running statistics to fold)")
     params = traverse_util.flatten_dict(dict(variables["params"]))
     stats = traverse_util.flatten_dict(dict(variables["batch_stats"]))
-    folded = {k: v for k, v in params.items() if not (k[-2] == "bn1" or k[-2].startswith("BatchNorm_"))}
+    norm_to_conv = _norm_to_conv(model)
+    folded = {k: v for k, v in params.items() if k[:-1] not in norm_to_conv}
     for (*module, name), mean in stats.items():
         if name != "mean":
             continue
@@ -49,7 +51,7 @@ def fold_batchnorm(model: ResNet, variables) -> tuple[ResNet, dict]:
         affine = params if (*module, "scale") in params else stats  # a frozen BatchNorm keeps it in batch_stats
         gamma, beta = affine[(*module, "scale")], affine[(*module, "bias")]
         multiplier = gamma * jnp.reciprocal(jnp.sqrt(var + model.bn_epsilon))
-        conv = _bn_to_conv(module)
+        conv = norm_to_conv[module]
         kernel = params[(*conv, "kernel")]
         per_output = multiplier.shape[:-1] + (1,) * (kernel.ndim - multiplier.ndim) + multiplier.shape[-1:]
         folded[(*conv, "kernel")] = kernel * multiplier.reshape(per_output)  # scanned kernels lead with the block axis

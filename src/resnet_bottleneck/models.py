@@ -28,15 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checks
-from .blocks import STRIDE_PLACEMENTS, BasicBlock, BottleneckBlock, FastConv
+from . import _checks, arch
+from .arch import NORMS, STAGE_NAMES, STRIDE_PLACEMENTS, TRAINABLE_LAYERS
+from .blocks import BLOCKS, BasicBlock, BottleneckBlock, FastConv  # noqa: F401 - BasicBlock: a name models always exported
 from .norm import BatchNorm, FrozenBatchNorm
-
-STAGE_NAMES = ("C2", "C3", "C4", "C5")
-NORMS = ("batch", "frozen")
-#: torchvision's ``trainable_layers`` order: with ``trainable_layers=K`` the first K of these
-#: learn (``bn1`` with ``conv1``), the rest are frozen.
-TRAINABLE_LAYERS = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 # torchvision's initialisation: He normal, fan-out, for every conv.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -108,24 +103,14 @@ def _max_pool_bwd(window, stride, padding, residuals, g):
 
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
+#: Each spec pool kind's implementation: ``(x, window, stride, padding) -> y``, NHWC (Linen and NNX).
+POOLS = {"max": max_pool}
+
 
 #: The family, one row a model: the :class:`ResNet` constructor arguments of each of
-#: torchvision's names (``create_model(name)`` is ``ResNet(**CONFIGS[name])``).
-CONFIGS: dict[str, dict[str, Any]] = {
-    "resnet18": dict(block=BasicBlock, stage_sizes=(2, 2, 2, 2)),
-    "resnet34": dict(block=BasicBlock, stage_sizes=(3, 4, 6, 3)),
-    "resnet50": dict(block=BottleneckBlock, stage_sizes=(3, 4, 6, 3)),
-    "resnet101": dict(block=BottleneckBlock, stage_sizes=(3, 4, 23, 3)),
-    "resnet152": dict(block=BottleneckBlock, stage_sizes=(3, 8, 36, 3)),
-    "resnext50_32x4d": dict(block=BottleneckBlock, stage_sizes=(3, 4, 6, 3), groups=32, width_per_group=4),
-    "resnext101_32x8d": dict(block=BottleneckBlock, stage_sizes=(3, 4, 23, 3), groups=32, width_per_group=8),
-    "resnext101_64x4d": dict(block=BottleneckBlock, stage_sizes=(3, 4, 23, 3), groups=64, width_per_group=4),
-    "wide_resnet50_2": dict(block=BottleneckBlock, stage_sizes=(3, 4, 6, 3), width_per_group=128),
-    "wide_resnet101_2": dict(block=BottleneckBlock, stage_sizes=(3, 4, 23, 3), width_per_group=128),
-    # Not torchvision's: the full layout, one block a stage at a quarter of the width, for
-    # tests, examples and laptops (0.5M parameters before the classifier).
-    "resnet_tiny": dict(block=BottleneckBlock, stage_sizes=(1, 1, 1, 1), stem_width=16),
-}
+#: torchvision's names (``create_model(name)`` is ``ResNet(**CONFIGS[name])``): a view of
+#: :data:`resnet_bottleneck.arch.FAMILY` with each block kind as its Linen class.
+CONFIGS: dict[str, dict[str, Any]] = {name: {**row, "block": BLOCKS[row["block"]]} for name, row in arch.FAMILY.items()}
 
 
 class _ScanStep(nn.Module):
@@ -231,7 +216,7 @@ class ResNet(nn.Module):
           features: return ``{'stem': ..., 'C2': ..., ..., 'C5': ...}`` (see
             :func:`feature_info`) instead of running the head.
         """
-        sizes = check_layout(self)
+        check_layout(self)
         if x.ndim != 4:
             raise ValueError(f"x must be a 4-D batch of images (N, H, W, C); got shape {x.shape}")
         if self.norm == "frozen":
@@ -261,49 +246,54 @@ class ResNet(nn.Module):
             param_dtype=self.param_dtype,
         )
         block_cls = nn.remat(self.block) if self.remat else self.block
+        spec = arch.describe(self)
+        paths, scanned = arch.linen_names(spec), arch.linen_names(spec, scan=True)
 
         x = jnp.asarray(x, self.dtype) if self.dtype is not None else x
+        conv, bn = spec.stem.layers
         x = nn.Conv(
-            self.stem_width,
-            (7, 7),
-            strides=(2, 2),
-            padding=((3, 3), (3, 3)),
+            conv.out_features,
+            (conv.kernel, conv.kernel),
+            strides=conv.stride,
+            padding=((conv.padding, conv.padding), (conv.padding, conv.padding)),
             use_bias=self.folded,
             kernel_init=conv_kernel_init,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            name="conv1",
+            name=paths[conv.name][-1],
         )(x)
-        x = nn.relu(norm(dtype=self.dtype, param_dtype=self.param_dtype, name="bn1")(x))
+        x = nn.relu(norm(dtype=self.dtype, param_dtype=self.param_dtype, name=paths[bn.name][-1])(x))
         frozen = len(TRAINABLE_LAYERS) - self.trainable_layers  # frozen from the input side: stem, layer1, ...
         x = jax.lax.stop_gradient(x) if frozen > 0 else x
         outputs = {"stem": x}
-        x = max_pool(x, 3, 2, 1)
+        pool = spec.stem.pool
+        x = POOLS[pool.kind](x, pool.kernel, pool.stride, pool.padding)
 
-        for i, (size, (strides, first_dilation, dilation)) in enumerate(zip(sizes, stage_plan(self, len(sizes)))):
-            make = partial(block_cls, **stage_args(self, i, dilation), **common)
-            x = make(strides=strides, dilation=first_dilation, name=f"layer{i + 1}_0")(x)
-            if self.scan and size > 1:
+        for i, stage in enumerate(spec.stages):
+            names = [paths[block.all_layers[0].name][0] for block in stage.blocks]  # layerN_j
+            x = block_cls(**block_options(stage.blocks[0]), **common, name=names[0])(x)
+            if self.scan and len(stage.blocks) > 1:
+                make = partial(block_cls, **block_options(stage.blocks[1]), **common)
                 body = nn.scan(
                     _ScanStep,
                     variable_axes={"params": 0, "batch_stats": 0},
                     split_rngs={"params": True},
-                    length=size - 1,
+                    length=len(stage.blocks) - 1,
                 )
-                x, _ = body(make, name=f"layer{i + 1}_scan")(x, None)
+                x, _ = body(make, name=scanned[stage.blocks[1].all_layers[0].name][0])(x, None)  # layerN_scan
             else:
-                for j in range(1, size):
-                    x = make(name=f"layer{i + 1}_{j}")(x)
+                for block, name in zip(stage.blocks[1:], names[1:]):
+                    x = block_cls(**block_options(block), **common, name=name)(x)
             x = jax.lax.stop_gradient(x) if frozen > i + 1 else x
-            if i < len(STAGE_NAMES):
-                outputs[STAGE_NAMES[i]] = x
+            outputs[stage.feature] = x
 
         if features:
             return outputs
-        if self.num_classes is None:
+        if spec.head is None:
             return x
         x = global_average_pool(x)
-        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
+        fc = spec.head.layer
+        x = nn.Dense(fc.out_features, dtype=self.dtype, param_dtype=self.param_dtype, name=paths[fc.name][-1])(x)
         return jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32))  # bf16 logits come back as float32
 
 
@@ -311,31 +301,28 @@ class ResNet(nn.Module):
 # Linen ResNet and its Flax NNX twin (resnet_bottleneck.nnx.ResNet), which has the same ones.
 
 
+def block_options(block: arch.Block) -> dict:
+    """A block class's constructor arguments for the block ``block`` of a spec (Linen and NNX alike)."""
+    return {
+        **dict(block.args),
+        "strides": block.stride[0] if block.stride[0] == block.stride[1] else block.stride,
+        "projection": block.shortcut.kind == "projection",
+    }
+
+
 def stage_args(model, i: int, dilation: int = 1) -> dict:
     """The block constructor arguments of stage ``i``."""
-    return model.block.stage_args(
-        model.stem_width * 2**i,
-        groups=model.groups,
-        width_per_group=model.width_per_group,
-        stride_on=model.stride_on,
-        dilation=dilation,
-    )
+    return arch.stage_args(arch.options_of(model), i, dilation)
 
 
 def stage_plan(model, stages: int) -> list[tuple[int, int, int]]:
     """(stride, first block's dilation, the other blocks' dilation) of each stage: torchvision's ``_make_layer``."""
-    plan, dilation = [], 1
-    for i in range(stages):
-        strides, previous = (1 if i == 0 else 2), dilation
-        if i > 0 and model.replace_stride_with_dilation[i - 1]:
-            dilation, strides = dilation * strides, 1
-        plan.append((strides, previous, dilation))
-    return plan
+    return arch.stage_plan(model.replace_stride_with_dilation, stages)
 
 
 def check_layout(model) -> tuple[int, ...]:
     """The attributes checked (errors name the attribute); the stage sizes as ints."""
-    if not all(hasattr(model.block, a) for a in ("expansion", "shortcut_index", "stage_args")):
+    if getattr(model.block, "kind", None) not in arch.BLOCK_KINDS:
         raise TypeError(f"block must be a block class such as BottleneckBlock or BasicBlock; got {model.block!r}")
     _checks.one_of("stride_on", model.stride_on, STRIDE_PLACEMENTS)
     if not model.stage_sizes or len(model.stage_sizes) > len(STAGE_NAMES):
@@ -346,7 +333,7 @@ def check_layout(model) -> tuple[int, ...]:
     _checks.positive_int("groups", model.groups)
     _checks.positive_int("width_per_group", model.width_per_group)
     _checks.positive_int("stem_width", model.stem_width)
-    stage_args(model, 0)  # the block's own checks of groups and widths
+    stage_args(model, 0)  # the block kind's own checks of groups and widths
     _checks.one_of("norm", model.norm, NORMS)
     _checks.int_in_range(
         "trainable_layers",
@@ -364,13 +351,7 @@ def check_layout(model) -> tuple[int, ...]:
         raise ValueError(
             f"replace_stride_with_dilation must be three booleans (for the stages C3, C4, C5); got {dilate!r}"
         )
-    for i, (_, _, dilation) in enumerate(stage_plan(model, len(sizes))):
-        try:
-            stage_args(model, i, dilation)
-        except ValueError as err:
-            raise ValueError(
-                f"replace_stride_with_dilation={tuple(dilate)!r} dilates {STAGE_NAMES[i]} by {dilation}, but {err}"
-            ) from None
+    arch.describe(model)  # what the block kind cannot build (a dilated basic stage), named by the option
     return sizes
 
 
@@ -413,14 +394,8 @@ def feature_info(model: Any) -> list[dict]:
     """
     if isinstance(model, str):
         model = create_model(model)
-    sizes = check_layout(model)
-    info, stride = [{"name": "stem", "channels": model.stem_width, "stride": 2}], 4  # the max-pool halves again
-    for i, (strides, _, _) in enumerate(stage_plan(model, len(sizes))):
-        stride *= strides
-        info.append(
-            {"name": STAGE_NAMES[i], "channels": model.stem_width * 2**i * model.block.expansion, "stride": stride}
-        )
-    return info
+    check_layout(model)
+    return arch.describe(model).feature_info()
 
 
 def count_params(variables) -> int:

@@ -1,9 +1,9 @@
 """ONNX out: a family model as a canonical inference graph, and ONNX Runtime to run it.
 
-The graph is written from the model's own structure, not traced from its JAX program:
-BatchNorm folded (:func:`~resnet_bottleneck.fold.fold_batchnorm`), then one ``Conv`` per
-convolution (its strides, padding, groups and dilation read off the model's own conv
-modules), ``Relu``, ``MaxPool``, ``Add``, ``GlobalAveragePool``, ``Flatten`` and ``Gemm``.
+The graph is written from the model's description (:func:`resnet_bottleneck.arch.describe`),
+not traced from its JAX program: BatchNorm folded (:func:`~resnet_bottleneck.fold.fold_batchnorm`),
+then one node per layer of the spec: a ``Conv`` per convolution (its strides, padding, groups and
+dilation the spec's), ``Relu``, ``MaxPool``, ``Add``, ``GlobalAveragePool``, ``Flatten`` and ``Gemm``.
 That is the graph ONNX Runtime's CPU fusions (Conv+Add+Relu, NCHWc blocking) are written
 for; a traced export computes 1x1 convs as MatMul and reshapes, which ONNX Runtime runs
 slower (BENCHMARKS.md, ``deploy``).
@@ -26,12 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from .. import _checks
+from .. import _checks, arch
 from .._files import atomic_write
-from ..cost import traced_layers
 from ..data.pipeline import available_cores
 from ..fold import fold_batchnorm
-from ..models import ResNet, check_layout, feature_info, unscan_variables
+from ..models import ResNet, check_layout, unscan_variables
 from .classes import class_names
 from .metadata import preprocessing
 
@@ -111,12 +110,6 @@ def _check_variables(model: ResNet, variables) -> None:
         raise ValueError("variables do not fit the model: " + "; ".join(found))
 
 
-def _ints(value, n: int = 2) -> list[int]:
-    if value is None:
-        return [1] * n
-    return [int(value)] * n if isinstance(value, (int, np.integer)) else [int(v) for v in value]
-
-
 def _metadata(metadata: Mapping[str, Any] | None, layout: str, num_classes: int | None) -> dict[str, str]:
     """The ``metadata_props``: strings as given, anything else as JSON; ``format`` and ``layout`` ours."""
     if metadata is None:
@@ -134,13 +127,13 @@ def _metadata(metadata: Mapping[str, Any] | None, layout: str, num_classes: int 
 
 
 class _Graph:
-    """Nodes and initializers of the graph being written, with unique names."""
+    """Nodes and initializers of the graph being written, with unique names; each spec layer placed once."""
 
-    def __init__(self, params: dict, layers: dict):
+    def __init__(self, params: dict, paths: dict[str, tuple[str, ...]]):
         from onnx import helper, numpy_helper
 
         self.helper, self.numpy_helper = helper, numpy_helper
-        self.params, self.layers, self.used = params, layers, []
+        self.params, self.paths, self.used = params, paths, []
         self.nodes, self.initializers = [], []
 
     def node(self, op: str, inputs: list[str], name: str, **attrs) -> str:
@@ -151,31 +144,75 @@ class _Graph:
         self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(array, np.float32), name))
         return name
 
-    def conv(self, x: str, path: tuple[str, ...]) -> str:
-        """``Conv`` of the model's conv at ``path``: kernel HWIO -> OIHW (grouped too), bias, its own geometry."""
-        layer = self.layers.get(path)
-        if layer is None:
-            raise ValueError(f"the model has no conv {'/'.join(path)}: its block is not one this exporter knows")
+    def conv(self, x: str, layer: arch.Conv) -> str:
+        """``Conv`` of the spec's ``layer``: its geometry; its kernel (HWIO -> OIHW) and bias from the params."""
+        path = self.paths[layer.name]
         self.used.append(path)
         name = "/".join(path)
         kernel = np.asarray(self.params[(*path, "kernel")])
+        if kernel.shape != layer.kernel_shape:
+            raise ValueError(f"conv {name} has a kernel of shape {kernel.shape}; its spec says {layer.kernel_shape}")
+        p = layer.padding
         attrs = dict(
-            kernel_shape=list(kernel.shape[:2]),
-            strides=_ints(layer.strides),
-            dilations=_ints(layer.kernel_dilation),
-            group=int(layer.feature_group_count),
+            kernel_shape=[layer.kernel, layer.kernel],
+            strides=list(layer.stride),
+            dilations=[layer.dilation, layer.dilation],
+            group=layer.groups,
+            pads=[p, p, p, p],
         )
-        if _ints(layer.input_dilation) != [1, 1]:
-            raise ValueError(f"conv {name} has input_dilation {layer.input_dilation}; ONNX Conv has none")
-        padding = 0 if layer.padding == "VALID" else layer.padding  # the models pad explicitly, as torchvision
-        if isinstance(padding, str):
-            raise ValueError(f"conv {name} has padding {padding!r}; only 'VALID' and explicit pads export")
-        pairs = [(p, p) for p in _ints(padding)] if isinstance(padding, int) else [tuple(p) for p in padding]
-        attrs["pads"] = [int(pairs[0][0]), int(pairs[1][0]), int(pairs[0][1]), int(pairs[1][1])]
         inputs = [x, self.constant(f"{name}/weight", kernel.transpose(3, 2, 0, 1))]
         if (*path, "bias") in self.params:
             inputs.append(self.constant(f"{name}/bias", np.asarray(self.params[(*path, "bias")])))
         return self.node("Conv", inputs, name, **attrs)
+
+    def sequence(self, x: str, layers, relu_between: bool) -> str:
+        """``layers`` in order, each norm folded into the conv before it; a ``Relu`` after each norm but
+        the last where ``relu_between`` (named after its conv)."""
+        conv = None
+        for k, layer in enumerate(layers):
+            if type(layer) not in _LAYERS:
+                raise ValueError(f"layer {layer.name} is a {type(layer).__name__}, which this exporter does not write")
+            x, conv = _LAYERS[type(layer)](self, x, layer, conv)
+            if relu_between and isinstance(layer, arch.Norm) and k < len(layers) - 1:
+                x = self.node("Relu", [x], f"{conv}/relu")
+        return x
+
+
+def _max_pool(graph: _Graph, x: str, pool: arch.Pool) -> str:
+    p = pool.padding
+    return graph.node(
+        "MaxPool", [x], pool.name, kernel_shape=[pool.kernel] * 2, strides=[pool.stride] * 2, pads=[p, p, p, p]
+    )
+
+
+def _conv_stem(graph: _Graph, x: str, stem: arch.Stem) -> str:
+    """Conv, norm (folded), ``Relu``, then the pool."""
+    x = graph.sequence(x, stem.layers, True)
+    x = graph.node("Relu", [x], "/".join(graph.paths[stem.layers[0].name]) + "/relu")
+    return x if stem.pool is None else _POOLS[stem.pool.kind](graph, x, stem.pool)
+
+
+def _residual(graph: _Graph, x: str, block: arch.Block) -> str:
+    """A residual block: its main path, ``Add`` its shortcut, ``Relu``."""
+    module = "/".join(graph.paths[block.all_layers[0].name][:-1])
+    y = graph.sequence(x, block.layers, True)
+    residual = _SHORTCUTS[block.shortcut.kind](graph, x, block.shortcut)
+    return graph.node("Relu", [graph.node("Add", [y, residual], f"{module}/add")], f"{module}/relu")
+
+
+#: How each spec layer, pool, block and shortcut kind is written (``_LAYERS``: ``(graph, x, layer, last conv)
+#: -> (x, conv)``; a norm is folded into its conv, so it writes nothing).
+_LAYERS = {
+    arch.Conv: lambda graph, x, layer, _: (graph.conv(x, layer),) * 2,
+    arch.Norm: lambda graph, x, layer, conv: (x, conv),
+}
+_POOLS = {"max": _max_pool}
+_STEMS = {"conv7": _conv_stem}
+_BLOCKS = {"bottleneck": _residual, "basic": _residual}
+_SHORTCUTS = {
+    "identity": lambda graph, x, shortcut: x,
+    "projection": lambda graph, x, shortcut: graph.sequence(x, shortcut.layers, False),
+}
 
 
 def onnx_model(
@@ -202,55 +239,46 @@ def onnx_model(
         if str(metadata["image_size"]) != str(image_size):
             raise ValueError(f"metadata['image_size'] is {metadata['image_size']!r}, but image_size={image_size}")
     model, params = _inference_form(model, variables)
-    sizes = check_layout(model)
-    abstract = {
-        "params": traverse_util.unflatten_dict(
-            {k: jax.ShapeDtypeStruct(v.shape, jnp.float32) for k, v in params.items()}
-        )
-    }
-    c = _in_channels(abstract)
-    traced = traced_layers(model, abstract, jax.ShapeDtypeStruct((1, 64, 64, c), jnp.float32))
-    graph = _Graph(params, {tuple(layer.scope.path): layer for layer, _, _ in traced})
+    check_layout(model)
+    c = _in_channels({"params": traverse_util.unflatten_dict(params)})
+    spec = arch.describe(model, in_features=c)  # the input's channels are the first conv's
+    graph = _Graph(params, arch.linen_names(spec))
     n = batch if batch is not None else "batch"
 
     x = INPUT
     if layout == "NHWC":
         x = graph.node("Transpose", [x], "to_nchw", perm=[0, 3, 1, 2])
-    x = graph.node("Relu", [graph.conv(x, ("conv1",))], "conv1/relu")
-    x = graph.node("MaxPool", [x], "maxpool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
-    last = model.block.shortcut_index  # Conv_0 .. Conv_{last-1} is the main path, Conv_{last} the projection
-    for i, size in enumerate(sizes):
-        for j in range(size):
-            block = f"layer{i + 1}_{j}"
-            y = x
-            for k in range(last):
-                y = graph.conv(y, (block, f"Conv_{k}"))
-                if k < last - 1:
-                    y = graph.node("Relu", [y], f"{block}/Conv_{k}/relu")
-            shortcut = (block, f"Conv_{last}")
-            residual = graph.conv(x, shortcut) if shortcut in graph.layers else x
-            x = graph.node("Relu", [graph.node("Add", [y, residual], f"{block}/add")], f"{block}/relu")
-    channels = feature_info(model)[-1]["channels"]
-    if model.num_classes is None:
+    if spec.stem.kind not in _STEMS:
+        raise ValueError(f"the stem is a {spec.stem.kind!r} stem, which this exporter does not write")
+    x = _STEMS[spec.stem.kind](graph, x, spec.stem)
+    for block in spec.blocks():
+        if block.kind not in _BLOCKS:
+            raise ValueError(f"block {block.name} is a {block.kind!r} block, which this exporter does not write")
+        x = _BLOCKS[block.kind](graph, x, block)
+    channels = spec.out_features
+    if spec.head is None:
         out_name, out_dims = FEATURES, [n, channels, None, None]
         if layout == "NHWC":
             x = graph.node("Transpose", [x], "to_nhwc", perm=[0, 2, 3, 1])
             out_dims = [n, None, None, channels]
     else:
         x = graph.node("Flatten", [graph.node("GlobalAveragePool", [x], "avgpool")], "flatten", axis=1)
-        graph.used.append(("fc",))
+        fc = spec.head.layer
+        path = graph.paths[fc.name]
+        graph.used.append(path)
+        name = "/".join(path)
         x = graph.node(
             "Gemm",
             [
                 x,
-                graph.constant("fc/weight", params[("fc", "kernel")]),
-                graph.constant("fc/bias", params[("fc", "bias")]),
+                graph.constant(f"{name}/weight", params[(*path, "kernel")]),
+                graph.constant(f"{name}/bias", params[(*path, "bias")]),
             ],
-            "fc",
+            name,
         )
-        out_name, out_dims = LOGITS, [n, model.num_classes]
+        out_name, out_dims = LOGITS, [n, fc.out_features]
     graph.nodes[-1].output[0] = out_name
-    unused = sorted("/".join(p) for p in graph.layers if p not in graph.used)
+    unused = sorted({"/".join(k[:-1]) for k in params if k[:-1] not in graph.used})
     if unused:
         raise ValueError(f"the model has layers this exporter does not place: {', '.join(unused)}")
 

@@ -3,7 +3,8 @@
 torchvision's ``ResNet`` names its tensors ``conv1``, ``bn1``, ``layer{i}.{j}.conv{k}``,
 ``layer{i}.{j}.bn{k}``, ``layer{i}.{j}.downsample.{0,1}`` and ``fc``; the models here
 name the same layers ``conv1``, ``bn1``, ``layer{i}_{j}/Conv_{k-1}``,
-``layer{i}_{j}/BatchNorm_{k-1}``, the projection after them, and ``fc``. Conv kernels
+``layer{i}_{j}/BatchNorm_{k-1}``, the projection after them, and ``fc`` (the map is derived from the
+spec by :mod:`resnet_bottleneck.arch.names`). Conv kernels
 are OIHW there and HWIO here; the classifier is (out, in) there and (in, out) here;
 BatchNorm's ``weight``/``bias``/``running_mean``/``running_var`` are ``scale``/``bias``
 in ``params`` and ``mean``/``var`` in ``batch_stats``. ``num_batches_tracked`` only
@@ -38,12 +39,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from .. import _checks
+from .. import _checks, arch
 from ..backbones import FPNBackbone, create_fpn_backbone
 from ..models import CONFIGS, ResNet, _model_name, create_model, feature_info
 from .safetensors import read_tensors
@@ -59,57 +59,32 @@ _BN = (
 )
 
 
-def _torch_module(flax_module: tuple[str, ...], block: type) -> str:
-    """The torchvision name of one of our modules, e.g. ('layer1_0', 'Conv_3') -> 'layer1.0.downsample.0'."""
-    if len(flax_module) == 1:
-        return flax_module[0]  # conv1, bn1, fc
-    stage, layer = flax_module
-    i, j = stage[len("layer") :].split("_")
-    kind, index = layer.split("_")
-    k = int(index)
-    if k < block.shortcut_index:
-        name = f"conv{k + 1}" if kind == "Conv" else f"bn{k + 1}"
-    else:
-        name = "downsample.0" if kind == "Conv" else "downsample.1"
-    return f"layer{i}.{j}.{name}"
-
-
-def _abstract_variables(model: ResNet):
-    x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
-    return jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
-
-
-def _layout(model: ResNet):
-    """[(torch key, (collection, *flax path), flax shape, kind)] for every tensor of ``model``.
+def _layout(spec: arch.ResNetSpec) -> tuple:
+    """[(torch key, (collection, *flax path), flax shape, kind)] for every tensor of the model ``spec``
+    describes, in model order; the flax paths from :func:`resnet_bottleneck.arch.linen_names`.
 
     ``kind`` says how to convert: ``conv`` (OIHW/HWIO), ``dense`` (transposed), ``vector``, or
     ``running_var``: a ``BatchNorm2d``'s running variance, beside which torchvision keeps a
     ``num_batches_tracked`` (a frozen BatchNorm, all four vectors in ``batch_stats``, has none).
     """
-    variables = _abstract_variables(model)
-    shapes = {
-        (collection, *path): leaf.shape
-        for collection, tree in variables.items()
-        for path, leaf in traverse_util.flatten_dict(dict(tree)).items()
-    }
-    entries = []
-    for module in sorted({key[1:-1] for key in shapes}):
-        torch_name = _torch_module(module, model.block)
-        if ("params", *module, "kernel") in shapes:
-            shape = shapes[("params", *module, "kernel")]
-            kind = "dense" if len(shape) == 2 else "conv"
-            entries.append((f"{torch_name}.weight", ("params", *module, "kernel"), shape, kind))
-            if ("params", *module, "bias") in shapes:
-                entries.append(
-                    (f"{torch_name}.bias", ("params", *module, "bias"), shapes[("params", *module, "bias")], "vector")
-                )
+    paths, entries = arch.linen_names(spec), []
+    for layer in spec.layers():
+        if isinstance(layer, arch.Pool):
             continue
-        frozen = ("batch_stats", *module, "scale") in shapes
+        module = paths[layer.name]
+        if isinstance(layer, (arch.Conv, arch.Linear)):
+            conv = isinstance(layer, arch.Conv)
+            shape = layer.kernel_shape if conv else (layer.in_features, layer.out_features)
+            entries.append((f"{layer.name}.weight", ("params", *module, "kernel"), shape, "conv" if conv else "dense"))
+            if layer.bias:
+                entries.append((f"{layer.name}.bias", ("params", *module, "bias"), (layer.out_features,), "vector"))
+            continue
+        frozen = layer.kind == "frozen"
         for ours, collection, theirs in _BN:
             path = ("batch_stats" if frozen else collection, *module, ours)
             kind = "running_var" if theirs == "running_var" and not frozen else "vector"
-            entries.append((f"{torch_name}.{theirs}", path, shapes[path], kind))
-    return entries
+            entries.append((f"{layer.name}.{theirs}", path, (layer.features,), kind))
+    return tuple(entries)
 
 
 def _to_torch_shape(shape, kind):
@@ -150,38 +125,9 @@ def _to_numpy(value) -> np.ndarray:
 
 
 @functools.cache
-def _traced_layout(config: tuple) -> tuple:
-    return tuple(_layout(ResNet(**dict(config), num_classes=1)))
-
-
-@functools.cache
 def _family_layout(name: str, num_classes: int | None, norm: str = "batch") -> tuple:
-    """``_layout(create_model(name, num_classes, norm=norm))``, traced cheaply and cached.
-
-    The blocks of a stage after its first have the same tensors (what ``scan=True`` relies
-    on), so the model is traced with at most two blocks a stage and the second block's
-    entries are repeated for the rest (resnet50, resnet101 and resnet152 share one trace),
-    and with one class, the classifier's last axis set to ``num_classes`` after (``None``:
-    headless, no classifier).
-    """
-    config = dict(CONFIGS[name], norm=norm)
-    sizes = tuple(config.pop("stage_sizes"))
-    config["stage_sizes"] = tuple(min(n, 2) for n in sizes)
-    entries = []
-    for key, path, shape, kind in _traced_layout(tuple(sorted(config.items()))):
-        if path[1] == "fc" and num_classes is None:
-            continue
-        if path[1] == "fc":
-            shape = (*shape[:-1], num_classes)
-        entries.append((key, path, shape, kind))
-        second = re.fullmatch(r"layer(\d+)_1", path[1])  # a stage's second block: repeated for the rest
-        if second:
-            i = second[1]
-            entries += [
-                (key.replace(f"layer{i}.1.", f"layer{i}.{j}.", 1), (path[0], f"layer{i}_{j}", *path[2:]), shape, kind)
-                for j in range(2, sizes[int(i) - 1])
-            ]
-    return tuple(entries)
+    """:func:`_layout` of ``create_model(name, num_classes, norm=norm)``: read off its spec, nothing traced."""
+    return _layout(arch.describe(name, num_classes=num_classes, norm=norm))
 
 
 def _shapes_of(layout, torch: bool) -> dict[str, tuple]:

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from flax import nnx
 
-from .. import _checks
+from .. import _checks, arch
 from .. import blocks as linen
 from . import _rngs
 from .norm import FLAX_BATCH_NORM
@@ -30,35 +30,60 @@ from .norm import FLAX_BATCH_NORM
 FastConv = partial(nnx.Conv, conv_general_dilated=linen.conv_1x1_as_dot)
 
 
-def _conv(
-    block, in_features: int, features: int, kernel: int, strides=(1, 1), groups: int = 1, dilation: int = 1, *, rngs
-):
-    return block.conv(
-        in_features,
-        features,
-        (kernel, kernel),
-        **linen.conv_options(block, kernel, strides, groups, dilation),
-        rngs=rngs,
-    )
+def _conv(block, layer: arch.Conv, *, rngs):
+    kernel = layer.kernel
+    options = linen.conv_options(block, kernel, layer.stride, layer.groups, layer.dilation)
+    return block.conv(layer.in_features, layer.out_features, (kernel, kernel), **options, rngs=rngs)
 
 
-def _norm(block, features: int, zero_init: bool = False, *, rngs):
-    kwargs = {"scale_init": nn.initializers.zeros_init()} if zero_init else {}
-    return block.norm(features, dtype=block.dtype, param_dtype=block.param_dtype, rngs=rngs, **kwargs)
+def _norm(block, layer: arch.Norm, *, rngs):
+    kwargs = {"scale_init": nn.initializers.zeros_init()} if layer.zero_init else {}
+    return block.norm(layer.features, dtype=block.dtype, param_dtype=block.param_dtype, rngs=rngs, **kwargs)
 
 
-def _downsample(block, in_features: int, features: int, strides, *, rngs):
-    """``nnx.List([conv, bn])``, torchvision's ``downsample``, or ``None`` for an identity shortcut."""
-    if not linen.projects(block, in_features, features, strides):
-        return None
-    return nnx.List(
-        [_conv(block, in_features, features, 1, strides=strides, rngs=rngs), _norm(block, features, rngs=rngs)]
-    )
+#: How each spec layer kind is built in NNX: ``(block, layer, rngs=) -> module``.
+LAYERS = {arch.Conv: _conv, arch.Norm: _norm}
 
 
-def _add_shortcut(block, y, x):
-    shortcut = x if block.downsample is None else block.downsample[1](block.downsample[0](x))
-    return nnx.relu(y + shortcut.astype(y.dtype))
+def _build(block, spec: arch.Block, *, rngs) -> None:
+    """The block's layers as attributes at their spec names' NNX paths (``conv1``, ``downsample[0]``, ...)."""
+    lists: dict[str, list] = {}
+    for layer in spec.all_layers:
+        module = LAYERS[type(layer)](block, layer, rngs=rngs)
+        path = arch.nnx_path(layer.name)
+        if len(path) == 1:
+            setattr(block, path[0], module)
+        else:  # ('downsample', 0): an nnx.List, as torchvision's nn.Sequential
+            lists.setdefault(path[0], []).append(module)
+    for name, modules in lists.items():
+        setattr(block, name, nnx.List(modules))
+    if spec.shortcut.kind == "identity":
+        block.downsample = None
+
+
+def _sequence(block, x, layers, relu_between: bool):
+    for k, layer in enumerate(layers):
+        module = block
+        for part in arch.nnx_path(layer.name):
+            module = module[part] if isinstance(part, int) else getattr(module, part)
+        x = module(x)
+        if relu_between and isinstance(layer, arch.Norm) and k < len(layers) - 1:
+            x = nnx.relu(x)
+    return x
+
+
+#: How each shortcut kind is computed in NNX: ``(block, x, shortcut spec) -> residual``.
+SHORTCUTS = {
+    "identity": lambda block, x, shortcut: x,
+    "projection": lambda block, x, shortcut: _sequence(block, x, shortcut.layers, False),
+}
+
+
+def _residual(block, x):
+    """The block's spec: the main path, plus the shortcut, then ReLU (as :func:`resnet_bottleneck.blocks.residual`)."""
+    spec = block.spec
+    y = _sequence(block, x, spec.layers, True)
+    return nnx.relu(y + SHORTCUTS[spec.shortcut.kind](block, x, spec.shortcut).astype(y.dtype))
 
 
 def _keep(block, options: dict) -> None:
@@ -77,6 +102,7 @@ class BottleneckBlock(nnx.Module):
     :data:`FastConv`). Starts in training mode (batch statistics), as the Linen block's default.
     """
 
+    kind = linen.BottleneckBlock.kind
     expansion = linen.BottleneckBlock.expansion
     shortcut_index = linen.BottleneckBlock.shortcut_index
     stage_args = classmethod(linen.BottleneckBlock.stage_args.__func__)
@@ -125,20 +151,13 @@ class BottleneckBlock(nnx.Module):
             ),
         )
         c_in = _checks.positive_int("in_features", in_features)
-        mid, out, groups, strides, s1, s3 = linen.bottleneck_plan(self)
-        self.conv1 = _conv(self, c_in, mid, 1, strides=s1, rngs=rngs)
-        self.bn1 = _norm(self, mid, rngs=rngs)
-        self.conv2 = _conv(self, mid, mid, 3, strides=s3, groups=groups, dilation=dilation, rngs=rngs)
-        self.bn2 = _norm(self, mid, rngs=rngs)
-        self.conv3 = _conv(self, mid, out, 1, rngs=rngs)
-        self.bn3 = _norm(self, out, zero_init=zero_init_last, rngs=rngs)
-        self.downsample = _downsample(self, c_in, out, strides, rngs=rngs)
+        mid, out, groups, strides, _, _ = linen.bottleneck_plan(self)
+        args = dict(mid_features=mid, out_features=out, groups=groups, stride_on=stride_on, dilation=dilation)
+        self.spec = linen.block_spec(self, c_in, args, strides)
+        _build(self, self.spec, rngs=rngs)
 
     def __call__(self, x):
-        y = nnx.relu(self.bn1(self.conv1(x)))
-        y = nnx.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        return _add_shortcut(self, y, x)
+        return _residual(self, x)
 
 
 class BasicBlock(nnx.Module):
@@ -148,6 +167,7 @@ class BasicBlock(nnx.Module):
     :class:`BottleneckBlock`, ``features`` being both the width and the output channels.
     """
 
+    kind = linen.BasicBlock.kind
     expansion = linen.BasicBlock.expansion
     shortcut_index = linen.BasicBlock.shortcut_index
     stage_args = classmethod(linen.BasicBlock.stage_args.__func__)
@@ -191,17 +211,14 @@ class BasicBlock(nnx.Module):
         )
         c_in = _checks.positive_int("in_features", in_features)
         features, strides = linen.basic_plan(self)
-        self.conv1 = _conv(self, c_in, features, 3, strides=strides, dilation=dilation, rngs=rngs)
-        self.bn1 = _norm(self, features, rngs=rngs)
-        self.conv2 = _conv(self, features, features, 3, dilation=dilation, rngs=rngs)
-        self.bn2 = _norm(self, features, zero_init=zero_init_last, rngs=rngs)
-        self.downsample = _downsample(self, c_in, features, strides, rngs=rngs)
+        self.spec = linen.block_spec(self, c_in, dict(features=features, dilation=dilation), strides)
+        _build(self, self.spec, rngs=rngs)
 
     def __call__(self, x):
-        y = nnx.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        return _add_shortcut(self, y, x)
+        return _residual(self, x)
 
 
 #: Each Linen block class's NNX twin.
 TWINS = {linen.BottleneckBlock: BottleneckBlock, linen.BasicBlock: BasicBlock}
+#: Each block kind's NNX implementation.
+BLOCKS = {BottleneckBlock.kind: BottleneckBlock, BasicBlock.kind: BasicBlock}

@@ -8,7 +8,8 @@ through :func:`to_linen`.
 
 The two trees hold the same leaves (``kernel``, ``bias``, ``scale``, ``mean``, ``var``)
 under different module paths: Linen's ``layer1_0/Conv_0`` is NNX's ``layer1[0].conv1``,
-``Conv_{shortcut_index}`` is ``downsample[0]`` (torchvision's names); ``params`` are
+``layer1_0/Conv_3`` (a projection) is ``layer1[0].downsample[0]``: both derived from the spec's
+(torchvision's) names by :mod:`resnet_bottleneck.arch.names`; ``params`` are
 ``nnx.Param`` and ``batch_stats`` are ``nnx.BatchStat``. The constructor options carry
 over under the same names, the Linen classes mapped to their twins through
 :data:`MODULES`, ``conv`` and ``norm`` through the constructors they are built on.
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
+from .. import arch
 from .. import blocks as linen_blocks
 from .. import models as linen_models
 from .. import norm as linen_norm
@@ -152,25 +154,17 @@ def _linen_module(model):
     return cls(**kwargs)
 
 
-def _block_names(block_cls) -> dict[tuple, str]:
-    """NNX submodule path within a block -> Linen submodule name: ``('conv1',) -> 'Conv_0'``, ..."""
-    index = block_cls.shortcut_index
-    names = {("downsample", 0): f"Conv_{index}", ("downsample", 1): f"BatchNorm_{index}"}
-    for k in range(index):
-        names[(f"conv{k + 1}",)] = f"Conv_{k}"
-        names[(f"bn{k + 1}",)] = f"BatchNorm_{k}"
-    return names
+def _module_paths(model) -> dict[tuple, tuple]:
+    """NNX module path -> Linen module path of every layer of an NNX model or block, from its spec's names
+    (:mod:`resnet_bottleneck.arch.names`): ``('layer1', 0, 'conv1') -> ('layer1_0', 'Conv_0')``."""
+    spec = arch.describe(model) if isinstance(model, ResNet) else model.spec
+    return {arch.nnx_path(name): linen for name, linen in arch.linen_names(spec).items()}
 
 
-def _linen_path(model, path: tuple) -> tuple:
-    """The Linen ``(*module path, leaf)`` of the NNX variable at ``path`` in ``model``."""
+def _linen_path(paths: dict[tuple, tuple], path: tuple) -> tuple:
+    """The Linen ``(*module path, leaf)`` of the NNX variable at ``path``."""
     *module, leaf = path
-    if isinstance(model, ResNet):
-        if len(module) > 2 and isinstance(module[1], int):  # ('layer1', 0, 'conv1') -> ('layer1_0', 'Conv_0')
-            module = [f"{module[0]}_{module[1]}", _block_names(model.block)[tuple(module[2:])]]
-    else:
-        module = [_block_names(type(model))[tuple(module)]]
-    return tuple(module) + (leaf,)
+    return paths[tuple(module)] + (leaf,)
 
 
 def _collection(variable) -> str:
@@ -224,7 +218,8 @@ def to_nnx(model, variables: Mapping[str, Any]):
     twin = MODULES[type(model)]
     abstract = nnx.eval_shape(lambda: twin(**kwargs, in_features=_in_features(model, given), rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
-    expected = {(_collection(v), *_linen_path(abstract, p)): (p, v) for p, v in nnx.to_flat_state(state)}
+    paths = _module_paths(abstract)
+    expected = {(_collection(v), *_linen_path(paths, p)): (p, v) for p, v in nnx.to_flat_state(state)}
     show = "/".join
     missing = sorted(show(k) for k in expected if k not in given)
     unexpected = sorted(show(map(str, k)) for k in given if k not in expected)
@@ -254,5 +249,6 @@ def to_linen(model) -> tuple[nn.Module, dict]:
             f"model must be an NNX {', '.join(c.__name__ for c in _LINEN)} of resnet_bottleneck.nnx; "
             f"got {type(model).__module__}.{type(model).__name__}"
         )
-    flat = {(_collection(v), *_linen_path(model, p)): v.get_value() for p, v in nnx.to_flat_state(nnx.state(model))}
+    paths = _module_paths(model)
+    flat = {(_collection(v), *_linen_path(paths, p)): v.get_value() for p, v in nnx.to_flat_state(nnx.state(model))}
     return _linen_module(model), traverse_util.unflatten_dict(flat)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .. import _checks
+from .. import _checks, arch
 from .. import models as linen
 from . import _rngs
 from .blocks import TWINS, BottleneckBlock, FastConv
@@ -83,41 +83,49 @@ class ResNet(nnx.Module):
                 f"block must be an NNX block class such as resnet_bottleneck.nnx.BottleneckBlock; "
                 f"got the Linen {block.__module__}.{block.__name__}"
             )
-        sizes = linen.check_layout(self)
+        linen.check_layout(self)
         _checks.positive_int("in_features", in_features)
         if norm == "frozen":
             norm_layer = partial(FrozenBatchNorm, epsilon=bn_epsilon)
         else:
             norm_layer = partial(BatchNorm, momentum=bn_momentum, epsilon=bn_epsilon, axis_name=axis_name)
         kind = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.conv1 = nnx.Conv(
-            in_features,
-            stem_width,
-            (7, 7),
-            strides=(2, 2),
-            padding=((3, 3), (3, 3)),
+        spec = arch.describe(self)
+        stem_conv, stem_bn = spec.stem.layers
+        setattr(
+            self,
+            stem_conv.name,
+            nnx.Conv(
+                stem_conv.in_features,
+                stem_conv.out_features,
+                (stem_conv.kernel, stem_conv.kernel),
+                strides=stem_conv.stride,
+                padding=((stem_conv.padding, stem_conv.padding), (stem_conv.padding, stem_conv.padding)),
+                use_bias=False,
+                kernel_init=linen.conv_kernel_init,
+                **kind,
+            ),
+        )
+        setattr(self, stem_bn.name, norm_layer(stem_bn.features, **kind))
+        common = dict(
+            norm=norm_layer,
+            conv=conv,
             use_bias=False,
+            padding="torch",
             kernel_init=linen.conv_kernel_init,
+            zero_init_last=zero_init_last,
             **kind,
         )
-        self.bn1 = norm_layer(stem_width, **kind)
-        channels = stem_width
-        for i, (size, (strides, first_dilation, dilation)) in enumerate(zip(sizes, linen.stage_plan(self, len(sizes)))):
-            options = dict(
-                linen.stage_args(self, i, dilation),
-                norm=norm_layer,
-                conv=conv,
-                use_bias=False,
-                padding="torch",
-                kernel_init=linen.conv_kernel_init,
-                zero_init_last=zero_init_last,
-                **kind,
-            )
-            stage = [block(channels, **{**options, "strides": strides, "dilation": first_dilation})]
-            channels = stem_width * 2**i * block.expansion
-            stage += [block(channels, **options) for _ in range(1, size)]
-            setattr(self, f"layer{i + 1}", nnx.List(stage))
-        self.fc = None if num_classes is None else nnx.Linear(channels, num_classes, **kind)
+        for stage in spec.stages:
+            blocks = [block(b.in_features, **linen.block_options(b), **common) for b in stage.blocks]
+            setattr(self, stage.name, nnx.List(blocks))
+        self.stage_names = tuple(stage.name for stage in spec.stages)
+        self.pool = spec.stem.pool
+        if spec.head is None:
+            self.fc = None
+        else:
+            fc = spec.head.layer
+            setattr(self, fc.name, nnx.Linear(fc.in_features, fc.out_features, **kind))
 
     def __call__(self, x, *, features: bool = False):
         """Logits, the last feature map (headless), or every stage's output.
@@ -134,9 +142,9 @@ class ResNet(nnx.Module):
         frozen = len(linen.TRAINABLE_LAYERS) - self.trainable_layers  # frozen from the input side: stem, layer1, ...
         x = jax.lax.stop_gradient(x) if frozen > 0 else x
         outputs = {"stem": x}
-        x = linen.max_pool(x, 3, 2, 1)
-        for i in range(len(self.stage_sizes)):
-            for block in getattr(self, f"layer{i + 1}"):
+        x = linen.POOLS[self.pool.kind](x, self.pool.kernel, self.pool.stride, self.pool.padding)
+        for i, stage in enumerate(self.stage_names):
+            for block in getattr(self, stage):
                 x = block(x)
             x = jax.lax.stop_gradient(x) if frozen > i + 1 else x
             outputs[linen.STAGE_NAMES[i]] = x

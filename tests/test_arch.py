@@ -1,0 +1,386 @@
+"""One description of the architecture (:mod:`resnet_bottleneck.arch`): every backend derived from it.
+
+Every test iterates every registered name (``arch.FAMILY``) with no per-name code, so a new row is
+tested by being added. The oracles are independent of the spec: the Linen, NNX and ONNX models'
+own variables, torchvision's own ``state_dict`` keys, and a frozen copy of the hand-written
+Linen ResNet of before (``legacy_resnet.py``), which the model built from the spec must equal bit
+for bit.
+"""
+
+import math
+from collections import Counter
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import legacy_resnet as legacy
+import numpy as np
+import pytest
+import torch
+import torchvision
+from flax import nnx, traverse_util
+
+import resnet_bottleneck as rb
+from resnet_bottleneck import arch, fold_batchnorm
+from resnet_bottleneck import models as ours
+from resnet_bottleneck import nnx as rnnx
+from resnet_bottleneck.cost import traced_layers
+from resnet_bottleneck.io import torchvision as tv
+from resnet_bottleneck.io.onnx import onnx_model
+
+NAMES = list(arch.FAMILY)
+#: The names torchvision has (all but ours, resnet_tiny).
+TORCHVISION = [name for name in NAMES if hasattr(torchvision.models, name)]
+#: Options that change the variables (the norm's collections, the classifier), tried on every name.
+VARIANTS = [
+    {},
+    {"norm": "frozen", "num_classes": 7},
+]
+IMAGE = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+
+
+def test_the_family_is_the_table():
+    assert NAMES == list(rb.CONFIGS)
+    assert set(TORCHVISION) == set(NAMES) - {"resnet_tiny"}
+    for name, row in arch.FAMILY.items():
+        assert rb.CONFIGS[name]["block"].kind == row["block"]
+        assert {k: v for k, v in rb.CONFIGS[name].items() if k != "block"} == {
+            k: v for k, v in row.items() if k != "block"
+        }
+
+
+def _size(tree) -> int:
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def _abstract(model):
+    return jax.eval_shape(model.init, jax.random.PRNGKey(0), IMAGE)
+
+
+def _zeros(abstract):
+    return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), abstract)
+
+
+def _nnx(name, **options):
+    return nnx.eval_shape(lambda: rnnx.create_model(name, rngs=nnx.Rngs(0), **options))
+
+
+# --- parameter counts: spec == Linen == NNX == ONNX ---------------------------------------
+
+
+@pytest.mark.parametrize("options", VARIANTS, ids=["plain", "frozen-7-classes"])
+@pytest.mark.parametrize("name", NAMES)
+def test_parameter_counts_agree_in_linen_nnx_and_the_spec(name, options):
+    spec = arch.describe(name, **options)
+    linen = _abstract(rb.create_model(name, **options))
+    assert _size(linen["params"]) == spec.param_count()
+    assert _size(linen.get("batch_stats", {})) == spec.stats_count()
+    model = _nnx(name, **options)
+    assert _size(nnx.state(model, nnx.Param)) == spec.param_count()
+    assert _size(nnx.state(model, nnx.BatchStat)) == spec.stats_count()
+    # the folded form's count: test_onnx_initializers_hold_the_specs_folded_count, from a folded model's init
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_onnx_initializers_hold_the_specs_folded_count(name):
+    """Every spec layer written once: conv kernels, one bias per conv (BN folded), the classifier.
+
+    The model is already folded, its parameters zeros (the count, not the values, is tested here;
+    test_io_onnx runs the graphs). The largest names take ~10 s each (proto and checker).
+    """
+    model = rb.create_model(name, folded=True)
+    abstract = _abstract(model)
+    spec = arch.describe(name)
+    assert _size(abstract) == spec.param_count(folded=True)  # a folded model has params only
+    proto = onnx_model(model, _zeros(abstract))
+    assert sum(math.prod(t.dims) for t in proto.graph.initializer) == spec.param_count(folded=True)
+    convs = [layer for layer in spec.layers() if isinstance(layer, arch.Conv)]
+    assert Counter(n.op_type for n in proto.graph.node)["Conv"] == len(convs)
+    assert len(proto.graph.initializer) == 2 * len(convs) + 2
+
+
+@pytest.mark.parametrize("name", ["resnet_tiny"])
+def test_onnx_of_an_unfolded_model_holds_the_folded_count(name):
+    model = rb.create_model(name)
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+    proto = onnx_model(model, variables)
+    assert sum(math.prod(t.dims) for t in proto.graph.initializer) == arch.describe(name).param_count(folded=True)
+
+
+# --- the name maps: bijections onto the variable trees ------------------------------------
+
+
+@pytest.mark.parametrize("options", [{}, {"norm": "frozen", "num_classes": None}], ids=["plain", "frozen-headless"])
+@pytest.mark.parametrize("name", NAMES)
+def test_the_name_maps_are_bijections_onto_the_linen_and_nnx_trees(name, options):
+    spec = arch.describe(name, **options)
+    linen_map, nnx_map = arch.linen_names(spec), arch.nnx_names(spec)
+    assert list(linen_map) == list(nnx_map)
+    flat = traverse_util.flatten_dict(_abstract(rb.create_model(name, **options)))
+    linen_modules = {key[1:-1] for key in flat}
+    assert len(set(linen_map.values())) == len(linen_map)  # one module a name
+    assert set(linen_map.values()) == linen_modules  # and every module named
+    nnx_modules = {tuple(path[:-1]) for path, _ in nnx.to_flat_state(nnx.state(_nnx(name, **options)))}
+    assert len(set(nnx_map.values())) == len(nnx_map)
+    assert set(nnx_map.values()) == nnx_modules
+    # leaf by leaf: every Linen leaf has exactly one torchvision key, every key one leaf, shapes equal
+    layout = tv._layout(spec)
+    keys = [key for key, _, _, _ in layout]
+    assert len(set(keys)) == len(keys)
+    assert Counter(path for _, path, _, _ in layout) == Counter(flat.keys())
+    for _, path, shape, _ in layout:
+        assert tuple(flat[path].shape) == tuple(shape), path
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_to_torchvision_writes_torchvisions_own_keys(name):
+    with torch.device("meta"):  # keys and shapes, no weights
+        theirs = getattr(torchvision.models, name)().state_dict()
+    abstract = _abstract(rb.create_model(name))
+    written = rb.to_torchvision(_zeros(abstract), name, as_numpy=True)
+    assert list(written) == list(theirs)  # the same keys, in torchvision's order
+    assert {k: tuple(v.shape) for k, v in written.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
+    assert len(written) == len(tv._layout(arch.describe(name))) + sum(k.endswith("num_batches_tracked") for k in theirs)
+
+
+# --- the spec's geometry is each backend's ------------------------------------------------
+
+
+def _pair(value):
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def _conv_geometry(kernel_size, strides, padding, dilation, groups, features):
+    pad = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
+    return tuple(kernel_size), _pair(strides), pad, _pair(dilation), groups, features
+
+
+def _spec_geometry(conv: arch.Conv):
+    p = conv.padding
+    padding = "VALID" if conv.kernel == 1 else ((p, p), (p, p))
+    return _conv_geometry(
+        (conv.kernel,) * 2, conv.stride, padding, (conv.dilation,) * 2, conv.groups, conv.out_features
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_linen_and_nnx_conv_is_the_specs(name):
+    options = {"replace_stride_with_dilation": (False, True, True)} if arch.FAMILY[name]["block"] != "basic" else {}
+    spec = arch.describe(name, **options)
+    by_linen = {path: layer for name_, path in arch.linen_names(spec).items() for layer in [_layer(spec, name_)]}
+    model = rb.create_model(name, **options)
+    traced = traced_layers(model, _abstract(model), IMAGE)
+    assert [tuple(layer.scope.path) for layer, _, _ in traced] == [
+        arch.linen_names(spec)[layer.name] for layer in spec.layers() if isinstance(layer, (arch.Conv, arch.Linear))
+    ]  # every conv and dense layer, in the spec's order
+    for layer, in_shape, _ in traced:
+        want = by_linen[tuple(layer.scope.path)]
+        if isinstance(want, arch.Linear):
+            assert (in_shape[-1], layer.features) == (want.in_features, want.out_features)
+            continue
+        got = _conv_geometry(
+            layer.kernel_size,
+            layer.strides,
+            layer.padding,
+            layer.kernel_dilation,
+            layer.feature_group_count,
+            layer.features,
+        )
+        assert got == _spec_geometry(want), want.name
+        assert in_shape[-1] == want.in_features, want.name
+    model = _nnx(name, **options)
+    for name_, path in arch.nnx_names(spec).items():
+        layer, module = _layer(spec, name_), model
+        for part in path:
+            module = module[part] if isinstance(part, int) else getattr(module, part)
+        if isinstance(layer, arch.Conv):
+            got = _conv_geometry(
+                module.kernel_size,
+                module.strides,
+                module.padding,
+                module.kernel_dilation,
+                module.feature_group_count,
+                module.out_features,
+            )
+            assert (got, module.in_features) == (_spec_geometry(layer), layer.in_features), name_
+
+
+def _layer(spec, name):
+    return next(layer for layer in spec.layers() if layer.name == name)
+
+
+# --- built from the description alone: today's model, bit for bit -------------------------
+
+
+def _record(model, variables, x):
+    """``(path, type, numeric attributes, input shape)`` of every conv, dense and norm layer the model calls."""
+    records = []
+
+    def record(next_fun, args, kwargs, context):
+        layer = context.module
+        if context.method_name == "__call__" and type(layer).__name__ in (
+            "Conv",
+            "Dense",
+            "BatchNorm",
+            "FrozenBatchNorm",
+        ):
+            fields = {
+                f: getattr(layer, f)
+                for f in layer.__dataclass_fields__
+                if f not in ("parent", "name") and not callable(getattr(layer, f))
+            }
+            records.append((tuple(layer.scope.path), type(layer).__name__, repr(fields), tuple(args[0].shape)))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(partial(model.apply, train=True, mutable=["batch_stats"]), variables, x)
+    return records
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_name_calls_todays_layers(name):
+    """Abstractly, for every name: the same layers, at the same paths, with the same attributes and inputs,
+    in the same order, as the hand-written ResNet of before (the numeric test below runs a sample)."""
+    x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    old, new = legacy.create_model(name), rb.create_model(name)
+    abstract = _abstract(new)
+    assert jax.tree_util.tree_structure(_abstract(old)) == jax.tree_util.tree_structure(abstract)
+    assert _record(old, abstract, x) == _record(new, abstract, x)
+
+
+#: Every option on the small model, and every distinct block layout of the family (basic; bottleneck;
+#: grouped) with one to three blocks a stage, scanned and not. All the names run at 32x32 would take
+#: minutes; the abstract test above checks every name's layers against today's. ``grads``: the cases
+#: whose backward pass an option changes (or that run the plain one) compare gradients too.
+CASES = [
+    ("resnet_tiny", {"grads": True}),
+    ("resnet_tiny", {"stride_on": "1x1", "zero_init_last": True}),
+    ("resnet_tiny", {"replace_stride_with_dilation": (False, True, True)}),
+    ("resnet_tiny", {"norm": "frozen", "num_classes": None}),
+    ("resnet_tiny", {"trainable_layers": 2, "grads": True}),
+    ("resnet_tiny", {"remat": True, "grads": True}),
+    ("resnet_tiny", {"dtype": jnp.bfloat16}),
+    ("resnet_tiny", {"folded": True}),
+    (None, {"block": "BottleneckBlock", "stage_sizes": (3, 2, 1, 1), "stem_width": 8, "scan": True, "grads": True}),
+    (None, {"block": "BasicBlock", "stage_sizes": (2, 2, 1, 1), "stem_width": 8, "scan": True}),
+    (
+        None,
+        {"block": "BottleneckBlock", "stage_sizes": (1, 1, 1, 1), "stem_width": 16, "groups": 32, "width_per_group": 4},
+    ),
+    ("resnet18", {}),
+]
+
+
+def _build(module, name, options):
+    if name is not None:
+        return module.create_model(name, **options)
+    return module.ResNet(**{**options, "block": getattr(module, options["block"])})
+
+
+def _case_id(case):
+    name, options = case
+    shown = "".join(f"-{k}={getattr(v, '__name__', v)}" for k, v in options.items() if k not in ("block", "grads"))
+    return (name or options["block"]) + shown.replace(" ", "")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_the_model_built_from_the_spec_is_todays_bit_for_bit(case):
+    name, options = case
+    options = dict(options)
+    grads = options.pop("grads", False)
+    old, new = _build(legacy, name, options), _build(ours, name, options)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+    if new.folded:  # the folded form of today's variables, applied by both
+        plain = ours.create_model(name)
+        _, variables = fold_batchnorm(plain, plain.init(jax.random.PRNGKey(0), x))
+        np.testing.assert_array_equal(old.apply(variables, x), new.apply(variables, x))
+        return
+    variables = new.init(jax.random.PRNGKey(0), x)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, old.init(jax.random.PRNGKey(0), x), variables)
+    np.testing.assert_array_equal(old.apply(variables, x), new.apply(variables, x))
+    features = [m.apply(variables, x, features=True) for m in (old, new)]
+    jax.tree_util.tree_map(np.testing.assert_array_equal, *features)
+
+    def loss(model, params):
+        y, updated = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+        return jnp.sum(jnp.asarray(y, jnp.float32) ** 2), (y, updated)
+
+    if grads:
+        (_, (y_old, s_old)), g_old = jax.value_and_grad(partial(loss, old), has_aux=True)(variables["params"])
+        (_, (y_new, s_new)), g_new = jax.value_and_grad(partial(loss, new), has_aux=True)(variables["params"])
+        jax.tree_util.tree_map(np.testing.assert_array_equal, g_old, g_new)
+    else:
+        _, (y_old, s_old) = loss(old, variables["params"])
+        _, (y_new, s_new) = loss(new, variables["params"])
+    np.testing.assert_array_equal(y_old, y_new)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, s_old, s_new)  # updated batch statistics
+
+
+# --- the description's own checks ---------------------------------------------------------
+
+
+def test_a_spec_is_data_and_its_names_torchvisions():
+    spec = arch.describe("resnet50")
+    block = next(spec.blocks())
+    assert [layer.name for layer in block.all_layers] == [
+        "layer1.0.conv1",
+        "layer1.0.bn1",
+        "layer1.0.conv2",
+        "layer1.0.bn2",
+        "layer1.0.conv3",
+        "layer1.0.bn3",
+        "layer1.0.downsample.0",
+        "layer1.0.downsample.1",
+    ]
+    assert arch.linen_path(spec, "layer1.0.downsample.0") == ("layer1_0", "Conv_3")
+    assert arch.linen_path(spec, "layer1.0.conv2") == ("layer1_0", "Conv_1")
+    assert arch.nnx_path("layer1.0.downsample.0") == ("layer1", 0, "downsample", 0)
+    assert arch.linen_names(spec, scan=True)["layer3.4.bn2"] == ("layer3_scan", "block", "BatchNorm_1")
+    assert spec.param_count() == 25_557_032  # torchvision's resnet50
+    assert spec == arch.describe(rb.create_model("resnet50"))  # from a model's attributes, the same spec
+    assert spec.feature_info() == rb.feature_info("resnet50")
+
+
+@pytest.mark.parametrize(
+    "call,error,fragment",
+    [
+        (lambda: arch.describe("resnet5"), ValueError, "name must be one of resnet18"),
+        (lambda: arch.describe("resnet50", block="squeeze"), ValueError, "block must be one of 'bottleneck'"),
+        (lambda: arch.describe("resnet50", widht=3), TypeError, "unknown architecture options widht"),
+        (lambda: arch.describe("resnet18", groups=2), ValueError, "basic blocks support only groups=1"),
+        (
+            lambda: arch.describe("resnet18", replace_stride_with_dilation=(False, False, True)),
+            ValueError,
+            "dilates C5 by 2, but basic blocks support only dilation=1",
+        ),
+        (lambda: arch.describe("resnet50", norm="group"), ValueError, "norm must be one of 'batch', 'frozen'"),
+    ],
+)
+def test_bad_options_are_named(call, error, fragment):
+    with pytest.raises(error, match=fragment):
+        call()
+
+
+def test_arch_imports_nothing_of_ours_and_no_jax():
+    import ast
+    import pathlib
+
+    root = pathlib.Path(arch.__file__).parent
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert (
+                    node.level == 1
+                    or node.module == "__future__"
+                    or node.module.split(".")[0]
+                    in (
+                        "collections",
+                        "dataclasses",
+                        "typing",
+                    )
+                ), (path.name, node.module)
+            elif isinstance(node, ast.Import):
+                assert all(
+                    a.name.split(".")[0] not in ("jax", "flax", "numpy", "resnet_bottleneck") for a in node.names
+                )
