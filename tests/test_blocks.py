@@ -258,7 +258,7 @@ def test_fast_default_agrees_with_plain_flax(cls, options, shape, rng):
     fast, plain = cls(**options), cls(**options, conv=nn.Conv, norm=PLAIN_NORM)
     v_fast, v_plain = fast.init(jax.random.PRNGKey(0), x), plain.init(jax.random.PRNGKey(0), x)
     assert_trees_equal(v_fast, v_plain)
-    assert_results_close(forward_and_grads(fast, v_plain, x, jit=rb.jit), forward_and_grads(plain, v_plain, x))
+    assert_results_close(forward_and_grads(fast, v_plain, x, jit=rb.xla.jit), forward_and_grads(plain, v_plain, x))
 
 
 def test_fast_path_is_taken():

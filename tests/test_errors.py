@@ -17,6 +17,16 @@ def test_input_errors_are_value_errors_and_run_errors_are_not():
     assert issubclass(errors.ImageError, OSError)
 
 
+def test_weights_that_do_not_fit_are_an_input_error():
+    import numpy as np
+
+    from resnet_bottleneck.io.torchvision import WeightsMismatch, from_torchvision
+
+    with pytest.raises(WeightsMismatch) as caught:
+        from_torchvision({"conv1.weight": np.zeros((64, 3, 7, 7), np.float32)}, "resnet18")
+    assert isinstance(caught.value, errors.InputError)
+
+
 def test_a_setting_error_names_its_field():
     err = errors.DataError("batch_size", "7 does not divide over 2 processes")
     assert (err.field, err.message, str(err)) == (

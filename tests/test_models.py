@@ -359,7 +359,7 @@ def test_fast_model_agrees_with_plain_nn_conv(batch):
     variables = plain.init(jax.random.PRNGKey(0), batch)
     assert_trees_equal(fast.init(jax.random.PRNGKey(0), batch), variables)
     assert_results_close(
-        forward_and_grads(fast, variables, batch, jit=rb.jit, train=True),
+        forward_and_grads(fast, variables, batch, jit=rb.xla.jit, train=True),
         forward_and_grads(plain, variables, batch, train=True),
     )
 
@@ -385,7 +385,7 @@ def test_global_average_pool_is_the_mean_and_keeps_convs_off_ynnpack(rng):
             y = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
             return pool(jax.nn.relu(y))
 
-        return rb.jit(f).lower(x).compile().as_text()
+        return rb.xla.jit(f).lower(x).compile().as_text()
 
     if jax.default_backend() == "cpu":
         assert "__ynn_fusion" in head(lambda y: jnp.mean(y, axis=(1, 2)))

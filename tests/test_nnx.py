@@ -2,7 +2,6 @@
 (eval and train) and gradients; lossless conversion both ways; the seed block; torchvision parity;
 NNX-native use (train/eval, nnx.Optimizer, the README example); named errors."""
 
-import re
 from functools import partial
 from pathlib import Path
 
@@ -318,22 +317,6 @@ def test_torchvision_resnet50_into_nnx_and_back():
     assert back.keys() == tv.state_dict().keys()
     for key, tensor in tv.state_dict().items():
         assert torch.equal(back[key], tensor), key
-
-
-def _readme_example() -> str:
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Flax NNX") :]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    return next(b for b in blocks if "nnx.Optimizer" in b)
-
-
-def test_readme_example_fine_tunes_digits(capsys):
-    """The README's NNX example, run as written: nnx.Optimizer and nnx.jit train digits to >= 95%."""
-    namespace = {}
-    exec(compile(_readme_example(), "README.md (Flax NNX)", "exec"), namespace)
-    assert namespace["accuracy"] >= 0.95, namespace["accuracy"]
-    assert isinstance(namespace["model"], rnnx.ResNet)
-    assert f"{namespace['accuracy']:.3f}" in capsys.readouterr().out
 
 
 # --- errors ------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Bad input is an :class:`InputError`, a ``ValueError``: ``except ValueError`` kee
 A setting's error names the setting (:class:`SettingError`'s ``field``), so the library says
 ``batch_size: <message>`` and the command line ``argument --batch-size: <message>``. A run that
 cannot go on is a :class:`TrainingError`. ``io.torchvision.WeightsMismatch`` (weights that do not
-fit a model) lives with the format it describes.
+fit a model, an :class:`InputError`) lives with the format it describes.
 """
 
 from __future__ import annotations

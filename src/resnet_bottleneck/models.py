@@ -180,7 +180,7 @@ class ResNet(nn.Module):
         layer4 (torchvision's meaning; 5, the default, is all). The input side of the frozen
         part is cut from autodiff (``stop_gradient``), so its parameters get exactly zero
         gradient and no backward pass is spent on it; pair it with
-        :func:`resnet_bottleneck.backbones.freeze` so that the optimizer does not move them
+        :func:`resnet_bottleneck.freeze` so that the optimizer does not move them
         either (weight decay would).
     """
 
@@ -335,13 +335,7 @@ def check_layout(model) -> tuple[int, ...]:
     _checks.positive_int("stem_width", model.stem_width)
     stage_args(model, 0)  # the block kind's own checks of groups and widths
     _checks.one_of("norm", model.norm, NORMS)
-    _checks.int_in_range(
-        "trainable_layers",
-        model.trainable_layers,
-        0,
-        len(TRAINABLE_LAYERS),
-        " (how many of layer4, layer3, layer2, layer1, conv1 learn)",
-    )
+    _checks.trainable_layers(model.trainable_layers)
     dilate = model.replace_stride_with_dilation
     if (
         not isinstance(dilate, (tuple, list))
@@ -356,9 +350,7 @@ def check_layout(model) -> tuple[int, ...]:
 
 
 def _model_name(name: Any) -> str:
-    if not isinstance(name, str) or name not in CONFIGS:
-        raise ValueError(f"name must be one of {', '.join(CONFIGS)}; got {name!r}")
-    return name
+    return _checks.model_name(name, tuple(CONFIGS))
 
 
 def create_model(name: str, num_classes: int | None = 1000, **options) -> ResNet:

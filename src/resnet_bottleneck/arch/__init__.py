@@ -1,7 +1,7 @@
 """The architecture as data: every layer of every family model, its geometry and its name.
 
-Pure Python (no JAX, nothing else of this package): :func:`describe` turns a name of
-:data:`FAMILY` (or a model's attributes) and options into a :class:`ResNetSpec`; the Linen
+No JAX, and nothing of this package but its argument checks (``_checks``): :func:`describe` turns a
+name of :data:`FAMILY` (or a model's attributes) and options into a :class:`ResNetSpec`; the Linen
 and NNX models, the ONNX writer and the checkpoint name maps (:mod:`.names`) are all derived
 from it. A new variant is a row of :data:`FAMILY`; a new layer kind a :class:`BlockKind` (or a
 new layer dataclass) here and one implementation per backend.

@@ -12,13 +12,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .. import _checks
+from .._checks import TRAINABLE_LAYERS
 from .spec import Block, Conv, Head, Linear, Norm, Pool, ResNetSpec, Shortcut, Stage, Stem
 
 STAGE_NAMES = ("C2", "C3", "C4", "C5")
 NORMS = ("batch", "frozen")
 STRIDE_PLACEMENTS = ("3x3", "1x1")
-#: torchvision's ``trainable_layers`` order: with ``trainable_layers=K`` the first K of these learn.
-TRAINABLE_LAYERS = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 #: Every architecture option and its default (torchvision's ResNet-50 but for the row's own).
 DEFAULTS: dict[str, Any] = {
@@ -101,8 +101,7 @@ def _basic_args(planes, *, groups=1, width_per_group=64, stride_on="3x3", dilati
         )
     if dilation != 1:
         raise ValueError(f"basic blocks support only dilation=1, as torchvision's; got dilation={dilation!r}")
-    if stride_on not in STRIDE_PLACEMENTS:
-        raise ValueError(f"stride_on must be one of {', '.join(map(repr, STRIDE_PLACEMENTS))}; got {stride_on!r}")
+    _checks.one_of("stride_on", stride_on, STRIDE_PLACEMENTS)
     return {"features": planes, "dilation": 1}
 
 
@@ -138,9 +137,7 @@ SHORTCUT_KINDS = ("identity", "projection")
 
 
 def block_kind(kind: Any) -> BlockKind:
-    if kind not in BLOCK_KINDS:
-        raise ValueError(f"block must be one of {', '.join(map(repr, BLOCK_KINDS))}; got {kind!r}")
-    return BLOCK_KINDS[kind]
+    return BLOCK_KINDS[_checks.one_of("block", kind, tuple(BLOCK_KINDS))]
 
 
 def needs_projection(in_features: int, out_features: int, stride) -> bool:
@@ -207,9 +204,7 @@ def options_of(model: Any = None, **options) -> dict[str, Any]:
     """Every architecture option: a row of :data:`FAMILY` (``model`` a name) or a model's attributes
     (``model`` any object; a block class there gives its ``kind``), then ``options``, then :data:`DEFAULTS`."""
     if isinstance(model, str):
-        if model not in FAMILY:
-            raise ValueError(f"name must be one of {', '.join(FAMILY)}; got {model!r}")
-        found = dict(FAMILY[model])
+        found = dict(FAMILY[_checks.model_name(model, tuple(FAMILY))])
     elif model is not None:
         found = {key: getattr(model, key) for key in DEFAULTS if hasattr(model, key)}
     else:
@@ -234,8 +229,7 @@ def describe(model: Any = None, **options) -> ResNetSpec:
     o = options_of(model, **options)
     kind = block_kind(o["block"])
     norm = o["norm"]
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {', '.join(map(repr, NORMS))}; got {norm!r}")
+    _checks.one_of("norm", norm, NORMS)
     width = o["stem_width"]
     conv1 = _conv("conv1", o["in_features"], width, 7, 2)
     stem = Stem("conv7", (conv1, Norm("bn1", width, norm)), Pool("maxpool", "max", 3, 2, 1), width, 2)

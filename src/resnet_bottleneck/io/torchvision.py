@@ -45,6 +45,7 @@ from flax import traverse_util
 
 from .. import _checks, arch
 from ..backbones import FPNBackbone, create_fpn_backbone
+from ..errors import InputError
 from ..models import CONFIGS, ResNet, _model_name, create_model, feature_info
 from .safetensors import read_tensors
 
@@ -226,7 +227,7 @@ def detect_architecture(state_dict: Mapping[str, Any]) -> str | None:
     return _detect(_shapes(state_dict)[1], torch=True)[0]
 
 
-class WeightsMismatch(ValueError):
+class WeightsMismatch(InputError):
     """Tensors that do not fit the model asked for: which family model they fit, and how they differ.
 
     ``str()`` is one short line: the file (``source``), the model asked for, the model the
