@@ -1,7 +1,7 @@
 """The workloads the benchmarks time, built the same way for every contestant.
 
 Each builder returns a ``run()`` that does one unit of work and waits for it. Flax
-contestants take ``jit`` (``jax.jit`` for the plain formulation, ``resnet_bottleneck.jit``
+contestants take ``jit`` (``jax.jit`` for the plain formulation, ``resnet_bottleneck.xla.jit``
 for ours); PyTorch runs torchvision's modules in ``channels_last``, the fast layout.
 Every Flax training workload runs the library's own train step (:func:`library_step`).
 """

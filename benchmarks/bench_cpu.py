@@ -9,7 +9,7 @@ Workloads (float32, all cores, batch --batch):
 
 Contestants: PyTorch runs torchvision's modules in ``channels_last``; "plain Flax" is
 ``nn.Conv``/``nn.BatchNorm`` under ``jax.jit`` with XLA's defaults (the models' plain form
-for ResNet-50); "ours" is the library's defaults under :func:`resnet_bottleneck.jit`.
+for ResNet-50); "ours" is the library's defaults under :func:`resnet_bottleneck.xla.jit`.
 Rounds are interleaved; times are medians. GFLOP/s counts 2 FLOPs per multiply-add of
 the convolutions (backward = 2x forward), next to this run's measured matmul peak.
 
@@ -193,7 +193,7 @@ def main(argv=None) -> None:
             note=f" (medians of interleaved rounds; {cores()} threads for everyone)",
             text=(
                 "Time ratios below 1 mean ours is faster. The 3x3 conv row shows why "
-                "`resnet_bottleneck.jit` compiles with its own options on CPU (see `xla.py`). "
+                "`resnet_bottleneck.xla.jit` compiles with its own options on CPU (see `xla.py`). "
                 f"Plot: [{PLOT.name}](benchmarks/{PLOT.name})."
             ),
         )

@@ -3,7 +3,7 @@
 Contestants, float32, 224x224, all cores, rounds interleaved, medians:
 
 * PyTorch eager: torchvision's ResNet-50 in ``channels_last`` under ``inference_mode``;
-* ours in XLA: BatchNorm folded (:func:`fold_batchnorm`), under :func:`resnet_bottleneck.jit`;
+* ours in XLA: BatchNorm folded (:func:`fold_batchnorm`), under :func:`resnet_bottleneck.xla.jit`;
 * ours in ONNX Runtime: :func:`export_onnx`'s graph (BatchNorm folded, one Conv per conv,
   dynamic batch, ``image_size`` fixed) with :func:`resnet_bottleneck.io.onnx.session_options`,
   fed NCHW and NHWC.

@@ -2,7 +2,7 @@
 
 ResNet-50 (or --model), eval mode, random weights with running statistics taken from a
 batch of activations, float32, each --batch at --image-size (224); both compiled once (with
-``resnet_bottleneck.jit``), then timed interleaved; medians.
+``resnet_bottleneck.xla.jit``), then timed interleaved; medians.
 
     python benchmarks/bench_fold.py [--model resnet50] [--batch 1 8] [--image-size 224] [--repeats 7] [--write]
 """

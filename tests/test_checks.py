@@ -195,7 +195,10 @@ def test_model_names_get_one_verdict_and_the_same_hint(name):
 
 def test_a_typo_gets_the_nearest_name():
     assert library(_checks.model_name, "resnet5", NAMES, "model").endswith("; got 'resnet5' (did you mean resnet50?)")
-    assert library(_checks.model_name, 50, NAMES, "model") == f"model must be one of {', '.join(NAMES)}; got 50"
+    with pytest.raises(TypeError, match=rf"^model must be one of {', '.join(NAMES)}; got 50 \(int\)$"):
+        _checks.model_name(50, NAMES, "model")  # not a string at all: the wrong kind of thing
+    assert settings(Config, model=50) == f"must be one of {', '.join(NAMES)}; got 50"  # one line, naming the field
+    assert cli("cost", "--model", "50") == f"argument --model: must be one of {', '.join(NAMES)}; got '50'"
     assert _checks.model_name("b", ("a", "b"), argument="arch") == "b"  # any registry's names
 
 

@@ -10,7 +10,7 @@ from helpers import compiles, one_line_error, random_torchvision, random_variabl
 from onnx import TensorProto, helper
 
 from resnet_bottleneck.cli import main
-from resnet_bottleneck.cli.predict import preprocess
+from resnet_bottleneck.inference import preprocess
 from resnet_bottleneck.io.safetensors import CHECKPOINT_FORMAT, save_variables
 from resnet_bottleneck.io.torchvision import from_torchvision
 

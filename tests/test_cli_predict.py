@@ -12,7 +12,7 @@ from helpers import assert_trees_equal, one_line_error, random_torchvision
 
 from resnet_bottleneck import create_model
 from resnet_bottleneck.cli import main
-from resnet_bottleneck.cli.predict import preprocess
+from resnet_bottleneck.inference import preprocess
 from resnet_bottleneck.io.safetensors import CHECKPOINT_FORMAT, load_variables, save_variables
 from resnet_bottleneck.io.torchvision import from_torchvision
 

@@ -72,10 +72,15 @@ def test_predict_files_streams_batches_in_order_with_errors_in_place(pictures):
 def test_predict_files_checks_its_arguments_and_takes_no_files():
     classify = _mean_classifier([])
     assert list(inference.predict_files(classify, [], image_size=8)) == []
+    # checked at the call, before anything iterates the stream
     with pytest.raises(ValueError, match="batch_size must be a positive integer; got 0"):
-        list(inference.predict_files(classify, ["x.png"], batch_size=0))
+        inference.predict_files(classify, ["x.png"], batch_size=0)
     with pytest.raises(ValueError, match="workers must be an integer >= 0; got -1"):
-        list(inference.predict_files(classify, ["x.png"], workers=-1))
+        inference.predict_files(classify, ["x.png"], workers=-1)
+    with pytest.raises(ValueError, match="top must be a positive integer; got 0"):
+        inference.predict_files(classify, ["x.png"], top=0)
+    with pytest.raises(TypeError, match="image_size must be"):
+        inference.predict_files(classify, ["x.png"], image_size="8")
 
 
 def test_jax_classifier_is_the_models_softmax(pictures):
@@ -171,3 +176,62 @@ def test_load_model_reads_files_through_io_and_directories_as_runs(tmp_path):
         load_model(tmp_path)
     with pytest.raises(ValueError, match=f"{tmp_path} is a directory, not a weights file"):
         load_model_file(tmp_path)
+
+
+def test_image_paths_and_an_image_folder_walk_alike(tmp_path):
+    """``predict DIR`` and an image folder's classes list the same images: hidden folders and files left out."""
+    from resnet_bottleneck.data import list_images
+
+    for rel in ("c/x.png", "c/deep/y.jpg", "c/.cache/z.png", "c/.w.png", "c/notes.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / rel, format="PNG")
+    listed = inference.image_paths([tmp_path / "c"])
+    assert listed == [str(tmp_path / "c" / "deep" / "y.jpg"), str(tmp_path / "c" / "x.png")]
+    folder = list_images(tmp_path)
+    assert [folder.path(i) for i in range(len(folder))] == listed
+
+
+def test_preprocess_is_the_evaluation_transform_normalised(pictures):
+    from resnet_bottleneck.errors import ImageError
+
+    root, paths = pictures
+    mean, std = (0.2, 0.3, 0.4), (0.5, 0.6, 0.7)
+    expected = (eval_transform(paths[1], 16).astype(np.float32) / 255 - np.asarray(mean)) / np.asarray(std)
+    np.testing.assert_allclose(inference.preprocess(paths[1], 16, mean, std), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ImageError, match="broken.png"):
+        inference.preprocess(root / "a" / "broken.png")
+    with pytest.raises(ValueError, match="image_size must be a positive integer; got 0"):
+        inference.preprocess(paths[1], 0)
+
+
+def test_evaluation_folder_is_val_in_imagenet_layout_else_the_whole_folder(tmp_path):
+    from resnet_bottleneck.data.synthetic import write_image_folder
+
+    imagenet = write_image_folder(tmp_path / "in", 2, 3, (20, 16), layout="imagenet", val_per_class=1)
+    files = inference.evaluation_folder(imagenet)
+    assert (files.root, len(files), files.classes) == (str(imagenet / "val"), 2, ("class_000", "class_001"))
+    flat = write_image_folder(tmp_path / "flat", 2, 3, (20, 16))
+    files = inference.evaluation_folder(flat)
+    assert (files.root, len(files)) == (str(flat), 6)
+    with pytest.raises(DataError, match="is not a directory") as err:
+        inference.evaluation_folder(tmp_path / "nope")
+    assert err.value.field == "data"
+
+
+def test_onnx_num_classes_reads_the_output_else_runs_one_image():
+    class Stub:
+        metadata = {}
+
+        def __init__(self, num_classes, image_size):
+            self.num_classes, self.image_size, self.seen = num_classes, image_size, []
+
+        def __call__(self, x):
+            self.seen.append(x.shape)
+            return np.zeros((len(x), 7), np.float32)
+
+    fixed = Stub(5, None)
+    assert inference.onnx_num_classes(fixed) == 5 and fixed.seen == []
+    dynamic = Stub(None, None)
+    assert inference.onnx_num_classes(dynamic) == 7 and dynamic.seen == [(1, 224, 224, 3)]
+    sized = Stub(None, 32)
+    assert inference.onnx_num_classes(sized) == 7 and sized.seen == [(1, 32, 32, 3)]

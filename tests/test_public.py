@@ -62,3 +62,23 @@ def test_import_changes_no_setting_and_loads_no_heavy_extra():
     assert result["same"]
     assert not set(HEAVY) & set(result["modules"]), set(HEAVY) & set(result["modules"])
     assert "jax" in result["modules"] and "resnet_bottleneck" in result["modules"]  # the check sees modules
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "new_home"),
+    [
+        ("resnet_bottleneck", "jit", "resnet_bottleneck.xla.jit"),
+        ("resnet_bottleneck", "compiler_options", "resnet_bottleneck.xla.compiler_options"),
+        ("resnet_bottleneck", "reuse_freed_memory", "resnet_bottleneck.xla.reuse_freed_memory"),
+        ("resnet_bottleneck.io", "load_model", "resnet_bottleneck.load_model"),
+        ("resnet_bottleneck.backbones", "freeze", "resnet_bottleneck.training.optim.freeze"),
+        ("resnet_bottleneck.backbones", "trainable_mask", "resnet_bottleneck.training.optim.trainable_mask"),
+    ],
+)
+def test_a_moved_name_says_where_it_went(module, name, new_home):
+    mod = importlib.import_module(module)
+    assert not hasattr(mod, name)
+    with pytest.raises(AttributeError, match=rf"{module}\.{name} moved to {new_home}"):
+        getattr(mod, name)
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        mod.no_such_name  # noqa: B018 - any other name is a plain AttributeError

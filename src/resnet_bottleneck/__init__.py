@@ -45,4 +45,29 @@ __all__ = [
     "unscan_variables",
 ]
 
-__version__ = "0.1.0"
+#: Names that used to be here, and where they are now (a clear error rather than a bare AttributeError).
+_MOVED = {
+    "jit": "resnet_bottleneck.xla.jit",
+    "compiler_options": "resnet_bottleneck.xla.compiler_options",
+    "reuse_freed_memory": "resnet_bottleneck.xla.reuse_freed_memory",
+}
+
+
+def __getattr__(name: str):
+    """Name the new home of a moved name; ``hasattr`` stays False for it."""
+    if name in _MOVED:
+        raise AttributeError(f"resnet_bottleneck.{name} moved to {_MOVED[name]}")
+    raise AttributeError(f"module 'resnet_bottleneck' has no attribute {name!r}")
+
+
+def _version() -> str:
+    """The installed package's version, from its metadata (pyproject.toml is the one place it is written)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("resnet-bottleneck")
+    except metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
+        return "0+unknown"
+
+
+__version__ = _version()

@@ -37,9 +37,6 @@ def is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
-_is_int = is_int  # the name the models' checks use
-
-
 def is_number(value: Any) -> bool:
     """A Python or numpy integer or float; never a bool."""
     return is_int(value) or isinstance(value, (float, np.floating))
@@ -140,11 +137,6 @@ def trainable_layers(value: Any, name: str = "trainable_layers") -> int:
     return KINDS["trainable_layers"].check(name, value)
 
 
-def int_in_range(name: str, value: Any, low: int, high: int, meaning: str = "") -> int:
-    """``value`` as a Python int in ``[low, high]``; ``meaning`` explains the range in messages."""
-    return Kind(f"an integer from {low} to {high}{meaning}", int, is_int, _in_range(low, high)).check(name, value)
-
-
 def seed(value: Any, name: str = "seed") -> int:
     """A PRNG seed in ``[0, 2**32)``.
 
@@ -172,7 +164,10 @@ def name_problem(value: Any, names: Sequence[str]) -> str | None:
 
 def model_name(value: Any, names: Sequence[str], argument: str = "name") -> str:
     """``value`` if it is one of ``names`` (a registry's model names), else a ``ValueError``
-    ``"{argument} must be one of ...; got '...'"`` suggesting the nearest name."""
+    ``"{argument} must be one of ...; got '...'"`` suggesting the nearest name (a ``TypeError``
+    for a value that is not a string at all, as every check here)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{argument} must be one of {', '.join(names)}; got {_describe(value)}")
     problem = name_problem(value, names)
     if problem is not None:
         raise ValueError(f"{argument} {problem}")

@@ -193,3 +193,13 @@ def create_fpn_backbone(
     body = create_model(name, num_classes=None, norm=norm, trainable_layers=trainable_layers, **options)
     body = body.clone(stage_sizes=tuple(body.stage_sizes[: returned[-1]]))
     return FPNBackbone(body=body, returned_layers=returned, out_channels=out_channels, extra_pool=extra_pool)
+
+
+def __getattr__(name: str):
+    """Name the new home of a moved name; ``hasattr`` stays False for it."""
+    if name in ("freeze", "trainable_mask"):
+        raise AttributeError(
+            f"resnet_bottleneck.backbones.{name} moved to resnet_bottleneck.training.optim.{name}"
+            f" (also resnet_bottleneck.{name})"
+        )
+    raise AttributeError(f"module 'resnet_bottleneck.backbones' has no attribute {name!r}")

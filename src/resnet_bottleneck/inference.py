@@ -8,6 +8,9 @@
   for our model on JAX (:func:`jax_classifier`) or an ``.onnx`` file on ONNX Runtime
   (:func:`onnx_classifier`); an image that cannot be decoded is reported, not fatal.
 - :func:`image_paths`: files and directories (every image under them, sorted) as the list to classify.
+- :func:`preprocess`: one image as the model sees it (the evaluation transform, normalised).
+- :func:`evaluation_folder`: the images to evaluate on under a folder (``val/`` in ImageNet's layout).
+- :func:`onnx_num_classes`: an ``.onnx`` classifier's number of classes.
 - :func:`match_classes`: an image folder's labels in a model's class indices.
 - :func:`held_out_split`: the images a run held out, as its model file records them.
 
@@ -24,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _checks
-from .data.folder import IMAGE_SUFFIXES, ImageFiles
+from .data.folder import IMAGE_SUFFIXES, ImageFiles, images_under, is_train_val, list_images
 from .errors import DataError, ImageError, TrainingError
 
 
@@ -110,13 +113,7 @@ def image_paths(paths: Sequence[str | os.PathLike]) -> list[str]:
         if os.path.isfile(path):
             found.append(path)
         elif os.path.isdir(path):
-            images = sorted(
-                os.path.join(parent, name)
-                for parent, dirs, names in os.walk(path, followlinks=True)
-                if not any(part.startswith(".") for part in Path(os.path.relpath(parent, path)).parts)
-                for name in names
-                if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
-            )
+            images = images_under(path)
             if not images:
                 raise ValueError(f"{path} is a directory without images ({', '.join(IMAGE_SUFFIXES)})")
             found += images
@@ -141,16 +138,26 @@ def predict_files(
     ``[N, image_size, image_size, 3]`` batch to ``[N, classes]`` probabilities) sees batches of
     ``batch_size`` (the last one padded), decoded ahead by the data pipeline (``workers`` processes;
     0: one thread). An image that cannot be decoded has an ``error`` instead of ``top``.
-    """
-    from . import data
-    from .data.pipeline import private_copy
-    from .data.transforms import eval_transform
 
+    The arguments are checked here, before the first batch is asked for.
+
+    Raises:
+      TypeError, ValueError: a bad ``image_size``, ``batch_size``, ``workers`` or ``top`` (naming it).
+    """
     paths = [os.fspath(p) for p in paths]
     image_size = _checks.positive_int("image_size", image_size)
     batch_size = min(_checks.positive_int("batch_size", batch_size), max(len(paths), 1))
     workers = _checks.count("workers", workers)
     top = _checks.positive_int("top", top)
+    return _predict_batches(classify, paths, image_size, batch_size, workers, top)
+
+
+def _predict_batches(classify, paths: list[str], image_size: int, batch_size: int, workers: int, top: int):
+    """:func:`predict_files`'s stream, its arguments checked."""
+    from . import data
+    from .data.pipeline import private_copy
+    from .data.transforms import eval_transform
+
     if not paths:
         return
     source = ImageFiles("", np.asarray([p.encode() for p in paths], dtype=bytes), np.zeros(len(paths), np.int32), ("",))
@@ -177,6 +184,45 @@ def predict_files(
             yield results
     finally:
         stream.close()
+
+
+def preprocess(path: str | os.PathLike, image_size: int = 224, mean=None, std=None) -> np.ndarray:
+    """One image as the model sees it, HWC float32: the evaluation transform (shorter side to
+    ``image_size / 0.875``, center crop), normalised by ``mean``/``std`` (ImageNet's by default).
+
+    Raises:
+      ImageError: the file cannot be read as an image (naming it).
+    """
+    from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, normalize
+
+    image_size = _checks.positive_int("image_size", image_size)
+    return normalize(eval_transform(os.fspath(path), image_size), mean or IMAGENET_MEAN, std or IMAGENET_STD)
+
+
+def evaluation_folder(root: str | os.PathLike) -> ImageFiles:
+    """The images to evaluate a model on under ``root``: ``root/val`` in ImageNet's layout (``train/`` and
+    ``val/`` folders of classes), else every class folder of ``root`` (``root/<class>/<image>``).
+
+    Raises:
+      DataError: (``field`` ``data``) no such folder, no class folders, or a class folder without images.
+    """
+    return list_images(Path(root) / "val" if is_train_val(root) else root, field="data")
+
+
+def onnx_num_classes(classifier) -> int:
+    """The number of classes of an ONNX classifier (:func:`resnet_bottleneck.io.onnx.load_onnx`): its output's
+    class axis, or, where that axis is dynamic, the width of its output on one black image at its input size
+    (224 where the file does not fix one).
+
+    Raises:
+      ValueError: ONNX Runtime cannot run the file on that image.
+    """
+    from .io.metadata import DEFAULT_IMAGE_SIZE
+
+    if classifier.num_classes is not None:
+        return classifier.num_classes
+    size = classifier.image_size or DEFAULT_IMAGE_SIZE
+    return int(np.asarray(classifier(np.zeros((1, size, size, 3), np.float32))).shape[1])
 
 
 def match_classes(files: ImageFiles, names: Sequence[str] | None, num_classes: int, where: str = "data") -> ImageFiles:
@@ -226,11 +272,14 @@ def held_out_split(metadata: Mapping[str, str], source: str = "the file"):
 
 __all__ = [
     "Prediction",
+    "evaluation_folder",
     "held_out_split",
     "image_paths",
     "jax_classifier",
     "load_model",
     "match_classes",
     "onnx_classifier",
+    "onnx_num_classes",
     "predict_files",
+    "preprocess",
 ]

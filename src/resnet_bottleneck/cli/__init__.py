@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import __version__
 from . import convert, cost, evaluate, export, forward, predict, train
 from ._common import PROG, UsageError
 
@@ -24,15 +25,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def version() -> str:
-    """The installed package's version (its metadata), else the source tree's ``__version__``."""
-    from importlib import metadata
-
-    try:
-        return metadata.version("resnet-bottleneck")
-    except metadata.PackageNotFoundError:
-        from .. import __version__
-
-        return __version__
+    """The package's version (``resnet_bottleneck.__version__``, from its installed metadata)."""
+    return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from contextlib import contextmanager
 
-from .. import _checks
+from .. import _checks, arch
 
 PROG = "resnet-bottleneck"
 
@@ -67,10 +67,9 @@ non_negative = kind("non_negative")
 
 
 def model_name(text: str) -> str:
-    """argparse type: a name of the model registry, with the nearest name suggested for a typo."""
-    from ..models import CONFIGS
-
-    problem = _checks.name_problem(text, tuple(CONFIGS))
+    """argparse type: a name of the model family (:data:`resnet_bottleneck.arch.FAMILY`), with the nearest
+    name suggested for a typo."""
+    problem = _checks.name_problem(text, tuple(arch.FAMILY))
     if problem is not None:
         raise argparse.ArgumentTypeError(problem)
     return text
@@ -91,9 +90,9 @@ def open_model(weights: str, model: str | None, verb: str):
 
 def open_onnx(weights: str, model: str | None):
     """``(classifier, number of classes, image size)`` of an ``.onnx`` file for ``--runtime onnxruntime``:
-    checked against ``--model`` when the file names its model; a dynamic class axis is found by one run."""
-    import numpy as np
-
+    checked against ``--model`` when the file names its model (:func:`~resnet_bottleneck.inference.onnx_num_classes`
+    counts its classes)."""
+    from ..inference import onnx_num_classes
     from ..io.metadata import DEFAULT_IMAGE_SIZE
     from ..io.onnx import load_onnx
 
@@ -103,8 +102,6 @@ def open_onnx(weights: str, model: str | None):
     if model is not None and named is not None and named != model:
         raise UsageError(f"argument --model: {weights} holds {named!r}, not {model!r}")
     image_size = classifier.image_size or DEFAULT_IMAGE_SIZE
-    num_classes = classifier.num_classes
-    if num_classes is None:
-        with argument("--weights"):
-            num_classes = classifier(np.zeros((1, image_size, image_size, 3), np.float32)).shape[1]
+    with argument("--weights"):
+        num_classes = onnx_num_classes(classifier)
     return classifier, num_classes, image_size

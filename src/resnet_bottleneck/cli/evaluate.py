@@ -53,15 +53,6 @@ def add_parser(commands) -> None:
     parser.set_defaults(run=run)
 
 
-def _folder(root: str):
-    """The images to evaluate on under ``root``: ``root/val`` in ImageNet's layout, else all of ``root``."""
-    from pathlib import Path
-
-    from ..data import is_train_val, list_images
-
-    return list_images(Path(root) / "val" if is_train_val(root) else root, field="data")
-
-
 def _split(metadata: dict, weights: str):
     """The run's held-out images, as the run listed them, and their description."""
     from ..errors import DataError
@@ -78,16 +69,6 @@ def _split(metadata: dict, weights: str):
     return split
 
 
-def _recorded_batch_size(metadata: dict, weights: str) -> int:
-    """The run's batch size from the model file's metadata, else 64."""
-    text = metadata.get("batch_size", "64")
-    if not (isinstance(text, str) and text.isdigit() and int(text) > 0):
-        raise UsageError(
-            f"argument --weights: {weights}'s metadata 'batch_size' must be a positive integer; got {str(text)[:60]!r}"
-        )
-    return int(text)
-
-
 def run(args) -> int:
     from ..data import DataError
 
@@ -99,8 +80,9 @@ def run(args) -> int:
 
 def _run(args) -> int:
     from .. import data
-    from ..inference import match_classes
+    from ..inference import evaluation_folder, match_classes
     from ..io import class_names
+    from ..io.metadata import recorded_batch_size
     from ..training import evaluate, evaluate_onnx
 
     if args.runtime == "onnxruntime":
@@ -117,7 +99,7 @@ def _run(args) -> int:
     with argument("--weights"):
         names = class_names(num_classes, metadata)
     if args.data is not None:
-        source, described = _folder(args.data), args.data
+        source, described = evaluation_folder(args.data), args.data
     else:
         source, described = _split(metadata, args.weights)
     if isinstance(source, data.ImageFiles):
@@ -125,7 +107,11 @@ def _run(args) -> int:
     workers = args.workers
     if workers is None:
         workers = data.default_workers(source, "cpu" if args.runtime == "onnxruntime" else None)
-    batch_size = args.batch_size or _recorded_batch_size(metadata, args.weights)
+    if args.batch_size is None:
+        with argument("--weights"):
+            batch_size = recorded_batch_size(metadata, args.weights)
+    else:
+        batch_size = args.batch_size
     if args.runtime == "onnxruntime":
         try:
             scores = evaluate_onnx(

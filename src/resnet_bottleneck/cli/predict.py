@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
-
 from ._common import UsageError, argument, count, model_name, open_model, open_onnx, positive_int
 
 
@@ -71,16 +69,6 @@ def add_parser(commands) -> None:
         help="on weights that do not fit --model, list every differing tensor below the one-line error (several lines)",
     )
     parser.set_defaults(run=run)
-
-
-def preprocess(path: str, image_size: int = 224, mean=None, std=None) -> np.ndarray:
-    """One image as the model sees it: the evaluation transform, normalised (ImageNet's by default). HWC float32."""
-    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageError, eval_transform, normalize
-
-    try:
-        return normalize(eval_transform(path, image_size), mean or IMAGENET_MEAN, std or IMAGENET_STD)
-    except ImageError as err:
-        raise UsageError(f"argument IMAGE: {err}") from None
 
 
 def _line(result: dict) -> str:

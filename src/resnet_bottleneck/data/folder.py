@@ -42,6 +42,21 @@ def _class_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def images_under(directory: str | os.PathLike) -> list[str]:
+    """Every image file (``.png``, ``.jpg``, ...) under ``directory``, recursively, sorted; hidden files
+    and folders (names starting with ``.``) left out, symbolic links to folders followed. The one walk
+    that both an image folder's classes (:func:`list_images`) and ``predict DIR`` use."""
+    found = []
+    for parent, dirs, names in os.walk(directory, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += (
+            os.path.join(parent, name)
+            for name in names
+            if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
+        )
+    return sorted(found)
+
+
 def list_images(root: str | os.PathLike, field: str = "data") -> ImageFiles:
     """Every image of an ImageFolder tree ``root/<class>/**/<image>``, classes sorted by name.
 
@@ -56,12 +71,7 @@ def list_images(root: str | os.PathLike, field: str = "data") -> ImageFiles:
         raise DataError(field, f"{root} has no class folders (expected {root}/<class>/<image>)")
     files, labels = [], []
     for label, directory in enumerate(class_dirs):
-        found = sorted(
-            os.path.relpath(os.path.join(parent, name), root)
-            for parent, dirs, names in os.walk(directory, followlinks=True)
-            for name in names
-            if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
-        )
+        found = [os.path.relpath(path, root) for path in images_under(directory)]
         if not found:
             raise DataError(field, f"class folder {directory} has no images ({', '.join(IMAGE_SUFFIXES)})")
         files += found

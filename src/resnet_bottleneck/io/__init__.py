@@ -71,3 +71,13 @@ __all__ = [
     "load_model_file",
     "load_torchvision",
 ]
+
+
+def __getattr__(name: str):
+    """Name the new home of a moved name; ``hasattr`` stays False for it."""
+    if name == "load_model":
+        raise AttributeError(
+            "resnet_bottleneck.io.load_model moved to resnet_bottleneck.load_model (resnet_bottleneck.inference"
+            ".load_model); resnet_bottleneck.io.load_model_file reads a single file"
+        )
+    raise AttributeError(f"module 'resnet_bottleneck.io' has no attribute {name!r}")

@@ -61,6 +61,18 @@ def preprocessing(metadata: Mapping[str, str], source: str = "the file") -> tupl
     return size, mean, std
 
 
+def recorded_batch_size(metadata: Mapping[str, str], source: str = "the file", default: int = 64) -> int:
+    """The run's batch size (``batch_size``), or ``default`` where the file does not record one.
+
+    Raises:
+      ValueError: a value that is there but not a positive integer, naming ``source`` and the key.
+    """
+    if "batch_size" not in metadata:
+        return default
+    kind = _checks.KINDS["positive_int"]
+    return _json(metadata, "batch_size", source, kind.valid, kind.expected)
+
+
 def held_out(metadata: Mapping[str, str], source: str = "the file") -> dict | None:
     """The run's held-out split (``{"data": path or None, "test_fraction", "seed"}``), or None if not recorded."""
     if "split" not in metadata:

@@ -7,7 +7,8 @@ from .config import Config, RunOptions
 from .devices import data_mesh, maybe_initialize_distributed
 from .evaluation import Scores, evaluate, evaluate_onnx
 from .loop import Result, load_datasets, train
-from .state import TrainState, create_train_state, eval_step, make_optimizer, train_step
+from .optim import make_optimizer
+from .state import TrainState, create_train_state, eval_step, train_step
 from .weights import MODEL_FILE, load_run
 
 __all__ = [

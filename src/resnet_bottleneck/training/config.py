@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from .. import _checks
+from .. import _checks, arch
 from ..errors import ConfigError, DivergedError, TrainingError  # noqa: F401 - importable from here as before
 
 #: The optimizers a run may use (optax's).
@@ -36,9 +36,7 @@ def check_value(name: str, kind: str | None, value):
     """``value`` (a numpy scalar as the Python number it holds), or :class:`ConfigError` naming ``name``
     unless ``value`` is of ``kind`` (None: anything)."""
     if kind == "model":
-        from ..models import CONFIGS
-
-        problem = _checks.name_problem(value, tuple(CONFIGS))
+        problem = _checks.name_problem(value, tuple(arch.FAMILY))
     elif kind is not None:
         problem = KINDS[kind].problem(value)
     else:

@@ -32,8 +32,9 @@ from .checkpoints import Checkpoints
 from .config import Config, RunOptions
 from .devices import batch_sharding, data_mesh, put_batch
 from .evaluation import Evaluation, compile_eval_step
+from .optim import make_optimizer
 from .report import Progress, plot_curves, resume_history
-from .state import create_train_state, make_optimizer, train_step
+from .state import create_train_state, train_step
 from .weights import MODEL_FILE, describe_model, describe_weights, starting_weights, write_model
 
 

@@ -132,7 +132,8 @@ def load_run(run_dir: str | os.PathLike):
 
     from ..models import create_model
     from .checkpoints import Checkpoints
-    from .state import create_train_state, make_optimizer
+    from .optim import make_optimizer
+    from .state import create_train_state
 
     run_dir = Path(run_dir)
     directory = run_dir / "checkpoints"
