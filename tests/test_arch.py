@@ -41,14 +41,12 @@ VARIANTS = [
 IMAGE = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
 
 
-def test_the_family_is_the_table():
-    assert NAMES == list(rb.CONFIGS)
+def test_every_name_but_ours_is_torchvisions_and_each_kind_its_block_classes():
     assert set(TORCHVISION) == set(NAMES) - {"resnet_tiny"}
+    classes = {"bottleneck": (rb.BottleneckBlock, rnnx.BottleneckBlock), "basic": (rb.BasicBlock, rnnx.BasicBlock)}
     for name, row in arch.FAMILY.items():
-        assert rb.CONFIGS[name]["block"].kind == row["block"]
-        assert {k: v for k, v in rb.CONFIGS[name].items() if k != "block"} == {
-            k: v for k, v in row.items() if k != "block"
-        }
+        assert rb.CONFIGS[name]["block"] is classes[row["block"]][0]
+        assert rnnx.TWINS[rb.CONFIGS[name]["block"]] is classes[row["block"]][1]
 
 
 def _size(tree) -> int:
@@ -448,3 +446,20 @@ def test_arch_imports_only_the_checks_of_ours_and_no_jax():
                 assert all(
                     a.name.split(".")[0] not in ("jax", "flax", "numpy", "resnet_bottleneck") for a in node.names
                 )
+
+
+def test_linen_nnx_and_arch_defaults_agree():
+    """Every architecture option defaults alike in the Linen ResNet, the NNX ResNet and ``arch.DEFAULTS``
+    (so are the other options both models take, but ``conv``, each backend's own FastConv)."""
+    import inspect
+
+    linen = {f.name: f.default for f in dataclasses.fields(rb.ResNet) if f.default is not dataclasses.MISSING}
+    params = inspect.signature(rnnx.ResNet.__init__).parameters.values()
+    twin = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    for defaults, missing in ((linen, {"stage_sizes", "in_features"}), (twin, {"stage_sizes"})):
+        assert set(arch.DEFAULTS) - set(defaults) == missing
+        for key in set(arch.DEFAULTS) - missing:
+            assert getattr(defaults[key], "kind", defaults[key]) == arch.DEFAULTS[key], key
+    shared = (set(linen) & set(twin)) - set(arch.DEFAULTS) - {"conv", "parent", "name"}
+    assert shared >= {"bn_momentum", "bn_epsilon", "axis_name", "dtype", "param_dtype"}
+    assert {k: linen[k] for k in shared} == {k: twin[k] for k in shared}

@@ -160,8 +160,8 @@ class ResNet(nn.Module):
       folded: inference form made by :func:`~resnet_bottleneck.fold.fold_batchnorm`:
         every BatchNorm folded into the conv before it (which gains a bias).
       scan: run the identical blocks of each stage (all but the first) as one
-        ``nn.scan``, so a deep model traces and compiles one block per stage. Its
-        parameters are stacked under ``layerN_scan``; :func:`unscan_variables` and
+        ``nn.scan``, so a deep model traces and compiles two blocks per stage (the first and
+        the scanned one). Its parameters are stacked under ``layerN_scan``; :func:`unscan_variables` and
         :func:`scan_variables` convert between the two layouts.
       conv: the blocks' convolution constructor; :data:`~resnet_bottleneck.blocks.FastConv`
         (1x1 convs as matrix products) by default, ``nn.Conv`` for the plain form. The
