@@ -7,6 +7,7 @@ Linen ResNet of before (``legacy_resnet.py``), which the model built from the sp
 for bit.
 """
 
+import dataclasses
 import math
 from collections import Counter
 from functools import partial
@@ -40,14 +41,12 @@ VARIANTS = [
 IMAGE = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
 
 
-def test_the_family_is_the_table():
-    assert NAMES == list(rb.CONFIGS)
+def test_every_name_but_ours_is_torchvisions_and_each_kind_its_block_classes():
     assert set(TORCHVISION) == set(NAMES) - {"resnet_tiny"}
+    classes = {"bottleneck": (rb.BottleneckBlock, rnnx.BottleneckBlock), "basic": (rb.BasicBlock, rnnx.BasicBlock)}
     for name, row in arch.FAMILY.items():
-        assert rb.CONFIGS[name]["block"].kind == row["block"]
-        assert {k: v for k, v in rb.CONFIGS[name].items() if k != "block"} == {
-            k: v for k, v in row.items() if k != "block"
-        }
+        assert rb.CONFIGS[name]["block"] is classes[row["block"]][0]
+        assert rnnx.TWINS[rb.CONFIGS[name]["block"]] is classes[row["block"]][1]
 
 
 def _size(tree) -> int:
@@ -355,11 +354,72 @@ def test_a_spec_is_data_and_its_names_torchvisions():
             "dilates C5 by 2, but basic blocks support only dilation=1",
         ),
         (lambda: arch.describe("resnet50", norm="group"), ValueError, "norm must be one of 'batch', 'frozen'"),
+        (lambda: arch.describe("resnet50", stride_on="3X3"), ValueError, "stride_on must be one of '3x3', '1x1'"),
+        (lambda: arch.describe("resnet50", num_classes=0), ValueError, "num_classes must be a positive integer; got 0"),
+        (lambda: arch.describe("resnet50", stem_width=-8), ValueError, "stem_width must be a positive integer; got -8"),
+        (lambda: arch.describe("resnet50", in_features=0), ValueError, "in_features must be a positive integer; got 0"),
+        (lambda: arch.describe("resnet50", trainable_layers=9), ValueError, "trainable_layers must be .*; got 9"),
+        (lambda: arch.describe("resnet50", groups=0), ValueError, "groups must be a positive integer; got 0"),
+        (
+            lambda: arch.describe("resnet50", width_per_group=1.5),
+            TypeError,
+            "width_per_group must be a positive integer",
+        ),
+        (lambda: arch.describe("resnet50", stage_sizes=(1,) * 5), ValueError, "stage_sizes must list 1 to 4 stages"),
+        (lambda: arch.describe("resnet50", stage_sizes=(1, 0)), ValueError, "stage_sizes must be a positive integer"),
+        (
+            lambda: arch.describe("resnet50", replace_stride_with_dilation=(True,)),
+            ValueError,
+            r"replace_stride_with_dilation must be three booleans .*; got \(True,\)",
+        ),
+        (
+            lambda: arch.describe("resnet50", replace_stride_with_dilation=(1, 0, 0)),
+            ValueError,
+            "replace_stride_with_dilation must be three booleans",
+        ),
     ],
 )
 def test_bad_options_are_named(call, error, fragment):
     with pytest.raises(error, match=fragment):
         call()
+
+
+def test_numpy_bools_are_booleans_for_dilation():
+    spec = arch.describe("resnet50", replace_stride_with_dilation=tuple(np.array([False, True, True])))
+    assert [s.stride for s in spec.stages] == [4, 8, 8, 8]
+
+
+def _patched_spec(monkeypatch, **changes):
+    """``arch.describe`` (which the Linen and NNX models call) with the stem's or head's fields ``changes``d."""
+    real = arch.describe
+
+    def describe(model=None, **options):
+        spec = real(model, **options)
+        stem = dataclasses.replace(spec.stem, **changes.get("stem", {}))
+        head = spec.head if spec.head is None else dataclasses.replace(spec.head, **changes.get("head", {}))
+        return dataclasses.replace(spec, stem=stem, head=head)
+
+    monkeypatch.setattr(arch, "describe", describe)
+
+
+@pytest.mark.parametrize("part", ["stem", "head"])
+def test_an_unknown_stem_or_head_kind_is_named_in_linen_and_nnx(monkeypatch, part):
+    _patched_spec(monkeypatch, **{part: {"kind": "squeeze"}})
+    with pytest.raises(ValueError, match=rf"{part} kind 'squeeze' has no implementation here; known: '"):
+        _abstract(rb.create_model("resnet_tiny"))
+    with pytest.raises(ValueError, match=rf"{part} kind 'squeeze' has no implementation here; known: '"):
+        rnnx.create_model("resnet_tiny", rngs=nnx.Rngs(0))
+
+
+def test_a_stem_without_pool_is_honoured_in_linen_and_nnx(monkeypatch):
+    _patched_spec(monkeypatch, stem={"pool": None})
+    x = jnp.ones((1, 32, 32, 3))
+    model = rb.create_model("resnet_tiny")
+    variables = model.init(jax.random.PRNGKey(0), x)
+    linen_out = model.apply(variables, x, features=True)
+    assert linen_out["stem"].shape[1:3] == linen_out["C2"].shape[1:3] == (16, 16)  # no pool: C2 at stride 2
+    nnx_out = rnnx.create_model("resnet_tiny", rngs=nnx.Rngs(0))(x, features=True)
+    assert nnx_out["stem"].shape[1:3] == nnx_out["C2"].shape[1:3] == (16, 16)
 
 
 def test_arch_imports_only_the_checks_of_ours_and_no_jax():
@@ -386,3 +446,20 @@ def test_arch_imports_only_the_checks_of_ours_and_no_jax():
                 assert all(
                     a.name.split(".")[0] not in ("jax", "flax", "numpy", "resnet_bottleneck") for a in node.names
                 )
+
+
+def test_linen_nnx_and_arch_defaults_agree():
+    """Every architecture option defaults alike in the Linen ResNet, the NNX ResNet and ``arch.DEFAULTS``
+    (so are the other options both models take, but ``conv``, each backend's own FastConv)."""
+    import inspect
+
+    linen = {f.name: f.default for f in dataclasses.fields(rb.ResNet) if f.default is not dataclasses.MISSING}
+    params = inspect.signature(rnnx.ResNet.__init__).parameters.values()
+    twin = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    for defaults, missing in ((linen, {"stage_sizes", "in_features"}), (twin, {"stage_sizes"})):
+        assert set(arch.DEFAULTS) - set(defaults) == missing
+        for key in set(arch.DEFAULTS) - missing:
+            assert getattr(defaults[key], "kind", defaults[key]) == arch.DEFAULTS[key], key
+    shared = (set(linen) & set(twin)) - set(arch.DEFAULTS) - {"conv", "parent", "name"}
+    assert shared >= {"bn_momentum", "bn_epsilon", "axis_name", "dtype", "param_dtype"}
+    assert {k: linen[k] for k in shared} == {k: twin[k] for k in shared}

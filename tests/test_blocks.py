@@ -291,3 +291,15 @@ def test_a_wrong_fast_path_would_be_caught(rng):
     variables = plain.init(jax.random.PRNGKey(0), x)
     with pytest.raises(AssertionError):
         assert_results_close(forward_and_grads(wrong, variables, x), forward_and_grads(plain, variables, x))
+
+
+@pytest.mark.parametrize("kernel,dilation,expected", [(3, 1, 1), (3, 2, 2), (5, 1, 2), (7, 2, 6)])
+def test_torch_padding_is_the_spec_conv_s_own(kernel, dilation, expected):
+    """Torch-mode convs pad as the spec says, ``dilation * (kernel - 1) // 2``, not ``dilation`` (only 3x3's)."""
+    from resnet_bottleneck import arch
+    from resnet_bottleneck.blocks import conv_options
+
+    layer = arch.Conv("conv", 8, 8, kernel, dilation=dilation, padding=dilation * (kernel - 1) // 2)
+    block = BottleneckBlock(mid_features=8, out_features=32, padding="torch")
+    assert conv_options(block, layer)["padding"] == ((expected, expected), (expected, expected))
+    assert conv_options(BottleneckBlock(mid_features=8, out_features=32), layer)["padding"] == "SAME"

@@ -9,8 +9,8 @@ up to float32 rounding, because the 1x1 convs are computed as matrix products
 Every option below defaults to that behaviour.
 
 Each block class carries what a model needs to build a stage of it, as torchvision's and
-timm's do: ``expansion`` (output channels per ``planes``), ``stage_args`` (its constructor
-arguments for a stage) and ``shortcut_index`` (the index of its projection's conv and norm).
+timm's do: ``kind`` (its :data:`resnet_bottleneck.arch.BLOCK_KINDS` entry), ``expansion`` (output
+channels per ``planes``) and ``stage_args`` (its constructor arguments for a stage).
 
 The blocks do not know about train/eval: like the Flax ImageNet example, the caller
 injects ``norm`` (for example ``partial(nn.BatchNorm, use_running_average=not train)``)
@@ -104,22 +104,23 @@ def _pair(name: str, value: Any) -> tuple[int, int]:
     return (n, n)
 
 
-def conv_options(block, kernel: int, strides=(1, 1), groups: int = 1, dilation: int = 1) -> dict:
-    """The keyword arguments of a block's ``kernel`` x ``kernel`` conv, padded as ``block.padding`` says.
+def conv_options(block, layer: arch.Conv) -> dict:
+    """The keyword arguments of a block's conv ``layer`` (a spec), padded as ``block.padding`` says:
+    ``'torch'``, the spec's own (torchvision's) symmetric padding; ``'SAME'``, flax's.
 
     Shared by the Linen blocks and their Flax NNX twins, whose ``conv`` constructors take the same keywords.
     """
-    if kernel == 1:
+    if layer.kernel == 1:
         padding = "VALID"  # a 1x1 conv never pads, whatever the stride
     elif block.padding == "SAME":
         padding = "SAME"
-    else:  # torchvision: padding=dilation on both sides, also when strided
-        padding = ((dilation, dilation), (dilation, dilation))
+    else:  # torchvision: the spec's padding on both sides, also when strided
+        padding = ((layer.padding, layer.padding), (layer.padding, layer.padding))
     return dict(
-        strides=strides,
+        strides=layer.stride,
         padding=padding,
-        kernel_dilation=(dilation, dilation),
-        feature_group_count=groups,
+        kernel_dilation=(layer.dilation, layer.dilation),
+        feature_group_count=layer.groups,
         use_bias=block.use_bias,
         kernel_init=block.kernel_init,
         dtype=block.dtype,
@@ -129,9 +130,7 @@ def conv_options(block, kernel: int, strides=(1, 1), groups: int = 1, dilation: 
 
 def _conv(block, layer: arch.Conv, name: str):
     """The block's conv ``layer`` (a spec), as the Linen module ``name``."""
-    kernel = layer.kernel
-    options = conv_options(block, kernel, layer.stride, layer.groups, layer.dilation)
-    return block.conv(layer.out_features, (kernel, kernel), **options, name=name)
+    return block.conv(layer.out_features, (layer.kernel, layer.kernel), **conv_options(block, layer), name=name)
 
 
 def _norm(block, layer: arch.Norm, name: str):
@@ -200,11 +199,11 @@ def _check_common(block) -> tuple[int, int]:
     return _pair("strides", block.strides)
 
 
-def bottleneck_plan(block) -> tuple[int, int, int, tuple[int, int], tuple[int, int], tuple[int, int]]:
-    """A bottleneck block's checked attributes: ``(mid, out, groups, strides, 1x1 strides, 3x3 strides)``.
+def bottleneck_plan(block) -> tuple[int, int, int, tuple[int, int]]:
+    """A bottleneck block's checked attributes: ``(mid, out, groups, strides)``.
 
-    Shared by :class:`BottleneckBlock` and its Flax NNX twin, so both check and place the
-    stride the same way; every error names the attribute.
+    Shared by :class:`BottleneckBlock` and its Flax NNX twin, so both check the same way (the
+    spec places the stride); every error names the attribute.
     """
     mid = _checks.positive_int("mid_features", block.mid_features)
     out = _checks.positive_int("out_features", block.out_features)
@@ -213,8 +212,7 @@ def bottleneck_plan(block) -> tuple[int, int, int, tuple[int, int], tuple[int, i
     _checks.one_of("stride_on", block.stride_on, STRIDE_PLACEMENTS)
     if mid % groups:
         raise ValueError(f"groups must divide mid_features; got groups={groups}, mid_features={mid}")
-    s1, s3 = ((1, 1), strides) if block.stride_on == "3x3" else (strides, (1, 1))
-    return mid, out, groups, strides, s1, s3
+    return mid, out, groups, strides
 
 
 def basic_plan(block) -> tuple[int, tuple[int, int]]:
@@ -264,7 +262,6 @@ class BottleneckBlock(nn.Module):
 
     kind: ClassVar[str] = "bottleneck"
     expansion: ClassVar[int] = arch.BLOCK_KINDS["bottleneck"].expansion
-    shortcut_index: ClassVar[int] = 3
 
     mid_features: int
     out_features: int
@@ -303,7 +300,7 @@ class BottleneckBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        mid, out, groups, strides, _, _ = bottleneck_plan(self)
+        mid, out, groups, strides = bottleneck_plan(self)
         args = dict(mid_features=mid, out_features=out, groups=groups, stride_on=self.stride_on, dilation=self.dilation)
         return residual(self, x, block_spec(self, x.shape[-1], args, strides))
 
@@ -318,7 +315,6 @@ class BasicBlock(nn.Module):
 
     kind: ClassVar[str] = "basic"
     expansion: ClassVar[int] = arch.BLOCK_KINDS["basic"].expansion
-    shortcut_index: ClassVar[int] = 2
 
     features: int
     strides: int | tuple[int, int] = 1

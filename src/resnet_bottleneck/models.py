@@ -26,10 +26,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from . import _checks, arch
-from .arch import NORMS, STAGE_NAMES, STRIDE_PLACEMENTS, TRAINABLE_LAYERS
+from .arch import NORMS, STAGE_NAMES, STRIDE_PLACEMENTS, TRAINABLE_LAYERS  # noqa: F401 - names models exports
 from .blocks import BLOCKS, BasicBlock, BottleneckBlock, FastConv  # noqa: F401 - BasicBlock: a name models always exported
 from .norm import BatchNorm, FrozenBatchNorm
 
@@ -138,7 +137,7 @@ class ResNet(nn.Module):
     Attributes:
       stage_sizes: blocks in each stage (four for the torchvision layouts).
       block: the block class, :class:`~.blocks.BottleneckBlock` or :class:`~.blocks.BasicBlock`
-        (or any class with their ``expansion``, ``shortcut_index`` and ``stage_args``).
+        (or any class with their ``kind``, a key of :data:`resnet_bottleneck.arch.BLOCK_KINDS`).
       groups: groups of the bottleneck 3x3 convs (ResNeXt cardinality).
       width_per_group: channels per group of the 3x3 convs at the first stage (64 for
         ResNet, 128 for Wide ResNet); see :meth:`~.blocks.BottleneckBlock.stage_args`.
@@ -161,8 +160,8 @@ class ResNet(nn.Module):
       folded: inference form made by :func:`~resnet_bottleneck.fold.fold_batchnorm`:
         every BatchNorm folded into the conv before it (which gains a bias).
       scan: run the identical blocks of each stage (all but the first) as one
-        ``nn.scan``, so a deep model traces and compiles one block per stage. Its
-        parameters are stacked under ``layerN_scan``; :func:`unscan_variables` and
+        ``nn.scan``, so a deep model traces and compiles two blocks per stage (the first and
+        the scanned one). Its parameters are stacked under ``layerN_scan``; :func:`unscan_variables` and
         :func:`scan_variables` convert between the two layouts.
       conv: the blocks' convolution constructor; :data:`~resnet_bottleneck.blocks.FastConv`
         (1x1 convs as matrix products) by default, ``nn.Conv`` for the plain form. The
@@ -216,7 +215,7 @@ class ResNet(nn.Module):
           features: return ``{'stem': ..., 'C2': ..., ..., 'C5': ...}`` (see
             :func:`feature_info`) instead of running the head.
         """
-        check_layout(self)
+        spec = check_layout(self)
         if x.ndim != 4:
             raise ValueError(f"x must be a 4-D batch of images (N, H, W, C); got shape {x.shape}")
         if self.norm == "frozen":
@@ -246,28 +245,16 @@ class ResNet(nn.Module):
             param_dtype=self.param_dtype,
         )
         block_cls = nn.remat(self.block) if self.remat else self.block
-        spec = arch.describe(self)
-        paths, scanned = arch.linen_names(spec), arch.linen_names(spec, scan=True)
+        paths = arch.linen_names(spec, scan=self.scan)  # a scanned block's own path is layerN_scan
 
         x = jnp.asarray(x, self.dtype) if self.dtype is not None else x
-        conv, bn = spec.stem.layers
-        x = nn.Conv(
-            conv.out_features,
-            (conv.kernel, conv.kernel),
-            strides=conv.stride,
-            padding=((conv.padding, conv.padding), (conv.padding, conv.padding)),
-            use_bias=self.folded,
-            kernel_init=conv_kernel_init,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=paths[conv.name][-1],
-        )(x)
-        x = nn.relu(norm(dtype=self.dtype, param_dtype=self.param_dtype, name=paths[bn.name][-1])(x))
+        x = kind_of(STEMS, "stem", spec.stem.kind)(self, x, spec.stem, paths, norm)
         frozen = len(TRAINABLE_LAYERS) - self.trainable_layers  # frozen from the input side: stem, layer1, ...
         x = jax.lax.stop_gradient(x) if frozen > 0 else x
         outputs = {"stem": x}
         pool = spec.stem.pool
-        x = POOLS[pool.kind](x, pool.kernel, pool.stride, pool.padding)
+        if pool is not None:
+            x = POOLS[pool.kind](x, pool.kernel, pool.stride, pool.padding)
 
         for i, stage in enumerate(spec.stages):
             names = [paths[block.all_layers[0].name][0] for block in stage.blocks]  # layerN_j
@@ -280,7 +267,7 @@ class ResNet(nn.Module):
                     split_rngs={"params": True},
                     length=len(stage.blocks) - 1,
                 )
-                x, _ = body(make, name=scanned[stage.blocks[1].all_layers[0].name][0])(x, None)  # layerN_scan
+                x, _ = body(make, name=paths[stage.blocks[1].all_layers[0].name][0])(x, None)  # layerN_scan
             else:
                 for block, name in zip(stage.blocks[1:], names[1:]):
                     x = block_cls(**block_options(block), **common, name=name)(x)
@@ -291,10 +278,48 @@ class ResNet(nn.Module):
             return outputs
         if spec.head is None:
             return x
-        x = global_average_pool(x)
-        fc = spec.head.layer
-        x = nn.Dense(fc.out_features, dtype=self.dtype, param_dtype=self.param_dtype, name=paths[fc.name][-1])(x)
+        x = kind_of(HEADS, "head", spec.head.kind)(self, x, spec.head, paths)
         return jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32))  # bf16 logits come back as float32
+
+
+def kind_of(table: dict, part: str, kind: str):
+    """``table[kind]``, or a ``ValueError`` naming the spec's unknown ``part`` kind and the known ones."""
+    if kind not in table:
+        raise ValueError(f"{part} kind {kind!r} has no implementation here; known: {', '.join(map(repr, table))}")
+    return table[kind]
+
+
+def _conv7_stem(model: ResNet, x, stem: arch.Stem, paths: dict, norm):
+    """torchvision's stem before its pool: the conv (7x7/2), its norm, ReLU."""
+    conv, bn = stem.layers
+    x = nn.Conv(
+        conv.out_features,
+        (conv.kernel, conv.kernel),
+        strides=conv.stride,
+        padding=((conv.padding, conv.padding), (conv.padding, conv.padding)),
+        use_bias=model.folded,
+        kernel_init=conv_kernel_init,
+        dtype=model.dtype,
+        param_dtype=model.param_dtype,
+        name=paths[conv.name][-1],
+    )(x)
+    return nn.relu(norm(dtype=model.dtype, param_dtype=model.param_dtype, name=paths[bn.name][-1])(x))
+
+
+def _linear_head(model: ResNet, x, head: arch.Head, paths: dict):
+    """Global average pool, then the dense classifier."""
+    fc = head.layer
+    return nn.Dense(fc.out_features, dtype=model.dtype, param_dtype=model.param_dtype, name=paths[fc.name][-1])(
+        global_average_pool(x)
+    )
+
+
+#: Each spec stem kind's Linen implementation, ``(model, x, stem, paths, norm) -> x`` (inside the
+#: model's ``__call__``; the stem's pool, if any, comes after): as :data:`~.blocks.LAYERS` for layers.
+STEMS = {"conv7": _conv7_stem}
+
+#: Each spec head kind's Linen implementation, ``(model, x, head, paths) -> logits``.
+HEADS = {"linear": _linear_head}
 
 
 # The layout's arithmetic and checks, as functions of a ResNet's attributes: shared by the
@@ -310,43 +335,12 @@ def block_options(block: arch.Block) -> dict:
     }
 
 
-def stage_args(model, i: int, dilation: int = 1) -> dict:
-    """The block constructor arguments of stage ``i``."""
-    return arch.stage_args(arch.options_of(model), i, dilation)
-
-
-def stage_plan(model, stages: int) -> list[tuple[int, int, int]]:
-    """(stride, first block's dilation, the other blocks' dilation) of each stage: torchvision's ``_make_layer``."""
-    return arch.stage_plan(model.replace_stride_with_dilation, stages)
-
-
-def check_layout(model) -> tuple[int, ...]:
-    """The attributes checked (errors name the attribute); the stage sizes as ints."""
+def check_layout(model) -> arch.ResNetSpec:
+    """``model``'s spec, its attributes checked (errors name the attribute; see
+    :func:`resnet_bottleneck.arch.options_of`) and its ``block`` a block class."""
     if getattr(model.block, "kind", None) not in arch.BLOCK_KINDS:
         raise TypeError(f"block must be a block class such as BottleneckBlock or BasicBlock; got {model.block!r}")
-    _checks.one_of("stride_on", model.stride_on, STRIDE_PLACEMENTS)
-    if not model.stage_sizes or len(model.stage_sizes) > len(STAGE_NAMES):
-        raise ValueError(f"stage_sizes must list 1 to {len(STAGE_NAMES)} stages; got {model.stage_sizes!r}")
-    sizes = tuple(_checks.positive_int("stage_sizes", n) for n in model.stage_sizes)
-    if model.num_classes is not None:
-        _checks.positive_int("num_classes", model.num_classes)
-    _checks.positive_int("groups", model.groups)
-    _checks.positive_int("width_per_group", model.width_per_group)
-    _checks.positive_int("stem_width", model.stem_width)
-    stage_args(model, 0)  # the block kind's own checks of groups and widths
-    _checks.one_of("norm", model.norm, NORMS)
-    _checks.trainable_layers(model.trainable_layers)
-    dilate = model.replace_stride_with_dilation
-    if (
-        not isinstance(dilate, (tuple, list))
-        or len(dilate) != 3
-        or not all(isinstance(d, (bool, np.bool_)) for d in dilate)
-    ):
-        raise ValueError(
-            f"replace_stride_with_dilation must be three booleans (for the stages C3, C4, C5); got {dilate!r}"
-        )
-    arch.describe(model)  # what the block kind cannot build (a dilated basic stage), named by the option
-    return sizes
+    return arch.describe(model)
 
 
 def _model_name(name: Any) -> str:
@@ -386,8 +380,7 @@ def feature_info(model: Any) -> list[dict]:
     """
     if isinstance(model, str):
         model = create_model(model)
-    check_layout(model)
-    return arch.describe(model).feature_info()
+    return check_layout(model).feature_info()
 
 
 def count_params(variables) -> int:

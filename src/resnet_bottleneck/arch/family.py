@@ -69,9 +69,10 @@ def _conv(name, c_in, c_out, kernel, stride=1, groups=1, dilation=1) -> Conv:
 
 def _bottleneck_args(planes, *, groups=1, width_per_group=64, stride_on="3x3", dilation=1) -> dict:
     """torchvision's widths: the 3x3 conv is ``int(planes * width_per_group / 64) * groups`` wide."""
+    _checks.one_of("stride_on", stride_on, STRIDE_PLACEMENTS)
     return {
         "mid_features": int(planes * (width_per_group / 64.0)) * groups,
-        "out_features": planes * 4,
+        "out_features": planes * BLOCK_KINDS["bottleneck"].expansion,
         "groups": groups,
         "stride_on": stride_on,
         "dilation": dilation,
@@ -131,9 +132,6 @@ BLOCK_KINDS: dict[str, BlockKind] = {
     "bottleneck": BlockKind(4, _bottleneck_args, _bottleneck_layers, "out_features"),
     "basic": BlockKind(1, _basic_args, _basic_layers, "features"),
 }
-
-#: Shortcut kinds: whether the kind has layers (identity: none; projection: 1x1 conv + norm).
-SHORTCUT_KINDS = ("identity", "projection")
 
 
 def block_kind(kind: Any) -> BlockKind:
@@ -200,9 +198,39 @@ def stage_args(options: Mapping[str, Any], i: int, dilation: int = 1) -> dict:
     )
 
 
+def _is_bool(value: Any) -> bool:
+    """A Python or numpy bool (no numpy import here: a numpy scalar's dtype says so)."""
+    return isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", None) == "b"
+
+
+def _check(o: dict) -> None:
+    """Each option alone and the block kind's own checks of stage 0 (errors name the option)."""
+    block_kind(o["block"])
+    _checks.one_of("stride_on", o["stride_on"], STRIDE_PLACEMENTS)
+    sizes = o["stage_sizes"]
+    if not isinstance(sizes, (tuple, list)) or not sizes or len(sizes) > len(STAGE_NAMES):
+        raise ValueError(f"stage_sizes must list 1 to {len(STAGE_NAMES)} stages; got {sizes!r}")
+    o["stage_sizes"] = tuple(_checks.positive_int("stage_sizes", n) for n in sizes)
+    if o["num_classes"] is not None:
+        _checks.positive_int("num_classes", o["num_classes"])
+    for key in ("groups", "width_per_group", "stem_width"):
+        _checks.positive_int(key, o[key])
+    stage_args(o, 0)  # the block kind's own checks of groups and widths
+    _checks.one_of("norm", o["norm"], NORMS)
+    _checks.trainable_layers(o["trainable_layers"])
+    dilate = o["replace_stride_with_dilation"]
+    if not isinstance(dilate, (tuple, list)) or len(dilate) != 3 or not all(_is_bool(d) for d in dilate):
+        raise ValueError(
+            f"replace_stride_with_dilation must be three booleans (for the stages C3, C4, C5); got {dilate!r}"
+        )
+    o["replace_stride_with_dilation"] = tuple(bool(d) for d in dilate)
+    _checks.positive_int("in_features", o["in_features"])
+
+
 def options_of(model: Any = None, **options) -> dict[str, Any]:
-    """Every architecture option: a row of :data:`FAMILY` (``model`` a name) or a model's attributes
-    (``model`` any object; a block class there gives its ``kind``), then ``options``, then :data:`DEFAULTS`."""
+    """Every architecture option, checked (errors name the option): a row of :data:`FAMILY` (``model``
+    a name) or a model's attributes (``model`` any object; a block class there gives its ``kind``),
+    then ``options``, then :data:`DEFAULTS`."""
     if isinstance(model, str):
         found = dict(FAMILY[_checks.model_name(model, tuple(FAMILY))])
     elif model is not None:
@@ -215,8 +243,7 @@ def options_of(model: Any = None, **options) -> dict[str, Any]:
     merged = {**DEFAULTS, **found, **options}
     block = merged["block"]
     merged["block"] = getattr(block, "kind", block)  # a block class names its kind
-    merged["stage_sizes"] = tuple(merged["stage_sizes"])
-    merged["replace_stride_with_dilation"] = tuple(merged["replace_stride_with_dilation"])
+    _check(merged)
     return merged
 
 
@@ -227,9 +254,7 @@ def describe(model: Any = None, **options) -> ResNetSpec:
     Raises ``ValueError`` for a combination the block kind cannot build (each message names the option).
     """
     o = options_of(model, **options)
-    kind = block_kind(o["block"])
     norm = o["norm"]
-    _checks.one_of("norm", norm, NORMS)
     width = o["stem_width"]
     conv1 = _conv("conv1", o["in_features"], width, 7, 2)
     stem = Stem("conv7", (conv1, Norm("bn1", width, norm)), Pool("maxpool", "max", 3, 2, 1), width, 2)
@@ -264,6 +289,5 @@ def describe(model: Any = None, **options) -> ResNetSpec:
             channels = blocks[-1].out_features
         stride *= strides
         stages.append(Stage(f"layer{i + 1}", STAGE_NAMES[i], tuple(blocks), channels, stride))
-    del kind
     head = None if o["num_classes"] is None else Head("linear", Linear("fc", channels, o["num_classes"]))
     return ResNetSpec(stem, tuple(stages), head, o)

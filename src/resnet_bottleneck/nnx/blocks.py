@@ -1,7 +1,8 @@
 """The residual blocks as Flax NNX modules: twins of :mod:`resnet_bottleneck.blocks`.
 
-Same arithmetic in the same order as the Linen blocks, from the same pieces (the checks and
-stride placement of :func:`~resnet_bottleneck.blocks.bottleneck_plan`, the conv options of
+Same arithmetic in the same order as the Linen blocks, from the same pieces (the block's spec,
+:func:`~resnet_bottleneck.blocks.block_spec`, which places the stride; the checks of
+:func:`~resnet_bottleneck.blocks.bottleneck_plan`, the conv options of
 :func:`~resnet_bottleneck.blocks.conv_options`, 1x1 convs as dots through
 :func:`~resnet_bottleneck.blocks.conv_1x1_as_dot`, the shared BatchNorm arithmetic), so a
 block converted from Linen (:func:`~resnet_bottleneck.nnx.to_nnx`) gives the Linen block's
@@ -32,7 +33,7 @@ FastConv = partial(nnx.Conv, conv_general_dilated=linen.conv_1x1_as_dot)
 
 def _conv(block, layer: arch.Conv, *, rngs):
     kernel = layer.kernel
-    options = linen.conv_options(block, kernel, layer.stride, layer.groups, layer.dilation)
+    options = linen.conv_options(block, layer)
     return block.conv(layer.in_features, layer.out_features, (kernel, kernel), **options, rngs=rngs)
 
 
@@ -104,7 +105,6 @@ class BottleneckBlock(nnx.Module):
 
     kind = linen.BottleneckBlock.kind
     expansion = linen.BottleneckBlock.expansion
-    shortcut_index = linen.BottleneckBlock.shortcut_index
     stage_args = classmethod(linen.BottleneckBlock.stage_args.__func__)
 
     def __init__(
@@ -151,7 +151,7 @@ class BottleneckBlock(nnx.Module):
             ),
         )
         c_in = _checks.positive_int("in_features", in_features)
-        mid, out, groups, strides, _, _ = linen.bottleneck_plan(self)
+        mid, out, groups, strides = linen.bottleneck_plan(self)
         args = dict(mid_features=mid, out_features=out, groups=groups, stride_on=stride_on, dilation=dilation)
         self.spec = linen.block_spec(self, c_in, args, strides)
         _build(self, self.spec, rngs=rngs)
@@ -169,7 +169,6 @@ class BasicBlock(nnx.Module):
 
     kind = linen.BasicBlock.kind
     expansion = linen.BasicBlock.expansion
-    shortcut_index = linen.BasicBlock.shortcut_index
     stage_args = classmethod(linen.BasicBlock.stage_args.__func__)
 
     def __init__(

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .. import _checks, arch
+from .. import arch
 from .. import models as linen
 from . import _rngs
 from .blocks import TWINS, BottleneckBlock, FastConv
@@ -83,30 +83,14 @@ class ResNet(nnx.Module):
                 f"block must be an NNX block class such as resnet_bottleneck.nnx.BottleneckBlock; "
                 f"got the Linen {block.__module__}.{block.__name__}"
             )
-        linen.check_layout(self)
-        _checks.positive_int("in_features", in_features)
+        spec = linen.check_layout(self)  # in_features too
         if norm == "frozen":
             norm_layer = partial(FrozenBatchNorm, epsilon=bn_epsilon)
         else:
             norm_layer = partial(BatchNorm, momentum=bn_momentum, epsilon=bn_epsilon, axis_name=axis_name)
         kind = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        spec = arch.describe(self)
-        stem_conv, stem_bn = spec.stem.layers
-        setattr(
-            self,
-            stem_conv.name,
-            nnx.Conv(
-                stem_conv.in_features,
-                stem_conv.out_features,
-                (stem_conv.kernel, stem_conv.kernel),
-                strides=stem_conv.stride,
-                padding=((stem_conv.padding, stem_conv.padding), (stem_conv.padding, stem_conv.padding)),
-                use_bias=False,
-                kernel_init=linen.conv_kernel_init,
-                **kind,
-            ),
-        )
-        setattr(self, stem_bn.name, norm_layer(stem_bn.features, **kind))
+        self.stem_spec, self.head_spec = spec.stem, spec.head
+        linen.kind_of(STEMS, "stem", spec.stem.kind)[0](self, spec.stem, norm_layer, kind)
         common = dict(
             norm=norm_layer,
             conv=conv,
@@ -120,12 +104,10 @@ class ResNet(nnx.Module):
             blocks = [block(b.in_features, **linen.block_options(b), **common) for b in stage.blocks]
             setattr(self, stage.name, nnx.List(blocks))
         self.stage_names = tuple(stage.name for stage in spec.stages)
-        self.pool = spec.stem.pool
         if spec.head is None:
             self.fc = None
         else:
-            fc = spec.head.layer
-            setattr(self, fc.name, nnx.Linear(fc.in_features, fc.out_features, **kind))
+            linen.kind_of(HEADS, "head", spec.head.kind)[0](self, spec.head, kind)
 
     def __call__(self, x, *, features: bool = False):
         """Logits, the last feature map (headless), or every stage's output.
@@ -138,22 +120,63 @@ class ResNet(nnx.Module):
         if x.ndim != 4:
             raise ValueError(f"x must be a 4-D batch of images (N, H, W, C); got shape {x.shape}")
         x = jnp.asarray(x, self.dtype) if self.dtype is not None else x
-        x = nnx.relu(self.bn1(self.conv1(x)))
+        x = STEMS[self.stem_spec.kind][1](self, x, self.stem_spec)
         frozen = len(linen.TRAINABLE_LAYERS) - self.trainable_layers  # frozen from the input side: stem, layer1, ...
         x = jax.lax.stop_gradient(x) if frozen > 0 else x
         outputs = {"stem": x}
-        x = linen.POOLS[self.pool.kind](x, self.pool.kernel, self.pool.stride, self.pool.padding)
+        pool = self.stem_spec.pool
+        if pool is not None:
+            x = linen.POOLS[pool.kind](x, pool.kernel, pool.stride, pool.padding)
         for i, stage in enumerate(self.stage_names):
             for block in getattr(self, stage):
                 x = block(x)
             x = jax.lax.stop_gradient(x) if frozen > i + 1 else x
-            outputs[linen.STAGE_NAMES[i]] = x
+            outputs[arch.STAGE_NAMES[i]] = x
         if features:
             return outputs
-        if self.fc is None:
+        if self.head_spec is None:
             return x
-        x = self.fc(linen.global_average_pool(x))
+        x = HEADS[self.head_spec.kind][1](self, x, self.head_spec)
         return jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32))  # bf16 logits come back as float32
+
+
+def _conv7_build(model: ResNet, stem: arch.Stem, norm_layer, kind: dict) -> None:
+    conv, bn = stem.layers
+    p = conv.padding
+    module = nnx.Conv(
+        conv.in_features,
+        conv.out_features,
+        (conv.kernel, conv.kernel),
+        strides=conv.stride,
+        padding=((p, p), (p, p)),
+        use_bias=False,
+        kernel_init=linen.conv_kernel_init,
+        **kind,
+    )
+    setattr(model, conv.name, module)
+    setattr(model, bn.name, norm_layer(bn.features, **kind))
+
+
+def _conv7_apply(model: ResNet, x, stem: arch.Stem):
+    conv, bn = stem.layers
+    return nnx.relu(getattr(model, bn.name)(getattr(model, conv.name)(x)))
+
+
+def _linear_build(model: ResNet, head: arch.Head, kind: dict) -> None:
+    fc = head.layer
+    setattr(model, fc.name, nnx.Linear(fc.in_features, fc.out_features, **kind))
+
+
+def _linear_apply(model: ResNet, x, head: arch.Head):
+    return getattr(model, head.layer.name)(linen.global_average_pool(x))
+
+
+#: Each spec stem kind's NNX implementation: ``(build(model, stem, norm_layer, kind), apply(model, x, stem))``;
+#: ``build`` sets the stem's modules on the model, ``apply`` runs them (the stem's pool, if any, comes after).
+STEMS = {"conv7": (_conv7_build, _conv7_apply)}
+
+#: Each spec head kind's NNX implementation: ``(build(model, head, kind), apply(model, x, head))``.
+HEADS = {"linear": (_linear_build, _linear_apply)}
 
 
 def create_model(name: str, *, num_classes: int | None = 1000, rngs: nnx.Rngs, **options) -> ResNet:
