@@ -186,7 +186,7 @@ def test_torch_padding_in_the_stem():
     "call,error,message",
     [
         (lambda: create_model("resnet51"), ValueError, r"name must be one of resnet18, .*; got 'resnet51'"),
-        (lambda: create_model(50), ValueError, r"name must be one of .*; got 50"),
+        (lambda: create_model(50), TypeError, r"name must be one of .*; got 50"),
         (lambda: create_model("resnet50", groups=2), TypeError, r"create_model\('resnet50'\) fixes groups"),
         (
             lambda: abstract_init(create_model("resnet50", num_classes=0)),
