@@ -29,8 +29,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from . import _checks, arch
+from . import _checks, arch, layers
 from .arch import STRIDE_PLACEMENTS
+from .layers import DropPath
 from .norm import FLAX_BATCH_NORM
 
 ModuleDef = Any
@@ -138,16 +139,32 @@ def _norm(block, layer: arch.Norm, name: str):
     return block.norm(dtype=block.dtype, param_dtype=block.param_dtype, name=name, **kwargs)
 
 
-#: How each spec layer kind is built in Linen: ``(block, layer, name) -> module``.
-LAYERS = {arch.Conv: _conv, arch.Norm: _norm}
+def _se(block, layer: arch.SqueezeExcite, name: str):
+    return layers.SqueezeExcite(layer.reduced, dtype=block.dtype, param_dtype=block.param_dtype, name=name)
 
 
-def _sequence(block, x, layers, names, relu_between: bool):
-    """``layers`` in order; a ReLU after each norm but the last (where ``relu_between``)."""
-    for k, layer in enumerate(layers):
-        x = LAYERS[type(layer)](block, layer, names[layer.name][-1])(x)
-        if relu_between and isinstance(layer, arch.Norm) and k < len(layers) - 1:
-            x = nn.relu(x)
+def _eca(block, layer: arch.Eca, name: str):
+    return layers.Eca(layer.kernel, dtype=block.dtype, param_dtype=block.param_dtype, name=name)
+
+
+#: How each spec layer kind is built in Linen: ``(block, layer, name) -> module or function``.
+LAYERS = {
+    arch.Conv: _conv,
+    arch.Norm: _norm,
+    arch.Act: lambda block, layer, name: nn.relu,
+    arch.Pool: lambda block, layer, name: partial(layers.POOLS[layer.kind], p=layer),
+    arch.SqueezeExcite: _se,
+    arch.Eca: _eca,
+    arch.DropPath: lambda block, layer, name: block.drop_path(rate=layer.rate, name=name),
+}
+
+
+def run_layers(block, x, spec_layers, names: dict):
+    """``spec_layers`` in order, each built by :data:`LAYERS` as the Linen module ``names[layer.name][-1]``
+    (the spec name's last part for layers without variables)."""
+    for layer in spec_layers:
+        name = names[layer.name][-1] if layer.name in names else layer.name.rpartition(".")[2]
+        x = LAYERS[type(layer)](block, layer, name)(x)
     return x
 
 
@@ -167,7 +184,7 @@ def projects(block, in_features: int, features: int, strides: tuple[int, int]) -
 #: How each shortcut kind is computed in Linen: ``(block, x, shortcut spec, names) -> residual``.
 SHORTCUTS = {
     "identity": lambda block, x, shortcut, names: x,
-    "projection": lambda block, x, shortcut, names: _sequence(block, x, shortcut.layers, names, False),
+    "projection": lambda block, x, shortcut, names: run_layers(block, x, shortcut.layers, names),
 }
 
 
@@ -178,7 +195,7 @@ def residual(block, x, spec: arch.Block):
     ``BatchNorm_k``): the founding block's textbook tree.
     """
     names = arch.linen_names(spec)
-    y = _sequence(block, x, spec.layers, names, True)
+    y = run_layers(block, x, spec.layers, names)
     shortcut = SHORTCUTS[spec.shortcut.kind](block, x, spec.shortcut, names)
     return nn.relu(y + shortcut.astype(y.dtype))
 
@@ -197,6 +214,11 @@ def _check_common(block) -> tuple[int, int]:
         raise TypeError(f"projection must be None (automatic), True or False; got {block.projection!r}")
     _checks.positive_int("dilation", block.dilation)
     return _pair("strides", block.strides)
+
+
+def common_args(block) -> dict:
+    """The block's timm options (:data:`resnet_bottleneck.arch.family.COMMON_ARGS`), checked (errors name them)."""
+    return arch.check_block_args({key: getattr(block, key) for key in arch.COMMON_ARGS})
 
 
 def bottleneck_plan(block) -> tuple[int, int, int, tuple[int, int]]:
@@ -278,6 +300,14 @@ class BottleneckBlock(nn.Module):
     kernel_init: Callable = nn.linear.default_kernel_init
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    reduce_first: int = 1
+    attn_layer: str | None = None
+    attn_rd_ratio: float = 1 / 16
+    aa_layer: str | None = None
+    drop_path_rate: float = 0.0
+    avg_down: bool = False
+    down_kernel_size: int = 1
+    drop_path: ModuleDef = DropPath
 
     @classmethod
     def stage_args(
@@ -301,7 +331,7 @@ class BottleneckBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         mid, out, groups, strides = bottleneck_plan(self)
-        args = dict(mid_features=mid, out_features=out, groups=groups, stride_on=self.stride_on, dilation=self.dilation)
+        args = dict(mid_features=mid, out_features=out, groups=groups, stride_on=self.stride_on, **common_args(self))
         return residual(self, x, block_spec(self, x.shape[-1], args, strides))
 
 
@@ -328,6 +358,14 @@ class BasicBlock(nn.Module):
     kernel_init: Callable = nn.linear.default_kernel_init
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    reduce_first: int = 1
+    attn_layer: str | None = None
+    attn_rd_ratio: float = 1 / 16
+    aa_layer: str | None = None
+    drop_path_rate: float = 0.0
+    avg_down: bool = False
+    down_kernel_size: int = 1
+    drop_path: ModuleDef = DropPath
 
     @classmethod
     def stage_args(
@@ -351,9 +389,7 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         features, strides = basic_plan(self)
-        return residual(
-            self, x, block_spec(self, x.shape[-1], dict(features=features, dilation=self.dilation), strides)
-        )
+        return residual(self, x, block_spec(self, x.shape[-1], dict(features=features, **common_args(self)), strides))
 
 
 #: Each block kind's Linen implementation.

@@ -19,6 +19,7 @@ For detection and segmentation backbones it has torchvision's three options:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -29,82 +30,17 @@ import jax.numpy as jnp
 
 from . import _checks, arch
 from .arch import NORMS, STAGE_NAMES, STRIDE_PLACEMENTS, TRAINABLE_LAYERS  # noqa: F401 - names models exports
-from .blocks import BLOCKS, BasicBlock, BottleneckBlock, FastConv  # noqa: F401 - BasicBlock: a name models always exported
+from .blocks import BLOCKS, BasicBlock, BottleneckBlock, FastConv, run_layers  # noqa: F401 - BasicBlock: exported
+from .layers import (  # noqa: F401 - the pools' home was here
+    POOLS,
+    DropPath,
+    _max_of,
+    _windows,
+    conv_kernel_init,
+    global_average_pool,
+    max_pool,
+)
 from .norm import BatchNorm, FrozenBatchNorm
-
-# torchvision's initialisation: He normal, fan-out, for every conv.
-conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def _windows(x, window: int, stride: int, padding: int) -> list:
-    """The ``window**2`` strided views of ``x`` padded with -inf, one per window offset."""
-    n, h, w, c = x.shape
-    oh, ow = (h + 2 * padding - window) // stride + 1, (w + 2 * padding - window) // stride + 1
-    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
-    return [
-        jax.lax.slice(
-            xp, (0, i, j, 0), (n, i + stride * (oh - 1) + 1, j + stride * (ow - 1) + 1, c), (1, stride, stride, 1)
-        )
-        for i in range(window)
-        for j in range(window)
-    ]
-
-
-def _max_of(views):
-    y = views[0]
-    for view in views[1:]:
-        y = jnp.maximum(y, view)
-    return y
-
-
-def global_average_pool(x):
-    """Mean over the spatial axes of NHWC ``x``, as ``(N, C)``; accumulated in float32 or wider.
-
-    Written as a product with a vector of ones, not a reduction: under our XLA:CPU options
-    a reduction goes to YNNPACK, whose fusion then swallows every conv of the last stage
-    above it and runs them slower than XLA's own kernels.
-    """
-    n, h, w, c = x.shape
-    ones = jnp.ones((h * w,), x.dtype)
-    total = jnp.einsum(
-        "nsc,s->nc", x.reshape(n, h * w, c), ones, preferred_element_type=jnp.promote_types(x.dtype, jnp.float32)
-    )
-    return (total / (h * w)).astype(x.dtype)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def max_pool(x, window: int, stride: int, padding: int):
-    """Max-pool over square windows, padding with -inf (as torch); NHWC.
-
-    The same values as ``nn.max_pool``. Its gradient goes to the first maximum of each
-    window in row-major order, as PyTorch's does; computed from strided views rather
-    than XLA's ``select_and_scatter``, which is several times slower on XLA:CPU.
-    """
-    return _max_pool_fwd(x, window, stride, padding)[0]
-
-
-def _max_pool_fwd(x, window, stride, padding):
-    y = _max_of(_windows(x, window, stride, padding))
-    return y, (x, y)
-
-
-def _max_pool_bwd(window, stride, padding, residuals, g):
-    x, y = residuals
-    views, to_input = jax.vjp(lambda x: _windows(x, window, stride, padding), x)
-    taken = jnp.zeros(y.shape, bool)
-    routed = []
-    for view in views:
-        first = (view == y) & ~taken
-        taken = taken | first
-        routed.append(jnp.where(first, g, jnp.zeros_like(g)))
-    return to_input(routed)
-
-
-max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
-
-#: Each spec pool kind's implementation: ``(x, window, stride, padding) -> y``, NHWC (Linen and NNX).
-POOLS = {"max": max_pool}
-
 
 #: The family, one row a model: the :class:`ResNet` constructor arguments of each of
 #: torchvision's names (``create_model(name)`` is ``ResNet(**CONFIGS[name])``): a view of
@@ -203,23 +139,58 @@ class ResNet(nn.Module):
     replace_stride_with_dilation: Sequence[bool] = (False, False, False)
     norm: str = "batch"
     trainable_layers: int = len(TRAINABLE_LAYERS)
+    stem_type: str = ""
+    channels: Sequence[int] | None = None
+    replace_stem_pool: bool = False
+    avg_down: bool = False
+    down_kernel_size: int = 1
+    block_reduce_first: int = 1
+    attn_layer: str | None = None
+    attn_rd_ratio: float = 1 / 16
+    aa_layer: str | None = None
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+
+    def forward_features(self, x, train: bool = False):
+        """timm's ``forward_features``: the last stage's feature map, before pooling."""
+        return self(x, train, part="features")
+
+    def forward_head(self, x, train: bool = False, pre_logits: bool = False):
+        """timm's ``forward_head``: the head on ``forward_features``' output; ``pre_logits``: the pooled
+        features (after the head's dropout) instead of the logits."""
+        return self(x, train, part="pre_logits" if pre_logits else "head")
 
     @nn.compact
-    def __call__(self, x, train: bool = False, *, features: bool = False):
+    def __call__(self, x, train: bool = False, *, features: bool = False, part: str = "all"):
         """Logits, the last feature map (headless), or every stage's output.
 
         Args:
-          x: images, ``(N, H, W, 3)``.
+          x: images, ``(N, H, W, 3)`` (for ``part='head'`` or ``'pre_logits'``: the last feature map).
           train: batch statistics (and running-average updates: apply with
-            ``mutable=['batch_stats']``) if true, running averages if false.
+            ``mutable=['batch_stats']``) if true, running averages if false; with ``drop_rate`` or
+            ``drop_path_rate`` it drops too (apply with ``rngs={'dropout': key}``).
           features: return ``{'stem': ..., 'C2': ..., ..., 'C5': ...}`` (see
             :func:`feature_info`) instead of running the head.
+          part: ``'all'``; ``'features'``, ``'head'``, ``'pre_logits'``: see :meth:`forward_features`
+            and :meth:`forward_head`.
         """
         spec = check_layout(self)
+        _checks.one_of("part", part, PARTS)
         if x.ndim != 4:
             raise ValueError(f"x must be a 4-D batch of images (N, H, W, C); got shape {x.shape}")
+        if part in ("head", "pre_logits"):
+            if spec.head is None:
+                raise ValueError("a headless model (num_classes=None) has no head to apply")
+            x = jnp.asarray(x, self.dtype) if self.dtype is not None else x
+            return self._head(x, spec, train, pre_logits=part == "pre_logits")
+        if self.scan and self.drop_path_rate > 0:
+            raise ValueError(
+                f"scan=True needs identical blocks, but drop_path_rate={self.drop_path_rate!r} gives each its own rate"
+            )
         if self.norm == "frozen":
             norm = partial(FrozenBatchNorm, epsilon=self.bn_epsilon)
+        elif self.norm == "group":
+            norm = partial(nn.GroupNorm, num_groups=32, epsilon=self.bn_epsilon)
         else:
             norm = partial(
                 BatchNorm,
@@ -233,6 +204,10 @@ class ResNet(nn.Module):
                 raise ValueError(
                     "a folded model (BatchNorm folded into convs) is for inference: call it with train=False"
                 )
+            if self.norm == "group":
+                raise ValueError(
+                    "norm='group': a GroupNorm normalises each image by its own statistics; it cannot be folded"
+                )
             norm = folded_norm
         common = dict(
             norm=norm,
@@ -243,18 +218,18 @@ class ResNet(nn.Module):
             zero_init_last=self.zero_init_last,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            drop_path=partial(DropPath, deterministic=not train),
         )
         block_cls = nn.remat(self.block) if self.remat else self.block
         paths = arch.linen_names(spec, scan=self.scan)  # a scanned block's own path is layerN_scan
 
         x = jnp.asarray(x, self.dtype) if self.dtype is not None else x
-        x = kind_of(STEMS, "stem", spec.stem.kind)(self, x, spec.stem, paths, norm)
+        stem = _Stem(nn.Conv, norm, "torch", self.folded, conv_kernel_init, self.dtype, self.param_dtype, DropPath)
+        x = run_layers(stem, x, spec.stem.layers, paths)
         frozen = len(TRAINABLE_LAYERS) - self.trainable_layers  # frozen from the input side: stem, layer1, ...
         x = jax.lax.stop_gradient(x) if frozen > 0 else x
         outputs = {"stem": x}
-        pool = spec.stem.pool
-        if pool is not None:
-            x = POOLS[pool.kind](x, pool.kernel, pool.stride, pool.padding)
+        x = run_layers(stem, x, spec.stem.pool, paths)
 
         for i, stage in enumerate(spec.stages):
             names = [paths[block.all_layers[0].name][0] for block in stage.blocks]  # layerN_j
@@ -276,10 +251,31 @@ class ResNet(nn.Module):
 
         if features:
             return outputs
-        if spec.head is None:
+        if spec.head is None or part == "features":
             return x
-        x = kind_of(HEADS, "head", spec.head.kind)(self, x, spec.head, paths)
+        return self._head(x, spec, train)
+
+    def _head(self, x, spec: arch.ResNetSpec, train: bool, pre_logits: bool = False):
+        x = kind_of(HEADS, "head", spec.head.kind)(self, x, spec.head, train, pre_logits)
         return jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32))  # bf16 logits come back as float32
+
+
+#: What :class:`ResNet` computes: everything, or timm's ``forward_features`` / ``forward_head`` parts.
+PARTS = ("all", "features", "head", "pre_logits")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stem:
+    """What the stem's layers are built with (the attributes a block gives :func:`~.blocks.run_layers`)."""
+
+    conv: Any
+    norm: Any
+    padding: str
+    use_bias: bool
+    kernel_init: Any
+    dtype: Any
+    param_dtype: Any
+    drop_path: Any
 
 
 def kind_of(table: dict, part: str, kind: str):
@@ -289,36 +285,18 @@ def kind_of(table: dict, part: str, kind: str):
     return table[kind]
 
 
-def _conv7_stem(model: ResNet, x, stem: arch.Stem, paths: dict, norm):
-    """torchvision's stem before its pool: the conv (7x7/2), its norm, ReLU."""
-    conv, bn = stem.layers
-    x = nn.Conv(
-        conv.out_features,
-        (conv.kernel, conv.kernel),
-        strides=conv.stride,
-        padding=((conv.padding, conv.padding), (conv.padding, conv.padding)),
-        use_bias=model.folded,
-        kernel_init=conv_kernel_init,
-        dtype=model.dtype,
-        param_dtype=model.param_dtype,
-        name=paths[conv.name][-1],
-    )(x)
-    return nn.relu(norm(dtype=model.dtype, param_dtype=model.param_dtype, name=paths[bn.name][-1])(x))
-
-
-def _linear_head(model: ResNet, x, head: arch.Head, paths: dict):
-    """Global average pool, then the dense classifier."""
+def _linear_head(model: ResNet, x, head: arch.Head, train: bool, pre_logits: bool):
+    """Global average pool, dropout (``drop_rate``, training only), then the dense classifier."""
+    x = global_average_pool(x)
+    if head.drop_rate > 0:
+        x = nn.Dropout(head.drop_rate, deterministic=not train, name="head_drop")(x)
+    if pre_logits:
+        return x
     fc = head.layer
-    return nn.Dense(fc.out_features, dtype=model.dtype, param_dtype=model.param_dtype, name=paths[fc.name][-1])(
-        global_average_pool(x)
-    )
+    return nn.Dense(fc.out_features, dtype=model.dtype, param_dtype=model.param_dtype, name=fc.name)(x)
 
 
-#: Each spec stem kind's Linen implementation, ``(model, x, stem, paths, norm) -> x`` (inside the
-#: model's ``__call__``; the stem's pool, if any, comes after): as :data:`~.blocks.LAYERS` for layers.
-STEMS = {"conv7": _conv7_stem}
-
-#: Each spec head kind's Linen implementation, ``(model, x, head, paths) -> logits``.
+#: Each spec head kind's Linen implementation, ``(model, x, head, train, pre_logits) -> logits``.
 HEADS = {"linear": _linear_head}
 
 

@@ -1,17 +1,18 @@
 """Layer names: a spec's (torchvision's) -> the Linen module path and the NNX attribute path.
 
-One rule each, from the spec alone. Linen: the stem's and head's layers keep their names
-(``conv1``, ``bn1``, ``fc``); a block ``layer1.0`` is the module ``layer1_0`` whose k-th conv,
-main path then shortcut, is ``Conv_k`` and whose norm after it is ``BatchNorm_k`` (flax's
-automatic names, the founding block's textbook tree): ``layer1.0.conv2`` is
-``layer1_0/Conv_1``, ``layer1.0.downsample.0`` is ``layer1_0/Conv_3``. Under ``scan`` a
+One rule each, from the spec alone. Linen: the stem's and head's layers keep their names, dots
+as underscores (``conv1``, ``bn1``, ``conv1_0`` for timm's deep stem's ``conv1.0``, ``fc``); a
+block ``layer1.0`` is the module ``layer1_0`` whose k-th conv, main path then shortcut, is
+``Conv_k`` and whose norm after it is ``BatchNorm_k`` (flax's automatic names, the founding
+block's textbook tree): ``layer1.0.conv2`` is ``layer1_0/Conv_1``, ``layer1.0.downsample.0``
+is ``layer1_0/Conv_3``; its attention keeps timm's name (``layer1_0/se``). Under ``scan`` a
 stage's blocks after its first are one stacked module ``layerN_scan/block``. NNX: the name's
 own parts, numbers as indices (``layer1.0.downsample.0`` is ``layer1[0].downsample[0]``).
 """
 
 from __future__ import annotations
 
-from .spec import Block, Conv, Norm, ResNetSpec
+from .spec import WEIGHTED, Block, Conv, Norm, ResNetSpec
 
 
 def _block_module(block: Block, scan: bool) -> tuple[str, ...]:
@@ -29,7 +30,8 @@ def linen_names(spec: ResNetSpec | Block, *, scan: bool = False) -> dict[str, tu
     names: dict[str, tuple[str, ...]] = {}
     blocks = [spec] if isinstance(spec, Block) else list(spec.blocks())
     if isinstance(spec, ResNetSpec):
-        names.update({layer.name: (layer.name,) for layer in spec.stem.layers if isinstance(layer, (Conv, Norm))})
+        stem = (*spec.stem.layers, *spec.stem.pool)
+        names.update({layer.name: (layer.name.replace(".", "_"),) for layer in stem if isinstance(layer, WEIGHTED)})
     for block in blocks:
         module, index = _block_module(block, scan), -1
         for layer in block.all_layers:
@@ -38,6 +40,8 @@ def linen_names(spec: ResNetSpec | Block, *, scan: bool = False) -> dict[str, tu
                 names[layer.name] = (*module, f"Conv_{index}")
             elif isinstance(layer, Norm):
                 names[layer.name] = (*module, f"BatchNorm_{index}")
+            elif isinstance(layer, WEIGHTED):
+                names[layer.name] = (*module, layer.name.rpartition(".")[2])
     if isinstance(spec, ResNetSpec) and spec.head is not None:
         names[spec.head.layer.name] = (spec.head.layer.name,)
     return names

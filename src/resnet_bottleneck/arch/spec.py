@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: What a :class:`Norm` holds, per kind: (parameters, statistics) vectors of ``features`` each.
-NORM_VECTORS = {"batch": (2, 2), "frozen": (0, 4)}
+NORM_VECTORS = {"batch": (2, 2), "frozen": (0, 4), "group": (2, 0)}
+
+#: The norm kinds a BatchNorm folding merges into the conv before them (a GroupNorm's statistics are per image).
+FOLDABLE_NORMS = ("batch", "frozen")
 
 
 @dataclass(frozen=True)
@@ -51,23 +54,84 @@ class Norm:
     features: int
     kind: str = "batch"
     zero_init: bool = False
+    groups: int = 32  # a GroupNorm's groups (timm's default); unused by the other kinds
+
+    @property
+    def foldable(self) -> bool:
+        return self.kind in FOLDABLE_NORMS
 
     def params(self, folded: bool = False) -> int:
-        return 0 if folded else NORM_VECTORS[self.kind][0] * self.features
+        return 0 if folded and self.foldable else NORM_VECTORS[self.kind][0] * self.features
 
     def stats(self, folded: bool = False) -> int:
-        return 0 if folded else NORM_VECTORS[self.kind][1] * self.features
+        return 0 if folded and self.foldable else NORM_VECTORS[self.kind][1] * self.features
+
+
+@dataclass(frozen=True)
+class Act:
+    """An activation, ``kind`` ``'relu'`` (no variables)."""
+
+    name: str
+    kind: str = "relu"
 
 
 @dataclass(frozen=True)
 class Pool:
-    """A pooling window: ``kind`` ``'max'`` (padding with -inf, as torch)."""
+    """A pooling window, ``padding`` on each side, as torch's.
+
+    ``kind``: ``'max'`` (padding with -inf), ``'avg'`` (``ceil_mode`` and ``count_include_pad`` as
+    ``nn.AvgPool2d``'s) or ``'blur'`` (timm's ``BlurPool2d``: a fixed binomial ``kernel`` x ``kernel``
+    filter per channel, reflect padding, then the stride).
+    """
 
     name: str
     kind: str
     kernel: int
     stride: int
     padding: int
+    ceil_mode: bool = False
+    count_include_pad: bool = True
+
+    def params(self, folded: bool = False) -> int:
+        return 0
+
+
+@dataclass(frozen=True)
+class SqueezeExcite:
+    """timm's ``SEModule``: global mean, 1x1 conv to ``reduced`` (bias), ReLU, 1x1 conv back (bias),
+    sigmoid, times the input. Its convs are ``fc1`` and ``fc2`` under ``name``."""
+
+    name: str
+    features: int
+    reduced: int
+
+    def params(self, folded: bool = False) -> int:
+        return 2 * self.features * self.reduced + self.reduced + self.features
+
+
+@dataclass(frozen=True)
+class Eca:
+    """timm's ``EcaModule``: global mean, a ``kernel``-tap 1-D conv across channels (no bias), sigmoid,
+    times the input. Its conv is ``conv`` under ``name``."""
+
+    name: str
+    features: int
+    kernel: int
+
+    def params(self, folded: bool = False) -> int:
+        return self.kernel
+
+
+@dataclass(frozen=True)
+class DropPath:
+    """Stochastic depth: in training, each image's residual branch is dropped with probability ``rate``
+    (the rest scaled by ``1 / (1 - rate)``); the identity in evaluation."""
+
+    name: str
+    rate: float
+
+    def params(self, folded: bool = False) -> int:
+        return 0
 
 
 @dataclass(frozen=True)
@@ -83,12 +147,16 @@ class Linear:
         return self.in_features * self.out_features + (self.out_features if self.bias else 0)
 
 
-Layer = Conv | Norm | Pool | Linear
+Layer = Conv | Norm | Act | Pool | SqueezeExcite | Eca | DropPath | Linear
+
+#: The layer kinds that hold variables (whose names the checkpoint maps carry).
+WEIGHTED = (Conv, Norm, SqueezeExcite, Eca, Linear)
 
 
 @dataclass(frozen=True)
 class Shortcut:
-    """A block's shortcut: ``kind`` ``'identity'`` (no layers) or ``'projection'`` (1x1 conv + norm)."""
+    """A block's shortcut: ``kind`` ``'identity'`` (no layers) or ``'projection'`` (its ``layers``:
+    a conv and its norm, after an average pool where ``avg_down``)."""
 
     kind: str
     layers: tuple[Layer, ...] = ()
@@ -96,8 +164,8 @@ class Shortcut:
 
 @dataclass(frozen=True)
 class Block:
-    """A residual block: ``layers`` (conv, norm, conv, norm, ...; ReLU between the pairs, not after
-    the last) added to ``shortcut``, then ReLU.
+    """A residual block: ``layers`` (conv, norm, act, ..., the last norm, attention, drop path: run in
+    order) added to ``shortcut``, then ReLU.
 
     ``args`` are the block kind's own constructor arguments (``mid_features``, ``groups``, ...), as
     ``(key, value)`` pairs, which a backend's block class of that kind takes.
@@ -132,21 +200,25 @@ class Stage:
 
 @dataclass(frozen=True)
 class Stem:
-    """The input side: ``kind`` (``'conv7'``: torchvision's 7x7/2 conv, norm, ReLU), then ``pool``."""
+    """The input side: ``layers`` (run in order; their output is the ``stem`` feature, timm's ``act1``),
+    then ``pool`` (the layers timm's ``maxpool`` holds). ``kind``: ``'conv7'`` (torchvision's 7x7/2
+    conv), ``'deep'`` or ``'deep_tiered'`` (timm's three 3x3 convs)."""
 
     kind: str
     layers: tuple[Layer, ...]
-    pool: Pool | None
+    pool: tuple[Layer, ...]
     out_features: int
     stride: int
 
 
 @dataclass(frozen=True)
 class Head:
-    """The output side: ``kind`` ``'linear'`` (global average pool, then ``layer``)."""
+    """The output side: ``kind`` ``'linear'`` (global average pool, dropout at ``drop_rate`` in
+    training, then ``layer``)."""
 
     kind: str
     layer: Linear
+    drop_rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -165,30 +237,38 @@ class ResNetSpec:
     def layers(self) -> Iterator[Layer]:
         """Every layer in model order: the stem's, each block's (main path, then shortcut), the head's."""
         yield from self.stem.layers
-        if self.stem.pool is not None:
-            yield self.stem.pool
+        yield from self.stem.pool
         for block in self.blocks():
             yield from block.all_layers
         if self.head is not None:
             yield self.head.layer
 
     def conv_norm_pairs(self) -> Iterator[tuple[Conv, Norm]]:
-        """Each norm with the conv before it (the pairs BatchNorm folding merges)."""
-        sequences = [self.stem.layers] + [seq for b in self.blocks() for seq in (b.layers, b.shortcut.layers)]
+        """Each foldable norm (BatchNorm, frozen) with the conv before it (the pairs BatchNorm folding merges)."""
+        sequences = [self.stem.layers, self.stem.pool]
+        sequences += [seq for b in self.blocks() for seq in (b.layers, b.shortcut.layers)]
         for layers in sequences:
             for before, layer in zip(layers, layers[1:]):
-                if isinstance(layer, Norm):
+                if isinstance(layer, Norm) and layer.foldable:
                     if not isinstance(before, Conv):
-                        raise ValueError(f"norm {layer.name} follows {before.name}, not a conv")
+                        raise ValueError(f"norm {layer.name} follows {before.name}, not a conv: it cannot be folded")
                     yield before, layer
 
     def param_count(self, folded: bool = False) -> int:
-        """Trainable parameters (``params``); ``folded``: of the BatchNorm-folded inference form."""
-        return sum(layer.params(folded) for layer in self.layers() if not isinstance(layer, Pool))
+        """Trainable parameters (``params``); ``folded``: of the BatchNorm-folded inference form (each
+        foldable norm gone, the conv before it with a bias)."""
+        total = sum(layer.params() for layer in self.layers() if isinstance(layer, WEIGHTED))
+        if folded:
+            total -= sum(norm.params() - conv.out_features * (not conv.bias) for conv, norm in self.conv_norm_pairs())
+        return total
 
     def stats_count(self) -> int:
         """BatchNorm statistics (``batch_stats``)."""
         return sum(layer.stats() for layer in self.layers() if isinstance(layer, Norm))
+
+    def weighted_layers(self) -> Iterator[Layer]:
+        """The layers that hold variables, in model order."""
+        return (layer for layer in self.layers() if isinstance(layer, WEIGHTED))
 
     @property
     def out_features(self) -> int:

@@ -69,9 +69,7 @@ def _layout(spec: arch.ResNetSpec) -> tuple:
     ``num_batches_tracked`` (a frozen BatchNorm, all four vectors in ``batch_stats``, has none).
     """
     paths, entries = arch.linen_names(spec), []
-    for layer in spec.layers():
-        if isinstance(layer, arch.Pool):
-            continue
+    for layer in spec.weighted_layers():
         module = paths[layer.name]
         if isinstance(layer, (arch.Conv, arch.Linear)):
             conv = isinstance(layer, arch.Conv)
@@ -79,12 +77,24 @@ def _layout(spec: arch.ResNetSpec) -> tuple:
             entries.append((f"{layer.name}.weight", ("params", *module, "kernel"), shape, "conv" if conv else "dense"))
             if layer.bias:
                 entries.append((f"{layer.name}.bias", ("params", *module, "bias"), (layer.out_features,), "vector"))
-            continue
-        frozen = layer.kind == "frozen"
-        for ours, collection, theirs in _BN:
-            path = ("batch_stats" if frozen else collection, *module, ours)
-            kind = "running_var" if theirs == "running_var" and not frozen else "vector"
-            entries.append((f"{layer.name}.{theirs}", path, (layer.features,), kind))
+        elif isinstance(layer, arch.SqueezeExcite):  # timm's 1x1 convs, our dense layers on the pooled vector
+            for fc, (c_in, c_out) in (
+                ("fc1", (layer.features, layer.reduced)),
+                ("fc2", (layer.reduced, layer.features)),
+            ):
+                entries.append((f"{layer.name}.{fc}.weight", ("params", *module, fc, "kernel"), (c_in, c_out), "1x1"))
+                entries.append((f"{layer.name}.{fc}.bias", ("params", *module, fc, "bias"), (c_out,), "vector"))
+        elif isinstance(layer, arch.Eca):  # timm's Conv1d (1, 1, k); ours (k, 1, 1)
+            entries.append((f"{layer.name}.conv.weight", ("params", *module, "kernel"), (layer.kernel, 1, 1), "eca"))
+        elif layer.kind == "group":
+            for ours, _, theirs in _BN[:2]:
+                entries.append((f"{layer.name}.{theirs}", ("params", *module, ours), (layer.features,), "vector"))
+        else:
+            frozen = layer.kind == "frozen"
+            for ours, collection, theirs in _BN:
+                path = ("batch_stats" if frozen else collection, *module, ours)
+                kind = "running_var" if theirs == "running_var" and not frozen else "vector"
+                entries.append((f"{layer.name}.{theirs}", path, (layer.features,), kind))
     return tuple(entries)
 
 
@@ -93,6 +103,10 @@ def _to_torch_shape(shape, kind):
         return (shape[3], shape[2], shape[0], shape[1])
     if kind == "dense":
         return (shape[1], shape[0])
+    if kind == "1x1":
+        return (shape[1], shape[0], 1, 1)
+    if kind == "eca":
+        return (1, 1, shape[0])
     return tuple(shape)
 
 
@@ -101,6 +115,10 @@ def _from_torch(array: np.ndarray, kind: str) -> np.ndarray:
         return array.transpose(2, 3, 1, 0)
     if kind == "dense":
         return array.T
+    if kind == "1x1":
+        return array[:, :, 0, 0].T
+    if kind == "eca":
+        return array.reshape(-1, 1, 1)
     return array
 
 
@@ -110,6 +128,10 @@ def _to_torch(array: np.ndarray, kind: str) -> np.ndarray:
         return array.transpose(3, 2, 0, 1)
     if kind == "dense":
         return array.T
+    if kind == "1x1":
+        return array.T[:, :, None, None]
+    if kind == "eca":
+        return array.reshape(1, 1, -1)
     return array
 
 
