@@ -14,7 +14,17 @@ from .forward import resnet_basic_forward, resnet_bottleneck_forward
 from .inference import load_model
 from .io.onnx import export_onnx
 from .io.torchvision import from_torchvision, from_torchvision_fpn, to_torchvision, to_torchvision_fpn
-from .models import CONFIGS, ResNet, count_params, create_model, feature_info, scan_variables, unscan_variables
+from .models import (
+    CONFIGS,
+    ResNet,
+    count_params,
+    create_model,
+    feature_info,
+    list_models,
+    reset_classifier,
+    scan_variables,
+    unscan_variables,
+)
 from .training.optim import freeze, trainable_mask
 
 __all__ = [
@@ -34,9 +44,11 @@ __all__ = [
     "from_torchvision",
     "from_torchvision_fpn",
     "layer_costs",
+    "list_models",
     "load_model",
     "model_cost",
     "resnet_basic_forward",
+    "reset_classifier",
     "resnet_bottleneck_forward",
     "scan_variables",
     "to_torchvision",

@@ -20,6 +20,7 @@ For detection and segmentation backbones it has torchvision's three options:
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -344,6 +345,34 @@ def model_config(name: str, options) -> dict:
     if fixed:
         raise TypeError(f"create_model({name!r}) fixes {', '.join(sorted(fixed))}; use ResNet(...) to change them")
     return config
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """The registered names (torchvision's, ``resnet_tiny`` and timm's), sorted; ``pattern``: only those
+    matching it (``fnmatch``, e.g. ``'seresnext*'``), as ``timm.list_models``."""
+    if pattern is not None and not isinstance(pattern, str):
+        raise TypeError(f"pattern must be a string such as 'resnet50*' or None; got {pattern!r}")
+    names = sorted(CONFIGS)
+    return names if pattern is None else fnmatch.filter(names, pattern)
+
+
+def reset_classifier(model: ResNet, variables, num_classes: int | None, *, seed: int = 0) -> tuple[ResNet, dict]:
+    """timm's ``reset_classifier`` for Linen: ``model`` with a new head of ``num_classes`` outputs
+    (``None``: headless), freshly initialised from ``seed``; every other variable kept.
+
+    Returns ``(model, variables)``; the input ``variables`` are not modified.
+    """
+    if num_classes is not None:
+        _checks.positive_int("num_classes", num_classes)
+    new = model.clone(num_classes=num_classes)
+    spec = check_layout(new)
+    params = {k: v for k, v in variables["params"].items() if k != "fc"}
+    if spec.head is not None:
+        fc = spec.head.layer
+        dense = nn.Dense(fc.out_features, dtype=model.dtype, param_dtype=model.param_dtype)
+        shape = jnp.zeros((1, fc.in_features), model.param_dtype)
+        params[fc.name] = dense.init(jax.random.PRNGKey(_checks.seed(seed)), shape)["params"]
+    return new, {**variables, "params": params}
 
 
 def feature_info(model: Any) -> list[dict]:
