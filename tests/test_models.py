@@ -226,9 +226,9 @@ def test_torch_padding_in_the_stem():
             r"replace_stride_with_dilation must be three booleans \(for the stages C3, C4, C5\); got \(True, False\)",
         ),
         (
-            lambda: abstract_init(create_model("resnet50", norm="group")),
+            lambda: abstract_init(create_model("resnet50", norm="layer")),
             ValueError,
-            r"norm must be one of 'batch', 'frozen'; got 'group'",
+            r"norm must be one of 'batch', 'frozen', 'group'; got 'layer'",
         ),
         (
             lambda: abstract_init(create_model("resnet50", trainable_layers=6)),

@@ -152,7 +152,7 @@ LAYERS = {
     arch.Conv: _conv,
     arch.Norm: _norm,
     arch.Act: lambda block, layer, name: nn.relu,
-    arch.Pool: lambda block, layer, name: partial(layers.POOLS[layer.kind], p=layer),
+    arch.Pool: lambda block, layer, name: partial(layers.kind_of(layers.POOLS, "pool", layer.kind), p=layer),
     arch.SqueezeExcite: _se,
     arch.Eca: _eca,
     arch.DropPath: lambda block, layer, name: block.drop_path(rate=layer.rate, name=name),

@@ -138,6 +138,13 @@ def blur_pool(x, window: int, stride: int, padding: int):
     )
 
 
+def kind_of(table: dict, part: str, kind: str):
+    """``table[kind]``, or a ``ValueError`` naming the spec's unknown ``part`` kind and the known ones."""
+    if kind not in table:
+        raise ValueError(f"{part} kind {kind!r} has no implementation here; known: {', '.join(map(repr, table))}")
+    return table[kind]
+
+
 #: Each spec pool kind's implementation: ``(x, pool) -> y`` for a :class:`resnet_bottleneck.arch.Pool`.
 POOLS = {
     "max": lambda x, p: max_pool(x, p.kernel, p.stride, p.padding),

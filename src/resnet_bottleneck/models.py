@@ -39,6 +39,7 @@ from .layers import (  # noqa: F401 - the pools' home was here
     _windows,
     conv_kernel_init,
     global_average_pool,
+    kind_of,
     max_pool,
 )
 from .norm import BatchNorm, FrozenBatchNorm
@@ -231,6 +232,7 @@ class ResNet(nn.Module):
         x = jax.lax.stop_gradient(x) if frozen > 0 else x
         outputs = {"stem": x}
         x = run_layers(stem, x, spec.stem.pool, paths)
+        x = jax.lax.stop_gradient(x) if frozen > 0 and spec.stem.pool else x  # timm's pool may hold a conv
 
         for i, stage in enumerate(spec.stages):
             names = [paths[block.all_layers[0].name][0] for block in stage.blocks]  # layerN_j
@@ -277,13 +279,6 @@ class _Stem:
     dtype: Any
     param_dtype: Any
     drop_path: Any
-
-
-def kind_of(table: dict, part: str, kind: str):
-    """``table[kind]``, or a ``ValueError`` naming the spec's unknown ``part`` kind and the known ones."""
-    if kind not in table:
-        raise ValueError(f"{part} kind {kind!r} has no implementation here; known: {', '.join(map(repr, table))}")
-    return table[kind]
 
 
 def _linear_head(model: ResNet, x, head: arch.Head, train: bool, pre_logits: bool):
@@ -341,7 +336,9 @@ def create_model(name: str, num_classes: int | None = 1000, **options) -> ResNet
 def model_config(name: str, options) -> dict:
     """``CONFIGS[name]``, after checking the name and that ``options`` leave the architecture the name's."""
     config = CONFIGS[_model_name(name)]
-    fixed = set().union(*CONFIGS.values()) & set(options)  # what makes the architecture the name's
+    # what makes the architecture the name's: every option a row sets, but the backbones' norm where the row
+    # leaves it (resnet50_gn's GroupNorm is its own; norm='frozen' is any other name's backbone option)
+    fixed = ((set().union(*CONFIGS.values()) - {"norm"}) | set(config)) & set(options)
     if fixed:
         raise TypeError(f"create_model({name!r}) fixes {', '.join(sorted(fixed))}; use ResNet(...) to change them")
     return config

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .config import Config
 
 _STAGE = re.compile(r"(layer\d+)_(\d+|scan)")
+_STEM = re.compile(r"conv1|bn1|(conv1|maxpool)_\d+")  # timm's deep stem (conv1_0, ...) and conv pool (maxpool_0, ...)
 
 
 def _decay_mask(params):
@@ -53,10 +54,10 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransf
 
 
 def _layer_of(path) -> str | None:
-    """The TRAINABLE_LAYERS entry a parameter belongs to (``bn1`` goes with ``conv1``), or None."""
+    """The TRAINABLE_LAYERS entry a parameter belongs to (the whole stem goes with ``conv1``), or None."""
     for key in path:
         key = getattr(key, "key", key)
-        if key in ("conv1", "bn1"):
+        if _STEM.fullmatch(str(key)):
             return "conv1"
         match = _STAGE.fullmatch(str(key))
         if match:
