@@ -390,3 +390,106 @@ def test_global_average_pool_is_the_mean_and_keeps_convs_off_ynnpack(rng):
     if jax.default_backend() == "cpu":
         assert "__ynn_fusion" in head(lambda y: jnp.mean(y, axis=(1, 2)))
         assert "__ynn_fusion" not in head(global_average_pool)
+
+
+# --- timm's model API: forward_features / forward_head, reset_classifier, list_models -----
+
+
+def test_forward_features_and_head_split_the_model(batch):
+    model = create_model("resnet_tiny", num_classes=5)
+    variables = model.init(jax.random.PRNGKey(0), batch)
+    maps = model.apply(variables, batch, method="forward_features")
+    np.testing.assert_array_equal(maps, model.apply(variables, batch, features=True)["C5"])
+    np.testing.assert_array_equal(model.apply(variables, maps, method="forward_head"), model.apply(variables, batch))
+    pooled = model.apply(variables, maps, method="forward_head", pre_logits=True)
+    np.testing.assert_allclose(pooled, np.asarray(maps).mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    fc = variables["params"]["fc"]
+    np.testing.assert_allclose(
+        np.asarray(pooled) @ np.asarray(fc["kernel"]) + np.asarray(fc["bias"])[None],
+        model.apply(variables, batch),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    with pytest.raises(ValueError, match="part must be one of 'all', 'features', 'head', 'pre_logits'; got 'neck'"):
+        model.apply(variables, batch, part="neck")
+    headless = create_model("resnet_tiny", num_classes=None)
+    with pytest.raises(ValueError, match=r"a headless model \(num_classes=None\) has no head"):
+        headless.apply({"params": {}}, maps, method="forward_head")
+
+
+def test_reset_classifier_replaces_only_the_head(batch):
+    from resnet_bottleneck import reset_classifier
+
+    model = create_model("resnet_tiny", num_classes=5)
+    variables = model.init(jax.random.PRNGKey(0), batch)
+    before = jax.tree_util.tree_map(np.array, variables)
+    new, renewed = reset_classifier(model, variables, 3, seed=1)
+    assert new.num_classes == 3 and renewed["params"]["fc"]["kernel"].shape == (512, 3)
+    assert model.num_classes == 5
+    assert_trees_equal(variables, before)  # the input is untouched
+    assert_trees_equal(
+        {k: v for k, v in renewed["params"].items() if k != "fc"},
+        {k: v for k, v in variables["params"].items() if k != "fc"},
+    )
+    assert_trees_equal(renewed["batch_stats"], variables["batch_stats"])
+    features = model.apply(variables, batch, method="forward_features")
+    np.testing.assert_array_equal(features, new.apply(renewed, batch, method="forward_features"))
+    assert new.apply(renewed, batch).shape == (batch.shape[0], 3)
+    again = reset_classifier(model, variables, 3, seed=1)[1]["params"]["fc"]
+    other = reset_classifier(model, variables, 3, seed=2)[1]["params"]["fc"]
+    assert_trees_equal(again, renewed["params"]["fc"])  # the seed decides it
+    assert not np.array_equal(other["kernel"], again["kernel"])
+    headless, stripped = reset_classifier(model, variables, None)
+    assert "fc" not in stripped["params"] and headless.apply(stripped, batch).ndim == 4
+    with pytest.raises(ValueError, match="num_classes must be a positive integer; got 0"):
+        reset_classifier(model, variables, 0)
+
+
+def test_list_models_lists_every_name_and_filters_like_timm():
+    from resnet_bottleneck import list_models
+
+    assert list_models() == sorted(CONFIGS)
+    assert set(list_models("seresnext*")) == {n for n in CONFIGS if n.startswith("seresnext")}
+    assert list_models("resnet50?") == ["resnet50c", "resnet50d", "resnet50s", "resnet50t"]
+    assert list_models("no_such*") == []
+    with pytest.raises(TypeError, match="pattern must be a string"):
+        list_models(3)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnet50d"])
+def test_create_model_fixes_the_rows_options_but_not_the_backbones_norm(name):
+    with pytest.raises(TypeError, match=rf"create_model\('{name}'\) fixes avg_down"):
+        create_model(name, avg_down=True)
+    assert create_model(name, norm="frozen").norm == "frozen"
+    with pytest.raises(TypeError, match=r"create_model\('resnet50_gn'\) fixes norm"):
+        create_model("resnet50_gn", norm="frozen")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(stem_type="deep", avg_down=True, attn_layer="se", aa_layer="blur", drop_path_rate=0.1, drop_rate=0.2),
+        dict(stem_type="deep_tiered", replace_stem_pool=True, attn_layer="eca", down_kernel_size=3),
+        dict(block=BasicBlock, aa_layer="avg", attn_layer="se", block_reduce_first=2, norm="group", channels=(64, 128)),
+    ],
+    ids=["se-blur-droppath", "eca-rs-stem", "basic-avg-aa-gn"],
+)
+def test_every_timm_layer_parameter_gets_a_gradient(batch, options):
+    options = {"block": BottleneckBlock, "stem_width": 32, "channels": (32, 64), **options}
+    model = ResNet(stage_sizes=(1, 2), num_classes=5, **options)
+    x = np.concatenate([batch, batch])[:, :, :, :]  # 8 images: some dropped paths, some kept
+    variables = model.init(jax.random.PRNGKey(0), x)
+
+    def loss(params):
+        y, _ = model.apply(
+            {**variables, "params": params},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": jax.random.PRNGKey(3)},
+        )
+        return jnp.sum(y**2)
+
+    grads = jax.grad(loss)(variables["params"])
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        assert np.abs(np.asarray(g)).max() > 0, jax.tree_util.keystr(path)

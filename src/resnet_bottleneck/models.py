@@ -119,6 +119,24 @@ class ResNet(nn.Module):
         gradient and no backward pass is spent on it; pair it with
         :func:`resnet_bottleneck.freeze` so that the optimizer does not move them
         either (weight decay would).
+
+    timm's options (``timm.models.resnet.ResNet``'s, with its meaning; the timm names' rows set them):
+      stem_type: ``''`` (the 7x7 conv), ``'deep'`` (three 3x3 convs, ``stem_width``, ``stem_width``,
+        ``2 * stem_width`` wide) or ``'deep_tiered'`` (``3 * (stem_width // 4)``, ``stem_width``, ``2 * stem_width``).
+        Unlike timm's, our ``stem_width`` also sizes the 7x7 stem (timm's is always 64 wide).
+      channels: each stage's planes; ``None``: the stem's output width doubled each stage.
+      replace_stem_pool: a 3x3/2 conv, norm and ReLU instead of the stem's max-pool (ResNet-RS).
+      avg_down: projection shortcuts average-pool 2x2 (``ceil_mode``, padding not counted) before a
+        1x1 conv at stride 1 (ResNet-D).
+      down_kernel_size: the projection conv's kernel where it strides (3 for SENet-154).
+      block_reduce_first: the first conv of each block is this many times narrower (2 for SENet-154).
+      attn_layer: ``'se'`` (squeeze-excitation, timm's ``SEModule``) or ``'eca'`` after each block's
+        last norm; ``attn_rd_ratio``: SE's reduction (``make_divisible(C * ratio, 8)`` channels).
+      aa_layer: anti-aliased downsampling, ``'blur'`` (``BlurPool2d``) or ``'avg'`` (2x2 average pool)
+        after the strided conv (which then runs at stride 1), and in the stem's pool.
+      drop_rate: dropout before the classifier in training (``rngs={'dropout': key}``).
+      drop_path_rate: stochastic depth, rising linearly from 0 at the first block to this at the
+        last, in training only (``rngs={'dropout': key}``).
     """
 
     stage_sizes: Sequence[int]
@@ -322,10 +340,10 @@ def _model_name(name: Any) -> str:
 
 
 def create_model(name: str, num_classes: int | None = 1000, **options) -> ResNet:
-    """A family member by torchvision's name, e.g. ``create_model('resnet50')``.
+    """A family member by torchvision's or timm's name, e.g. ``create_model('resnet50d')``.
 
     Args:
-      name: a key of :data:`CONFIGS`.
+      name: a key of :data:`CONFIGS` (see :func:`list_models`).
       num_classes: classifier outputs, or ``None`` for a headless backbone.
       **options: any other :class:`ResNet` attribute (``dtype``, ``remat``, ``scan``,
         ``stride_on``, ``zero_init_last``, ``bn_momentum``, ...).
