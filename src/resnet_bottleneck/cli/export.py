@@ -15,7 +15,7 @@ from ._common import UsageError, argument, model_name, positive_int
 
 #: The metadata an ``.onnx`` export carries over (besides the model's name): what ``predict`` and
 #: ``evaluate`` read (``split``: a run's held-out images, which ``evaluate`` scores without ``--data``).
-CARRIED = ("classes", "image_size", "mean", "std", "split", "batch_size")
+CARRIED = ("classes", "image_size", "mean", "std", "crop_pct", "interpolation", "split", "batch_size")
 #: The options that only the ``.onnx`` writer takes.
 ONNX_OPTIONS = ("layout", "batch", "image_size")
 
