@@ -396,3 +396,64 @@ def test_normalize_with_a_rows_mean_and_std_is_timms(odd_images):
         preprocess(odd_images[0], 224, row["mean"], row["std"], row["crop_pct"], row["interpolation"]),
         normalize(pixels, row["mean"], row["std"]),
     )
+
+
+def test_training_holds_out_with_its_weights_crop_and_records_it(tmp_path, monkeypatch):
+    """A run from weights whose file records crop_pct 0.95 and bicubic: its held-out pass transforms
+    every image so (spied on the pipeline) and its model file records both; without them, torchvision's."""
+    import jax
+
+    from resnet_bottleneck import create_model
+    from resnet_bottleneck.data import pipeline
+    from resnet_bottleneck.data.synthetic import write_image_folder
+    from resnet_bottleneck.io.metadata import eval_crop
+    from resnet_bottleneck.io.safetensors import CHECKPOINT_FORMAT, load_variables, save_variables
+    from resnet_bottleneck.training import Config, RunOptions, train
+
+    folder = write_image_folder(tmp_path / "data", classes=2, per_class=20, size=(45, 37))
+    variables = create_model("resnet_tiny").init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32))
+    seen = []
+    decode = pipeline.eval_transform
+    monkeypatch.setattr(
+        pipeline, "eval_transform", lambda path, size, *crop: seen.append(crop) or decode(path, size, *crop)
+    )
+    for recorded, expected in (
+        ({"crop_pct": "0.95", "interpolation": "bicubic"}, (0.95, "bicubic")),
+        ({}, (0.875, "bilinear")),
+    ):
+        weights = tmp_path / f"start{len(recorded)}.safetensors"
+        save_variables(weights, variables, {"model": "resnet_tiny", "format": CHECKPOINT_FORMAT, **recorded})
+        config = Config(
+            model="resnet_tiny", weights=str(weights), data=str(folder), image_size=32, batch_size=16, epochs=1
+        )
+        seen.clear()
+        result = train(config, out=tmp_path / f"run{len(recorded)}", options=RunOptions(workers=0), progress=False)
+        assert seen and set(seen) == {expected}
+        assert eval_crop(load_variables(result.model_file)[1]) == expected
+
+
+def test_export_carries_the_crop_and_onnx_predict_uses_it(tiny_files, tmp_path, monkeypatch, capsys):
+    """Our file's crop travels into the .onnx; load_onnx reads it; predict --runtime onnxruntime transforms
+    with it. torchvision's weights exported get what convert records."""
+    from resnet_bottleneck.cli import main
+    from resnet_bottleneck.data import pipeline
+    from resnet_bottleneck.io.metadata import eval_crop
+    from resnet_bottleneck.io.onnx import load_onnx
+    from resnet_bottleneck.io.safetensors import load_variables
+
+    root, _, images, _ = tiny_files
+    weights = _file_with(tiny_files, tmp_path, {"crop_pct": "0.9", "interpolation": "bicubic"})
+    assert main(["export", str(weights), str(tmp_path / "m.onnx")]) == 0
+    classifier = load_onnx(tmp_path / "m.onnx")
+    assert (classifier.crop_pct, classifier.interpolation) == (0.9, "bicubic") and classifier.image_size == 48
+    seen = []
+    decode = pipeline.eval_transform
+    monkeypatch.setattr(
+        pipeline, "eval_transform", lambda path, size, *crop: seen.append(crop) or decode(path, size, *crop)
+    )
+    argv = ["predict", str(images[0]), "--weights", str(tmp_path / "m.onnx"), "--runtime", "onnxruntime"]
+    assert main([*argv, "--workers", "0"]) == 0
+    assert seen and set(seen) == {(0.9, "bicubic")}
+    capsys.readouterr()
+    assert main(["export", str(root / "r18.pth"), str(tmp_path / "tv.safetensors"), "--model", "resnet18"]) == 0
+    assert eval_crop(load_variables(tmp_path / "tv.safetensors")[1]) == (0.875, "bilinear")
