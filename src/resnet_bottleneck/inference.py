@@ -218,8 +218,8 @@ def preprocess(
     (:func:`~resnet_bottleneck.arch.data_configs.data_config`) gives all five.
 
     Raises:
-      ImageError: the file cannot be read as an image (naming it); TypeError, ValueError: a bad
-      ``image_size``, ``crop_pct`` or ``interpolation`` (naming it).
+      ImageError: the file cannot be read as an image (naming it).
+      TypeError, ValueError: a bad ``image_size``, ``crop_pct`` or ``interpolation`` (naming it).
     """
     from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, normalize
 

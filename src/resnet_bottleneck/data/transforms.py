@@ -181,8 +181,8 @@ def eval_transform(
     transform of a model whose data config has that ``crop_pct`` and interpolation.
 
     Raises:
-      ImageError: the file cannot be read as an image; TypeError, ValueError: a bad ``crop_pct`` or
-      ``interpolation`` (naming it).
+      ImageError: the file cannot be read as an image.
+      TypeError, ValueError: a bad ``crop_pct`` or ``interpolation`` (naming it).
     """
     from PIL import Image
 
