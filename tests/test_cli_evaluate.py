@@ -78,7 +78,7 @@ def test_predict_prints_the_digits_names_and_streams(digits_run, digits_pngs, tm
     images[7] = str(tmp_path / "broken.png")
     events = []
     decode = pipeline.eval_transform
-    monkeypatch.setattr(pipeline, "eval_transform", lambda path, size: events.append("decode") or decode(path, size))
+    monkeypatch.setattr(pipeline, "eval_transform", lambda *args: events.append("decode") or decode(*args))
     line = predict._line
     monkeypatch.setattr(predict, "_line", lambda result: events.append("line") or line(result))
     assert main(["predict", *images, "--weights", weights, "--batch-size", "2"]) == 2

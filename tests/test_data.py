@@ -126,6 +126,26 @@ def test_eval_transform_is_torchvisions_bit_for_bit(tmp_path, jpegs):
             np.testing.assert_array_equal(eval_transform(path, size), expected, err_msg=f"{path} {size}")
 
 
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("crop_pct", [0.875, 0.95, 1.0, 0.9, 0.91])
+def test_eval_transform_with_a_crop_is_torchvisions_bit_for_bit(tmp_path, crop_pct, interpolation):
+    """Resize(floor(image_size / crop_pct), interpolation) + CenterCrop(image_size): timm's eval transform,
+    composed of torchvision's own pieces (timm's own is compared in test_data_configs.py)."""
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (333, 517, 3), dtype=np.uint8)).save(tmp_path / "wide.png")
+    Image.fromarray(rng.integers(0, 256, (517, 333, 3), dtype=np.uint8)).save(tmp_path / "tall.jpg")
+    mode = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}[interpolation]
+    for size in (224, 97):
+        reference = v2.Compose(
+            [v2.Resize(math.floor(size / crop_pct), interpolation=mode), v2.CenterCrop(size), v2.PILToTensor()]
+        )
+        for name in ("wide.png", "tall.jpg"):
+            with Image.open(tmp_path / name) as image:
+                expected = hwc(reference(image.convert("RGB")))
+            ours = eval_transform(tmp_path / name, size, crop_pct=crop_pct, interpolation=interpolation)
+            np.testing.assert_array_equal(ours, expected, err_msg=f"{name} {size}")
+
+
 def test_normalize_is_torchvisions():
     pixels = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
     reference = v2.Compose(

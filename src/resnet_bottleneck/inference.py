@@ -130,10 +130,13 @@ def predict_files(
     batch_size: int = 32,
     workers: int = 0,
     top: int = 5,
+    crop_pct: float = 0.875,
+    interpolation: str = "bilinear",
 ) -> Iterator[list[Prediction]]:
     """The ``top`` classes of each image file, one list of :class:`Prediction` per batch, in the order of ``paths``.
 
-    Each image gets the evaluation transform (shorter side to ``image_size / 0.875``, center crop);
+    Each image gets the evaluation transform (shorter side to ``floor(image_size / crop_pct)`` with
+    ``interpolation``, center crop: torchvision's by default, a model's data config otherwise);
     ``classify`` (:func:`jax_classifier`, :func:`onnx_classifier`, or any function of a uint8
     ``[N, image_size, image_size, 3]`` batch to ``[N, classes]`` probabilities) sees batches of
     ``batch_size`` (the last one padded), decoded ahead by the data pipeline (``workers`` processes;
@@ -142,18 +145,24 @@ def predict_files(
     The arguments are checked here, before the first batch is asked for.
 
     Raises:
-      TypeError, ValueError: a bad ``image_size``, ``batch_size``, ``workers`` or ``top`` (naming it).
+      TypeError, ValueError: a bad ``image_size``, ``batch_size``, ``workers``, ``top``, ``crop_pct`` or
+        ``interpolation`` (naming it).
     """
+    from .data.transforms import check_crop_pct, check_interpolation
+
     paths = [os.fspath(p) for p in paths]
     image_size = _checks.positive_int("image_size", image_size)
     batch_size = min(_checks.positive_int("batch_size", batch_size), max(len(paths), 1))
     workers = _checks.count("workers", workers)
     top = _checks.positive_int("top", top)
-    return _predict_batches(classify, paths, image_size, batch_size, workers, top)
+    crop = (check_crop_pct(crop_pct), check_interpolation(interpolation))
+    return _predict_batches(classify, paths, image_size, batch_size, workers, top, crop)
 
 
-def _predict_batches(classify, paths: list[str], image_size: int, batch_size: int, workers: int, top: int):
-    """:func:`predict_files`'s stream, its arguments checked."""
+def _predict_batches(
+    classify, paths: list[str], image_size: int, batch_size: int, workers: int, top: int, crop: tuple[float, str]
+):
+    """:func:`predict_files`'s stream, its arguments checked (``crop``: ``(crop_pct, interpolation)``)."""
     from . import data
     from .data.pipeline import private_copy
     from .data.transforms import eval_transform
@@ -161,7 +170,16 @@ def _predict_batches(classify, paths: list[str], image_size: int, batch_size: in
     if not paths:
         return
     source = ImageFiles("", np.asarray([p.encode() for p in paths], dtype=bytes), np.zeros(len(paths), np.int32), ("",))
-    stream = iter(data.evaluation_batches(source, image_size=image_size, batch_size=batch_size, workers=workers))
+    stream = iter(
+        data.evaluation_batches(
+            source,
+            image_size=image_size,
+            batch_size=batch_size,
+            workers=workers,
+            crop_pct=crop[0],
+            interpolation=crop[1],
+        )
+    )
     try:
         for step in range(data.evaluation_steps(source, batch_size)):
             batch = private_copy(next(stream))
@@ -172,7 +190,7 @@ def _predict_batches(classify, paths: list[str], image_size: int, batch_size: in
                 path = paths[step * batch_size + k]
                 if not batch["mask"][k]:  # unreadable: decode it again for the reason
                     try:
-                        eval_transform(path, image_size)
+                        eval_transform(path, image_size, *crop)
                         problem = f"cannot read {path} as an image"
                     except ImageError as err:
                         problem = str(err)
@@ -186,17 +204,28 @@ def _predict_batches(classify, paths: list[str], image_size: int, batch_size: in
         stream.close()
 
 
-def preprocess(path: str | os.PathLike, image_size: int = 224, mean=None, std=None) -> np.ndarray:
+def preprocess(
+    path: str | os.PathLike,
+    image_size: int = 224,
+    mean=None,
+    std=None,
+    crop_pct: float = 0.875,
+    interpolation: str = "bilinear",
+) -> np.ndarray:
     """One image as the model sees it, HWC float32: the evaluation transform (shorter side to
-    ``image_size / 0.875``, center crop), normalised by ``mean``/``std`` (ImageNet's by default).
+    ``floor(image_size / crop_pct)`` with ``interpolation``, center crop; torchvision's by default),
+    normalised by ``mean``/``std`` (ImageNet's by default). A model's data config
+    (:func:`~resnet_bottleneck.arch.data_configs.data_config`) gives all five.
 
     Raises:
       ImageError: the file cannot be read as an image (naming it).
+      TypeError, ValueError: a bad ``image_size``, ``crop_pct`` or ``interpolation`` (naming it).
     """
     from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, normalize
 
     image_size = _checks.positive_int("image_size", image_size)
-    return normalize(eval_transform(os.fspath(path), image_size), mean or IMAGENET_MEAN, std or IMAGENET_STD)
+    image = eval_transform(os.fspath(path), image_size, crop_pct, interpolation)
+    return normalize(image, mean or IMAGENET_MEAN, std or IMAGENET_STD)
 
 
 def evaluation_folder(root: str | os.PathLike) -> ImageFiles:

@@ -17,11 +17,40 @@ def add_parser(commands) -> None:
     parser.add_argument("output", metavar="OUT", help="the Flax checkpoint to write (.safetensors)")
     parser.add_argument("--model", required=True, type=model_name, help="the torchvision model name, e.g. resnet50")
     parser.add_argument(
+        "--preprocessing",
+        choices=PREPROCESSING,
+        default="auto",
+        help="the evaluation preprocessing OUT records (image size, mean, std, crop_pct, interpolation): 'timm' "
+        "the data config of timm's default weights of --model, 'torchvision' torchvision's (224, resize 256, "
+        "bilinear); 'auto' (default): torchvision's for torchvision's names (resnet50, ...), timm's for the others",
+    )
+    parser.add_argument(
         "--verbose",
         action="store_true",
         help="on weights that do not fit --model, list every differing tensor below the one-line error (several lines)",
     )
     parser.set_defaults(run=run)
+
+
+#: ``--preprocessing``'s choices.
+PREPROCESSING = ("auto", "timm", "torchvision")
+
+
+def recorded_preprocessing(name: str, preprocessing: str = "auto") -> dict[str, str]:
+    """The preprocessing metadata ``convert`` writes for model ``name``: a data config of
+    :mod:`resnet_bottleneck.arch.data_configs` as metadata (none for a name the table lacks).
+
+    ``auto``: torchvision's for :data:`~resnet_bottleneck.arch.data_configs.TORCHVISION_NAMES` (timm's row
+    of ``resnet50`` is its ``a1_in1k`` weights', not torchvision's), the name's own row for the others.
+    """
+    from ..arch.data_configs import DATA_CONFIGS, TORCHVISION_DATA_CONFIG, TORCHVISION_NAMES
+    from ..io.metadata import describe_preprocessing
+
+    if preprocessing == "torchvision" or (preprocessing == "auto" and name in TORCHVISION_NAMES):
+        return describe_preprocessing(TORCHVISION_DATA_CONFIG)
+    if preprocessing == "timm" and name not in DATA_CONFIGS:
+        raise UsageError(f"argument --preprocessing: timm has no data config of {name!r}")
+    return describe_preprocessing(DATA_CONFIGS[name]) if name in DATA_CONFIGS else {}
 
 
 def run(args) -> int:
@@ -30,13 +59,19 @@ def run(args) -> int:
 
     if not args.output.endswith(".safetensors"):
         raise UsageError(f"argument OUT: must end in .safetensors; got {args.output}")
+    preprocessing = recorded_preprocessing(args.model, args.preprocessing)
     with argument("IN"):
         model, variables = load_torchvision(args.input, args.model)
     with argument("OUT"):
         save_variables(
             args.output,
             variables,
-            {"model": args.model, "num_classes": str(model.num_classes), "format": CHECKPOINT_FORMAT},
+            {
+                "model": args.model,
+                "num_classes": str(model.num_classes),
+                "format": CHECKPOINT_FORMAT,
+                **preprocessing,
+            },
         )
     print(f"Converted {args.input} ({args.model}, {model.num_classes} classes) to {args.output}")
     return 0

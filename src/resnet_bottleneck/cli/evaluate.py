@@ -82,7 +82,7 @@ def _run(args) -> int:
     from .. import data
     from ..inference import evaluation_folder, match_classes
     from ..io import class_names
-    from ..io.metadata import recorded_batch_size
+    from ..io.metadata import eval_crop, recorded_batch_size
     from ..training import evaluate, evaluate_onnx
 
     if args.runtime == "onnxruntime":
@@ -96,6 +96,8 @@ def _run(args) -> int:
     else:
         model, variables, metadata, (image_size, mean, std) = open_model(args.weights, args.model, "evaluate")
         num_classes = model.num_classes
+        with argument("--weights"):
+            crop_pct, interpolation = eval_crop(metadata, args.weights)  # its recorded resize, as its run's
     with argument("--weights"):
         names = class_names(num_classes, metadata)
     if args.data is not None:
@@ -131,6 +133,8 @@ def _run(args) -> int:
             mean=mean,
             std=std,
             workers=workers,
+            crop_pct=crop_pct,
+            interpolation=interpolation,
         )
     if args.json:
         print(

@@ -15,7 +15,7 @@ from ._common import UsageError, argument, model_name, positive_int
 
 #: The metadata an ``.onnx`` export carries over (besides the model's name): what ``predict`` and
 #: ``evaluate`` read (``split``: a run's held-out images, which ``evaluate`` scores without ``--data``).
-CARRIED = ("classes", "image_size", "mean", "std", "split", "batch_size")
+CARRIED = ("classes", "image_size", "mean", "std", "crop_pct", "interpolation", "split", "batch_size")
 #: The options that only the ``.onnx`` writer takes.
 ONNX_OPTIONS = ("layout", "batch", "image_size")
 
@@ -26,10 +26,11 @@ def add_parser(commands) -> None:
         help="write a run's model (its last checkpoint), or any weights, as a model file (.safetensors, .onnx)",
         description="Read a run directory (train's --out: its last checkpoint), our .safetensors, or torchvision "
         "weights (.pth, .pt, .safetensors), and write OUT by its suffix: .safetensors is this library's variables "
-        "(params and BatchNorm statistics) with metadata: model, class names, image size, normalisation and, for a "
-        "run, its held-out split; predict and evaluate read them. .onnx is an ONNX inference graph with BatchNorm "
-        "folded, one Conv per convolution and a dynamic batch axis, for ONNX Runtime (predict --runtime "
-        "onnxruntime), with the class names, image size and normalisation in its metadata.",
+        "(params and BatchNorm statistics) with metadata: model, class names, image size, normalisation, crop "
+        "and interpolation and, for a run, its held-out split; predict and evaluate read them. .onnx is an ONNX "
+        "inference graph with BatchNorm folded, one Conv per convolution and a dynamic batch axis, for ONNX "
+        "Runtime (predict --runtime onnxruntime), with the class names, image size, normalisation, crop and "
+        "interpolation in its metadata.",
     )
     parser.add_argument("input", metavar="IN", help="a run directory, our .safetensors, or torchvision weights")
     parser.add_argument("output", metavar="OUT", help="the file to write: .safetensors or .onnx")
@@ -105,7 +106,10 @@ def run(args) -> int:
     with argument("IN"):
         model, variables, metadata = load_model(args.input, args.model)
     if metadata.get("format") != CHECKPOINT_FORMAT:  # torchvision's: what convert records
-        metadata = {"format": CHECKPOINT_FORMAT, "num_classes": str(model.num_classes)}
+        from .convert import recorded_preprocessing
+
+        preprocessing = recorded_preprocessing(args.model) if args.model else {}
+        metadata = {"format": CHECKPOINT_FORMAT, "num_classes": str(model.num_classes), **preprocessing}
     metadata = {**metadata, "model": metadata.get("model") or args.model}  # what --model gives where IN does not say
     if args.labels is not None:
         with argument("--labels"):

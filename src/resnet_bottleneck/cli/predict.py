@@ -25,10 +25,11 @@ def add_parser(commands) -> None:
     parser = commands.add_parser(
         "predict",
         help="classify images: top-5 classes with probabilities",
-        description="The evaluation transform (resize the shorter side to image size / 0.875, center crop) at the "
-        "model file's image size and normalisation (torchvision's ImageNet preprocessing, 256 then 224, for "
-        "files that do not say), then the top-5 classes of each image, named by --labels, else by the weights "
-        "file's own class names, else by ImageNet's for a 1,000-class model; otherwise by index. With --runtime "
+        description="The evaluation transform (resize the shorter side to image size / crop_pct, center crop) at "
+        "the model file's image size, crop_pct, interpolation and normalisation (torchvision's ImageNet "
+        "preprocessing, bilinear 256 then 224, for files that do not say), then the top-5 classes of each "
+        "image, named by --labels, else by the weights file's own class names, else by ImageNet's for a "
+        "1,000-class model; otherwise by index. With --runtime "
         "onnxruntime, an .onnx file from export (its metadata gives the same) or any image classifier with one "
         "[N, 3, H, W] or [N, H, W, 3] float input and one [N, classes] output.",
     )
@@ -82,9 +83,11 @@ def _line(result: dict) -> str:
 
 
 def _classifier(args):
-    """``(probabilities of a uint8 NHWC batch, number of classes, metadata, image size)``: our model on JAX,
-    or an ``.onnx`` file on ONNX Runtime (its metadata, or its fixed input size, sets the transform)."""
+    """``(probabilities of a uint8 NHWC batch, number of classes, metadata, image size, (crop_pct,
+    interpolation))``: our model on JAX, or an ``.onnx`` file on ONNX Runtime (its metadata, or its fixed
+    input size, sets the transform)."""
     from ..inference import jax_classifier, onnx_classifier
+    from ..io.metadata import eval_crop
 
     if args.runtime == "onnxruntime":
         classifier, num_classes, image_size = open_onnx(args.weights, args.model)
@@ -94,9 +97,12 @@ def _classifier(args):
             with argument("--weights"):  # ONNX Runtime could not run the file on these images
                 return probabilities(images)
 
-        return forward, num_classes, classifier.metadata, image_size
+        crop = (classifier.crop_pct, classifier.interpolation)
+        return forward, num_classes, classifier.metadata, image_size, crop
     model, variables, metadata, (image_size, mean, std) = open_model(args.weights, args.model, "run")
-    return jax_classifier(model, variables, mean, std), model.num_classes, metadata, image_size
+    with argument("--weights"):
+        crop = eval_crop(metadata, args.weights)
+    return jax_classifier(model, variables, mean, std), model.num_classes, metadata, image_size, crop
 
 
 def run(args) -> int:
@@ -107,7 +113,7 @@ def run(args) -> int:
     if args.labels is not None:
         with argument("--labels"):
             read_labels(args.labels)  # a bad labels file is reported before any weights are read
-    forward, num_classes, metadata, image_size = _classifier(args)
+    forward, num_classes, metadata, image_size, (crop_pct, interpolation) = _classifier(args)
     with argument("--labels" if args.labels is not None else "--weights"):
         labels = class_names(num_classes, metadata, args.labels)
     with argument("IMAGE"):  # every path is checked before any work; decoding happens as the batches go
@@ -119,7 +125,15 @@ def run(args) -> int:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(paths), unit="image", file=sys.stderr, leave=False)
-    predictions = predict_files(forward, paths, image_size=image_size, batch_size=batch_size, workers=args.workers)
+    predictions = predict_files(
+        forward,
+        paths,
+        image_size=image_size,
+        batch_size=batch_size,
+        workers=args.workers,
+        crop_pct=crop_pct,
+        interpolation=interpolation,
+    )
     for batch in predictions:
         for prediction in batch:
             if prediction.error is not None:

@@ -23,7 +23,14 @@ import numpy as np
 from ..errors import DataError, ImageError
 from .digits import ImageArrays
 from .folder import ImageFiles
-from .transforms import eval_transform, resize_nearest, train_transform
+from .transforms import (
+    CROP_FRACTION,
+    check_crop_pct,
+    check_interpolation,
+    eval_transform,
+    resize_nearest,
+    train_transform,
+)
 
 Source = ImageFiles | ImageArrays
 
@@ -50,13 +57,22 @@ def default_workers(source: Source, backend: str | None = None) -> int:
     return 0 if backend == "cpu" else available_cores()
 
 
-def read(source: Source, index: int, image_size: int, rng: np.random.Generator | None) -> np.ndarray:
+def read(
+    source: Source,
+    index: int,
+    image_size: int,
+    rng: np.random.Generator | None,
+    crop_pct: float = CROP_FRACTION,
+    interpolation: str = "bilinear",
+) -> np.ndarray:
     """One image as uint8 (image_size, image_size, 3): the training crop with ``rng``, else the
-    evaluation transform. In-memory images (digits) are only resized, nearest."""
+    evaluation transform (``crop_pct``, ``interpolation``). In-memory images (digits) are only resized, nearest."""
     if isinstance(source, ImageArrays):
         return resize_nearest(source.images[index], image_size)
     path = source.path(index)
-    return train_transform(path, image_size, rng) if rng is not None else eval_transform(path, image_size)
+    if rng is not None:
+        return train_transform(path, image_size, rng)
+    return eval_transform(path, image_size, crop_pct, interpolation)
 
 
 def shard_of(shard=None) -> tuple[int, int]:
@@ -80,10 +96,13 @@ class _Example:
         seed: int,
         steps_per_epoch: int | None,
         augment: bool,
+        crop_pct: float = CROP_FRACTION,
+        interpolation: str = "bilinear",
     ):
         import grain
 
         self.source, self.image_size, self.seed, self.augment = source, image_size, seed, augment
+        self.crop = (crop_pct, interpolation)  # the evaluation transform's
         self.global_batch = batch_size
         index, count = process
         self.local_batch = batch_size // count
@@ -100,7 +119,10 @@ class _Example:
                 return self._example(np.zeros((self.image_size,) * 2 + (3,), np.uint8), 0, False, -1)
             try:
                 return self._example(
-                    read(self.source, position, self.image_size, None), self.source.labels[position], True, -1
+                    read(self.source, position, self.image_size, None, *self.crop),
+                    self.source.labels[position],
+                    True,
+                    -1,
                 )
             except ImageError:
                 return self._example(np.zeros((self.image_size,) * 2 + (3,), np.uint8), 0, False, position)
@@ -208,16 +230,31 @@ def training_batches(
     return _finish(dataset.repeat(), workers)
 
 
-def evaluation_batches(source: Source, *, image_size: int, batch_size: int, workers: int = 0, shard=None):
+def evaluation_batches(
+    source: Source,
+    *,
+    image_size: int,
+    batch_size: int,
+    workers: int = 0,
+    shard=None,
+    crop_pct: float = CROP_FRACTION,
+    interpolation: str = "bilinear",
+):
     """This host's share of the evaluation batches, in order, the last padded (``mask`` False),
     repeated forever so that one set of workers serves every evaluation: take
-    :func:`evaluation_steps` batches per pass."""
+    :func:`evaluation_steps` batches per pass. Images get the evaluation transform with ``crop_pct``
+    and ``interpolation`` (torchvision's by default; a model's data config says otherwise).
+
+    Raises:
+      TypeError, ValueError: a bad ``crop_pct`` or ``interpolation`` (naming it), before any image is read.
+    """
     import grain
 
+    crop = (check_crop_pct(crop_pct), check_interpolation(interpolation))
     process = shard_of(shard)
     _check_batch(source, batch_size, process[1], "evaluation")
     local = batch_size // process[1]
-    example = _Example(source, image_size, batch_size, process, 0, None, False)
+    example = _Example(source, image_size, batch_size, process, 0, None, False, *crop)
     steps = evaluation_steps(source, batch_size)
     dataset = grain.MapDataset.range(steps * local).map(example).batch(local, drop_remainder=True).repeat()
     return _finish(dataset, workers)

@@ -5,7 +5,8 @@ pixels are used, on the device inside the jitted step, so a quarter of the bytes
 from the loader's workers to the device. Training crops of JPEGs are decoded at a reduced
 size (PIL's ``draft``, libjpeg's DCT scaling) whenever the crop is still at least the output
 size at that scale, so a downscale never becomes an upscale; the evaluation transform is
-torchvision's, bit for bit.
+torchvision's, bit for bit, by default, and timm's (its ``crop_pct`` and interpolation) as a model's
+data config asks.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: torchvision's (and the field's) evaluation crop: the shorter side is resized to
 #: ``image_size / CROP_FRACTION`` (256 for 224), then the center is cropped.
 CROP_FRACTION = 0.875
+#: The evaluation transform's resampling filters (PIL's), by timm's names; torchvision's is bilinear.
+INTERPOLATIONS = ("bilinear", "bicubic")
 SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
 
@@ -71,13 +74,35 @@ def random_resized_crop_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def eval_box(width: int, height: int, image_size: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
-    """torchvision's ``Resize(image_size / 0.875)`` + ``CenterCrop(image_size)`` as numbers.
+def check_crop_pct(crop_pct: Any, name: str = "crop_pct") -> float:
+    """``crop_pct`` if it is a number in (0, 1], else a ``TypeError``/``ValueError`` naming ``name``."""
+    from .. import _checks
+
+    expected = "a number in (0, 1] (the share of the resized shorter side the centre crop keeps)"
+    if not _checks.is_number(crop_pct):
+        raise TypeError(f"{name} must be {expected}; got {crop_pct!r} ({type(crop_pct).__name__})")
+    if not 0 < crop_pct <= 1:  # NaN fails too
+        raise ValueError(f"{name} must be {expected}; got {crop_pct!r}")
+    return float(crop_pct)
+
+
+def check_interpolation(interpolation: Any, name: str = "interpolation") -> str:
+    """``interpolation`` if it is one of :data:`INTERPOLATIONS`, else a ``ValueError`` naming ``name``."""
+    if not isinstance(interpolation, str) or interpolation not in INTERPOLATIONS:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, INTERPOLATIONS))}; got {interpolation!r}")
+    return interpolation
+
+
+def eval_box(
+    width: int, height: int, image_size: int, crop_pct: float = CROP_FRACTION
+) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """torchvision's ``Resize(floor(image_size / crop_pct))`` + ``CenterCrop(image_size)`` as numbers
+    (timm's evaluation transform: ``scale_size = math.floor(img_size / crop_pct)``; 256 for 224 at 0.875).
 
     Returns the resized ``(width, height)`` (the shorter side at the resize target, the
     longer truncated, as torchvision does) and the crop ``(left, top, right, bottom)`` in it.
     """
-    resize = int(image_size / CROP_FRACTION)
+    resize = math.floor(image_size / check_crop_pct(crop_pct))
     if width <= height:
         size = (resize, int(resize * height / width))
     else:
@@ -146,15 +171,27 @@ def train_transform(
     return np.asarray(out)
 
 
-def eval_transform(path: str | os.PathLike, image_size: int) -> np.ndarray:
-    """Resize the shorter side to ``image_size / 0.875``, center crop ``image_size``: uint8 HWC, bit for
-    bit torchvision's ``Resize`` + ``CenterCrop`` on the PIL image (no reduced-size decoding here)."""
+def eval_transform(
+    path: str | os.PathLike, image_size: int, crop_pct: float = CROP_FRACTION, interpolation: str = "bilinear"
+) -> np.ndarray:
+    """Resize the shorter side to ``floor(image_size / crop_pct)``, center crop ``image_size``: uint8 HWC.
+
+    Bit for bit torchvision's ``Resize`` + ``CenterCrop`` on the PIL image (no reduced-size decoding
+    here) with ``interpolation`` (``'bilinear'``, torchvision's, or ``'bicubic'``): timm's evaluation
+    transform of a model whose data config has that ``crop_pct`` and interpolation.
+
+    Raises:
+      ImageError: the file cannot be read as an image.
+      TypeError, ValueError: a bad ``crop_pct`` or ``interpolation`` (naming it).
+    """
     from PIL import Image
 
+    crop_pct = check_crop_pct(crop_pct)
+    resample = Image.BICUBIC if check_interpolation(interpolation) == "bicubic" else Image.BILINEAR
     with _open(path) as image:
-        size, crop = eval_box(*image.size, image_size)
+        size, crop = eval_box(*image.size, image_size, crop_pct)
         rgb = _load_rgb(image, path)
-        return np.asarray(rgb.resize(size, Image.BILINEAR).crop(crop))
+        return np.asarray(rgb.resize(size, resample).crop(crop))
 
 
 def resize_nearest(image: np.ndarray, image_size: int) -> np.ndarray:

@@ -6,7 +6,11 @@ A flat ``str -> str`` map; values that are not names are JSON. Written by ``conv
 ``image_size``, ``mean`` and ``std`` (JSON lists, per channel, on the [0, 1] scale), ``dtype``
 (the compute dtype), ``batch_size``, ``split`` (``{"data", "test_fraction", "seed"}``: how the
 run held out its test images; ``data`` null for the digits) and ``config`` (the run's settings).
-Files without these (torchvision's, ``convert``'s) get torchvision's ImageNet preprocessing.
+``crop_pct`` (a JSON number in (0, 1]) and ``interpolation`` (``bilinear`` or ``bicubic``) say how the
+evaluation transform resizes (shorter side to ``floor(image_size / crop_pct)``, then a centre crop);
+``convert`` records the model's data config (image size, mean, std, crop_pct, interpolation).
+Files without these (torchvision's, older files) get torchvision's ImageNet preprocessing (224,
+ImageNet's mean and std, ``crop_pct`` 0.875, bilinear).
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ import math
 from collections.abc import Mapping
 
 from .. import _checks
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, check_crop_pct, check_interpolation
 
 #: The evaluation size of torchvision's ImageNet weights: what a file that does not say is used at.
 DEFAULT_IMAGE_SIZE = 224
+#: torchvision's evaluation resize: what a file that does not record ``crop_pct``/``interpolation`` gets.
+DEFAULT_CROP_PCT = CROP_FRACTION
+DEFAULT_INTERPOLATION = "bilinear"
 
 
 def _json(metadata: Mapping[str, str], key: str, source: str, check, expected: str):
@@ -61,6 +68,52 @@ def preprocessing(metadata: Mapping[str, str], source: str = "the file") -> tupl
     return size, mean, std
 
 
+def _valid(check, value) -> bool:
+    try:
+        check(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def eval_crop(metadata: Mapping[str, str], source: str = "the file") -> tuple[float, str]:
+    """``(crop_pct, interpolation)`` of the model's evaluation transform; torchvision's (0.875, bilinear)
+    where the file does not say (files written before these keys).
+
+    Raises:
+      ValueError: a value that is there but malformed, naming ``source`` and the key.
+    """
+    crop_pct, interpolation = DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION
+    if "crop_pct" in metadata:
+        crop_pct = float(
+            _json(metadata, "crop_pct", source, lambda v: _valid(check_crop_pct, v), "a JSON number in (0, 1]")
+        )
+    if "interpolation" in metadata:
+        interpolation = metadata["interpolation"]
+        if not _valid(check_interpolation, interpolation):
+            raise ValueError(
+                f"{source}'s metadata 'interpolation' must be 'bilinear' or 'bicubic'; got {str(interpolation)[:60]!r}"
+            )
+    return crop_pct, interpolation
+
+
+def describe_preprocessing(config: Mapping) -> dict[str, str]:
+    """A data config (:func:`resnet_bottleneck.arch.data_configs.data_config`'s) as metadata:
+    ``image_size``, ``mean``, ``std``, ``crop_pct`` and ``interpolation``."""
+    size = config["input_size"]
+    if config.get("crop_mode", "center") != "center":
+        raise ValueError(f"the data config's crop_mode must be 'center'; got {config['crop_mode']!r}")
+    if size[1] != size[2]:
+        raise ValueError(f"the data config's input_size must be square; got {tuple(size)}")
+    return {
+        "image_size": str(int(size[1])),
+        "mean": json.dumps([float(m) for m in config["mean"]]),
+        "std": json.dumps([float(s) for s in config["std"]]),
+        "crop_pct": json.dumps(check_crop_pct(config["crop_pct"], "the data config's crop_pct")),
+        "interpolation": check_interpolation(config["interpolation"], "the data config's interpolation"),
+    }
+
+
 def recorded_batch_size(metadata: Mapping[str, str], source: str = "the file", default: int = 64) -> int:
     """The run's batch size (``batch_size``), or ``default`` where the file does not record one.
 
@@ -99,6 +152,8 @@ def describe_run(
     config: dict,
     step: int,
     test_accuracy: float | None,
+    crop_pct: float = DEFAULT_CROP_PCT,
+    interpolation: str = DEFAULT_INTERPOLATION,
 ) -> dict[str, str]:
     """The metadata of a trained model (see the module's docstring), ready for ``save_variables``."""
     from .safetensors import CHECKPOINT_FORMAT
@@ -111,6 +166,8 @@ def describe_run(
         "image_size": str(image_size),
         "mean": json.dumps([float(m) for m in mean]),
         "std": json.dumps([float(s) for s in std]),
+        "crop_pct": json.dumps(check_crop_pct(crop_pct)),
+        "interpolation": check_interpolation(interpolation),
         "dtype": dtype,
         "batch_size": str(batch_size),
         "split": json.dumps(split),

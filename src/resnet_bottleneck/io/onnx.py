@@ -32,7 +32,7 @@ from ..data.pipeline import available_cores
 from ..fold import fold_batchnorm
 from ..models import ResNet, check_layout, unscan_variables
 from .classes import class_names
-from .metadata import preprocessing
+from .metadata import DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, eval_crop, preprocessing
 
 #: Input layouts: ``'NCHW'`` (torchvision's, what ONNX Runtime computes in) or ``'NHWC'``
 #: (ours: the graph starts with one ``Transpose``, and a headless model's map goes out NHWC).
@@ -360,7 +360,8 @@ class OnnxClassifier:
     ``batch``, ``image_size`` and ``num_classes`` are ``None`` where the file leaves them
     dynamic (and, for ``image_size``, its metadata does not say; ``fixed_size`` is the graph's own
     input size, ``None`` where height and width are dynamic); ``mean`` and ``std`` are its
-    metadata's, ImageNet's where it does not say (class names: :func:`~resnet_bottleneck.io.class_names`).
+    metadata's, ImageNet's where it does not say (class names: :func:`~resnet_bottleneck.io.class_names`);
+    ``crop_pct`` and ``interpolation`` its evaluation resize's, torchvision's (0.875, bilinear) where it does not say.
     """
 
     path: Path
@@ -374,6 +375,8 @@ class OnnxClassifier:
     metadata: dict[str, str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    crop_pct: float = DEFAULT_CROP_PCT
+    interpolation: str = DEFAULT_INTERPOLATION
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Logits of NHWC float32 ``images``, whatever the file's layout (and in chunks of its fixed batch)."""
@@ -450,6 +453,7 @@ def load_onnx(path: str | os.PathLike, *, threads: int | None = None) -> OnnxCla
     if height != width:
         raise ValueError(f"{where}; predict's transform makes square images, and this input is {height} x {width}")
     size, mean, std = preprocessing(metadata, str(path))  # checked; 224 and ImageNet's where it does not say
+    crop_pct, interpolation = eval_crop(metadata, str(path))
     if height is not None:
         size = height
     elif "image_size" not in metadata:
@@ -466,4 +470,6 @@ def load_onnx(path: str | os.PathLike, *, threads: int | None = None) -> OnnxCla
         metadata,
         mean,
         std,
+        crop_pct,
+        interpolation,
     )

@@ -19,7 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 from .. import data, xla
 from ..data.pipeline import private_copy
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from ..data.transforms import CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, normalize
 from .devices import batch_sharding, data_mesh, put_batch
 from .state import TrainState, eval_step
 
@@ -40,11 +40,23 @@ class Evaluation:
 
     ``step`` is the jitted :func:`~.state.eval_step` (see :func:`compile_eval_step`); ``sharding``
     places the batch's rows over the devices (``None``: the batch stays a host array, for a step
-    that runs outside JAX, as :func:`evaluate_onnx`'s).
+    that runs outside JAX, as :func:`evaluate_onnx`'s). ``crop_pct`` and ``interpolation``: the
+    evaluation transform's (the model's data config; torchvision's by default).
     """
 
-    def __init__(self, source, image_size: int, batch_size: int, workers: int, step, sharding):
+    def __init__(
+        self,
+        source,
+        image_size: int,
+        batch_size: int,
+        workers: int,
+        step,
+        sharding,
+        crop_pct: float = CROP_FRACTION,
+        interpolation: str = "bilinear",
+    ):
         self.source, self.image_size, self.batch_size, self.workers = source, image_size, batch_size, workers
+        self.crop_pct, self.interpolation = crop_pct, interpolation
         self.step, self.sharding = step, sharding
         self.steps = data.evaluation_steps(source, batch_size)
         self.iterator = None
@@ -56,7 +68,12 @@ class Evaluation:
         if self.iterator is None:
             self.iterator = iter(
                 data.evaluation_batches(
-                    self.source, image_size=self.image_size, batch_size=self.batch_size, workers=self.workers
+                    self.source,
+                    image_size=self.image_size,
+                    batch_size=self.batch_size,
+                    workers=self.workers,
+                    crop_pct=self.crop_pct,
+                    interpolation=self.interpolation,
                 )
             )
         totals = []
@@ -101,10 +118,13 @@ def evaluate(
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     workers: int = 0,
+    crop_pct: float = CROP_FRACTION,
+    interpolation: str = "bilinear",
 ) -> Scores:
     """Top-1, top-5 and loss of ``model`` with ``variables`` (``params``, ``batch_stats``) on ``source``
     (``data.ImageFiles`` or ``data.ImageArrays``), in eval mode, batched and sharded over every device
-    as training evaluates. ``mean`` and ``std``: the normalisation the model was trained with.
+    as training evaluates. ``mean`` and ``std``: the normalisation the model was trained with;
+    ``crop_pct`` and ``interpolation``: its evaluation resize (torchvision's by default).
 
     Raises:
       data.DataError: ``batch_size`` does not divide over the devices or hosts.
@@ -121,7 +141,14 @@ def evaluate(
     replicated = jax.tree_util.tree_map(lambda _: NamedSharding(mesh, P()), state)
     state = jax.device_put(state, replicated)
     evaluation = Evaluation(
-        source, image_size, batch_size, workers, compile_eval_step(mesh, replicated, mean, std), batch_sharding(mesh)
+        source,
+        image_size,
+        batch_size,
+        workers,
+        compile_eval_step(mesh, replicated, mean, std),
+        batch_sharding(mesh),
+        crop_pct,
+        interpolation,
     )
     try:
         return evaluation(state)
@@ -146,16 +173,30 @@ def host_sums(logits: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> dict:
     }
 
 
-def evaluate_onnx(classifier, source, *, image_size: int, batch_size: int, workers: int = 0) -> Scores:
+def evaluate_onnx(
+    classifier,
+    source,
+    *,
+    image_size: int,
+    batch_size: int,
+    workers: int = 0,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
+) -> Scores:
     """:func:`evaluate` for an ``.onnx`` classifier (:func:`~resnet_bottleneck.io.onnx.load_onnx`), run by
     ONNX Runtime with its own normalisation (``classifier.mean``, ``.std``): the same pipeline, transform
-    and sums, and nothing compiled by JAX."""
+    and sums, and nothing compiled by JAX. ``crop_pct``/``interpolation``: the classifier's own (its
+    metadata's) unless given."""
+    if crop_pct is None:
+        crop_pct = getattr(classifier, "crop_pct", CROP_FRACTION)
+    if interpolation is None:
+        interpolation = getattr(classifier, "interpolation", "bilinear")
 
     def step(model, batch):
         logits = model(normalize(batch["image"], model.mean, model.std))
         return host_sums(logits, batch["label"], batch["mask"])
 
-    evaluation = Evaluation(source, image_size, batch_size, workers, step, None)
+    evaluation = Evaluation(source, image_size, batch_size, workers, step, None, crop_pct, interpolation)
     try:
         return evaluation(classifier)
     finally:

@@ -249,6 +249,8 @@ def train(
         workers,
         compile_eval_step(mesh, state_sharding, **normalisation),
         rows,
+        run["crop_pct"],  # the starting weights' evaluation resize, as the model file records it
+        run["interpolation"],
     )
 
     step = first_step = int(jax.device_get(state.step))

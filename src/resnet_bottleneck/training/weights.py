@@ -37,12 +37,13 @@ def sha256(path: str | os.PathLike) -> str:
 
 def describe_weights(config: Config) -> dict:
     """What a run records of its starting weights, read without their tensors: ``weights_sha256``
-    (None without weights), and the ``mean`` and ``std`` the run then normalises with.
+    (None without weights), the ``mean`` and ``std`` the run then normalises with, and the
+    ``crop_pct`` and ``interpolation`` of its held-out pass (torchvision's where the file does not say).
 
     Raises:
       ConfigError: the file is missing, unreadable or its metadata malformed (``field`` is ``weights``).
     """
-    from ..io.metadata import preprocessing
+    from ..io.metadata import eval_crop, preprocessing
     from ..io.safetensors import read_tensors
 
     metadata = {}
@@ -52,11 +53,18 @@ def describe_weights(config: Config) -> dict:
             if config.weights.lower().endswith(".safetensors"):
                 metadata = read_tensors(config.weights, header_only=True)[1]
         _, mean, std = preprocessing(metadata, config.weights)
+        crop_pct, interpolation = eval_crop(metadata, config.weights)
     except FileNotFoundError:
         raise ConfigError("weights", f"no such weights file: {config.weights}") from None
     except (OSError, ValueError) as err:
         raise ConfigError("weights", str(err)) from None
-    return {"weights_sha256": digest if config.weights is not None else None, "mean": list(mean), "std": list(std)}
+    return {
+        "weights_sha256": digest if config.weights is not None else None,
+        "mean": list(mean),
+        "std": list(std),
+        "crop_pct": crop_pct,
+        "interpolation": interpolation,
+    }
 
 
 def starting_weights(config: Config, classes) -> tuple[dict, str]:
@@ -89,7 +97,7 @@ def starting_weights(config: Config, classes) -> tuple[dict, str]:
 
 def describe_model(config: Config, run: dict, step: int, test_accuracy: float | None) -> dict[str, str]:
     """The metadata of the run's model file (see :mod:`resnet_bottleneck.io.metadata`)."""
-    from ..io.metadata import describe_run
+    from ..io.metadata import DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, describe_run
 
     split = {
         "data": os.path.abspath(config.data) if config.data is not None else None,
@@ -108,6 +116,8 @@ def describe_model(config: Config, run: dict, step: int, test_accuracy: float | 
         config={**asdict(config), "weights_sha256": run.get("weights_sha256")},
         step=step,
         test_accuracy=test_accuracy,
+        crop_pct=run.get("crop_pct", DEFAULT_CROP_PCT),  # a run from before these keys: torchvision's
+        interpolation=run.get("interpolation", DEFAULT_INTERPOLATION),
     )
 
 
