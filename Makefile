@@ -28,7 +28,7 @@ test: $(VENV)/.test
 	$(BIN)/python -m pytest
 
 # Every CPU benchmark, one after another, each rewriting its own BENCHMARKS.md section(s) on this machine
-# (about 25 minutes on 2 cores; longer beside other work). bench_gpu.py needs a GPU: run it there
+# (about 30 minutes on 2 cores; longer beside other work). bench_gpu.py needs a GPU: run it there
 # (`python benchmarks/bench_gpu.py --write`).
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/bench_cpu.py --write
@@ -39,6 +39,7 @@ bench: $(VENV)/.test
 	$(BIN)/python benchmarks/bench_data.py --train-rounds 3 --write
 	$(BIN)/python benchmarks/bench_nnx.py --write
 	$(BIN)/python benchmarks/bench_deploy.py --options --write
+	$(BIN)/python benchmarks/bench_timm.py --write
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -2,7 +2,7 @@
 
 Each builder returns a ``run()`` that does one unit of work and waits for it. Flax
 contestants take ``jit`` (``jax.jit`` for the plain formulation, ``resnet_bottleneck.xla.jit``
-for ours); PyTorch runs torchvision's modules in ``channels_last``, the fast layout.
+for ours); PyTorch runs torchvision's (and timm's) modules in ``channels_last``, the fast layout.
 Every Flax training workload runs the library's own train step (:func:`library_step`).
 """
 
@@ -170,6 +170,22 @@ def torch_train_step(name, batch, size):
 
 def torch_eval(name, batch, size):
     torch, model, x = _torchvision(name, batch, size, train=False)
+
+    def run():
+        with torch.inference_mode():
+            model(x)
+
+    return run
+
+
+def timm_eval(name, batch, size):
+    """timm's ``name`` (``timm.create_model(name).eval()``, random weights) under ``inference_mode``, in
+    ``channels_last`` with a random batch, as :func:`torch_eval` runs torchvision's."""
+    torch = _torch()
+    import timm
+
+    model = timm.create_model(name).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, size, size).to(memory_format=torch.channels_last)
 
     def run():
         with torch.inference_mode():

@@ -2,9 +2,10 @@
 
 A block that names ``cat.jpg`` or ``resnet18-f37072fd.pth`` is run in a folder where such a file exists:
 a generated JPEG, torchvision's resnet18 with random weights saved as torchvision saves its own
-(``torch.save(model.state_dict())``), a generated image folder. Each is made only for the pages that name
-it, once per test session, and linked into each page's folder. They are shrunk: images of at most 96x80
-pixels, image folders of 3 classes of 8 small JPEGs, so that the docs run in a few minutes on two cores.
+(``torch.save(model.state_dict())``), timm's resnet10t the same way (``resnet10t.pth``), a generated image
+folder. Each is made only for the pages that name it, once per test session, and linked into each page's
+folder. They are shrunk: images of at most 96x80 pixels, image folders of 3 classes of 8 small JPEGs, so
+that the docs run in a few minutes on two cores.
 """
 
 from __future__ import annotations
@@ -30,6 +31,17 @@ def _torchvision_weights(name: str) -> Callable[[Path], None]:
 
         torch.manual_seed(0)
         torch.save(getattr(torchvision.models, name)().state_dict(), path)
+
+    return write
+
+
+def _timm_weights(name: str) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        import timm
+        import torch
+
+        torch.manual_seed(0)
+        torch.save(timm.create_model(name).state_dict(), path)
 
     return write
 
@@ -61,6 +73,7 @@ STANDINS: dict[str, Callable[[Path], None]] = {
     "x.npy": _array,
     "labels.txt": _labels,
     "resnet18-f37072fd.pth": _torchvision_weights("resnet18"),  # ResNet18_Weights.IMAGENET1K_V1's file name
+    "resnet10t.pth": _timm_weights("resnet10t"),  # timm's resnet10t, random weights, as timm's state_dict
     "flowers": _folder(seed=2),  # a flat ROOT/<class>/<image> folder
     "flowers-test": _folder(seed=3),
 }

@@ -275,3 +275,40 @@ def test_deploy_benchmark_runs_quick_and_reads_its_targets(bench, capsys, monkey
         "NHWC batch 1: 1.43x, batch 8: 1.11x."
     )
     assert lines[1].endswith("<= 2.0e-06 of the largest logit (bound 1e-4).")
+
+
+def test_timm_benchmark_runs_quick_and_reads_its_targets(bench, capsys, monkeypatch):
+    """bench_timm --quick (resnet18, 32x32): timm's PyTorch, XLA and both ONNX Runtime layouts all run, ONNX
+    Runtime agrees with XLA, nothing is written; the table and verdicts, worked by hand, per name: one layout
+    must reach the bound at every batch, and a name without ONNX Runtime is "not measured", never met."""
+    before = (ROOT / "BENCHMARKS.md").read_text()
+    monkeypatch.setattr(rb.xla, "reuse_freed_memory", lambda: False)
+    timm_bench = bench("bench_timm")
+    timm_bench.main(["--quick", "--pause", "0"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| resnet18 | ")]
+    assert [r.split(" | ")[1] for r in rows] == ["1", "2"] and (ROOT / "BENCHMARKS.md").read_text() == before
+    assert all(r.count(" ms, ") == 4 for r in rows), rows  # every contestant timed, none missing
+    assert float(out.split("max |difference| <= ")[1].split(" ")[0]) < 1e-4
+
+    T, X, N, H = timm_bench.TORCH, timm_bench.XLA, timm_bench.ORT["NCHW"], timm_bench.ORT["NHWC"]
+    rows = [
+        ("a", 1, {T: 1.0, X: 0.5, N: 0.9, H: 0.7}),
+        ("a", 8, {T: 2.0, X: 1.0, N: 1.5, H: 1.0}),
+        ("b", 1, {T: 1.0, X: 0.5}),
+    ]
+    table = timm_bench.table(rows)
+    assert table[2] == (
+        "| a | 1 | 1000.0 ms, 1.0 img/s (1.00x) | 500.0 ms, 2.0 img/s (**2.00x**) | "
+        "900.0 ms, 1.1 img/s (**1.11x**) | 700.0 ms, 1.4 img/s (**1.43x**) |"
+    )
+    assert table[4] == "| b | 1 | 1000.0 ms, 1.0 img/s (1.00x) | 500.0 ms, 2.0 img/s (**2.00x**) | - | - |"
+    lines = timm_bench.verdicts(rows, [1e-6, 3e-6], ["b not exported: why"])
+    assert lines == [
+        "- a: ONNX Runtime >= 1.25x timm's images/s at every batch: **met** (NHWC). Measured: "
+        "NCHW batch 1: 1.11x, batch 8: 1.33x; NHWC batch 1: 1.43x, batch 8: 2.00x.",
+        "- b: ONNX Runtime >= 1.25x timm's images/s at every batch: **not measured**.",
+        "- ONNX Runtime agrees with XLA on the same weights: max |difference| <= 3.0e-06 of the largest logit "
+        "(bound 1e-4).",
+        "- b not exported: why",
+    ]

@@ -15,6 +15,7 @@ checked with ``make -n``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 import subprocess
@@ -178,6 +179,12 @@ def test_mkdocs_build_is_strict_and_clean(tmp_path):
     cli = (tmp_path / "cli" / "index.html").read_text()
     assert "resnet-bottleneck train" in cli and "--trainable-layers" in cli
     assert (tmp_path / "api" / "models" / "index.html").read_text().count("create_model") > 1
+    from resnet_bottleneck import list_models
+
+    timm_page = (tmp_path / "timm" / "index.html").read_text()
+    assert "model-table" not in timm_page  # the marker was replaced
+    missing = [name for name in list_models() if f"<td><code>{name}</code></td>" not in timm_page]
+    assert not missing, f"the model table lacks {missing}"
 
 
 def test_cli_reference_names_every_subcommand_and_flag():
@@ -197,6 +204,41 @@ def test_cli_reference_names_every_subcommand_and_flag():
         assert f"## `resnet-bottleneck {name}`" in page, name
         for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", sub.format_help()):
             assert f"{flag}" in page, (name, flag)
+
+
+def _hook(name: str):
+    sys.path.insert(0, str(ROOT / "docs" / "hooks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "docs" / "hooks"))
+
+
+def test_model_table_rows_hold_the_counts_macs_and_data_config():
+    """The generated table's cells against independent figures: timm's own parameter count of resnet50d,
+    torchvision's published 4.09 GMACs of resnet50 at 224; a stand-in data config's size, interpolation,
+    crop and (not ImageNet's) mean and std pass through; without data configs, 224 and dashes."""
+    import timm
+
+    table = _hook("model_table")
+    resnet50d = sum(p.numel() for p in timm.create_model("resnet50d").parameters())
+
+    def config(name):
+        size = 288 if name == "resnet50" else 224
+        mean = (0.5, 0.5, 0.5) if name == "resnet50" else table.IMAGENET_MEAN
+        std = (0.5, 0.5, 0.5) if name == "resnet50" else table.IMAGENET_STD
+        return dict(input_size=(3, size, size), interpolation="bicubic", mean=mean, std=std, crop_pct=0.95, tag=None)
+
+    plain = table.render([table.row("resnet50"), table.row("resnet50d")], with_data_config=False).splitlines()
+    assert plain[2] == "| `resnet50` | 25,557,032 | 4.09 | - | - | - | - | - |"
+    assert plain[3].startswith(f"| `resnet50d` | {resnet50d:,} | ")
+    rows = table.render([table.row("resnet50", config), table.row("resnet50d", config)], with_data_config=True)
+    big, small = rows.splitlines()[2:]
+    assert (
+        big.startswith("| `resnet50` | 25,557,032 | ") and float(big.split(" | ")[2]) > 4.09 * (288 / 224) ** 2 * 0.95
+    )
+    assert big.endswith(" | 288x288 | bicubic | 0.95 | (0.5, 0.5, 0.5) / (0.5, 0.5, 0.5) | - |")
+    assert small.endswith(" | 224x224 | bicubic | 0.95 | ImageNet's | - |")
 
 
 def test_readme_is_short_and_its_links_resolve():
