@@ -6,6 +6,7 @@ and its optimizer utilities. Process-wide switches (``reuse_freed_memory``) and 
 options live in :mod:`resnet_bottleneck.xla`; importing the package changes no setting.
 """
 
+from .arch.data_configs import data_config
 from .backbones import FPNBackbone, create_fpn_backbone
 from .blocks import BasicBlock, BottleneckBlock, FastConv
 from .cost import layer_costs, model_cost
@@ -37,6 +38,7 @@ __all__ = [
     "count_params",
     "create_fpn_backbone",
     "create_model",
+    "data_config",
     "export_onnx",
     "feature_info",
     "fold_batchnorm",

@@ -7,6 +7,7 @@ from it. A new variant is a row of :data:`FAMILY`; a new layer kind a :class:`Bl
 new layer dataclass) here and one implementation per backend.
 """
 
+from .data_configs import data_config
 from .family import (
     AA_LAYERS,
     ATTN_LAYERS,
@@ -67,6 +68,7 @@ __all__ = [
     "Eca",
     "SqueezeExcite",
     "check_block_args",
+    "data_config",
     "stage_planes",
     "stem_out",
     "BLOCK_KINDS",
