@@ -201,10 +201,10 @@ def test_scanned_folded_and_bf16_models_export_the_same_graph(tmp_path):
     assert_close_to_scale(run(session(bf16), x, "NCHW"), expected, rel=2e-2)  # only the weights' rounding
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_a_model_for_grey_images_takes_one_channel(layout):
-    """The input's channels are the model's (its first conv's), not always 3."""
-    model = ResNet(**SMALL)
+@pytest.mark.parametrize("layout,stem_type", [("NCHW", ""), ("NHWC", ""), ("NHWC", "deep")])
+def test_a_model_for_grey_images_takes_one_channel(layout, stem_type):
+    """The input's channels are the model's (its first conv's, a deep stem's conv1_0), not always 3."""
+    model = ResNet(**SMALL, stem_type=stem_type)
     variables = random_variables(model, (1, 32, 32, 1))
     proto = onnx_model(model, variables, layout=layout)
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]

@@ -2,8 +2,13 @@
 
 The graph is written from the model's description (:func:`resnet_bottleneck.arch.describe`),
 not traced from its JAX program: BatchNorm folded (:func:`~resnet_bottleneck.fold.fold_batchnorm`),
-then one node per layer of the spec: a ``Conv`` per convolution (its strides, padding, groups and
-dilation the spec's), ``Relu``, ``MaxPool``, ``Add``, ``GlobalAveragePool``, ``Flatten`` and ``Gemm``.
+then each layer of the spec by its kind's emitter (:data:`_LAYERS`): a ``Conv`` per convolution (its
+strides, padding, groups and dilation the spec's), ``Relu``, ``MaxPool``, ``AveragePool`` (torch's
+``ceil_mode`` and ``count_include_pad``), timm's blur pool as ``Pad`` (reflect) and a depthwise
+``Conv``, squeeze-excitation as ``GlobalAveragePool``, two 1x1 ``Conv``, ``Sigmoid`` and ``Mul``, ECA
+with a 1-D ``Conv`` across the channels, GroupNorm (not foldable) as ``InstanceNormalization`` over
+the groups with its per-channel affine after; drop path and dropout are the identity. Each block
+ends in ``Add`` and ``Relu``, the head is ``GlobalAveragePool``, ``Flatten`` and ``Gemm``.
 That is the graph ONNX Runtime's CPU fusions (Conv+Add+Relu, NCHWc blocking) are written
 for; a traced export computes 1x1 convs as MatMul and reshapes, which ONNX Runtime runs
 slower (BENCHMARKS.md, ``deploy``).
@@ -58,7 +63,8 @@ _folded_variables = jax.jit(lambda model, variables: fold_batchnorm(model, varia
 
 
 def _inference_form(model: ResNet, variables) -> tuple[ResNet, dict]:
-    """The folded, plain-layout, float32 model and its flat ``params``; the variables checked."""
+    """The folded (where it can be: not GroupNorm), plain-layout, float32 model and its flat ``params``; the
+    variables checked."""
     if not isinstance(model, ResNet):
         raise TypeError(f"model must be a resnet_bottleneck ResNet; got {type(model).__name__}")
     if not hasattr(variables, "keys") or "params" not in variables:
@@ -78,15 +84,20 @@ def _inference_form(model: ResNet, variables) -> tuple[ResNet, dict]:
     return model, {k: np.asarray(v) for k, v in traverse_util.flatten_dict(dict(variables["params"])).items()}
 
 
-def _in_channels(variables) -> int:
-    """The input channels the model was built for: its first conv's (3 where it cannot be read)."""
-    kernel = variables.get("params", {}).get("conv1", {}).get("kernel")
+def _in_channels(model: ResNet, variables) -> int:
+    """The input channels the model was built for: its first conv's (``conv1``, or a deep stem's ``conv1_0``;
+    3 where it cannot be read)."""
+    spec = arch.describe(model)
+    tree = variables.get("params", {})
+    for part in arch.linen_names(spec)[spec.stem.layers[0].name]:
+        tree = tree.get(part, {}) if hasattr(tree, "get") else {}
+    kernel = tree.get("kernel") if hasattr(tree, "get") else None
     return int(kernel.shape[2]) if getattr(kernel, "ndim", 0) == 4 else 3
 
 
 def _check_variables(model: ResNet, variables) -> None:
     """Every variable ``model`` has, each of its shape, and no other; the first few differences named."""
-    x = jax.ShapeDtypeStruct((1, 64, 64, _in_channels(variables)), jnp.float32)
+    x = jax.ShapeDtypeStruct((1, 64, 64, _in_channels(model, variables)), jnp.float32)
     expected = traverse_util.flatten_dict(jax.eval_shape(model.init, jax.random.PRNGKey(0), x))
     given = traverse_util.flatten_dict(variables)
     show = "/".join
@@ -331,7 +342,7 @@ def onnx_model(
             raise ValueError(f"metadata['image_size'] is {metadata['image_size']!r}, but image_size={image_size}")
     model, params = _inference_form(model, variables)
     check_layout(model)
-    c = _in_channels({"params": traverse_util.unflatten_dict(params)})
+    c = _in_channels(model, {"params": traverse_util.unflatten_dict(params)})
     spec = arch.describe(model, in_features=c)  # the input's channels are the first conv's
     graph = _Graph(params, arch.linen_names(spec), model.bn_epsilon)
     n = batch if batch is not None else "batch"
@@ -406,9 +417,11 @@ def export_onnx(
 
     Args:
       model: a :class:`~resnet_bottleneck.models.ResNet` of basic or bottleneck blocks (any
-        groups, widths, ``stride_on`` and dilation); scanned, folded, remat or bf16 models
-        are accepted (the export is the plain layout, in float32 whatever the model's dtype).
-      variables: its ``{'params', 'batch_stats'}`` (``{'params'}`` if already folded).
+        groups, widths, ``stride_on`` and dilation, and every timm option: every name of
+        :func:`~resnet_bottleneck.list_models`); scanned, folded, remat or bf16 models are
+        accepted (the export is the plain layout, in float32 whatever the model's dtype).
+      variables: its ``{'params', 'batch_stats'}`` (``{'params'}`` if already folded, or if
+        ``norm='group'``: a GroupNorm is written unfolded).
       path: the ``.onnx`` file to write.
       layout: ``'NCHW'`` (torchvision's input) or ``'NHWC'`` (ours); see :data:`LAYOUTS`.
       batch: a fixed batch size; ``None`` (the default) leaves the batch axis dynamic.
