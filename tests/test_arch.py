@@ -105,18 +105,32 @@ def test_parameter_counts_agree_in_linen_nnx_and_the_spec(name, options):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_onnx_initializers_hold_the_specs_folded_count(name):
-    """Every spec layer written once: conv kernels, one bias per conv (BN folded), the classifier.
+    """Every spec layer written once: conv kernels, one bias per conv a BatchNorm was folded into, the
+    GroupNorms' scale and bias, SE's two convs, ECA's taps, the classifier; fixed tensors (the blur filter,
+    shapes) are Constant nodes, not initializers.
 
-    The model is already folded, its parameters zeros (the count, not the values, is tested here;
-    test_io_onnx runs the graphs). The largest names take ~10 s each (proto and checker).
+    The model is already folded (a GroupNorm model cannot be: it is exported unfolded), its parameters
+    zeros (the count, not the values, is tested here; test_io_onnx runs the graphs). The largest names take
+    ~10 s each (proto and checker).
     """
-    if arch.FAMILY[name].get("norm") == "group":
-        model, spec = _small_linen(name), _small_spec(name)  # GroupNorm is not folded: exported unfolded
-    else:
-        model, spec = _small_linen(name, folded=True), _small_spec(name)
-        assert _size(_abstract(model)) == spec.param_count(folded=True)  # a folded model has params only
-    proto = onnx_model(model, _zeros(_abstract(model)))
+    spec = _small_spec(name)
+    norms = [layer for layer in spec.layers() if isinstance(layer, arch.Norm)]
+    foldable = all(norm.foldable for norm in norms)
+    model = _small_linen(name, folded=foldable)
+    abstract = _abstract(model)
+    if foldable:
+        assert _size(abstract) == spec.param_count(folded=True)  # a folded model has params only
+    proto = onnx_model(model, _zeros(abstract))
     assert sum(math.prod(t.dims) for t in proto.graph.initializer) == spec.param_count(folded=True)
+    kinds = Counter(type(layer) for layer in spec.layers())
+    blurs = sum(isinstance(layer, arch.Pool) and layer.kind == "blur" for layer in spec.layers())
+    ops = Counter(n.op_type for n in proto.graph.node)
+    assert ops["Conv"] == kinds[arch.Conv] + 2 * kinds[arch.SqueezeExcite] + kinds[arch.Eca] + blurs
+    assert ops["InstanceNormalization"] == sum(not norm.foldable for norm in norms)
+    biases = len(list(spec.conv_norm_pairs()))  # each folded BatchNorm gives its conv a bias
+    assert len(proto.graph.initializer) == (
+        kinds[arch.Conv] + biases + 2 * (len(norms) - biases) + 4 * kinds[arch.SqueezeExcite] + kinds[arch.Eca] + 2
+    )
 
 
 @pytest.mark.parametrize("name", ["resnet_tiny"])

@@ -117,3 +117,42 @@ def test_cost_cli_bad_input(args, fragment, capsys):
     captured = capsys.readouterr()
     one_line_error(captured.err, fragment, prog="resnet-bottleneck cost")
     assert captured.out == ""  # nothing printed before the error, not even the table
+
+
+# --- timm's layers: attention and pools ---------------------------------------------------
+
+
+def costs_of(name, size):
+    return layer_costs(create_model(name), *abstract(name, size))
+
+
+def test_hand_count_of_timms_layers():
+    """SE's two 1x1 convs, ECA's 1-D conv, the blur pool as a depthwise conv, the average-pool shortcut
+    (ceil_mode, padding not counted), each counted by hand; pools in call order."""
+    se = {c["path"]: c for c in costs_of("seresnet18", 64)}
+    assert se["layer1_0/se/fc1"]["macs"] == 64 * 8 and se["layer1_0/se/fc2"]["macs"] == 8 * 64  # 64 / 16 = 4 -> 8
+    eca = {c["path"]: c for c in costs_of("ecaresnet26t", 64)}["layer1_0/se"]
+    assert eca["kind"] == "Eca" and eca["params"] == 5  # 256 channels: timm's kernel 5
+    assert eca["macs"] == 256 * 5 and eca["macs_unpadded"] == 256 * 5 - (2 + 1) * 2  # 2 taps, then 1, at each end
+    blur = costs_of("resnetblur18", 64)
+    paths = [c["path"] for c in blur]
+    assert paths[:4] == ["conv1", "maxpool_0", "maxpool_1", "layer1_0/Conv_0"]
+    pool = blur[2]  # 3x3 binomial filter, stride 2, reflect padding 1, on the 32x32x64 stem
+    assert pool["kind"] == "BlurPool" and pool["output_shape"] == (1, 16, 16, 64)
+    assert pool["macs"] == pool["macs_unpadded"] == 16 * 16 * 9 * 64 and blur[1]["macs"] == 0
+    down = {c["path"]: c for c in costs_of("resnet18d", 97)}["layer2_0/downsample_0"]  # 25x25 -> 13x13 (ceil)
+    assert down["kind"] == "AvgPool" and down["output_shape"] == (1, 13, 13, 64)
+    assert down["macs"] == 13 * 13 * 4 * 64 and down["macs_unpadded"] == 25 * 25 * 64  # each input read once
+    assert [c["path"] for c in costs_of("resnet18d", 64)].index("layer2_0/downsample_0") == [
+        c["path"] for c in costs_of("resnet18d", 64)
+    ].index("layer2_0/Conv_2") - 1  # the main path, then the shortcut's pool and conv
+
+
+@pytest.mark.parametrize("name", ["resnet18d", "seresnet18", "ecaresnet26t", "resnetblur18", "resnetaa34d"])
+def test_timms_layers_agree_with_xla_cost_analysis(name):
+    model = create_model(name)
+    variables, x = abstract(name, 97)
+    xla_flops = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, x).cost_analysis()["flops"]
+    ours = 2 * sum(layer["macs_unpadded"] for layer in layer_costs(model, variables, x))
+    assert ours <= xla_flops <= 1.03 * ours
+    assert model_cost(name, 97)["macs"] == sum(layer["macs"] for layer in layer_costs(model, variables, x))

@@ -39,3 +39,29 @@ def test_fold_batchnorm_of_a_frozen_model():
     folded_model, folded = fold_batchnorm(model, variables)
     x = np.random.default_rng(6).standard_normal((1, 48, 48, 3)).astype(np.float32)
     assert_close_to_scale(jax.jit(folded_model.apply)(folded, x), jax.jit(model.apply)(variables, x), what="logits")
+
+
+def test_fold_batchnorm_of_timms_layers():
+    """Deep stem, average-pool shortcut, blur pool, ECA and SE (their own biases kept), drop path: folded."""
+    from helpers import random_variables
+
+    from resnet_bottleneck import BasicBlock, ResNet
+
+    for attn in ("se", "eca"):
+        model = ResNet(
+            stage_sizes=(1, 1, 1, 1),
+            block=BasicBlock,
+            stem_width=16,
+            stem_type="deep",
+            avg_down=True,
+            aa_layer="blur",
+            attn_layer=attn,
+            drop_path_rate=0.1,
+            num_classes=5,
+        )
+        variables = random_variables(model, (1, 32, 32, 3))
+        folded_model, folded = fold_batchnorm(model, variables)
+        x = np.random.default_rng(7).standard_normal((2, 45, 37, 3)).astype(np.float32)
+        expected = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+        assert_close_to_scale(jax.jit(folded_model.apply)(folded, x), expected, what=attn)
+        assert folded["params"]["layer1_0"]["se"] == variables["params"]["layer1_0"]["se"]

@@ -16,9 +16,9 @@ import onnxruntime as ort
 import pytest
 import torch
 from flax import traverse_util
-from helpers import assert_close_to_scale, random_torchvision, random_variables
+from helpers import abstract_init, assert_close_to_scale, random_torchvision, random_variables
 
-from resnet_bottleneck import BottleneckBlock, ResNet, fold_batchnorm
+from resnet_bottleneck import CONFIGS, BottleneckBlock, ResNet, arch, create_model, fold_batchnorm
 from resnet_bottleneck.io.onnx import LAYOUTS, OPSET, export_onnx, load_onnx, onnx_model, session_options
 from resnet_bottleneck.io.torchvision import from_torchvision
 
@@ -201,10 +201,10 @@ def test_scanned_folded_and_bf16_models_export_the_same_graph(tmp_path):
     assert_close_to_scale(run(session(bf16), x, "NCHW"), expected, rel=2e-2)  # only the weights' rounding
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_a_model_for_grey_images_takes_one_channel(layout):
-    """The input's channels are the model's (its first conv's), not always 3."""
-    model = ResNet(**SMALL)
+@pytest.mark.parametrize("layout,stem_type", [("NCHW", ""), ("NHWC", ""), ("NHWC", "deep")])
+def test_a_model_for_grey_images_takes_one_channel(layout, stem_type):
+    """The input's channels are the model's (its first conv's, a deep stem's conv1_0), not always 3."""
+    model = ResNet(**SMALL, stem_type=stem_type)
     variables = random_variables(model, (1, 32, 32, 1))
     proto = onnx_model(model, variables, layout=layout)
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
@@ -289,3 +289,109 @@ def test_the_library_does_not_import_onnx():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --- timm's family: every layer kind, one name of every option combination -----------------
+
+#: One name of every combination of timm's options; ``(name or options, sizes)``: an odd and an even size
+#: (height x width), even only for the average-pool AA names (timm itself fails on odd ones).
+ODD_AND_EVEN = ((65, 47), (64, 64))
+TIMM_CASES = {
+    "resnet10t": ODD_AND_EVEN,  # tiered deep stem, avg_down
+    "resnet14t": ODD_AND_EVEN,
+    "resnet18d": ODD_AND_EVEN,  # deep stem, avg_down on basic blocks
+    "seresnet18": ODD_AND_EVEN,  # SE
+    "seresnext26d_32x4d": ODD_AND_EVEN,  # SE, groups, deep stem, avg_down
+    "ecaresnet26t": ODD_AND_EVEN,  # ECA
+    "ecaresnetlight": ODD_AND_EVEN,
+    "resnetblur18": ODD_AND_EVEN,  # BlurPool in the stem and the strided blocks
+    "resnetaa34d": ((64, 64), (48, 64)),  # average-pool AA
+    "resnetrs50": ODD_AND_EVEN,  # the stem's pool a conv, SE at 1/4
+    "resnet50_gn": ODD_AND_EVEN,  # GroupNorm: written unfolded
+    # senet154's options on one block a stage, with drop path and dropout (identities at inference)
+    "senet154_reduced": ODD_AND_EVEN,
+}
+
+
+def timm_case(name):
+    if name == "senet154_reduced":
+        config = {**CONFIGS["senet154"], "stage_sizes": (1, 1, 1, 1), "groups": 8}
+        assert config["stem_type"] == "deep" and config["down_kernel_size"] == 3 and config["block_reduce_first"] == 2
+        return ResNet(**config, num_classes=10, drop_path_rate=0.1, drop_rate=0.25)
+    return create_model(name, num_classes=10)
+
+
+def inference_variables(model, seed=3):
+    """Random parameters (GroupNorm's too) and BatchNorm statistics (where the model has them)."""
+    g = np.random.default_rng(seed)
+    shapes = abstract_init(model, (1, 64, 64, 3))
+
+    def param(s):
+        fan_in = np.prod(s.shape[:-1]) if len(s.shape) > 1 else 100
+        return (g.standard_normal(s.shape) / np.sqrt(fan_in)).astype(np.float32)
+
+    variables = {"params": jax.tree_util.tree_map(param, shapes["params"])}
+    if "batch_stats" in shapes:
+        variables["batch_stats"] = jax.tree_util.tree_map(
+            lambda s: (0.5 + g.random(s.shape)).astype(np.float32), shapes["batch_stats"]
+        )
+    return variables
+
+
+def _attrs(node):
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TIMM_CASES)
+def test_timm_names_export_within_1e4_of_xla(name):
+    """ONNX Runtime's logits within 1e-4 of the logits' scale of XLA's eval-mode ones, random weights and
+    statistics, at an odd and an even size; the graph's initializers hold the spec's folded count; each
+    layer kind written as the ONNX ops it is (timm's pooling arithmetic as attributes)."""
+    model = timm_case(name)
+    variables = inference_variables(model)
+    proto = onnx_model(model, variables)
+    sess = session(proto)
+    apply = jax.jit(partial(model.apply, train=False))
+    for i, (h, w) in enumerate(TIMM_CASES[name]):
+        x = np.random.default_rng(i).standard_normal((2, h, w, 3)).astype(np.float32)
+        expected = np.asarray(apply(variables, x))
+        assert_close_to_scale(run(sess, x, "NCHW"), expected, what=(name, h, w))
+
+    spec = arch.describe(model)
+    assert sum(np.prod(t.dims) for t in proto.graph.initializer) == spec.param_count(folded=True)
+    layers = list(spec.layers())
+    ops = Counter(node.op_type for node in proto.graph.node)
+    pools = Counter(layer.kind for layer in layers if isinstance(layer, arch.Pool))
+    attention = Counter(type(layer) for layer in layers)
+    assert ops["Sigmoid"] == attention[arch.SqueezeExcite] + attention[arch.Eca]
+    assert ops["MaxPool"] == pools["max"] and ops["AveragePool"] == pools["avg"]
+    assert ops["Pad"] == pools["blur"] and ops["GlobalAveragePool"] == 1 + ops["Sigmoid"]
+    assert ops["Relu"] == sum(isinstance(layer, arch.Act) for layer in layers) + attention[arch.SqueezeExcite] + len(
+        list(spec.blocks())
+    )
+    assert ("BatchNormalization" not in ops) and ops["InstanceNormalization"] == (
+        sum(isinstance(layer, arch.Norm) for layer in layers) if model.norm == "group" else 0
+    )
+    shortcut_pools = {layer.name for b in spec.blocks() for layer in b.shortcut.layers if isinstance(layer, arch.Pool)}
+    for node in proto.graph.node:
+        if node.op_type == "AveragePool" and "downsample" in node.name:
+            assert _attrs(node)["ceil_mode"] == 1 and _attrs(node)["count_include_pad"] == 0, node.name
+    assert sum(n.op_type == "AveragePool" and "downsample" in n.name for n in proto.graph.node) == len(shortcut_pools)
+    for node in proto.graph.node:
+        if node.op_type == "Pad":
+            assert _attrs(node)["mode"] == b"reflect"
+
+
+def test_a_groupnorm_model_is_exported_unfolded_and_refused_by_fold_batchnorm():
+    model = ResNet(**{**SMALL, "stem_width": 32, "stage_sizes": (1, 1, 1, 1)}, norm="group")
+    variables = inference_variables(model)
+    assert "batch_stats" not in variables
+    with pytest.raises(ValueError, match="norm='group' cannot be folded: a GroupNorm normalises each image"):
+        fold_batchnorm(model, variables)
+    proto = onnx_model(model, variables)
+    x = images(2, 37)
+    assert_close_to_scale(run(session(proto), x, "NCHW"), eval_output(model, variables, x))
+    # the GroupNorm's scale and bias are the model's own, per channel
+    scale = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}["bn1/scale"]
+    np.testing.assert_array_equal(scale.ravel(), variables["params"]["bn1"]["scale"])

@@ -16,8 +16,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from . import _checks
-from .models import count_params, create_model
+from . import _checks, arch
+from .layers import _pool_geometry
+from .models import ResNet, count_params, create_model
 
 
 def conv_params(in_features: int, out_features: int, kernel: int, groups: int = 1) -> int:
@@ -106,14 +107,27 @@ def traced_layers(module: nn.Module, variables, x) -> list[tuple[nn.Module, tupl
 
 
 def layer_costs(module: nn.Module, variables, x) -> list[dict]:
-    """Every conv and dense layer that ``module.apply(variables, x)`` runs, with its cost.
+    """Every conv and dense layer that ``module.apply(variables, x)`` runs, with its cost; for a
+    :class:`~resnet_bottleneck.models.ResNet`, also its ECA convs and its pools, read off its spec.
 
     Each record has the layer's ``path``, ``kind``, input and output ``shape``s, its
     ``params`` (weights and bias), ``macs`` per image counted over the whole kernel at
     every output position (torchvision's convention), and ``macs_unpadded``, which skips
-    the taps that fall on zero padding (what XLA's cost analysis counts).
+    the taps that fall on zero padding (what XLA's cost analysis counts). SE's two convs are
+    its dense layers (``.../se/fc1``, ``fc2``); ECA's 1-D conv (``kind`` ``'Eca'``) costs
+    ``kernel`` MACs per channel; a blur pool (``'BlurPool'``) is a depthwise conv with its fixed
+    filter, an average pool (``'AvgPool'``) one MAC per window element (``macs_unpadded``: those
+    inside the input), a max pool (``'MaxPool'``) none (comparisons). The global average pools
+    (the head's, SE's and ECA's) are not counted, as torchvision does not.
     ``variables`` and ``x`` may be ``jax.ShapeDtypeStruct``s: nothing is computed.
     """
+    costs = _traced_costs(module, variables, x)
+    if isinstance(module, ResNet):
+        costs = _merge(costs, _spec_costs(module, tuple(x.shape)))
+    return costs
+
+
+def _traced_costs(module: nn.Module, variables, x) -> list[dict]:
     costs = []
     for layer, in_shape, out_shape in traced_layers(module, variables, x):
         if isinstance(layer, nn.Dense):
@@ -151,6 +165,98 @@ def layer_costs(module: nn.Module, variables, x) -> list[dict]:
     return costs
 
 
+def _conv_out(size: int, conv: arch.Conv) -> int:
+    return (size + 2 * conv.padding - conv.dilation * (conv.kernel - 1) - 1) // conv.stride[0] + 1
+
+
+def _pool_cost(pool: arch.Pool, h: int, w: int, c: int) -> tuple[tuple[int, int], int, int]:
+    """A pool's output size and its MACs and unpadded MACs per image on ``h x w x c``."""
+    k, s, p = pool.kernel, pool.stride, pool.padding
+    if pool.kind == "avg":
+        (oh, _, inside_h), (ow, _, inside_w) = (_pool_geometry(n, k, s, p, pool.ceil_mode, False) for n in (h, w))
+        return (oh, ow), oh * ow * k * k * c, int(inside_h.sum() * inside_w.sum()) * c
+    oh, ow = ((n + 2 * p - k) // s + 1 for n in (h, w))
+    macs = oh * ow * k * k * c if pool.kind == "blur" else 0  # blur: reflect padding, every tap an input value
+    return (oh, ow), macs, macs
+
+
+_POOL_KINDS = {"max": "MaxPool", "avg": "AvgPool", "blur": "BlurPool"}
+#: The spec layers whose costs the trace records (convs, dense layers, SE's dense layers).
+_TRACED = (arch.Conv, arch.Linear, arch.SqueezeExcite)
+
+
+def _spec_costs(model: ResNet, shape: tuple[int, ...]) -> list[tuple[dict, tuple[str, ...] | None]]:
+    """The ECA convs' and pools' records of ``model`` on inputs of ``shape``, each with the Linen path of
+    the traced layer it runs before (``None``: after all of them); shapes from the spec's arithmetic."""
+    spec = arch.describe(model)
+    paths = arch.linen_names(spec, scan=model.scan)
+    n, h, w, c = shape
+    records, waiting = [], []
+
+    def walk(layers, h, w, c, module, local):
+        for layer in layers:
+            name = (module + "/" if module else "") + (layer.name[len(local) + 1 :] if local else layer.name)
+            if isinstance(layer, _TRACED):
+                path = paths[layer.name] + (("fc1",) if isinstance(layer, arch.SqueezeExcite) else ())
+                for record in waiting:
+                    records.append((record, path))
+                waiting.clear()
+            if isinstance(layer, arch.Conv):
+                h, w, c = _conv_out(h, layer), _conv_out(w, layer), layer.out_features
+            elif isinstance(layer, arch.Pool):
+                (oh, ow), macs, unpadded = _pool_cost(layer, h, w, c)
+                kind = _POOL_KINDS[layer.kind]
+                waiting.append(_record(name.replace(".", "_"), kind, (n, h, w, c), (n, oh, ow, c), 0, macs, unpadded))
+                h, w = oh, ow
+            elif isinstance(layer, arch.Eca):
+                k = layer.kernel
+                unpadded = c * k - 2 * sum(range((k - 1) // 2 + 1))  # the taps past either end read zeros
+                path = "/".join(paths[layer.name])
+                waiting.append(_record(path, "Eca", (n, h, w, c), (n, h, w, c), k, c * k, unpadded))
+        return h, w, c
+
+    h, w, c = walk((*spec.stem.layers, *spec.stem.pool), h, w, c, "", "")
+    for block in spec.blocks():
+        module = "/".join(paths[block.all_layers[0].name][:-1])
+        out = walk(block.layers, h, w, c, module, block.name)
+        walk(block.shortcut.layers, h, w, c, module, block.name)
+        h, w, c = out
+    if spec.head is not None:
+        for record in waiting:
+            records.append((record, paths[spec.head.layer.name]))
+        waiting.clear()
+    return records + [(record, None) for record in waiting]
+
+
+def _record(path, kind, in_shape, out_shape, params, macs, unpadded) -> dict:
+    return {
+        "path": path,
+        "kind": kind,
+        "input_shape": in_shape,
+        "output_shape": out_shape,
+        "params": params,
+        "macs": macs,
+        "macs_unpadded": unpadded,
+    }
+
+
+def _merge(traced: list[dict], extra: list[tuple[dict, tuple[str, ...] | None]]) -> list[dict]:
+    """``extra``'s records placed before the traced layer each names (call order); one per path (a
+    scanned stage's blocks share theirs, and the trace has each once)."""
+    before: dict[str, list[dict]] = {}
+    tail, seen = [], set()
+    for record, path in extra:
+        if record["path"] in seen:
+            continue
+        seen.add(record["path"])
+        (tail if path is None else before.setdefault("/".join(path), [])).append(record)
+    merged = []
+    for record in traced:
+        merged += before.pop(record["path"], [])
+        merged.append(record)
+    return merged + [r for records in before.values() for r in records] + tail
+
+
 def _tuple(value, ndim: int) -> tuple[int, ...]:
     if value is None:
         return (1,) * ndim
@@ -162,7 +268,8 @@ def model_cost(name: str, image_size: int = 224, num_classes: int = 1000) -> dic
 
     Returns:
       ``{'model', 'image_size', 'num_classes', 'params', 'macs', 'gmacs'}``; ``params``
-      excludes BatchNorm statistics; ``macs`` counts convs and the classifier.
+      excludes BatchNorm statistics; ``macs`` counts convs, the classifier, attention (SE's and ECA's
+      convs) and the blur and average pools (see :func:`layer_costs`).
     """
     image_size = _checks.positive_int("image_size", image_size)
     model = create_model(name, num_classes=_checks.positive_int("num_classes", num_classes))

@@ -22,12 +22,18 @@ def _norm_to_conv(model: ResNet) -> dict[tuple[str, ...], tuple[str, ...]]:
     return {paths[norm.name]: paths[conv.name] for conv, norm in spec.conv_norm_pairs()}
 
 
+def foldable(model: ResNet) -> bool:
+    """Whether ``model``'s norms can be folded: BatchNorm (``'batch'``, ``'frozen'``), not GroupNorm, which
+    normalises each image by its own statistics."""
+    return all(layer.foldable for layer in arch.describe(model).layers() if isinstance(layer, arch.Norm))
+
+
 def fold_batchnorm(model: ResNet, variables) -> tuple[ResNet, dict]:
     """An inference model and its variables with every BatchNorm folded into its conv.
 
     Args:
       model: a :class:`~resnet_bottleneck.models.ResNet` (plain or scanned layout, ``norm``
-        ``'batch'`` or ``'frozen'``).
+        ``'batch'`` or ``'frozen'``; ``'group'`` is refused: see :func:`foldable`).
       variables: its ``{'params': ..., 'batch_stats': ...}``.
 
     Returns:
@@ -37,6 +43,11 @@ def fold_batchnorm(model: ResNet, variables) -> tuple[ResNet, dict]:
         raise TypeError(f"model must be a resnet_bottleneck ResNet; got {type(model).__name__}")
     if model.folded:
         raise ValueError("model is already folded")
+    if not foldable(model):
+        raise ValueError(
+            f"norm={model.norm!r} cannot be folded: a GroupNorm normalises each image by its own statistics "
+            "(export_onnx writes it unfolded)"
+        )
     if "batch_stats" not in variables:
         raise ValueError("variables must hold 'batch_stats' (the running statistics to fold)")
     params = traverse_util.flatten_dict(dict(variables["params"]))

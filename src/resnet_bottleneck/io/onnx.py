@@ -2,8 +2,13 @@
 
 The graph is written from the model's description (:func:`resnet_bottleneck.arch.describe`),
 not traced from its JAX program: BatchNorm folded (:func:`~resnet_bottleneck.fold.fold_batchnorm`),
-then one node per layer of the spec: a ``Conv`` per convolution (its strides, padding, groups and
-dilation the spec's), ``Relu``, ``MaxPool``, ``Add``, ``GlobalAveragePool``, ``Flatten`` and ``Gemm``.
+then each layer of the spec by its kind's emitter (:data:`_LAYERS`): a ``Conv`` per convolution (its
+strides, padding, groups and dilation the spec's), ``Relu``, ``MaxPool``, ``AveragePool`` (torch's
+``ceil_mode`` and ``count_include_pad``), timm's blur pool as ``Pad`` (reflect) and a depthwise
+``Conv``, squeeze-excitation as ``GlobalAveragePool``, two 1x1 ``Conv``, ``Sigmoid`` and ``Mul``, ECA
+with a 1-D ``Conv`` across the channels, GroupNorm (not foldable) as ``InstanceNormalization`` over
+the groups with its per-channel affine after; drop path and dropout are the identity. Each block
+ends in ``Add`` and ``Relu``, the head is ``GlobalAveragePool``, ``Flatten`` and ``Gemm``.
 That is the graph ONNX Runtime's CPU fusions (Conv+Add+Relu, NCHWc blocking) are written
 for; a traced export computes 1x1 convs as MatMul and reshapes, which ONNX Runtime runs
 slower (BENCHMARKS.md, ``deploy``).
@@ -29,7 +34,8 @@ from flax import traverse_util
 from .. import _checks, arch
 from .._files import atomic_write
 from ..data.pipeline import available_cores
-from ..fold import fold_batchnorm
+from ..fold import fold_batchnorm, foldable
+from ..layers import blur_filter
 from ..models import ResNet, check_layout, unscan_variables
 from .classes import class_names
 from .metadata import DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, eval_crop, preprocessing
@@ -57,7 +63,8 @@ _folded_variables = jax.jit(lambda model, variables: fold_batchnorm(model, varia
 
 
 def _inference_form(model: ResNet, variables) -> tuple[ResNet, dict]:
-    """The folded, plain-layout, float32 model and its flat ``params``; the variables checked."""
+    """The folded (where it can be: not GroupNorm), plain-layout, float32 model and its flat ``params``; the
+    variables checked."""
     if not isinstance(model, ResNet):
         raise TypeError(f"model must be a resnet_bottleneck ResNet; got {type(model).__name__}")
     if not hasattr(variables, "keys") or "params" not in variables:
@@ -71,21 +78,26 @@ def _inference_form(model: ResNet, variables) -> tuple[ResNet, dict]:
     model = model.clone(dtype=None, param_dtype=jnp.float32, remat=False)
     variables = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), dict(variables))
     _check_variables(model, variables)
-    if not model.folded:
+    if not model.folded and foldable(model):  # a GroupNorm model stays as it is: its norms are written unfolded
         variables = _folded_variables(model, variables)
         model = model.clone(folded=True)
     return model, {k: np.asarray(v) for k, v in traverse_util.flatten_dict(dict(variables["params"])).items()}
 
 
-def _in_channels(variables) -> int:
-    """The input channels the model was built for: its first conv's (3 where it cannot be read)."""
-    kernel = variables.get("params", {}).get("conv1", {}).get("kernel")
+def _in_channels(model: ResNet, variables) -> int:
+    """The input channels the model was built for: its first conv's (``conv1``, or a deep stem's ``conv1_0``;
+    3 where it cannot be read)."""
+    spec = arch.describe(model)
+    tree = variables.get("params", {})
+    for part in arch.linen_names(spec)[spec.stem.layers[0].name]:
+        tree = tree.get(part, {}) if hasattr(tree, "get") else {}
+    kernel = tree.get("kernel") if hasattr(tree, "get") else None
     return int(kernel.shape[2]) if getattr(kernel, "ndim", 0) == 4 else 3
 
 
 def _check_variables(model: ResNet, variables) -> None:
     """Every variable ``model`` has, each of its shape, and no other; the first few differences named."""
-    x = jax.ShapeDtypeStruct((1, 64, 64, _in_channels(variables)), jnp.float32)
+    x = jax.ShapeDtypeStruct((1, 64, 64, _in_channels(model, variables)), jnp.float32)
     expected = traverse_util.flatten_dict(jax.eval_shape(model.init, jax.random.PRNGKey(0), x))
     given = traverse_util.flatten_dict(variables)
     show = "/".join
@@ -127,29 +139,44 @@ def _metadata(metadata: Mapping[str, Any] | None, layout: str, num_classes: int 
 
 
 class _Graph:
-    """Nodes and initializers of the graph being written, with unique names; each spec layer placed once."""
+    """Nodes and initializers of the graph being written, with unique names; each spec layer placed once.
 
-    def __init__(self, params: dict, paths: dict[str, tuple[str, ...]]):
+    Initializers hold the model's parameters only; fixed tensors (shapes, the blur filter, a
+    GroupNorm's unit scale) are ``Constant`` nodes, so the initializers count what the spec counts.
+    """
+
+    def __init__(self, params: dict, paths: dict[str, tuple[str, ...]], epsilon: float):
         from onnx import helper, numpy_helper
 
         self.helper, self.numpy_helper = helper, numpy_helper
-        self.params, self.paths, self.used = params, paths, []
+        self.params, self.paths, self.epsilon, self.used = params, paths, epsilon, []
         self.nodes, self.initializers = [], []
+        self.channels = 0  # the channels of the tensor being written (a blur pool's filter needs them)
 
     def node(self, op: str, inputs: list[str], name: str, **attrs) -> str:
         self.nodes.append(self.helper.make_node(op, inputs, [name], name=name, **attrs))
         return name
 
     def constant(self, name: str, array: np.ndarray) -> str:
+        """A float32 initializer: a parameter."""
         self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(array, np.float32), name))
         return name
+
+    def fixed(self, name: str, array: np.ndarray) -> str:
+        """A ``Constant`` node: a fixed tensor that is not a parameter."""
+        return self.node("Constant", [], name, value=self.numpy_helper.from_array(np.ascontiguousarray(array), name))
+
+    def param(self, layer_name: str, *keys: str) -> tuple[str, np.ndarray]:
+        """The layer's parameter ``keys`` (its graph name and value), marked as placed."""
+        path = (*self.paths[layer_name], *keys[:-1])
+        self.used.append(path)
+        return "/".join((*path, keys[-1])), np.asarray(self.params[(*path, keys[-1])])
 
     def conv(self, x: str, layer: arch.Conv) -> str:
         """``Conv`` of the spec's ``layer``: its geometry; its kernel (HWIO -> OIHW) and bias from the params."""
         path = self.paths[layer.name]
-        self.used.append(path)
         name = "/".join(path)
-        kernel = np.asarray(self.params[(*path, "kernel")])
+        _, kernel = self.param(layer.name, "kernel")
         if kernel.shape != layer.kernel_shape:
             raise ValueError(f"conv {name} has a kernel of shape {kernel.shape}; its spec says {layer.kernel_shape}")
         p = layer.padding
@@ -162,57 +189,132 @@ class _Graph:
         )
         inputs = [x, self.constant(f"{name}/weight", kernel.transpose(3, 2, 0, 1))]
         if (*path, "bias") in self.params:
-            inputs.append(self.constant(f"{name}/bias", np.asarray(self.params[(*path, "bias")])))
+            inputs.append(self.constant(f"{name}/bias", self.param(layer.name, "bias")[1]))
+        self.channels = layer.out_features
         return self.node("Conv", inputs, name, **attrs)
 
-    def sequence(self, x: str, layers, relu_between: bool) -> str:
-        """``layers`` in order, each norm folded into the conv before it; a ``Relu`` after each norm but
-        the last where ``relu_between`` (named after its conv)."""
-        conv = None
-        for k, layer in enumerate(layers):
+    def sequence(self, x: str, channels: int, layers, prefix: str = "", local: str = "") -> str:
+        """``layers`` in order on ``x`` of ``channels``, each written by its kind's emitter (:data:`_LAYERS`);
+        a layer without variables is named ``prefix`` + its spec name after ``local`` (the block's name)."""
+        self.channels = channels
+        for layer in layers:
             if type(layer) not in _LAYERS:
                 raise ValueError(f"layer {layer.name} is a {type(layer).__name__}, which this exporter does not write")
-            x, conv = _LAYERS[type(layer)](self, x, layer, conv)
-            if relu_between and isinstance(layer, arch.Norm) and k < len(layers) - 1:
-                x = self.node("Relu", [x], f"{conv}/relu")
+            name = layer.name[len(local) + 1 :] if local else layer.name
+            x = _LAYERS[type(layer)](self, x, layer, prefix + name.replace(".", "_"))
         return x
 
 
-def _max_pool(graph: _Graph, x: str, pool: arch.Pool) -> str:
-    p = pool.padding
-    return graph.node(
-        "MaxPool", [x], pool.name, kernel_shape=[pool.kernel] * 2, strides=[pool.stride] * 2, pads=[p, p, p, p]
+def _norm(graph: _Graph, x: str, norm: arch.Norm, name: str) -> str:
+    """A BatchNorm was folded into the conv before it: nothing. A GroupNorm: the channels in ``groups``
+    (``Reshape``), each group normalised (``InstanceNormalization``, unit scale), back to the input's
+    shape, then its per-channel scale and bias."""
+    if norm.foldable:
+        return x
+    if norm.kind != "group":
+        raise ValueError(f"norm {norm.name} is a {norm.kind!r} norm, which this exporter does not write")
+    node = "/".join(graph.paths[norm.name])
+    g = norm.groups
+    grouped = graph.node(
+        "Reshape", [x, graph.fixed(f"{node}/groups", np.array([0, g, -1], np.int64))], f"{node}/grouped"
     )
+    ones, zeros = (
+        graph.fixed(f"{node}/ones", np.ones(g, np.float32)),
+        graph.fixed(f"{node}/zeros", np.zeros(g, np.float32)),
+    )
+    y = graph.node("InstanceNormalization", [grouped, ones, zeros], f"{node}/normalized", epsilon=graph.epsilon)
+    y = graph.node("Reshape", [y, graph.node("Shape", [x], f"{node}/shape")], f"{node}/ungrouped")
+    scale_name, scale = graph.param(norm.name, "scale")
+    bias_name, bias = graph.param(norm.name, "bias")
+    y = graph.node("Mul", [y, graph.constant(scale_name, scale.reshape(-1, 1, 1))], f"{node}/scaled")
+    return graph.node("Add", [y, graph.constant(bias_name, bias.reshape(-1, 1, 1))], node)
 
 
-def _conv_stem(graph: _Graph, x: str, stem: arch.Stem) -> str:
-    """Conv, norm (folded), ``Relu``, then the pool."""
-    x = graph.sequence(x, stem.layers, True)
-    x = graph.node("Relu", [x], "/".join(graph.paths[stem.layers[0].name]) + "/relu")
-    return x if stem.pool is None else _POOLS[stem.pool.kind](graph, x, stem.pool)
+def _act(graph: _Graph, x: str, act: arch.Act, name: str) -> str:
+    if act.kind != "relu":
+        raise ValueError(f"activation {act.name} is a {act.kind!r}, which this exporter does not write")
+    return graph.node("Relu", [x], name)
+
+
+def _pool(graph: _Graph, x: str, pool: arch.Pool, name: str) -> str:
+    """``MaxPool``; ``AveragePool`` (torch's ``ceil_mode`` and ``count_include_pad``); timm's ``BlurPool2d`` as
+    ``Pad`` (reflect) and a depthwise ``Conv`` with the fixed binomial filter (a ``Constant``: not a parameter)."""
+    p, k, s = pool.padding, pool.kernel, pool.stride
+    window = dict(kernel_shape=[k, k], strides=[s, s], pads=[p, p, p, p])
+    if pool.kind == "max":
+        return graph.node("MaxPool", [x], name, ceil_mode=int(pool.ceil_mode), **window)
+    if pool.kind == "avg":
+        return graph.node(
+            "AveragePool",
+            [x],
+            name,
+            ceil_mode=int(pool.ceil_mode),
+            count_include_pad=int(pool.count_include_pad),
+            **window,
+        )
+    if pool.kind == "blur":
+        pads = graph.fixed(f"{name}/pads", np.array([0, 0, p, p, 0, 0, p, p], np.int64))
+        padded = graph.node("Pad", [x, pads], f"{name}/pad", mode="reflect")
+        c = graph.channels
+        filt = np.tile(blur_filter(k)[None, None], (c, 1, 1, 1))
+        return graph.node(
+            "Conv", [padded, graph.fixed(f"{name}/filter", filt)], name, kernel_shape=[k, k], strides=[s, s], group=c
+        )
+    raise ValueError(f"pool {pool.name} is a {pool.kind!r} pool, which this exporter does not write")
+
+
+def _squeeze_excite(graph: _Graph, x: str, se: arch.SqueezeExcite, name: str) -> str:
+    """timm's ``SEModule``: ``GlobalAveragePool``, 1x1 ``Conv`` (``fc1``, bias), ``Relu``, 1x1 ``Conv`` (``fc2``,
+    bias), ``Sigmoid``, ``Mul``."""
+    node = "/".join(graph.paths[se.name])
+    s = graph.node("GlobalAveragePool", [x], f"{node}/pool")
+    for fc, shape in (("fc1", (se.features, se.reduced)), ("fc2", (se.reduced, se.features))):
+        kernel_name, kernel = graph.param(se.name, fc, "kernel")  # Dense (in, out) -> 1x1 conv (out, in, 1, 1)
+        bias_name, bias = graph.param(se.name, fc, "bias")
+        if kernel.shape != shape:
+            raise ValueError(f"{kernel_name} has shape {kernel.shape}; its spec says {shape}")
+        weight = graph.constant(kernel_name.replace("/kernel", "/weight"), kernel.T[:, :, None, None])
+        s = graph.node("Conv", [s, weight, graph.constant(bias_name, bias)], f"{node}/{fc}", kernel_shape=[1, 1])
+        if fc == "fc1":
+            s = graph.node("Relu", [s], f"{node}/relu")
+    return graph.node("Mul", [x, graph.node("Sigmoid", [s], f"{node}/gate")], node)
+
+
+def _eca(graph: _Graph, x: str, eca: arch.Eca, name: str) -> str:
+    """timm's ``EcaModule``: ``GlobalAveragePool``, the channels as a 1-D signal (``Reshape``), a ``kernel``-tap
+    ``Conv`` across them (zero padded, no bias), back (``Reshape``), ``Sigmoid``, ``Mul``."""
+    node = "/".join(graph.paths[eca.name])
+    kernel_name, kernel = graph.param(eca.name, "kernel")  # (k, 1, 1): taps, in, out
+    k = eca.kernel
+    s = graph.node("GlobalAveragePool", [x], f"{node}/pool")
+    s = graph.node("Reshape", [s, graph.fixed(f"{node}/as_signal", np.array([0, 1, -1], np.int64))], f"{node}/signal")
+    weight = graph.constant(kernel_name.replace("/kernel", "/weight"), kernel.reshape(1, 1, k))
+    pad = (k - 1) // 2
+    s = graph.node("Conv", [s, weight], f"{node}/conv", kernel_shape=[k], pads=[pad, pad])
+    s = graph.node("Reshape", [s, graph.fixed(f"{node}/as_map", np.array([0, -1, 1, 1], np.int64))], f"{node}/map")
+    return graph.node("Mul", [x, graph.node("Sigmoid", [s], f"{node}/gate")], node)
 
 
 def _residual(graph: _Graph, x: str, block: arch.Block) -> str:
     """A residual block: its main path, ``Add`` its shortcut, ``Relu``."""
     module = "/".join(graph.paths[block.all_layers[0].name][:-1])
-    y = graph.sequence(x, block.layers, True)
-    residual = _SHORTCUTS[block.shortcut.kind](graph, x, block.shortcut)
+    y = graph.sequence(x, block.in_features, block.layers, f"{module}/", block.name)
+    residual = graph.sequence(x, block.in_features, block.shortcut.layers, f"{module}/", block.name)
     return graph.node("Relu", [graph.node("Add", [y, residual], f"{module}/add")], f"{module}/relu")
 
 
-#: How each spec layer, pool, block and shortcut kind is written (``_LAYERS``: ``(graph, x, layer, last conv)
-#: -> (x, conv)``; a norm is folded into its conv, so it writes nothing).
+#: How each spec layer kind is written: ``(graph, x, layer, node name) -> x``. Dropout and drop path
+#: are the identity at inference.
 _LAYERS = {
-    arch.Conv: lambda graph, x, layer, _: (graph.conv(x, layer),) * 2,
-    arch.Norm: lambda graph, x, layer, conv: (x, conv),
+    arch.Conv: lambda graph, x, layer, _: graph.conv(x, layer),
+    arch.Norm: _norm,
+    arch.Act: _act,
+    arch.Pool: _pool,
+    arch.SqueezeExcite: _squeeze_excite,
+    arch.Eca: _eca,
+    arch.DropPath: lambda graph, x, layer, _: x,
 }
-_POOLS = {"max": _max_pool}
-_STEMS = {"conv7": _conv_stem}
 _BLOCKS = {"bottleneck": _residual, "basic": _residual}
-_SHORTCUTS = {
-    "identity": lambda graph, x, shortcut: x,
-    "projection": lambda graph, x, shortcut: graph.sequence(x, shortcut.layers, False),
-}
 
 
 def onnx_model(
@@ -240,17 +342,15 @@ def onnx_model(
             raise ValueError(f"metadata['image_size'] is {metadata['image_size']!r}, but image_size={image_size}")
     model, params = _inference_form(model, variables)
     check_layout(model)
-    c = _in_channels({"params": traverse_util.unflatten_dict(params)})
+    c = _in_channels(model, {"params": traverse_util.unflatten_dict(params)})
     spec = arch.describe(model, in_features=c)  # the input's channels are the first conv's
-    graph = _Graph(params, arch.linen_names(spec))
+    graph = _Graph(params, arch.linen_names(spec), model.bn_epsilon)
     n = batch if batch is not None else "batch"
 
     x = INPUT
     if layout == "NHWC":
         x = graph.node("Transpose", [x], "to_nchw", perm=[0, 3, 1, 2])
-    if spec.stem.kind not in _STEMS:
-        raise ValueError(f"the stem is a {spec.stem.kind!r} stem, which this exporter does not write")
-    x = _STEMS[spec.stem.kind](graph, x, spec.stem)
+    x = graph.sequence(x, c, (*spec.stem.layers, *spec.stem.pool))
     for block in spec.blocks():
         if block.kind not in _BLOCKS:
             raise ValueError(f"block {block.name} is a {block.kind!r} block, which this exporter does not write")
@@ -317,9 +417,11 @@ def export_onnx(
 
     Args:
       model: a :class:`~resnet_bottleneck.models.ResNet` of basic or bottleneck blocks (any
-        groups, widths, ``stride_on`` and dilation); scanned, folded, remat or bf16 models
-        are accepted (the export is the plain layout, in float32 whatever the model's dtype).
-      variables: its ``{'params', 'batch_stats'}`` (``{'params'}`` if already folded).
+        groups, widths, ``stride_on`` and dilation, and every timm option: every name of
+        :func:`~resnet_bottleneck.list_models`); scanned, folded, remat or bf16 models are
+        accepted (the export is the plain layout, in float32 whatever the model's dtype).
+      variables: its ``{'params', 'batch_stats'}`` (``{'params'}`` if already folded, or if
+        ``norm='group'``: a GroupNorm is written unfolded).
       path: the ``.onnx`` file to write.
       layout: ``'NCHW'`` (torchvision's input) or ``'NHWC'`` (ours); see :data:`LAYOUTS`.
       batch: a fixed batch size; ``None`` (the default) leaves the batch axis dynamic.
