@@ -82,12 +82,12 @@ def random_variables(model, shape, seed=1):
         fan_in = np.prod(s.shape[:-1]) if len(s.shape) > 1 else 100
         return (g.standard_normal(s.shape) / np.sqrt(fan_in)).astype(np.float32)
 
-    return {
-        "params": jax.tree_util.tree_map(param, shapes["params"]),
-        "batch_stats": jax.tree_util.tree_map(
+    variables = {"params": jax.tree_util.tree_map(param, shapes["params"])}
+    if "batch_stats" in shapes:  # a GroupNorm model has none
+        variables["batch_stats"] = jax.tree_util.tree_map(
             lambda s: (0.5 + g.random(s.shape)).astype(np.float32), shapes["batch_stats"]
-        ),
-    }
+        )
+    return variables
 
 
 def bfloat16_rounded(tree):
