@@ -73,14 +73,20 @@ def to_timm(variables, name: str, *, as_numpy: bool = False, dtype=np.float32, *
       name: the timm model name the variables are of.
       as_numpy: numpy arrays instead of ``torch.Tensor`` (needs no PyTorch).
       dtype: the floating dtype of the tensors (timm's is float32).
-      **options: ``num_classes`` (by default ``fc``'s; ``None`` or 0 for a headless model, timm's
-        ``num_classes=0``) and ``norm`` where they change the variables.
+      **options: ``num_classes`` (by default ``fc``'s, ``None`` without one; ``None`` or 0 for a
+        headless model, timm's ``num_classes=0``) and ``norm`` where they change the variables.
 
     Raises:
       WeightsMismatch: the variables do not fit ``name``.
     """
     if "num_classes" in options:
         options["num_classes"] = _headless(options["num_classes"])
+    elif (
+        isinstance(variables, Mapping)
+        and isinstance(variables.get("params"), Mapping)
+        and "fc" not in variables["params"]
+    ):
+        options["num_classes"] = None  # as from_timm reads a state dict without fc
     _, flat, expected = _checked_layout(variables, name, **options)
     return _write(flat, expected, as_numpy, dtype)
 
