@@ -1,4 +1,4 @@
-"""Weights in and out, one module per format: :mod:`.safetensors` (ours), :mod:`.torchvision`,
+"""Weights in and out, one module per format: :mod:`.safetensors` (ours), :mod:`.torchvision`, :mod:`.timm`,
 :mod:`.onnx` (out, and ONNX Runtime to run it); the names of a model's classes (:mod:`.classes`)
 and how to preprocess its images (:mod:`.metadata`); :func:`load_model_file` for a file of any of
 them (a run directory too: :func:`resnet_bottleneck.load_model`); and :func:`atomic_write`, with
