@@ -171,6 +171,13 @@ def test_detect_names_every_timm_model_and_all_with_the_same_tensors(timm_shapes
     assert detect_architecture(timm_shapes["resnet50d"], every=True) == ("resnet50d", "resnetaa50d", "resnetblur50d")
     assert detect_architecture(timm_shapes["resnet50c"], every=True) == ("resnet50c",)  # its shortcut keys differ
     assert detect_architecture({"x.weight": np.zeros(3)}, every=True) == ()
+    # the family's layouts are cached: scoring a state dict against all of them is quick (~0.03 s here)
+    import time
+
+    start = time.perf_counter()
+    for state in list(timm_shapes.values())[:10]:
+        detect_architecture(state, every=True)
+    assert time.perf_counter() - start < 5
     with pytest.raises(TypeError, match="every must be True or False; got 1"):
         detect_architecture(timm_shapes["resnet50d"], every=1)
 
