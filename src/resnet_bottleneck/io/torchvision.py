@@ -25,7 +25,11 @@ Nothing here needs PyTorch except :func:`to_torchvision` returning tensors and l
 
 Tensors that do not fit the model asked for raise :class:`WeightsMismatch`, which names the
 family model they do fit (:func:`detect_architecture`: keys and shapes against every name
-of ``CONFIGS``) or the nearest one, in one short line; its attributes hold the full lists.
+of ``CONFIGS``; every one where several hold the same tensors) or the nearest one, in one short
+line; its attributes hold the full lists.
+
+timm's ResNets keep these names and add their own layers' (deep stems, SE, ECA, GroupNorm), which
+the layouts here map too: :mod:`resnet_bottleneck.io.timm` is the same machinery under timm's name.
 """
 
 from __future__ import annotations
