@@ -130,6 +130,13 @@ def test_headless_is_timms_num_classes_0(tmp_path):
     headless = timm.create_model("resnet10t", num_classes=0)
     headless.load_state_dict(rb.to_timm(variables, "resnet10t"), strict=True)
     headless.load_state_dict(rb.to_timm(variables, "resnet10t", num_classes=0), strict=True)
+    with pytest.raises(
+        WeightsMismatch,
+        match=r"^state_dict does not fit timm's resnet10t; it fits resnet10t without a classifier "
+        r"\(num_classes=None\)\. 2 missing: fc\.weight, fc\.bias$",
+    ):
+        rb.from_timm(theirs.state_dict(), "resnet10t", num_classes=5)
+    assert detect_architecture(theirs.state_dict(), every=True) == ("resnet10t",)
     # a file of it, as timm saves one, with a nonzero counter (accepted; written back as 0)
     state = theirs.state_dict()
     state["bn1.num_batches_tracked"].fill_(12)

@@ -128,7 +128,13 @@ def test_every_torchvision_layout_is_detected():
         assert detect_architecture(_meta_state_dict(name)) == name, name
     assert detect_architecture({"model": _meta_state_dict("resnext101_64x4d", num_classes=7)}) == "resnext101_64x4d"
     headless = {k: v for k, v in _meta_state_dict("resnet50").items() if not k.startswith("fc.")}
-    assert detect_architecture(headless) is None
+    assert detect_architecture(headless) == "resnet50"  # the headless model (num_classes=None)
+    with pytest.raises(
+        WeightsMismatch,
+        match=r"^state_dict does not fit torchvision's resnet50; it fits resnet50, resnetaa50 or resnetblur50 "
+        r"\(the same tensors\) without a classifier \(num_classes=None\)\. 2 missing: fc\.weight, fc\.bias$",
+    ):
+        from_torchvision(headless, "resnet50")
 
 
 @pytest.fixture(scope="module")

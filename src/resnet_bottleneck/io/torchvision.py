@@ -172,6 +172,11 @@ def _expected_shapes(name: str, num_classes: int | None, torch: bool, norm: str 
     return _shapes_of(_family_layout(name, num_classes, norm), torch)
 
 
+def _headless(shapes: Mapping[str, tuple], torch: bool) -> bool:
+    """No classifier among ``shapes`` (a backbone's, or timm's ``num_classes=0``)."""
+    return ("fc.weight" if torch else "params/fc/kernel") not in shapes
+
+
 def _classes(shapes: Mapping[str, tuple], torch: bool) -> int:
     """The classifier's outputs, read from ``fc``; 1000 without one."""
     fc = shapes.get("fc.weight" if torch else "params/fc/kernel")
@@ -245,11 +250,14 @@ def _detect(shapes: Mapping[str, tuple], torch: bool, expected=None) -> tuple[tu
     model it was cut from.
 
     ``expected(name)`` gives each candidate's tensor shapes; by default the classifier's, with
-    ``fc``'s classes.
+    ``fc``'s classes, and where there is no ``fc`` and no classifier fits, the headless models'.
     """
+    headless = None
     if expected is None:
         num_classes = _classes(shapes, torch)
         expected = functools.partial(_expected_shapes, num_classes=num_classes, torch=torch)
+        if _headless(shapes, torch):
+            headless = functools.partial(_expected_shapes, num_classes=None, torch=torch)
     best, fits = None, []
     for name in CONFIGS:
         score = _score(shapes, expected(name), torch)
@@ -257,7 +265,9 @@ def _detect(shapes: Mapping[str, tuple], torch: bool, expected=None) -> tuple[tu
             fits.append(name)
         if best is None or score < best[0]:
             best = (score, name)
-    return tuple(fits), best[1]
+    if not fits and headless is not None:
+        fits = [name for name in CONFIGS if _score(shapes, headless(name), torch) == (0, 0)]
+    return tuple(fits), fits[0] if fits else best[1]
 
 
 def _shapes(state_dict: Mapping[str, Any]) -> tuple[Mapping[str, Any], dict[str, tuple]]:
@@ -276,7 +286,8 @@ def detect_architecture(state_dict: Mapping[str, Any], *, every: bool = False) -
     pool: ``resnet50``, ``resnetaa50`` and ``resnetblur50``; ``resnet50d``, ``resnetaa50d`` and
     ``resnetblur50d``): no file can tell them apart, and the first of them in ``CONFIGS``'
     order is returned (torchvision's names come first). With ``every=True``, the tuple of all
-    names that fit (empty if none).
+    names that fit (empty if none). A ``state_dict`` without ``fc`` fits the headless model
+    (``num_classes=None``; timm's ``num_classes=0``).
 
     In our own variables, more names coincide: ``resnet50c`` and ``resnet50d`` differ only in
     the average pool before ``resnet50d``'s projection, which shifts timm's key
@@ -316,7 +327,9 @@ class WeightsMismatch(InputError):
         num_classes: int | None = None,
         source: str | None = None,
         library: str | None = None,
+        headless: bool = False,
     ):
+        self.headless = headless  # the tensors fit ``fits`` without a classifier
         self.name, self.what, self.source = name, what, source
         self.missing, self.unexpected, self.wrong_shape = list(missing), list(unexpected), list(wrong_shape)
         self.fits_all = (fits,) if isinstance(fits, str) else tuple(fits or ())
@@ -339,6 +352,7 @@ class WeightsMismatch(InputError):
             num_classes=self.num_classes,
             source=str(source),
             library=self.library,
+            headless=self.headless,
         )
 
     def _groups(self):
@@ -355,6 +369,7 @@ class WeightsMismatch(InputError):
             fit = f"it fits {_either(self.fits_all)}" + (
                 f" with {self.num_classes} classes" if self.num_classes else ""
             )
+            fit += " without a classifier (num_classes=None)" if self.headless else ""
         left, budget, parts = self.SHOWN, self.BUDGET, []
         for label, items in self._groups():
             if not items:
@@ -403,7 +418,7 @@ def _mismatch(
     if not (missing or unexpected or wrong):
         return None
     fits, nearest = _detect(shapes, torch)
-    detected = _classes(shapes, torch)
+    detected = None if _headless(shapes, torch) else _classes(shapes, torch)
     return WeightsMismatch(
         name,
         missing,
@@ -412,8 +427,9 @@ def _mismatch(
         fits,
         nearest,
         what="state_dict" if torch else "variables",
-        num_classes=detected if fits and detected != num_classes else None,
+        num_classes=detected if fits and detected is not None and detected != num_classes else None,
         library=library,
+        headless=bool(fits) and detected is None,
     )
 
 
