@@ -255,8 +255,8 @@ def test_evaluate_a_folder_as_torchvision_computes_it(tmp_path):
         ),
         (
             ["export", "{tmp}/r18.pth", "{tmp}/m.safetensors"],
-            "argument IN: {tmp}/r18.pth does not name its model, as torchvision's weights do not "
-            "(its tensors fit resnet18)",
+            "argument IN: {tmp}/r18.pth does not name its model, as torchvision's and timm's weights do not "
+            "(its tensors fit resnet18 or resnetblur18 (the same tensors))",
         ),
         (
             ["export", "{tmp}/r18.pth", "{tmp}/m.pb", "--model", "resnet18"],

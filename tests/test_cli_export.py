@@ -133,8 +133,8 @@ def test_export_then_predict_with_onnxruntime(files, tmp_path, capsys):
     [
         (
             ["export", "{root}/r18.pth", "{tmp}/o.onnx"],
-            "argument IN: {root}/r18.pth does not name its model, as torchvision's weights do not "
-            "(its tensors fit resnet18)",
+            "argument IN: {root}/r18.pth does not name its model, as torchvision's and timm's weights do not "
+            "(its tensors fit resnet18 or resnetblur18 (the same tensors))",
         ),
         (
             ["export", "{root}/r18.pth", "{tmp}/o.pb", "--model", "resnet18"],

@@ -220,6 +220,8 @@ def test_flags_are_the_settings_fields():
         (lambda root: None, ["--model", "resnet51"], "argument --model: must be one of"),
         (lambda root: None, ["--batch-size", "0"], "argument --batch-size: must be a positive integer; got 0"),
         (lambda root: None, ["--label-smoothing", "1.5"], "argument --label-smoothing: must be in [0, 1); got 1.5"),
+        (lambda root: None, ["--drop-path", "1"], "argument --drop-path: must be in [0, 1); got 1.0"),
+        (lambda root: None, ["--drop-rate", "-0.1"], "argument --drop-rate: must be in [0, 1); got -0.1"),
         (lambda root: None, ["--lr", "abc"], "argument --lr: must be a finite number >= 0; got 'abc'"),
         (lambda root: None, ["--lr", "-1"], "argument --lr: must be a finite number >= 0; got -1.0"),
         (lambda root: None, ["--workers", "-1"], "argument --workers: must be an integer >= 0; got -1"),

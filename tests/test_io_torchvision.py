@@ -116,17 +116,25 @@ def _meta_state_dict(name, **kwargs):
         return getattr(torchvision.models, name)(weights=None, **kwargs).state_dict()
 
 
+from resnet_bottleneck.arch.timm_family import TIMM_FAMILY  # noqa: E402
+
 FAMILY = [name for name in CONFIGS if hasattr(torchvision.models, name)]
 
 
 def test_every_torchvision_layout_is_detected():
     """Our abstract layout of every family name is torchvision's, key for key and shape for shape."""
-    assert len(FAMILY) == len(CONFIGS) - 1  # all but resnet_tiny
+    assert len(FAMILY) == len(CONFIGS) - 1 - len(TIMM_FAMILY)  # all but resnet_tiny and timm's own names
     for name in FAMILY:
         assert detect_architecture(_meta_state_dict(name)) == name, name
     assert detect_architecture({"model": _meta_state_dict("resnext101_64x4d", num_classes=7)}) == "resnext101_64x4d"
     headless = {k: v for k, v in _meta_state_dict("resnet50").items() if not k.startswith("fc.")}
-    assert detect_architecture(headless) is None
+    assert detect_architecture(headless) == "resnet50"  # the headless model (num_classes=None)
+    with pytest.raises(
+        WeightsMismatch,
+        match=r"^state_dict does not fit torchvision's resnet50; it fits resnet50, resnetaa50 or resnetblur50 "
+        r"\(the same tensors\) without a classifier \(num_classes=None\)\. 2 missing: fc\.weight, fc\.bias$",
+    ):
+        from_torchvision(headless, "resnet50")
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +158,8 @@ def test_weights_of_another_model_name_it(bottleneck_dicts, weights, model):
     message = str(err)
     assert isinstance(err, ValueError) and err.fits == weights and err.nearest == weights
     assert len(message) < 300 and "\n" not in message, message
-    assert message.startswith(f"/data/{weights}-weights.pth does not fit torchvision's {model}; it fits {weights}. ")
+    fits = "resnet50, resnetaa50 or resnetblur50 (the same tensors)" if weights == "resnet50" else weights  # timm's aa
+    assert message.startswith(f"/data/{weights}-weights.pth does not fit torchvision's {model}; it fits {fits}. ")
     # the full lists, against torchvision's own keys and shapes of both models
     ours, theirs = bottleneck_dicts[weights], bottleneck_dicts[model]
     counter = "num_batches_tracked"
@@ -212,7 +221,8 @@ def test_shapes_are_checked_before_any_tensor_is_read():
     )
     with pytest.raises(
         WeightsMismatch,
-        match=r"state_dict does not fit torchvision's resnet18; it fits resnet18 with 10 "
+        match=r"state_dict does not fit torchvision's resnet18; it fits resnet18 or resnetblur18 "
+        r"\(the same tensors\) with 10 "
         r"classes\. 2 wrongly shaped: fc\.weight \(10, 512\), expected \(1000, 512\)",
     ):
         from_torchvision(_meta_state_dict("resnet18", num_classes=10), "resnet18", num_classes=1000)
@@ -226,7 +236,7 @@ def test_to_torchvision_names_the_model_the_variables_fit():
     )
     with pytest.raises(
         WeightsMismatch,
-        match=r"^variables do not fit resnet34; it fits resnet18\. 80 missing: "
+        match=r"^variables do not fit resnet34; it fits resnet18 or resnetblur18 \(the same tensors\)\. 80 missing: "
         r"params/layer1_2/Conv_0/kernel, ",
     ):
         to_torchvision(abstract, "resnet34")

@@ -277,3 +277,25 @@ def test_host_sums_are_eval_steps_in_numpy(classes, rng):
     assert int(got["count"]) == 8 and 0 < int(got["correct"]) <= int(got["top5"]) <= 8
     np.testing.assert_allclose(float(got["loss"]), float(expected["loss"]), rtol=1e-6)
     assert int(host_sums(logits, (labels + 1) % classes, mask)["correct"]) != int(got["correct"])  # labels matter
+
+
+def test_drop_path_and_dropout_resume_bit_exact_and_drop(tmp_path):
+    """With stochastic depth and head dropout, the 'dropout' RNG is a function of the seed and the step:
+    a run stopped at step 15 and resumed ends with the same variables as an unbroken one; and the drops
+    happen (the same run without them ends elsewhere)."""
+    config = Config(image_size=16, batch_size=64, epochs=1, drop_path=0.2, drop_rate=0.3)
+    options = RunOptions(workers=0, checkpoint_every=15, keep=10)
+    whole = train(config, out=tmp_path / "a", options=options, progress=False)
+    import shutil
+
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "22")
+    resumed = train(config, out=tmp_path / "b", options=options, progress=False)
+    assert resumed.resumed_from == 15 and resumed.steps == 22
+    assert_trees_equal(resumed.state.params, whole.state.params)
+    assert_trees_equal(resumed.state.batch_stats, whole.state.batch_stats)
+    plain = train(Config(image_size=16, batch_size=64, epochs=1), progress=False)
+    assert not np.array_equal(plain.state.params["fc"]["kernel"], whole.state.params["fc"]["kernel"])
+    # a resume with other rates is another run, refused
+    with pytest.raises(TrainingError, match="drop_path: saved 0.2, now 0.1"):
+        train(Config(image_size=16, batch_size=64, epochs=1, drop_path=0.1), out=tmp_path / "b", progress=False)

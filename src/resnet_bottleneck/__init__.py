@@ -14,6 +14,7 @@ from .fold import fold_batchnorm
 from .forward import resnet_basic_forward, resnet_bottleneck_forward
 from .inference import load_model
 from .io.onnx import export_onnx
+from .io.timm import from_timm, to_timm
 from .io.torchvision import from_torchvision, from_torchvision_fpn, to_torchvision, to_torchvision_fpn
 from .models import (
     CONFIGS,
@@ -43,6 +44,7 @@ __all__ = [
     "feature_info",
     "fold_batchnorm",
     "freeze",
+    "from_timm",
     "from_torchvision",
     "from_torchvision_fpn",
     "layer_costs",
@@ -53,6 +55,7 @@ __all__ = [
     "reset_classifier",
     "resnet_bottleneck_forward",
     "scan_variables",
+    "to_timm",
     "to_torchvision",
     "to_torchvision_fpn",
     "trainable_mask",

@@ -1,4 +1,4 @@
-"""``resnet-bottleneck convert``: torchvision weights to this library's ``.safetensors``."""
+"""``resnet-bottleneck convert``: torchvision's or timm's weights to this library's ``.safetensors``."""
 
 from __future__ import annotations
 
@@ -8,14 +8,17 @@ from ._common import UsageError, argument, model_name
 def add_parser(commands) -> None:
     parser = commands.add_parser(
         "convert",
-        help="convert torchvision weights to a Flax checkpoint (.safetensors)",
-        description="Read torchvision weights (.safetensors, or .pth/.pt through torch.load(weights_only=True)) "
+        help="convert torchvision's or timm's weights to a Flax checkpoint (.safetensors)",
+        description="Read torchvision's or timm's weights (a state_dict: .safetensors, or .pth/.pt through "
+        "torch.load(weights_only=True)) "
         "and write this library's variables as a .safetensors file (keys 'params/conv1/kernel', ...). Weights "
         "of another model are refused, naming the family model they fit.",
     )
-    parser.add_argument("input", metavar="IN", help="torchvision weights: .safetensors, .pth or .pt")
+    parser.add_argument("input", metavar="IN", help="torchvision's or timm's weights: .safetensors, .pth or .pt")
     parser.add_argument("output", metavar="OUT", help="the Flax checkpoint to write (.safetensors)")
-    parser.add_argument("--model", required=True, type=model_name, help="the torchvision model name, e.g. resnet50")
+    parser.add_argument(
+        "--model", required=True, type=model_name, help="the torchvision or timm model name, e.g. resnet50 or resnet50d"
+    )
     parser.add_argument(
         "--preprocessing",
         choices=PREPROCESSING,

@@ -18,7 +18,8 @@ def add_parser(commands) -> None:
     parser = commands.add_parser(
         "evaluate",
         help="top-1/top-5 accuracy and loss of a model on an image folder, or on its run's held-out images",
-        description="Evaluate a model file (from train or export; or torchvision weights with --model) on --data: "
+        description="Evaluate a model file (from train or export; or torchvision's or timm's weights with --model) "
+        "on --data: "
         "an ImageFolder ROOT/<class>/<image>, or ImageNet's layout, whose val/ is used. Without --data, a run's "
         "model file is evaluated on the run's own held-out images (its metadata records the split). Images get the "
         "evaluation transform at the model's image size and its normalisation, batched over every device.",
@@ -26,8 +27,8 @@ def add_parser(commands) -> None:
     parser.add_argument(
         "--weights",
         required=True,
-        help="a model file (train's OUT/model.safetensors, export's), a run directory, or torchvision "
-        "weights (with --model); an .onnx file from export with --runtime onnxruntime",
+        help="a model file (train's OUT/model.safetensors, export's), a run directory, or torchvision's "
+        "or timm's weights (with --model); an .onnx file from export with --runtime onnxruntime",
     )
     parser.add_argument(
         "--runtime",
@@ -40,7 +41,7 @@ def add_parser(commands) -> None:
         help="image folder: ROOT/<class>/<image>, or ROOT/val/<class>/<image> (ImageNet's "
         "layout); default: the run's held-out split",
     )
-    parser.add_argument("--model", type=model_name, help="the model name: needed for torchvision's weights")
+    parser.add_argument("--model", type=model_name, help="the model name: needed for torchvision's and timm's weights")
     parser.add_argument("--batch-size", type=positive_int, help="global batch size (default: the run's, else 64)")
     parser.add_argument("--image-size", type=positive_int, help="evaluation crop (default: the model file's, else 224)")
     parser.add_argument(

@@ -24,20 +24,22 @@ def add_parser(commands) -> None:
     parser = commands.add_parser(
         "export",
         help="write a run's model (its last checkpoint), or any weights, as a model file (.safetensors, .onnx)",
-        description="Read a run directory (train's --out: its last checkpoint), our .safetensors, or torchvision "
-        "weights (.pth, .pt, .safetensors), and write OUT by its suffix: .safetensors is this library's variables "
-        "(params and BatchNorm statistics) with metadata: model, class names, image size, normalisation, crop "
-        "and interpolation and, for a run, its held-out split; predict and evaluate read them. .onnx is an ONNX "
+        description="Read a run directory (train's --out: its last checkpoint), our .safetensors, or torchvision's "
+        "or timm's weights (.pth, .pt, .safetensors), and write OUT by its suffix: .safetensors is this library's "
+        "variables (params and BatchNorm statistics) with metadata: model, class names, image size, normalisation, "
+        "crop and interpolation and, for a run, its held-out split; predict and evaluate read them. .onnx is an ONNX "
         "inference graph with BatchNorm folded, one Conv per convolution and a dynamic batch axis, for ONNX "
         "Runtime (predict --runtime onnxruntime), with the class names, image size, normalisation, crop and "
         "interpolation in its metadata.",
     )
-    parser.add_argument("input", metavar="IN", help="a run directory, our .safetensors, or torchvision weights")
+    parser.add_argument(
+        "input", metavar="IN", help="a run directory, our .safetensors, or torchvision's or timm's weights"
+    )
     parser.add_argument("output", metavar="OUT", help="the file to write: .safetensors or .onnx")
     parser.add_argument(
         "--model",
         type=model_name,
-        help="the model name, e.g. resnet50: needed for torchvision's weights; others name theirs",
+        help="the model name, e.g. resnet50: needed for torchvision's and timm's weights; others name theirs",
     )
     parser.add_argument("--labels", help="a text file with one class name per line, stored in OUT's metadata")
     onnx = parser.add_argument_group(".onnx only")

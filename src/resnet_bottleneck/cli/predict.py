@@ -40,12 +40,12 @@ def add_parser(commands) -> None:
         "--weights",
         required=True,
         help="a model file (train's OUT/model.safetensors, export's, convert's), a run directory, or "
-        "torchvision weights (.pth, .pt, .safetensors); an .onnx file with --runtime onnxruntime",
+        "torchvision's or timm's weights (.pth, .pt, .safetensors); an .onnx file with --runtime onnxruntime",
     )
     parser.add_argument(
         "--model",
         type=model_name,
-        help="the model name, e.g. resnet50: needed for torchvision's weights; our files name theirs",
+        help="the model name, e.g. resnet50: needed for torchvision's and timm's weights; our files name theirs",
     )
     parser.add_argument(
         "--runtime",

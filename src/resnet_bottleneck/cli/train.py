@@ -48,7 +48,8 @@ def add_parser(commands) -> None:
         help="train a model: scikit-learn's digits by default, or an image folder (ImageNet's layout or flat)",
         description="Train with SGD (Nesterov momentum, weight decay on kernels only) or AdamW, warmup + cosine "
         "schedule and label smoothing, data-parallel over every device and host, from random weights or from "
-        "--weights (torchvision's, or a model a run exported: fine-tuning, with --freeze-bn and --trainable-layers); "
+        "--weights (torchvision's or timm's, or a model a run exported: fine-tuning, with --freeze-bn and "
+        "--trainable-layers); "
         "images are decoded and augmented by worker processes, each host reading only its share. Checkpoints go to "
         "OUT/checkpoints; running the same command again resumes exactly where the last checkpoint left off. At the "
         "end OUT/model.safetensors holds the final weights with the class names, image size and normalisation, for "

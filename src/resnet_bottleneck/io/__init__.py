@@ -1,4 +1,4 @@
-"""Weights in and out, one module per format: :mod:`.safetensors` (ours), :mod:`.torchvision`,
+"""Weights in and out, one module per format: :mod:`.safetensors` (ours), :mod:`.torchvision`, :mod:`.timm`,
 :mod:`.onnx` (out, and ONNX Runtime to run it); the names of a model's classes (:mod:`.classes`)
 and how to preprocess its images (:mod:`.metadata`); :func:`load_model_file` for a file of any of
 them (a run directory too: :func:`resnet_bottleneck.load_model`); and :func:`atomic_write`, with
@@ -17,16 +17,25 @@ from .._files import atomic_write  # noqa: F401 - public here
 from ..models import ResNet
 from .classes import class_names, imagenet_classes
 from .safetensors import CHECKPOINT_FORMAT, load_variables, read_tensors
-from .torchvision import WeightsMismatch, _checked_layout, detect_architecture, load_state_dict, load_torchvision
+from .timm import load_timm
+from .torchvision import (
+    WeightsMismatch,
+    _checked_layout,
+    _either,
+    detect_architecture,
+    load_state_dict,
+    load_torchvision,
+)
 
 
 def load_model_file(path: str | os.PathLike, name: str | None = None) -> tuple[ResNet, dict, dict[str, str]]:
     """``(model, variables, metadata)`` from a file written by ``train``/``export`` or ``convert``, or from
-    torchvision weights (``.pth``/``.pt``/``.safetensors``; metadata ``{}`` or the file's own). A run
+    torchvision's or timm's weights (``.pth``/``.pt``/``.safetensors``, a ``state_dict``: the same keys for
+    either; metadata ``{}`` or the file's own). A run
     directory is read by :func:`resnet_bottleneck.load_model`, which calls this for files.
 
     Our files name their model, so ``name`` may be left out (given, it must agree); a trained model
-    comes back in its run's compute dtype. Files that do not name it (torchvision's) need ``name``.
+    comes back in its run's compute dtype. Files that do not name it (torchvision's, timm's) need ``name``.
     :func:`~resnet_bottleneck.io.metadata.preprocessing` reads the image size and normalisation
     from ``metadata``, :func:`class_names` the class names.
 
@@ -42,10 +51,11 @@ def load_model_file(path: str | os.PathLike, name: str | None = None) -> tuple[R
     metadata = read_tensors(path, header_only=True)[1] if path.suffix.lower() == ".safetensors" else {}
     if metadata.get("format") != CHECKPOINT_FORMAT:
         if name is None:
-            fits = detect_architecture(load_state_dict(path))
-            hint = f" (its tensors fit {fits})" if fits else ""
+            fits = detect_architecture(load_state_dict(path), every=True)
+            hint = f" (its tensors fit {_either(fits)})" if fits else ""
             raise ValueError(
-                f"{path} does not name its model, as torchvision's weights do not{hint}: give the model name (--model)"
+                f"{path} does not name its model, as torchvision's and timm's weights do not{hint}: give the model "
+                "name (--model)"
             )
         return (*load_torchvision(path, name), metadata)
     saved = metadata.get("model")
@@ -69,6 +79,7 @@ __all__ = [
     "detect_architecture",
     "imagenet_classes",
     "load_model_file",
+    "load_timm",
     "load_torchvision",
 ]
 

@@ -25,7 +25,11 @@ Nothing here needs PyTorch except :func:`to_torchvision` returning tensors and l
 
 Tensors that do not fit the model asked for raise :class:`WeightsMismatch`, which names the
 family model they do fit (:func:`detect_architecture`: keys and shapes against every name
-of ``CONFIGS``) or the nearest one, in one short line; its attributes hold the full lists.
+of ``CONFIGS``; every one where several hold the same tensors) or the nearest one, in one short
+line; its attributes hold the full lists.
+
+timm's ResNets keep these names and add their own layers' (deep stems, SE, ECA, GroupNorm), which
+the layouts here map too: :mod:`resnet_bottleneck.io.timm` is the same machinery under timm's name.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import numpy as np
 from flax import traverse_util
 
 from .. import _checks, arch
+from ..arch.timm_family import TIMM_FAMILY
 from ..backbones import FPNBackbone, create_fpn_backbone
 from ..errors import InputError
 from ..models import CONFIGS, ResNet, _model_name, create_model, feature_info
@@ -148,9 +153,10 @@ def _to_numpy(value) -> np.ndarray:
 
 
 @functools.cache
-def _family_layout(name: str, num_classes: int | None, norm: str = "batch") -> tuple:
-    """:func:`_layout` of ``create_model(name, num_classes, norm=norm)``: read off its spec, nothing traced."""
-    return _layout(arch.describe(name, num_classes=num_classes, norm=norm))
+def _family_layout(name: str, num_classes: int | None, norm: str | None = None) -> tuple:
+    """:func:`_layout` of ``create_model(name, num_classes, norm=norm)`` (``None``: the name's own norm,
+    GroupNorm for ``resnet50_gn``): read off its spec, nothing traced."""
+    return _layout(arch.describe(name, num_classes=num_classes, **({} if norm is None else {"norm": norm})))
 
 
 def _shapes_of(layout, torch: bool) -> dict[str, tuple]:
@@ -161,9 +167,14 @@ def _shapes_of(layout, torch: bool) -> dict[str, tuple]:
 
 
 @functools.cache
-def _expected_shapes(name: str, num_classes: int | None, torch: bool, norm: str = "batch") -> dict[str, tuple]:
+def _expected_shapes(name: str, num_classes: int | None, torch: bool, norm: str | None = None) -> dict[str, tuple]:
     """Tensor name -> shape of model ``name`` (see :func:`_shapes_of`)."""
     return _shapes_of(_family_layout(name, num_classes, norm), torch)
+
+
+def _headless(shapes: Mapping[str, tuple], torch: bool) -> bool:
+    """No classifier among ``shapes`` (a backbone's, or timm's ``num_classes=0``)."""
+    return ("fc.weight" if torch else "params/fc/kernel") not in shapes
 
 
 def _classes(shapes: Mapping[str, tuple], torch: bool) -> int:
@@ -211,26 +222,52 @@ def _differences(shapes: Mapping[str, tuple], expected: Mapping[str, tuple], tor
     return missing, unexpected, wrong
 
 
-def _detect(shapes: Mapping[str, tuple], torch: bool, expected=None) -> tuple[str | None, str]:
-    """``(fits, nearest)``: the family model whose tensors are exactly these (or None), and the
-    nearest one: the fewest tensors it cannot explain (unexpected or wrongly shaped), then the
-    fewest missing, so that a truncated file is nearest the model it was cut from.
+def _score(shapes: Mapping[str, tuple], expected: Mapping[str, tuple], torch: bool) -> tuple[int, int]:
+    """``(unexplained, missing)``: how far ``shapes`` are from ``expected``, counted as :func:`_differences`
+    counts but without sorting (detection scores every name of the family)."""
+    unexplained = missing = 0
+    for key, want in expected.items():
+        got = shapes.get(key)
+        if got is None:
+            missing += 1
+        elif tuple(got) != tuple(want):
+            unexplained += 1
+    for key in shapes:
+        if key not in expected and not (
+            torch
+            and key.endswith(".num_batches_tracked")
+            and key[: -len("num_batches_tracked")] + "running_mean" in expected
+        ):
+            unexplained += 1
+    return unexplained, missing
+
+
+def _detect(shapes: Mapping[str, tuple], torch: bool, expected=None) -> tuple[tuple[str, ...], str]:
+    """``(fits, nearest)``: every family model whose tensors are exactly these, in :data:`CONFIGS`'
+    order (several where names differ only in layers without tensors: ``resnet50d``, ``resnetaa50d``,
+    ``resnetblur50d``), and the nearest one: the first fit, else the fewest tensors it cannot explain
+    (unexpected or wrongly shaped), then the fewest missing, so that a truncated file is nearest the
+    model it was cut from.
 
     ``expected(name)`` gives each candidate's tensor shapes; by default the classifier's, with
-    ``fc``'s classes.
+    ``fc``'s classes, and where there is no ``fc`` and no classifier fits, the headless models'.
     """
+    headless = None
     if expected is None:
         num_classes = _classes(shapes, torch)
         expected = functools.partial(_expected_shapes, num_classes=num_classes, torch=torch)
-    best = None
+        if _headless(shapes, torch):
+            headless = functools.partial(_expected_shapes, num_classes=None, torch=torch)
+    best, fits = None, []
     for name in CONFIGS:
-        missing, unexpected, wrong = _differences(shapes, expected(name), torch)
-        score = (len(unexpected) + len(wrong), len(missing))
+        score = _score(shapes, expected(name), torch)
         if score == (0, 0):
-            return name, name
+            fits.append(name)
         if best is None or score < best[0]:
             best = (score, name)
-    return None, best[1]
+    if not fits and headless is not None:
+        fits = [name for name in CONFIGS if _score(shapes, headless(name), torch) == (0, 0)]
+    return tuple(fits), fits[0] if fits else best[1]
 
 
 def _shapes(state_dict: Mapping[str, Any]) -> tuple[Mapping[str, Any], dict[str, tuple]]:
@@ -241,20 +278,35 @@ def _shapes(state_dict: Mapping[str, Any]) -> tuple[Mapping[str, Any], dict[str,
     return state_dict, {k: tuple(np.shape(v)) for k, v in state_dict.items()}
 
 
-def detect_architecture(state_dict: Mapping[str, Any]) -> str | None:
-    """The family model (a key of ``CONFIGS``) whose torchvision keys and shapes these are, or None.
+def detect_architecture(state_dict: Mapping[str, Any], *, every: bool = False) -> str | tuple[str, ...] | None:
+    """The family model (a key of ``CONFIGS``) whose torchvision or timm keys and shapes these are, or None.
 
     Only names and shapes are read (meta tensors will do); ``num_classes`` is whatever ``fc`` has.
+    Some names hold the same tensors, differing only in layers that have none (an anti-aliasing
+    pool: ``resnet50``, ``resnetaa50`` and ``resnetblur50``; ``resnet50d``, ``resnetaa50d`` and
+    ``resnetblur50d``): no file can tell them apart, and the first of them in ``CONFIGS``'
+    order is returned (torchvision's names come first). With ``every=True``, the tuple of all
+    names that fit (empty if none). A ``state_dict`` without ``fc`` fits the headless model
+    (``num_classes=None``; timm's ``num_classes=0``).
+
+    In our own variables, more names coincide: ``resnet50c`` and ``resnet50d`` differ only in
+    the average pool before ``resnet50d``'s projection, which shifts timm's key
+    (``downsample.0`` / ``downsample.1``) but not our path.
     """
-    return _detect(_shapes(state_dict)[1], torch=True)[0]
+    if not isinstance(every, bool):
+        raise TypeError(f"every must be True or False; got {every!r}")
+    fits = _detect(_shapes(state_dict)[1], torch=True)[0]
+    return fits if every else (fits[0] if fits else None)
 
 
 class WeightsMismatch(InputError):
     """Tensors that do not fit the model asked for: which family model they fit, and how they differ.
 
-    ``str()`` is one short line: the file (``source``), the model asked for, the model the
-    tensors fit (``fits``; or none of the family, and the ``nearest``), the counts and the
-    first few differences, missing ones first. The full lists are attributes: ``missing`` and
+    ``str()`` is one short line: the file (``source``), the model asked for (torchvision's or
+    timm's: ``library``), the model the tensors fit (``fits``, the first of ``fits_all``, the
+    names with exactly these tensors, all named: "it fits resnet50d, resnetaa50d or resnetblur50d
+    (the same tensors)"; or none of the family, and the ``nearest``), the counts and the first few
+    differences, missing ones first. The full lists are attributes: ``missing`` and
     ``unexpected`` (tensor names) and ``wrong_shape`` (``(name, shape, expected shape)``);
     :meth:`details` writes them one a line.
     """
@@ -268,16 +320,23 @@ class WeightsMismatch(InputError):
         missing,
         unexpected,
         wrong_shape,
-        fits: str | None,
+        fits: str | tuple[str, ...] | None,
         nearest: str,
         *,
         what: str = "state_dict",
         num_classes: int | None = None,
         source: str | None = None,
+        library: str | None = None,
+        headless: bool = False,
     ):
+        self.headless = headless  # the tensors fit ``fits`` without a classifier
         self.name, self.what, self.source = name, what, source
         self.missing, self.unexpected, self.wrong_shape = list(missing), list(unexpected), list(wrong_shape)
-        self.fits, self.nearest, self.num_classes = fits, nearest, num_classes
+        self.fits_all = (fits,) if isinstance(fits, str) else tuple(fits or ())
+        self.fits = self.fits_all[0] if self.fits_all else None
+        self.nearest, self.num_classes = nearest, num_classes
+        #: whose model ``name`` is, for the message: timm's for a name only timm has, else torchvision's
+        self.library = library or ("timm" if name in _TIMM_ONLY else "torchvision")
         super().__init__(str(self))
 
     def with_source(self, source: str | os.PathLike) -> WeightsMismatch:
@@ -287,11 +346,13 @@ class WeightsMismatch(InputError):
             self.missing,
             self.unexpected,
             self.wrong_shape,
-            self.fits,
+            self.fits_all,
             self.nearest,
             what=self.what,
             num_classes=self.num_classes,
             source=str(source),
+            library=self.library,
+            headless=self.headless,
         )
 
     def _groups(self):
@@ -301,11 +362,14 @@ class WeightsMismatch(InputError):
     def __str__(self) -> str:
         subject = self.source or self.what
         verb = "do" if subject == "variables" else "does"
-        target = f"torchvision's {self.name}" if self.what == "state_dict" else self.name
+        target = f"{self.library}'s {self.name}" if self.what == "state_dict" else self.name
         if self.fits is None:
             fit = f"it fits none of the family (nearest: {self.nearest})"
         else:
-            fit = f"it fits {self.fits}" + (f" with {self.num_classes} classes" if self.num_classes else "")
+            fit = f"it fits {_either(self.fits_all)}" + (
+                f" with {self.num_classes} classes" if self.num_classes else ""
+            )
+            fit += " without a classifier (num_classes=None)" if self.headless else ""
         left, budget, parts = self.SHOWN, self.BUDGET, []
         for label, items in self._groups():
             if not items:
@@ -330,15 +394,31 @@ class WeightsMismatch(InputError):
         return "\n".join(lines)
 
 
+def _either(names) -> str:
+    """``a``, ``a or b (the same tensors)``, ``a, b or c (the same tensors)``."""
+    if len(names) == 1:
+        return names[0]
+    return f"{', '.join(names[:-1])} or {names[-1]} (the same tensors)"
+
+
+#: The names only timm has (a mismatch names "timm's resnet50d" but "torchvision's resnet50").
+_TIMM_ONLY = frozenset(TIMM_FAMILY)
+
+
 def _mismatch(
-    name: str, shapes: Mapping[str, tuple], num_classes: int | None, torch: bool, norm: str = "batch"
+    name: str,
+    shapes: Mapping[str, tuple],
+    num_classes: int | None,
+    torch: bool,
+    norm: str | None = None,
+    library: str | None = None,
 ) -> WeightsMismatch | None:
     """The error for ``shapes`` against model ``name`` with ``num_classes`` outputs, or None if they fit."""
     missing, unexpected, wrong = _differences(shapes, _expected_shapes(name, num_classes, torch, norm), torch)
     if not (missing or unexpected or wrong):
         return None
     fits, nearest = _detect(shapes, torch)
-    detected = _classes(shapes, torch)
+    detected = None if _headless(shapes, torch) else _classes(shapes, torch)
     return WeightsMismatch(
         name,
         missing,
@@ -347,7 +427,9 @@ def _mismatch(
         fits,
         nearest,
         what="state_dict" if torch else "variables",
-        num_classes=detected if fits is not None and detected != num_classes else None,
+        num_classes=detected if fits and detected is not None and detected != num_classes else None,
+        library=library,
+        headless=bool(fits) and detected is None,
     )
 
 
@@ -391,13 +473,20 @@ def from_torchvision(
         counts and first few of the missing, wrongly shaped and unexpected tensors; the full
         lists are its attributes. Shapes are checked before any tensor is converted.
     """
+    return _from_state_dict(state_dict, name, num_classes, api, None, options)
+
+
+def _from_state_dict(state_dict, name: str, num_classes, api: str, library: str | None, options: dict):
+    """:func:`from_torchvision` and :func:`resnet_bottleneck.io.timm.from_timm`: the same keys and
+    layouts; ``library`` names whose model a :class:`WeightsMismatch` says was asked for (None: timm's
+    for a name only timm has, else torchvision's)."""
     _checks.one_of("api", api, APIS)
     name = _model_name(name)
     state_dict, shapes = _shapes(state_dict)
     if num_classes is _FROM_FC:
         num_classes = _classes(shapes, torch=True)
     model = create_model(name, num_classes=num_classes, **options)
-    error = _mismatch(name, shapes, num_classes, torch=True, norm=model.norm)
+    error = _mismatch(name, shapes, num_classes, torch=True, norm=model.norm, library=library)
     if error is not None:
         raise error
     variables = _read(state_dict, _family_layout(name, num_classes, model.norm))
@@ -531,7 +620,7 @@ def _fpn_checked(module: FPNBackbone, name: str, shapes: Mapping[str, tuple], to
             missing,
             unexpected,
             wrong,
-            fits and backbone(fits),
+            tuple(backbone(f) for f in fits),
             backbone(nearest),
             what="state_dict" if torch else "variables",
         )

@@ -54,7 +54,8 @@ class Config:
     weights: str | None = field(
         default=None,
         metadata=_meta(
-            "start from these weights instead of random ones: torchvision's (.pth, .pt, .safetensors) or a model "
+            "start from these weights instead of random ones: torchvision's or timm's (.pth, .pt, .safetensors) or a "
+            "model "
             "exported from a run (.safetensors); every backbone tensor and BatchNorm statistic is taken, the "
             "classifier re-initialised if the class count differs"
         ),
@@ -100,6 +101,17 @@ class Config:
     )
     warmup_epochs: float = field(default=1.0, metadata=_meta("linear warmup before the cosine decay", "non_negative"))
     label_smoothing: float = field(default=0.1, metadata=_meta("label smoothing", "below_one"))
+    drop_path: float = field(
+        default=0.0,
+        metadata=_meta(
+            "stochastic depth (timm's drop_path_rate): the last block's rate, rising linearly from 0 over the blocks; "
+            "drawn from the seed and the step, so a resume stays exact",
+            "below_one",
+        ),
+    )
+    drop_rate: float = field(
+        default=0.0, metadata=_meta("dropout before the classifier (timm's drop_rate), in training only", "below_one")
+    )
     augment: bool = field(
         default=True,
         metadata=_meta("random resized crops and flips of image-folder training images (digits are never augmented)"),

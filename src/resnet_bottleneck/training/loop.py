@@ -201,6 +201,8 @@ def train(
         num_classes=len(train_set.classes),
         trainable_layers=config.trainable_layers,
         dtype=jnp.bfloat16 if config.bf16 else None,
+        drop_path_rate=config.drop_path,
+        drop_rate=config.drop_rate,
     )
     init = functools.partial(
         create_train_state, model, make_optimizer(config, steps_per_epoch), config.seed, config.image_size
@@ -236,6 +238,7 @@ def train(
             num_classes=len(train_set.classes),
             label_smoothing=config.label_smoothing,
             freeze_bn=config.freeze_bn,
+            seed=config.seed if config.drop_path or config.drop_rate else None,
             **normalisation,
         ),
         in_shardings=(state_sharding, rows),

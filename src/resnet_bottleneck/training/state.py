@@ -60,18 +60,22 @@ def train_step(
     freeze_bn: bool = False,
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
+    seed: int | None = None,
 ):
     """One optimizer step on ``batch`` (``image`` uint8 NHWC, ``label``): the new state and the batch's
     mean loss and number of correct predictions. ``freeze_bn``: BatchNorm normalises with the running
-    statistics, which stay as they are. ``mean``, ``std``: the normalisation (ImageNet's by default)."""
+    statistics, which stay as they are. ``mean``, ``std``: the normalisation (ImageNet's by default).
+    ``seed``: for a model that drops (``drop_path_rate``, ``drop_rate``), the ``'dropout'`` RNG of this
+    step is :func:`dropout_key` of it and the state's step, so a resumed run draws as an unbroken one."""
     images = normalize(batch["image"], mean, std)
+    rngs = {} if seed is None else {"rngs": {"dropout": dropout_key(seed, state.step)}}
 
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
         if freeze_bn:
             logits, batch_stats = state.apply_fn(variables, images, train=False), state.batch_stats
         else:
-            logits, updates = state.apply_fn(variables, images, train=True, mutable=["batch_stats"])
+            logits, updates = state.apply_fn(variables, images, train=True, mutable=["batch_stats"], **rngs)
             batch_stats = updates["batch_stats"]
         targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), label_smoothing)
         return optax.softmax_cross_entropy(logits, targets).mean(), (logits, batch_stats)
@@ -79,6 +83,16 @@ def train_step(
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     return state, {"loss": loss, "correct": jnp.sum(jnp.argmax(logits, -1) == batch["label"])}
+
+
+def dropout_key(seed: int, step) -> jax.Array:
+    """The ``'dropout'`` RNG key of the step after ``step``: a function of the run's seed and the step alone
+    (its own stream, apart from the initial weights' ``PRNGKey(seed)``)."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), _DROPOUT_STREAM), step)
+
+
+#: Folded into the seed's key before the step, so that no step's key is the initialisation's.
+_DROPOUT_STREAM = 0x64726F70  # "drop"
 
 
 def eval_step(state: TrainState, batch: dict, mean=IMAGENET_MEAN, std=IMAGENET_STD):
