@@ -28,6 +28,10 @@ torch.set_num_threads(2)
 
 from_timm = from_torchvision  # `from_timm` is its alias for timm's names; switch to it once it lands
 
+#: ``jax.jit`` without LLVM's optimisation passes: half the compile time of these one-shot programs, on
+#: which the file's budget is mostly spent; the arithmetic checked is the same.
+quick_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
 #: One name of every option combination (the smallest there is): block kind x stem x shortcut x attention
 #: x anti-aliasing x norm. The training checks take each name's options on fewer blocks (:data:`REDUCED`).
 COMBINATIONS = (
@@ -180,7 +184,7 @@ def test_eval_parity(name, hw):
     x = np.random.default_rng(hash(hw) % 2**32).standard_normal((2, *hw, 3)).astype(np.float32)
     with torch.no_grad():
         theirs = tm(nchw(x)).numpy()
-    ours = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    ours = quick_jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
     assert_close_to_scale(ours, theirs, rel=1e-4, what=f"{name} {hw}")
 
 
@@ -223,7 +227,7 @@ def test_train_parity_float64(name):
             logits, state = model.apply({**variables64, "params": params}, x, train=True, mutable=["batch_stats"])
             return jnp.sum(logits * w), (logits, state)
 
-        grads, (logits, state) = jax.jit(jax.grad(loss, has_aux=True))(variables64["params"])
+        grads, (logits, state) = quick_jit(jax.grad(loss, has_aux=True))(variables64["params"])
         assert logits.dtype == jnp.float64
         assert_close_to_scale(logits, logits_t.detach().numpy(), rel=1e-9, what="train logits")
         stats = as_torch(state.get("batch_stats", {}), spec, "batch_stats")
@@ -275,19 +279,19 @@ def dropping():
     plain = create_model("resnet14t", num_classes=10)
     model = create_model("resnet14t", num_classes=10, drop_path_rate=0.3, drop_rate=0.25)
     x = np.random.default_rng(5).standard_normal((8, 33, 35, 3)).astype(np.float32)
-    return plain, model, jax.jit(plain.init)(jax.random.PRNGKey(0), x), x
+    return plain, model, quick_jit(plain.init)(jax.random.PRNGKey(0), x), x
 
 
 def test_dropping_is_inactive_in_evaluation(dropping):
     plain, model, variables, x = dropping
-    ours = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
-    np.testing.assert_array_equal(ours, jax.jit(lambda v, x: plain.apply(v, x, train=False))(variables, x))
+    ours = quick_jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    np.testing.assert_array_equal(ours, quick_jit(lambda v, x: plain.apply(v, x, train=False))(variables, x))
 
 
 def test_dropping_in_training_is_deterministic_given_the_key(dropping):
     plain, model, variables, x = dropping
 
-    @jax.jit
+    @quick_jit
     def train(v, x, key):
         return model.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": key})[0]
 
@@ -309,7 +313,7 @@ def test_drop_path_drops_whole_examples_at_the_rate():
     kept_all = BasicBlock(features=8, padding="torch")
     # far from zero, so that the final ReLU is the identity and the residual branch can be read back
     x = 100 + np.random.default_rng(6).standard_normal((n, 2, 2, 8)).astype(np.float32)
-    variables = jax.jit(kept_all.init)(jax.random.PRNGKey(0), x[:2])
+    variables = quick_jit(kept_all.init)(jax.random.PRNGKey(0), x[:2])
     dropped = block.apply(variables, x, rngs={"dropout": jax.random.PRNGKey(9)}, mutable=["batch_stats"])[0]
     kept = kept_all.apply(variables, x, mutable=["batch_stats"])[0]  # the same batch statistics
     residual = np.asarray(kept) - x
@@ -359,5 +363,5 @@ def test_zero_init_last_zeroes_timms_scales(name):
     cases = ((True, theirs), (False, set())) if name == "resnet10t" else ((True, theirs),)  # False: once
     for zero, expected in cases:
         model = model.clone(zero_init_last=zero)
-        params = jax.jit(model.init)(jax.random.PRNGKey(0), x)["params"]
+        params = quick_jit(model.init)(jax.random.PRNGKey(0), x)["params"]
         assert zeroed_scales(as_torch(params, spec_of(model), "params")) == expected
