@@ -18,6 +18,7 @@ import timm
 import torch
 from flax import traverse_util
 from helpers import assert_close_to_scale
+from timm.layers import get_attn
 from timm.models.resnet import Bottleneck
 
 from resnet_bottleneck import CONFIGS, ResNet, arch, count_params, create_model, from_torchvision
@@ -95,13 +96,19 @@ def random_timm(name, seed=0, layers=None):
 
 def load(timm_model, name, layers=None):
     """Our model and variables from timm's module: :func:`from_timm` for a name; for ``layers`` blocks a
-    stage, ``ResNet`` with the name's options but those, its variables placed by the spec's layout."""
+    stage, ``ResNet`` with the name's options but those (see :func:`place`)."""
     if layers is None:
         return from_timm(timm_model.state_dict(), name)
     model = ResNet(**{**CONFIGS[name], "stage_sizes": layers})
+    return model, place(timm_model, model)
+
+
+def place(timm_model, model):
+    """``model``'s variables from timm's module, each where the spec's layout puts it."""
     state = timm_model.state_dict()
     flat = {path: jnp.asarray(_from_torch(state[key].numpy(), kind)) for key, path, _, kind in _layout(spec_of(model))}
-    return model, traverse_util.unflatten_dict(flat)
+    assert len(flat) == len([k for k in state if not k.endswith("num_batches_tracked")])
+    return traverse_util.unflatten_dict(flat)
 
 
 def spec_of(model):
@@ -186,6 +193,47 @@ def test_eval_parity(name, hw):
         theirs = tm(nchw(x)).numpy()
     ours = quick_jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
     assert_close_to_scale(ours, theirs, rel=1e-4, what=f"{name} {hw}")
+
+
+#: Option combinations no name of timm's has, on four blocks: ours and timm's ``ResNet`` arguments, and
+#: the input size (the average-pool AA at an even one, as above).
+UNNAMED = {
+    # timm's replace_stem_pool with BlurPool (conv, blur, norm, act); down_kernel_size ignored by avg_down
+    "deep-stem-pool-blur": (
+        dict(
+            stem_type="deep", stem_width=32, replace_stem_pool=True, aa_layer="blur", avg_down=True,
+            down_kernel_size=3,
+        ),
+        dict(
+            block=Bottleneck, stem_type="deep", stem_width=32, replace_stem_pool=True,
+            aa_layer=timm.layers.BlurPool2d, avg_down=True, down_kernel_size=3,
+        ),
+        ODD,
+    ),
+    # replace_stem_pool with average-pool AA; basic blocks, ECA, 3x3 strided shortcut convs
+    "stem-pool-avg-eca": (
+        dict(block=BasicBlock, replace_stem_pool=True, aa_layer="avg", attn_layer="eca", down_kernel_size=3),
+        dict(
+            block=timm.models.resnet.BasicBlock, replace_stem_pool=True, aa_layer=torch.nn.AvgPool2d,
+            down_kernel_size=3, block_args=dict(attn_layer=get_attn("eca")),
+        ),
+        EVEN,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("combination", UNNAMED)
+def test_eval_parity_of_combinations_no_name_has(combination):
+    ours, theirs, hw = UNNAMED[combination]
+    torch.manual_seed(0)
+    tm = randomize(timm.models.resnet.ResNet(layers=(1, 1, 1, 1), zero_init_last=False, **theirs))
+    model = ResNet(stage_sizes=(1, 1, 1, 1), **ours)
+    assert spec_of(model).param_count() == sum(p.numel() for p in tm.parameters())
+    x = np.random.default_rng(8).standard_normal((2, *hw, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = tm(nchw(x)).numpy()
+    logits = quick_jit(lambda v, x: model.apply(v, x, train=False))(place(tm, model), x)
+    assert_close_to_scale(logits, expected, rel=1e-4, what=combination)
 
 
 @pytest.mark.parametrize("name", [n for n in COMBINATIONS if n in AA_AVG])
