@@ -184,11 +184,11 @@ def test_every_name_has_timms_tensors_count_and_shapes(name):
 EVAL_CASES = [(name, hw) for name in COMBINATIONS for hw in (ODD, EVEN) if not (name in AA_AVG and hw == ODD)]
 
 
-@pytest.mark.parametrize("name,hw", EVAL_CASES)
+@pytest.mark.parametrize("name,hw", EVAL_CASES, ids=[f"{n}-{h}x{w}" for n, (h, w) in EVAL_CASES])
 def test_eval_parity(name, hw):
     """Eval-mode logits within 1e-4 of timm's, relative to their scale."""
     tm, model, variables = converted(name)
-    x = np.random.default_rng(hash(hw) % 2**32).standard_normal((2, *hw, 3)).astype(np.float32)
+    x = np.random.default_rng(hw[0]).standard_normal((2, *hw, 3)).astype(np.float32)
     with torch.no_grad():
         theirs = tm(nchw(x)).numpy()
     ours = quick_jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
