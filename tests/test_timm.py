@@ -21,13 +21,12 @@ from helpers import assert_close_to_scale
 from timm.layers import get_attn
 from timm.models.resnet import Bottleneck
 
-from resnet_bottleneck import CONFIGS, ResNet, arch, count_params, create_model, from_torchvision
+from resnet_bottleneck import CONFIGS, ResNet, arch, count_params, create_model, from_timm
 from resnet_bottleneck.blocks import BasicBlock
 from resnet_bottleneck.io.torchvision import _from_torch, _layout, _to_torch, _to_torch_shape
 
 torch.set_num_threads(2)
 
-from_timm = from_torchvision  # `from_timm` is its alias for timm's names; switch to it once it lands
 
 #: ``jax.jit`` without LLVM's optimisation passes: half the compile time of these one-shot programs, on
 #: which the file's budget is mostly spent; the arithmetic checked is the same.
@@ -242,6 +241,10 @@ def test_timm_fails_on_odd_sizes_with_average_pool_aa(name):
     tm = meta_timm(name)
     with torch.no_grad(), pytest.raises(RuntimeError, match="size of tensor|broadcast"):
         tm(torch.empty(1, 3, *ODD, device="meta"))
+    # ours says so in words, naming the block and the two sizes
+    model = create_model(name)
+    with pytest.raises(ValueError, match=r"block layer\d_0, on a \(\d+, \d+\) map, gives .* aa_layer='avg'"):
+        jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, *ODD, 3), jnp.float32))
 
 
 @pytest.mark.parametrize("name", COMBINATIONS)

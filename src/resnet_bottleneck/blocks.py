@@ -197,6 +197,12 @@ def residual(block, x, spec: arch.Block):
     names = arch.linen_names(spec)
     y = run_layers(block, x, spec.layers, names)
     shortcut = SHORTCUTS[spec.shortcut.kind](block, x, spec.shortcut, names)
+    if y.shape[1:3] != shortcut.shape[1:3]:
+        raise ValueError(
+            f"block {getattr(block, 'name', None) or spec.name}, on a {tuple(x.shape[1:3])} map, gives "
+            f"{tuple(y.shape[1:3])} on its main path but {tuple(shortcut.shape[1:3])} on its shortcut: aa_layer='avg' "
+            "(a 2x2 pool, as timm's) needs even maps at every strided block; use an input size divisible by 32"
+        )
     return nn.relu(y + shortcut.astype(y.dtype))
 
 
