@@ -199,3 +199,23 @@ def compiles():
         yield seen
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def randomize_timm(model, seed=1):
+    """Random affine terms and running statistics of every BatchNorm, random GroupNorm affine terms, and
+    random biases of SE's convs (timm starts them at PyTorch's defaults); ``model`` in eval mode."""
+    import torch  # a test extra: only the timm tests call this
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)):
+                c = m.weight.shape[0]
+                m.weight.copy_(0.5 + torch.rand(c, generator=g))
+                m.bias.copy_(0.1 * torch.randn(c, generator=g))
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
+            if isinstance(m, torch.nn.Conv2d) and m.bias is not None:
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+    return model.eval()

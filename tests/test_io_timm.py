@@ -6,7 +6,7 @@ mismatch messages and ``detect_architecture`` over every timm name (keys and sha
 import numpy as np
 import pytest
 import torch
-from helpers import assert_trees_equal, random_variables
+from helpers import assert_trees_equal, random_variables, randomize_timm
 
 timm = pytest.importorskip("timm")
 
@@ -94,21 +94,10 @@ def test_our_variables_through_timm_and_back():
 
 
 def norms_randomized(name, seed=0, **kwargs):
-    """timm's ``name`` as timm initialises it, then every norm's affine terms (and BatchNorm's statistics)
-    random: ``zero_init_last`` undone, activations at a trained network's scale; in eval mode."""
+    """timm's ``name`` as timm initialises it (``zero_init_last`` undone), then every norm's affine terms,
+    BatchNorm's statistics and SE's biases random (:func:`helpers.randomize_timm`); in eval mode."""
     torch.manual_seed(seed)
-    model = timm.create_model(name, **kwargs)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)):
-                c = m.weight.shape[0]
-                m.weight.copy_(0.5 + torch.rand(c, generator=g))
-                m.bias.copy_(0.1 * torch.randn(c, generator=g))
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-                    m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-    return model.eval()
+    return randomize_timm(timm.create_model(name, zero_init_last=False, **kwargs), seed + 1)
 
 
 @pytest.mark.parametrize("name", ["resnet10t", "seresnext26d_32x4d", "resnet50_gn"])

@@ -17,7 +17,7 @@ import pytest
 import timm
 import torch
 from flax import traverse_util
-from helpers import assert_close_to_scale
+from helpers import assert_close_to_scale, randomize_timm
 from timm.layers import get_attn
 from timm.models.resnet import Bottleneck
 
@@ -67,30 +67,12 @@ ODD, EVEN = (97, 131), (96, 128)
 REDUCED = (1, 2, 1, 1)
 
 
-def randomize(model, seed=1):
-    """Random affine terms and running statistics of every BatchNorm, random GroupNorm affine terms, and
-    random biases of SE's convs (timm starts them at PyTorch's defaults); ``model`` in eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)):
-                c = m.weight.shape[0]
-                m.weight.copy_(0.5 + torch.rand(c, generator=g))
-                m.bias.copy_(0.1 * torch.randn(c, generator=g))
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-            if isinstance(m, torch.nn.Conv2d) and m.bias is not None:
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-    return model.eval()
-
-
 def random_timm(name, seed=0, layers=None):
     """timm's ``name`` (with ``layers`` blocks a stage if given: timm's model functions let the keyword
     override theirs) with random weights and norms; ``zero_init_last=False`` (the random norms undo it anyway)."""
     torch.manual_seed(seed)
     kwargs = {} if layers is None else {"layers": layers}
-    return randomize(timm.create_model(name, zero_init_last=False, **kwargs), seed + 1)
+    return randomize_timm(timm.create_model(name, zero_init_last=False, **kwargs), seed + 1)
 
 
 def load(timm_model, name, layers=None):
@@ -225,7 +207,7 @@ UNNAMED = {
 def test_eval_parity_of_combinations_no_name_has(combination):
     ours, theirs, hw = UNNAMED[combination]
     torch.manual_seed(0)
-    tm = randomize(timm.models.resnet.ResNet(layers=(1, 1, 1, 1), zero_init_last=False, **theirs))
+    tm = randomize_timm(timm.models.resnet.ResNet(layers=(1, 1, 1, 1), zero_init_last=False, **theirs))
     model = ResNet(stage_sizes=(1, 1, 1, 1), **ours)
     assert spec_of(model).param_count() == sum(p.numel() for p in tm.parameters())
     x = np.random.default_rng(8).standard_normal((2, *hw, 3)).astype(np.float32)
