@@ -2,14 +2,16 @@
 
 One :class:`ResNet` over the same table, :data:`resnet_bottleneck.models.CONFIGS` (its
 rows name Linen block classes; :data:`~resnet_bottleneck.nnx.blocks.TWINS` maps each to its
-NNX twin), with torchvision's attribute names: ``model.conv1``, ``model.bn1``,
-``model.layer1[0].conv1``, ..., ``model.fc``. The arithmetic is the Linen model's, in the
-same order and from the same functions (torchvision padding, :func:`~resnet_bottleneck.models.max_pool`,
-:func:`~resnet_bottleneck.models.global_average_pool`, the shared BatchNorm), so a model
-converted from Linen variables gives the Linen model's output.
+NNX twin), with timm's (torchvision's) attribute names: ``model.conv1`` (a deep stem's
+``model.conv1[0]``, ...), ``model.bn1``, ``model.maxpool``, ``model.layer1[0].conv1``, ..., ``model.fc``:
+each spec layer at its name (:func:`resnet_bottleneck.arch.nnx_path`). The arithmetic is the Linen
+model's, in the same order and from the same functions (torchvision padding, the pools, SE and ECA
+of :mod:`resnet_bottleneck.layers`, the shared BatchNorm), so a model converted from Linen variables
+gives the Linen model's output.
 
 Train/eval is NNX's: ``model.train()`` (batch statistics, running averages updated in
-place; the state after construction, as PyTorch's) and ``model.eval()`` (running averages).
+place, drop path and dropout on; the state after construction, as PyTorch's) and ``model.eval()``
+(running averages, nothing dropped).
 """
 
 from __future__ import annotations
@@ -245,12 +247,13 @@ HEADS = {"linear": (_linear_build, _linear_apply)}
 
 
 def create_model(name: str, *, num_classes: int | None = 1000, rngs: nnx.Rngs, **options) -> ResNet:
-    """A family member by torchvision's name, e.g. ``create_model('resnet50', rngs=nnx.Rngs(0))``.
+    """A family member by name, e.g. ``create_model('resnet50d', rngs=nnx.Rngs(0))``.
 
     Args:
-      name: a key of :data:`resnet_bottleneck.models.CONFIGS`.
+      name: a key of :data:`resnet_bottleneck.models.CONFIGS` (:func:`resnet_bottleneck.list_models`).
       num_classes: classifier outputs, or ``None`` for a headless backbone.
-      rngs: the ``nnx.Rngs`` that initialise the parameters.
+      rngs: the ``nnx.Rngs`` that initialise the parameters (and whose ``'dropout'`` stream a model
+        that drops forks).
       **options: any other :class:`ResNet` argument (``dtype``, ``stride_on``,
         ``zero_init_last``, ``bn_momentum``, ``bn_epsilon``, ``conv``, ``in_features``, ...).
     """
