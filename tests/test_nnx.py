@@ -386,6 +386,21 @@ def _tiny_linen():
         ),
         (lambda: rnnx.BasicBlock(0, 8, rngs=nnx.Rngs(0)), ValueError, r"in_features must be a positive integer; got 0"),
         (
+            lambda: rnnx.BasicBlock(8, 8, drop_path_rate=0.1, rngs=nnx.Rngs(0))(jnp.zeros((1, 4, 4, 8)), rngs=3),
+            TypeError,
+            r"rngs must be a flax.nnx.Rngs, an nnx.RngStream or a JAX key; got 3 \(int\)",
+        ),
+        (
+            lambda: rnnx.BasicBlock(8, 8, drop_path_rate=1.5, rngs=nnx.Rngs(0)),
+            ValueError,
+            r"drop_path_rate must be a number in \[0, 1\); got 1.5",
+        ),
+        (
+            lambda: rnnx.ResNet((1,), block=rnnx.BasicBlock, attn_layer="cbam", rngs=nnx.Rngs(0)),
+            ValueError,
+            r"attn_layer must be one of None, 'se', 'eca'; got 'cbam'",
+        ),
+        (
             lambda: rnnx.to_nnx(rb.create_model("resnet18", scan=True), {}),
             ValueError,
             r"ResNet\(scan=True\) has no NNX twin: convert a model with scan=False",

@@ -96,9 +96,7 @@ def _root_key(source):
         return source["dropout"]()
     if isinstance(source, nnx.RngStream):
         return source()
-    if isinstance(source, jax.Array):
-        return source
-    raise TypeError(f"rngs must be a flax.nnx.Rngs, an nnx.RngStream or a JAX key; got {_describe(source)}")
+    return source  # a JAX key (DropoutKeys checked the type)
 
 
 class DropoutKeys:
@@ -106,6 +104,8 @@ class DropoutKeys:
     drops), each layer's key Linen's for the module path ``prefix + names`` (see the module docstring)."""
 
     def __init__(self, source, prefix: tuple[str, ...] = (), _root: list | None = None):
+        if source is not None and not isinstance(source, (nnx.Rngs, nnx.RngStream, jax.Array)):
+            raise TypeError(f"rngs must be a flax.nnx.Rngs, an nnx.RngStream or a JAX key; got {_describe(source)}")
         self.source, self.prefix = source, prefix
         self._root = [] if _root is None else _root  # shared by children: one root per call
 
