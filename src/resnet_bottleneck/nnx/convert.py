@@ -9,8 +9,10 @@ through :func:`to_linen`.
 The two trees hold the same leaves (``kernel``, ``bias``, ``scale``, ``mean``, ``var``)
 under different module paths: Linen's ``layer1_0/Conv_0`` is NNX's ``layer1[0].conv1``,
 ``layer1_0/Conv_3`` (a projection) is ``layer1[0].downsample[0]``: both derived from the spec's
-(torchvision's) names by :mod:`resnet_bottleneck.arch.names`; ``params`` are
-``nnx.Param`` and ``batch_stats`` are ``nnx.BatchStat``. The constructor options carry
+(torchvision's) names by :mod:`resnet_bottleneck.arch.names` (a layer's own submodules, SE's
+``fc1``/``fc2``, keep their names below it); ``params`` are ``nnx.Param`` and ``batch_stats`` are
+``nnx.BatchStat``. A model's dropout stream (``nnx.RngState``) is NNX's own: :func:`to_linen` leaves it
+out, :func:`to_nnx` forks a new one. The constructor options carry
 over under the same names, the Linen classes mapped to their twins through
 :data:`MODULES`, ``conv`` and ``norm`` through the constructors they are built on.
 """
