@@ -8,8 +8,11 @@ Same arithmetic in the same order as the Linen blocks, from the same pieces (the
 block converted from Linen (:func:`~resnet_bottleneck.nnx.to_nnx`) gives the Linen block's
 bits. NNX builds eagerly, so a block takes its input channels, ``in_features``, first.
 
-Submodules carry torchvision's names: ``conv1, bn1, conv2, bn2[, conv3, bn3]`` and the
-projection ``downsample[0]`` (conv) / ``downsample[1]`` (BN), ``None`` for an identity shortcut.
+Submodules carry timm's (torchvision's) names, every spec layer one (:data:`LAYERS`): ``conv1, bn1, act1,
+conv2, bn2, act2[, aa][, conv3, bn3][, se][, drop_path]`` and the projection ``downsample[0]`` (conv) /
+``downsample[1]`` (BN) (with ``avg_down``: ``downsample[0]`` the pool, then conv and BN), ``None`` for an
+identity shortcut. timm's block options (``reduce_first``, ``attn_layer``, ``aa_layer``, ``drop_path_rate``,
+...) are the Linen blocks' attributes, with their meaning.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from flax import nnx
 
 from .. import _checks, arch
 from .. import blocks as linen
-from . import _rngs
+from . import _rngs, layers
 from .norm import FLAX_BATCH_NORM
 
 #: ``nnx.Conv`` with 1x1 convolutions as dots: the twin of :data:`resnet_bottleneck.blocks.FastConv`.
@@ -42,49 +45,83 @@ def _norm(block, layer: arch.Norm, *, rngs):
     return block.norm(layer.features, dtype=block.dtype, param_dtype=block.param_dtype, rngs=rngs, **kwargs)
 
 
-#: How each spec layer kind is built in NNX: ``(block, layer, rngs=) -> module``.
-LAYERS = {arch.Conv: _conv, arch.Norm: _norm}
+def _se(block, layer: arch.SqueezeExcite, *, rngs):
+    return layers.SqueezeExcite(
+        layer.features, layer.reduced, dtype=block.dtype, param_dtype=block.param_dtype, rngs=rngs
+    )
+
+
+#: How each spec layer kind is built in NNX: ``(block, layer, rngs=) -> module`` (the twin of
+#: :data:`resnet_bottleneck.blocks.LAYERS`; ``block`` any object with a block's ``conv``, ``norm``,
+#: ``padding``, ``use_bias``, ``kernel_init``, ``dtype`` and ``param_dtype``).
+LAYERS = {
+    arch.Conv: _conv,
+    arch.Norm: _norm,
+    arch.Act: lambda block, layer, *, rngs: layers.Act(layer.kind),
+    arch.Pool: lambda block, layer, *, rngs: layers.Pool(layer),
+    arch.SqueezeExcite: _se,
+    arch.Eca: lambda block, layer, *, rngs: layers.Eca(
+        layer.kernel, dtype=block.dtype, param_dtype=block.param_dtype, rngs=rngs
+    ),
+    arch.DropPath: lambda block, layer, *, rngs: layers.DropPath(layer.rate),
+}
+
+
+def build_layers(owner, context, spec_layers, *, rngs) -> None:
+    """Each of ``spec_layers`` built by :data:`LAYERS` (with ``context``'s options) as an attribute of
+    ``owner`` at its name's NNX path: ``conv1``, ``downsample[0]``, ``conv1[2]``
+    (an ``nnx.List``, as timm's and torchvision's ``nn.Sequential``; ``None`` at an index without a layer:
+    timm's ``nn.Identity``, as ``downsample[0]`` of an ``avg_down`` shortcut that does not stride)."""
+    lists: dict[str, dict[int, Any]] = {}
+    for layer in spec_layers:
+        module = LAYERS[type(layer)](context, layer, rngs=rngs)
+        path = arch.nnx_path(layer.name)
+        if len(path) == 1:
+            setattr(owner, path[0], module)
+        else:
+            lists.setdefault(path[0], {})[path[1]] = module
+    for name, modules in lists.items():  # an index without a layer (timm's nn.Identity) holds None
+        setattr(owner, name, nnx.List([modules.get(i) for i in range(max(modules) + 1)]))
+
+
+def module_at(owner, path: tuple):
+    """The submodule of ``owner`` at the NNX ``path`` (``('downsample', 0)`` -> ``owner.downsample[0]``)."""
+    for part in path:
+        owner = owner[part] if isinstance(part, int) else getattr(owner, part)
+    return owner
+
+
+def run_layers(owner, x, spec_layers, keys: layers.DropoutKeys):
+    """``spec_layers`` in order, each the module of ``owner`` at its NNX path; a drop path takes its key
+    from ``keys`` under its Linen name (the spec name's last part)."""
+    for layer in spec_layers:
+        module = module_at(owner, arch.nnx_path(layer.name))
+        if isinstance(layer, arch.DropPath):
+            x = module(x, rngs=keys, name=layer.name.rpartition(".")[2])
+        else:
+            x = module(x)
+    return x
 
 
 def _build(block, spec: arch.Block, *, rngs) -> None:
     """The block's layers as attributes at their spec names' NNX paths (``conv1``, ``downsample[0]``, ...)."""
-    lists: dict[str, list] = {}
-    for layer in spec.all_layers:
-        module = LAYERS[type(layer)](block, layer, rngs=rngs)
-        path = arch.nnx_path(layer.name)
-        if len(path) == 1:
-            setattr(block, path[0], module)
-        else:  # ('downsample', 0): an nnx.List, as torchvision's nn.Sequential
-            lists.setdefault(path[0], []).append(module)
-    for name, modules in lists.items():
-        setattr(block, name, nnx.List(modules))
+    build_layers(block, block, spec.all_layers, rngs=rngs)
     if spec.shortcut.kind == "identity":
         block.downsample = None
 
 
-def _sequence(block, x, layers, relu_between: bool):
-    for k, layer in enumerate(layers):
-        module = block
-        for part in arch.nnx_path(layer.name):
-            module = module[part] if isinstance(part, int) else getattr(module, part)
-        x = module(x)
-        if relu_between and isinstance(layer, arch.Norm) and k < len(layers) - 1:
-            x = nnx.relu(x)
-    return x
-
-
-#: How each shortcut kind is computed in NNX: ``(block, x, shortcut spec) -> residual``.
+#: How each shortcut kind is computed in NNX: ``(block, x, shortcut spec, keys) -> residual``.
 SHORTCUTS = {
-    "identity": lambda block, x, shortcut: x,
-    "projection": lambda block, x, shortcut: _sequence(block, x, shortcut.layers, False),
+    "identity": lambda block, x, shortcut, keys: x,
+    "projection": lambda block, x, shortcut, keys: run_layers(block, x, shortcut.layers, keys),
 }
 
 
-def _residual(block, x):
+def _residual(block, x, rngs):
     """The block's spec: the main path, plus the shortcut, then ReLU (as :func:`resnet_bottleneck.blocks.residual`)."""
-    spec = block.spec
-    y = _sequence(block, x, spec.layers, True)
-    return nnx.relu(y + SHORTCUTS[spec.shortcut.kind](block, x, spec.shortcut).astype(y.dtype))
+    spec, keys = block.spec, layers.DropoutKeys.of(rngs)
+    y = run_layers(block, x, spec.layers, keys)
+    return nnx.relu(y + SHORTCUTS[spec.shortcut.kind](block, x, spec.shortcut, keys).astype(y.dtype))
 
 
 def _keep(block, options: dict) -> None:
@@ -126,6 +163,13 @@ class BottleneckBlock(nnx.Module):
         kernel_init: Callable = nn.linear.default_kernel_init,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
+        reduce_first: int = 1,
+        attn_layer: str | None = None,
+        attn_rd_ratio: float = 1 / 16,
+        aa_layer: str | None = None,
+        drop_path_rate: float = 0.0,
+        avg_down: bool = False,
+        down_kernel_size: int = 1,
         rngs: nnx.Rngs,
     ):
         rngs = _rngs.checked(rngs)
@@ -148,16 +192,25 @@ class BottleneckBlock(nnx.Module):
                 kernel_init=kernel_init,
                 dtype=dtype,
                 param_dtype=param_dtype,
+                reduce_first=reduce_first,
+                attn_layer=attn_layer,
+                attn_rd_ratio=attn_rd_ratio,
+                aa_layer=aa_layer,
+                drop_path_rate=drop_path_rate,
+                avg_down=avg_down,
+                down_kernel_size=down_kernel_size,
             ),
         )
         c_in = _checks.positive_int("in_features", in_features)
         mid, out, groups, strides = linen.bottleneck_plan(self)
-        args = dict(mid_features=mid, out_features=out, groups=groups, stride_on=stride_on, dilation=dilation)
+        args = dict(mid_features=mid, out_features=out, groups=groups, stride_on=stride_on, **linen.common_args(self))
         self.spec = linen.block_spec(self, c_in, args, strides)
         _build(self, self.spec, rngs=rngs)
 
-    def __call__(self, x):
-        return _residual(self, x)
+    def __call__(self, x, *, rngs=None):
+        """The block on ``x``; ``rngs`` (an ``nnx.Rngs``, whose ``'dropout'`` stream is used, or a JAX
+        key): the drop path's randomness in training mode, needed only where ``drop_path_rate > 0``."""
+        return _residual(self, x, rngs)
 
 
 class BasicBlock(nnx.Module):
@@ -187,6 +240,13 @@ class BasicBlock(nnx.Module):
         kernel_init: Callable = nn.linear.default_kernel_init,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
+        reduce_first: int = 1,
+        attn_layer: str | None = None,
+        attn_rd_ratio: float = 1 / 16,
+        aa_layer: str | None = None,
+        drop_path_rate: float = 0.0,
+        avg_down: bool = False,
+        down_kernel_size: int = 1,
         rngs: nnx.Rngs,
     ):
         rngs = _rngs.checked(rngs)
@@ -206,15 +266,24 @@ class BasicBlock(nnx.Module):
                 kernel_init=kernel_init,
                 dtype=dtype,
                 param_dtype=param_dtype,
+                reduce_first=reduce_first,
+                attn_layer=attn_layer,
+                attn_rd_ratio=attn_rd_ratio,
+                aa_layer=aa_layer,
+                drop_path_rate=drop_path_rate,
+                avg_down=avg_down,
+                down_kernel_size=down_kernel_size,
             ),
         )
         c_in = _checks.positive_int("in_features", in_features)
         features, strides = linen.basic_plan(self)
-        self.spec = linen.block_spec(self, c_in, dict(features=features, dilation=dilation), strides)
+        self.spec = linen.block_spec(self, c_in, dict(features=features, **linen.common_args(self)), strides)
         _build(self, self.spec, rngs=rngs)
 
-    def __call__(self, x):
-        return _residual(self, x)
+    def __call__(self, x, *, rngs=None):
+        """The block on ``x``; ``rngs`` (an ``nnx.Rngs``, whose ``'dropout'`` stream is used, or a JAX
+        key): the drop path's randomness in training mode, needed only where ``drop_path_rate > 0``."""
+        return _residual(self, x, rngs)
 
 
 #: Each Linen block class's NNX twin.

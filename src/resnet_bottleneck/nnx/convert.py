@@ -9,8 +9,10 @@ through :func:`to_linen`.
 The two trees hold the same leaves (``kernel``, ``bias``, ``scale``, ``mean``, ``var``)
 under different module paths: Linen's ``layer1_0/Conv_0`` is NNX's ``layer1[0].conv1``,
 ``layer1_0/Conv_3`` (a projection) is ``layer1[0].downsample[0]``: both derived from the spec's
-(torchvision's) names by :mod:`resnet_bottleneck.arch.names`; ``params`` are
-``nnx.Param`` and ``batch_stats`` are ``nnx.BatchStat``. The constructor options carry
+(torchvision's) names by :mod:`resnet_bottleneck.arch.names` (a layer's own submodules, SE's
+``fc1``/``fc2``, keep their names below it); ``params`` are ``nnx.Param`` and ``batch_stats`` are
+``nnx.BatchStat``. A model's dropout stream (``nnx.RngState``) is NNX's own: :func:`to_linen` leaves it
+out, :func:`to_nnx` forks a new one. The constructor options carry
 over under the same names, the Linen classes mapped to their twins through
 :data:`MODULES`, ``conv`` and ``norm`` through the constructors they are built on.
 """
@@ -33,6 +35,7 @@ from .. import arch
 from .. import blocks as linen_blocks
 from .. import models as linen_models
 from .. import norm as linen_norm
+from . import _rngs, layers
 from .blocks import TWINS, FastConv
 from .models import ResNet
 from .norm import FLAX_BATCH_NORM, OPTIONS, BatchNorm, FrozenBatchNorm
@@ -49,11 +52,27 @@ _CONSTRUCTORS = {
         (linen_norm.FLAX_BATCH_NORM, FLAX_BATCH_NORM),
         (linen_norm.BatchNorm, BatchNorm),
         (linen_norm.FrozenBatchNorm, FrozenBatchNorm),
+        (nn.GroupNorm, nnx.GroupNorm),
     ),
 }
 # An NNX norm layer's options that its Linen twin takes as attributes (dtypes come from the block).
-_NORM_OPTIONS = {BatchNorm: OPTIONS, FrozenBatchNorm: ("epsilon",)}
-_LINEN_NORMS = {BatchNorm: linen_norm.BatchNorm, FrozenBatchNorm: linen_norm.FrozenBatchNorm}
+_NORM_OPTIONS = {BatchNorm: OPTIONS, FrozenBatchNorm: ("epsilon",), nnx.GroupNorm: ("num_groups", "epsilon")}
+_LINEN_NORMS = {
+    BatchNorm: linen_norm.BatchNorm,
+    FrozenBatchNorm: linen_norm.FrozenBatchNorm,
+    nnx.GroupNorm: nn.GroupNorm,
+}
+# A block's layers that are not its norm (the conv, the containers, the layers of resnet_bottleneck.nnx.layers).
+_NOT_NORMS = (
+    nnx.Conv,
+    nnx.List,
+    nnx.Linear,
+    layers.Act,
+    layers.Pool,
+    layers.SqueezeExcite,
+    layers.Eca,
+    layers.DropPath,
+)
 
 
 def _constructor_twin(name: str, value, to_linen: bool = False) -> Any:
@@ -114,7 +133,7 @@ def _nnx_kwargs(module) -> dict:
 
 def _block_norm(block) -> partial:
     """The Linen ``norm`` of an NNX block, read from its norm layers (``train()``/``eval()`` set a BatchNorm's mode)."""
-    norms = [m for _, m in nnx.iter_modules(block) if m is not block and not isinstance(m, (nnx.Conv, nnx.List))]
+    norms = [m for _, m in nnx.iter_modules(block) if m is not block and not isinstance(m, _NOT_NORMS)]
     kinds = {type(m) for m in norms}
     if len(kinds) != 1 or not kinds <= set(_NORM_OPTIONS):
         raise ValueError(
@@ -164,7 +183,15 @@ def _module_paths(model) -> dict[tuple, tuple]:
 def _linen_path(paths: dict[tuple, tuple], path: tuple) -> tuple:
     """The Linen ``(*module path, leaf)`` of the NNX variable at ``path``."""
     *module, leaf = path
-    return paths[tuple(module)] + (leaf,)
+    for end in range(len(module), 0, -1):  # a layer's own submodules (SE's fc1, fc2) keep their names
+        if tuple(module[:end]) in paths:
+            return paths[tuple(module[:end])] + tuple(map(str, module[end:])) + (leaf,)
+    raise KeyError(f"no spec layer holds the NNX variable {'.'.join(map(str, path))}")
+
+
+def _variables(model) -> list:
+    """``(path, variable)`` of the model's Linen variables (its dropout stream, an ``nnx.RngState``, is NNX's own)."""
+    return [(p, v) for p, v in nnx.to_flat_state(nnx.state(model)) if not isinstance(v, nnx.RngState)]
 
 
 def _collection(variable) -> str:
@@ -177,7 +204,11 @@ def _collection(variable) -> str:
 
 def _in_features(model, given: dict) -> int:
     """The input channels, from the first conv's kernel (or a guess the mismatch check then reports)."""
-    first = ("params", "conv1", "kernel") if isinstance(model, linen_models.ResNet) else ("params", "Conv_0", "kernel")
+    if isinstance(model, linen_models.ResNet):
+        spec = linen_models.check_layout(model)
+        first = ("params", *arch.linen_path(spec, spec.stem.layers[0].name), "kernel")
+    else:
+        first = ("params", "Conv_0", "kernel")
     shape = np.shape(given[first]) if first in given else ()
     if len(shape) == 4:
         return int(shape[2])
@@ -186,7 +217,7 @@ def _in_features(model, given: dict) -> int:
     return getattr(model, "out_features", getattr(model, "features", 1))  # an identity shortcut's
 
 
-def to_nnx(model, variables: Mapping[str, Any]):
+def to_nnx(model, variables: Mapping[str, Any], *, rngs: nnx.Rngs | None = None):
     """The NNX twin of a Linen model or block, holding ``variables``' arrays.
 
     Args:
@@ -195,6 +226,8 @@ def to_nnx(model, variables: Mapping[str, Any]):
         :class:`~resnet_bottleneck.blocks.BasicBlock`.
       variables: its ``{'params': ..., 'batch_stats': ...}``, e.g. from ``model.init``
         or :func:`~resnet_bottleneck.from_torchvision`.
+      rngs: for a model that drops (``drop_rate`` or ``drop_path_rate`` above 0): the ``nnx.Rngs`` whose
+        ``'dropout'`` stream it forks and keeps, as the NNX constructor does; ``None``: ``nnx.Rngs(0)``.
 
     Returns:
       The :class:`~resnet_bottleneck.nnx.ResNet` or block, in training mode (``model.eval()`` for inference).
@@ -214,12 +247,14 @@ def to_nnx(model, variables: Mapping[str, Any]):
             f"variables must be a mapping {{'params': ..., 'batch_stats': ...}}; got {type(variables).__name__}"
         )
     kwargs = _nnx_kwargs(model)
+    rngs = nnx.Rngs(0) if rngs is None else _rngs.checked(rngs)
     given = traverse_util.flatten_dict(dict(variables))
-    twin = MODULES[type(model)]
-    abstract = nnx.eval_shape(lambda: twin(**kwargs, in_features=_in_features(model, given), rngs=nnx.Rngs(0)))
+    cls = MODULES[type(model)]
+    abstract = nnx.eval_shape(lambda: cls(**kwargs, in_features=_in_features(model, given), rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     paths = _module_paths(abstract)
-    expected = {(_collection(v), *_linen_path(paths, p)): (p, v) for p, v in nnx.to_flat_state(state)}
+    flat = nnx.to_flat_state(state)
+    expected = {(_collection(v), *_linen_path(paths, p)): (p, v) for p, v in _variables(abstract)}
     show = "/".join
     missing = sorted(show(k) for k in expected if k not in given)
     unexpected = sorted(show(map(str, k)) for k in given if k not in expected)
@@ -235,7 +270,11 @@ def to_nnx(model, variables: Mapping[str, Any]):
         return value if isinstance(value, jax.ShapeDtypeStruct) else jnp.asarray(value)
 
     filled = [(p, v.replace(array(given[k]))) for k, (p, v) in expected.items()]
-    return nnx.merge(graphdef, nnx.from_flat_state(filled))
+    filled += [(p, v) for p, v in flat if isinstance(v, nnx.RngState)]  # the dropout stream: replaced below
+    twin = nnx.merge(graphdef, nnx.from_flat_state(filled))
+    if getattr(twin, "dropout_rngs", None) is not None:
+        twin.dropout_rngs = nnx.data(rngs["dropout"].fork())
+    return twin
 
 
 def to_linen(model) -> tuple[nn.Module, dict]:
@@ -250,5 +289,5 @@ def to_linen(model) -> tuple[nn.Module, dict]:
             f"got {type(model).__module__}.{type(model).__name__}"
         )
     paths = _module_paths(model)
-    flat = {(_collection(v), *_linen_path(paths, p)): v.get_value() for p, v in nnx.to_flat_state(nnx.state(model))}
+    flat = {(_collection(v), *_linen_path(paths, p)): v.get_value() for p, v in _variables(model)}
     return _linen_module(model), traverse_util.unflatten_dict(flat)
