@@ -43,8 +43,7 @@ class Pool(nnx.Module):
     :data:`~resnet_bottleneck.layers.POOLS`); no variables."""
 
     def __init__(self, spec: arch.Pool):
-        if spec.kind not in linen_layers.POOLS:
-            raise ValueError(f"pool kind must be one of {', '.join(map(repr, linen_layers.POOLS))}; got {spec.kind!r}")
+        linen_layers.kind_of(linen_layers.POOLS, "pool", spec.kind)  # named at construction, as Linen's at the call
         self.spec = spec
 
     def __call__(self, x):
