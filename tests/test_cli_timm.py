@@ -5,15 +5,14 @@ import json
 
 import numpy as np
 import pytest
+import timm
 import torch
 from helpers import assert_trees_equal, one_line_error
 
-timm = pytest.importorskip("timm")
-
-from resnet_bottleneck import from_timm  # noqa: E402
-from resnet_bottleneck.cli import main  # noqa: E402
-from resnet_bottleneck.data.synthetic import write_image_folder  # noqa: E402
-from resnet_bottleneck.io.safetensors import load_variables  # noqa: E402
+from resnet_bottleneck import from_timm
+from resnet_bottleneck.cli import main
+from resnet_bottleneck.data.synthetic import write_image_folder
+from resnet_bottleneck.io.safetensors import load_variables
 
 torch.set_num_threads(2)
 

@@ -305,7 +305,7 @@ TIMM_CASES = {
     "ecaresnet26t": ODD_AND_EVEN,  # ECA
     "ecaresnetlight": ODD_AND_EVEN,
     "resnetblur18": ODD_AND_EVEN,  # BlurPool in the stem and the strided blocks
-    "resnetaa34d": ((64, 64), (48, 64)),  # average-pool AA
+    "resnetaa34d": ((64, 64), (64, 96)),  # average-pool AA: even maps at every stride (sizes divisible by 32)
     "resnetrs50": ODD_AND_EVEN,  # the stem's pool a conv, SE at 1/4
     "resnet50_gn": ODD_AND_EVEN,  # GroupNorm: written unfolded
     # senet154's options on one block a stage, with drop path and dropout (identities at inference)

@@ -5,16 +5,15 @@ mismatch messages and ``detect_architecture`` over every timm name (keys and sha
 
 import numpy as np
 import pytest
+import timm
 import torch
 from helpers import assert_trees_equal, random_variables, randomize_timm
 
-timm = pytest.importorskip("timm")
-
-import resnet_bottleneck as rb  # noqa: E402
-from resnet_bottleneck.arch import TIMM_NAMES  # noqa: E402
-from resnet_bottleneck.io import WeightsMismatch, load_timm  # noqa: E402
-from resnet_bottleneck.io.torchvision import detect_architecture  # noqa: E402
-from resnet_bottleneck.models import CONFIGS  # noqa: E402
+import resnet_bottleneck as rb
+from resnet_bottleneck.arch import TIMM_NAMES
+from resnet_bottleneck.io import WeightsMismatch, load_timm
+from resnet_bottleneck.io.torchvision import detect_architecture
+from resnet_bottleneck.models import CONFIGS
 
 torch.set_num_threads(2)
 
@@ -223,3 +222,24 @@ def test_mismatch_of_files_and_variables(timm_shapes, tmp_path):
     variables = rb.from_timm(random_timm("resnet10t", num_classes=3).state_dict(), "resnet10t")[1]
     with pytest.raises(WeightsMismatch, match=r"^variables do not fit resnet14t; it fits resnet10t\. "):
         rb.to_timm(variables, "resnet14t")
+
+
+def test_foreign_files_are_read_with_the_preprocessing_convert_records(tmp_path):
+    """A timm-only name's file: its data config (resnet10t: 176, bicubic); a name torchvision has too:
+    torchvision's (224, bilinear, 0.875), as ``convert --preprocessing auto`` records them."""
+    from resnet_bottleneck.io import load_model_file
+    from resnet_bottleneck.io.metadata import eval_crop, preprocessing
+
+    ten = rb.data_config("resnet10t")
+    assert (ten["input_size"][1], ten["interpolation"]) == (176, "bicubic")  # not torchvision's
+    for name, size, crop in (
+        ("resnet10t", 176, (ten["crop_pct"], "bicubic")),
+        ("resnet18", 224, (0.875, "bilinear")),
+    ):
+        with torch.device("meta"):
+            keys = timm.create_model(name, num_classes=3).state_dict()
+        state = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in keys.items()}
+        torch.save(state, tmp_path / f"{name}.pth")
+        _, _, metadata = load_model_file(tmp_path / f"{name}.pth", name)
+        assert eval_crop(metadata) == crop
+        assert preprocessing(metadata)[0] == size

@@ -21,8 +21,8 @@ def add_parser(commands) -> None:
     )
     parser.add_argument(
         "--preprocessing",
-        choices=PREPROCESSING,
         default="auto",
+        metavar="{auto,timm,torchvision}",
         help="the evaluation preprocessing OUT records (image size, mean, std, crop_pct, interpolation): 'timm' "
         "the data config of timm's default weights of --model, 'torchvision' torchvision's (224, resize 256, "
         "bilinear); 'auto' (default): torchvision's for torchvision's names (resnet50, ...), timm's for the others",
@@ -35,25 +35,13 @@ def add_parser(commands) -> None:
     parser.set_defaults(run=run)
 
 
-#: ``--preprocessing``'s choices.
-PREPROCESSING = ("auto", "timm", "torchvision")
-
-
 def recorded_preprocessing(name: str, preprocessing: str = "auto") -> dict[str, str]:
-    """The preprocessing metadata ``convert`` writes for model ``name``: a data config of
-    :mod:`resnet_bottleneck.arch.data_configs` as metadata (none for a name the table lacks).
+    """What ``convert`` records for ``--model name`` and ``--preprocessing``
+    (:func:`resnet_bottleneck.io.metadata.weights_preprocessing`)."""
+    from ..io.metadata import weights_preprocessing
 
-    ``auto``: torchvision's for :data:`~resnet_bottleneck.arch.data_configs.TORCHVISION_NAMES` (timm's row
-    of ``resnet50`` is its ``a1_in1k`` weights', not torchvision's), the name's own row for the others.
-    """
-    from ..arch.data_configs import DATA_CONFIGS, TORCHVISION_DATA_CONFIG, TORCHVISION_NAMES
-    from ..io.metadata import describe_preprocessing
-
-    if preprocessing == "torchvision" or (preprocessing == "auto" and name in TORCHVISION_NAMES):
-        return describe_preprocessing(TORCHVISION_DATA_CONFIG)
-    if preprocessing == "timm" and name not in DATA_CONFIGS:
-        raise UsageError(f"argument --preprocessing: timm has no data config of {name!r}")
-    return describe_preprocessing(DATA_CONFIGS[name]) if name in DATA_CONFIGS else {}
+    with argument("--preprocessing"):
+        return weights_preprocessing(name, preprocessing)
 
 
 def run(args) -> int:

@@ -107,11 +107,8 @@ def run(args) -> int:
             read_labels(args.labels)  # a bad labels file is reported before any weights are read
     with argument("IN"):
         model, variables, metadata = load_model(args.input, args.model)
-    if metadata.get("format") != CHECKPOINT_FORMAT:  # torchvision's: what convert records
-        from .convert import recorded_preprocessing
-
-        preprocessing = recorded_preprocessing(args.model) if args.model else {}
-        metadata = {"format": CHECKPOINT_FORMAT, "num_classes": str(model.num_classes), **preprocessing}
+    if metadata.get("format") != CHECKPOINT_FORMAT:  # foreign weights, with the preprocessing convert records
+        metadata = {**metadata, "format": CHECKPOINT_FORMAT, "num_classes": str(model.num_classes)}
     metadata = {**metadata, "model": metadata.get("model") or args.model}  # what --model gives where IN does not say
     if args.labels is not None:
         with argument("--labels"):

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from .._files import atomic_write  # noqa: F401 - public here
 from ..models import ResNet
 from .classes import class_names, imagenet_classes
+from .metadata import weights_preprocessing
 from .safetensors import CHECKPOINT_FORMAT, load_variables, read_tensors
 from .timm import load_timm
 from .torchvision import (
@@ -57,7 +58,8 @@ def load_model_file(path: str | os.PathLike, name: str | None = None) -> tuple[R
                 f"{path} does not name its model, as torchvision's and timm's weights do not{hint}: give the model "
                 "name (--model)"
             )
-        return (*load_torchvision(path, name), metadata)
+        # foreign weights are read with the preprocessing convert would record for them (their metadata wins)
+        return (*load_torchvision(path, name), {**weights_preprocessing(name), **metadata})
     saved = metadata.get("model")
     if name is not None and saved is not None and saved != name:
         raise ValueError(f"{path} holds {saved!r} variables, not {name!r}")

@@ -114,6 +114,29 @@ def describe_preprocessing(config: Mapping) -> dict[str, str]:
     }
 
 
+#: Whose preprocessing foreign weights (torchvision's or timm's files) are read with.
+WEIGHTS_PREPROCESSING = ("auto", "timm", "torchvision")
+
+
+def weights_preprocessing(name: str, source: str = "auto") -> dict[str, str]:
+    """The preprocessing metadata of foreign weights of model ``name`` (what ``convert`` records and
+    ``predict``/``evaluate``/``export`` assume for such a file): a row of
+    :mod:`resnet_bottleneck.arch.data_configs` as metadata (none for a name the table lacks).
+
+    ``source``: ``'auto'``, torchvision's for the names torchvision has (a torchvision ``resnet50.pth`` and
+    timm's hold the same keys; timm's row of ``resnet50`` is its ``a1_in1k`` weights'), the name's own row
+    for the others; ``'timm'``, the name's row; ``'torchvision'``, torchvision's.
+    """
+    from ..arch.data_configs import DATA_CONFIGS, TORCHVISION_DATA_CONFIG, TORCHVISION_NAMES
+
+    _checks.one_of("preprocessing", source, WEIGHTS_PREPROCESSING)
+    if source == "torchvision" or (source == "auto" and name in TORCHVISION_NAMES):
+        return describe_preprocessing(TORCHVISION_DATA_CONFIG)
+    if source == "timm" and name not in DATA_CONFIGS:
+        raise ValueError(f"timm has no data config of {name!r}")
+    return describe_preprocessing(DATA_CONFIGS[name]) if name in DATA_CONFIGS else {}
+
+
 def recorded_batch_size(metadata: Mapping[str, str], source: str = "the file", default: int = 64) -> int:
     """The run's batch size (``batch_size``), or ``default`` where the file does not record one.
 
