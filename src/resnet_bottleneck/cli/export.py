@@ -108,12 +108,13 @@ def write_onnx(args, model, variables, metadata: dict[str, str]) -> None:
         return
     import tempfile
 
+    from ..errors import DataError
     from ..io.quantize import calibration_summary, quantize_onnx
 
     source, description = args.calibration_source
     with tempfile.TemporaryDirectory(prefix="resnet-bottleneck-export-") as tmp:
         float_path = export_onnx(model, variables, Path(tmp) / "float32.onnx", **options)
-        with argument("--calibration"):
+        try:
             result = quantize_onnx(
                 float_path,
                 args.output,
@@ -122,6 +123,8 @@ def write_onnx(args, model, variables, metadata: dict[str, str]) -> None:
                 method=args.calibration_method or "minmax",
                 description=description,
             )
+        except DataError as err:  # no readable calibration image
+            raise UsageError(f"argument --calibration: {err.message}") from None
     for line in calibration_summary(result):
         print(line)
     args.int8_summary = f"int8, {result.method} calibration on {result.images} image(s) of {result.calibration}"
