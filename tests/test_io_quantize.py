@@ -216,6 +216,24 @@ def test_only_unreadable_images_is_an_error_naming_one(small, tmp_path):
         quantize_onnx(small / "tiny.onnx", tmp_path / "q.onnx", bad)
 
 
+def test_a_fixed_batch_nhwc_export_stays_so_and_runs_on_both_runtimes(small, tmp_path):
+    """The float file's layout and fixed batch are kept (calibration feeds whole batches of its size): 3 images
+    in batches of 2 (the last one filled up); both runtimes run the int8 file on 3 images near each other."""
+    from helpers import random_variables
+
+    model = create_model("resnet_tiny", num_classes=10)
+    variables = random_variables(model, (1, 32, 32, 3))
+    export_onnx(model, variables, tmp_path / "f.onnx", layout="NHWC", batch=2, image_size=32)
+    quantize_onnx(tmp_path / "f.onnx", tmp_path / "q.onnx", small / "images")
+    proto = onnx.load(tmp_path / "q.onnx")
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [2, 32, 32, 3]
+    x = normalize(np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8))
+    ort, ov = (load_onnx(tmp_path / "q.onnx", runtime=r) for r in ("onnxruntime", "openvino"))
+    assert ort.layout == ov.layout == "NHWC" and ort.batch == ov.batch == 2
+    a, b = ort(x), ov(x)
+    assert a.shape == b.shape == (3, 10) and np.abs(a - b).max() <= 0.1 * np.abs(a).max()
+
+
 def test_an_int8_file_is_not_quantized_again(small, tmp_path):
     quantize_onnx(small / "tiny.onnx", tmp_path / "q.onnx", small / "images")
     with pytest.raises(InputError, match="is already int8"):

@@ -477,8 +477,8 @@ def openvino_installed() -> bool:
 
 def default_runtime(metadata: Mapping[str, str]) -> str:
     """The runtime :func:`load_onnx` opens a file with where none is asked for: OpenVINO for an int8 file
-    where it is installed (on the int8 ResNet-50 file it ran 1.3-2.2x faster than ONNX Runtime on this
-    project's 2-core AVX-512 VNNI CPU: issue 26's measurements, docs/deploying.md), else ONNX Runtime."""
+    where it is installed (it ran the int8 ResNet-50 file faster than ONNX Runtime at batch 1 and 8 on this
+    project's 2-core AVX-512 VNNI CPU in issue 26's measurements; docs/deploying.md), else ONNX Runtime."""
     return "openvino" if is_int8(metadata) and openvino_installed() else "onnxruntime"
 
 
