@@ -3,7 +3,8 @@
 A run directory (``train``'s ``--out``) gives its last checkpoint's weights in eval form with what
 ``predict`` and ``evaluate`` need to use them as the run did (see ``io.metadata``); our
 ``.safetensors`` files keep their metadata; torchvision's weights get ``convert``'s. ``.onnx`` is
-the graph for CPU serving (``io.onnx``), carrying the metadata ``predict`` reads.
+the graph for CPU serving (``io.onnx``), carrying the metadata ``predict`` reads; ``--int8`` writes it
+quantized (``io.quantize``), calibrated on ``--calibration``'s images or, for a run, its training images.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ def add_parser(commands) -> None:
         "variables (params and BatchNorm statistics) with metadata: model, class names, image size, normalisation, "
         "crop and interpolation and, for a run, its held-out split; predict and evaluate read them. .onnx is an ONNX "
         "inference graph with BatchNorm folded, one Conv per convolution and a dynamic batch axis, for ONNX "
-        "Runtime (predict --runtime onnxruntime), with the class names, image size, normalisation, crop and "
-        "interpolation in its metadata.",
+        "Runtime or OpenVINO (predict --runtime onnxruntime|openvino), with the class names, image size, "
+        "normalisation, crop and interpolation in its metadata; with --int8, quantized (int8 weights, uint8 "
+        "activations) and calibrated on --calibration's images, or a run's training images.",
     )
     parser.add_argument(
         "input", metavar="IN", help="a run directory, our .safetensors, or torchvision's or timm's weights"
