@@ -12,6 +12,15 @@ The ONNX Runtime output is checked against XLA's on the same weights (1e-4 of th
 scale) before anything is timed. ``--options`` also times session-option variants and the
 graph with dynamic height and width against the defaults (one interleaved A/B run per batch).
 
+In the same interleaved rounds, int8 and the other precisions (issue 26), the same weights throughout:
+
+* ours int8: :func:`~resnet_bottleneck.io.quantize.quantize_onnx` on the NCHW graph (QDQ, per-channel
+  int8 weights, uint8 activations, min-max calibration), run by ONNX Runtime and by OpenVINO;
+* ours in OpenVINO, float32 (``INFERENCE_PRECISION_HINT=f32``) and bf16 (where the CPU has it);
+* PyTorch's own int8: ``torchvision.models.quantization`` (``quantize=False``, the same float weights
+  loaded), fused, eager post-training quantization with the ``x86`` backend, calibrated on the same
+  images as ours (``--calibration-images`` random images, normalised as ImageNet's).
+
     python benchmarks/bench_deploy.py [--batches 1 8] [--repeats 7] [--options] [--quick] [--write]
 """
 
@@ -35,6 +44,10 @@ import resnet_bottleneck as rb  # noqa: E402
 TORCH, XLA = "PyTorch eager", "ours, XLA"
 ORT = {"NCHW": "ours, ONNX Runtime (NCHW)", "NHWC": "ours, ONNX Runtime (NHWC)"}
 TARGET, MOONSHOT = 1.25, 1.5
+TORCH_INT8 = "PyTorch int8 (eager PTQ, x86)"
+INT8 = {"onnxruntime": "ours int8, ONNX Runtime", "openvino": "ours int8, OpenVINO"}
+OV_F32, OV_BF16 = "ours f32, OpenVINO", "ours bf16, OpenVINO"
+INT8_TARGET, INT8_MOONSHOT = 1.2, 1.5
 
 
 def _session(proto, **changes):
@@ -91,6 +104,77 @@ def contestants(name: str, batch: int, size: int):
     return runners, agreement, protos["NCHW"], onnx_model(model, variables), inputs["NCHW"]
 
 
+def openvino_version() -> str:
+    from resnet_bottleneck.io.onnx import _openvino
+
+    return _openvino().__version__.split("-")[0]
+
+
+def calibration_images(count: int, size: int, seed: int = 1) -> np.ndarray:
+    """``count`` random uint8 NHWC images: the calibration set both int8 contestants share."""
+    return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+
+
+def torch_int8(name: str, variables, calibration: np.ndarray, x: np.ndarray):
+    """PyTorch's own int8 ``name``: ``torchvision.models.quantization`` with our float weights, fused, eager
+    post-training quantization (x86 backend) calibrated on ``calibration`` (normalised as ImageNet's). A
+    runner on the NCHW batch ``x``, and the model."""
+    import warnings
+
+    import torchvision.models.quantization as tq
+
+    from resnet_bottleneck.data.transforms import normalize
+    from resnet_bottleneck.io.torchvision import to_torchvision
+
+    torch = w._torch()
+    model = getattr(tq, name)(weights=None, quantize=False)
+    state = to_torchvision(variables, name, as_numpy=True)
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+    model.eval()
+    with warnings.catch_warnings():  # torch.ao.quantization's eager API and its observers warn of deprecations
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        model.fuse_model()
+        torch.backends.quantized.engine = "x86"
+        model.qconfig = torch.ao.quantization.get_default_qconfig("x86")
+        torch.ao.quantization.prepare(model, inplace=True)
+        images = torch.from_numpy(np.ascontiguousarray(normalize(calibration).transpose(0, 3, 1, 2)))
+        with torch.inference_mode():
+            for start in range(0, len(images), 8):
+                model(images[start : start + 8])
+        torch.ao.quantization.convert(model, inplace=True)
+    batch = torch.from_numpy(x)
+
+    def run():
+        with torch.inference_mode():
+            return model(batch)
+
+    return run
+
+
+def precision_contestants(name: str, variables, float_proto, x: np.ndarray, calibration: np.ndarray, tmp: Path):
+    """The int8, OpenVINO and PyTorch int8 runners on the NCHW batch ``x`` (ours from ``float_proto``), and
+    each one's output's max |difference| from our float32 (ONNX Runtime) over its largest logit."""
+    from resnet_bottleneck.data import ImageArrays
+    from resnet_bottleneck.io.onnx import _has_bf16, _openvino, load_onnx
+    from resnet_bottleneck.io.quantize import quantize_onnx
+
+    float_path = tmp / "float32.onnx"
+    float_path.write_bytes(float_proto.SerializeToString())
+    source = ImageArrays(calibration, np.zeros(len(calibration), np.int32), ("",))
+    int8_path = quantize_onnx(float_path, tmp / "int8.onnx", source, images=len(calibration)).path
+    sessions = {INT8[r]: load_onnx(int8_path, runtime=r, threads=cores()).session for r in INT8}
+    sessions[OV_F32] = load_onnx(float_path, runtime="openvino", threads=cores()).session
+    if _has_bf16(_openvino().Core()):
+        sessions[OV_BF16] = load_onnx(float_path, runtime="openvino", threads=cores(), precision="bf16").session
+    runners = {label: partial(s.run, None, {"images": x}) for label, s in sessions.items()}
+    runners[TORCH_INT8] = torch_int8(name, variables, calibration, x)
+    expected = load_onnx(float_path, runtime="onnxruntime", threads=cores()).session.run(None, {"images": x})[0]
+    scale = np.abs(expected).max()
+    outputs = {label: np.asarray(run()[0] if label != TORCH_INT8 else run()) for label, run in runners.items()}
+    return runners, {label: float(np.abs(out - expected).max() / scale) for label, out in outputs.items()}
+
+
 def option_variants(proto, dynamic, x):
     """Session-option variants of the NCHW graph, each against the defaults; and the graph with dynamic
     height and width."""
@@ -122,6 +206,9 @@ def main(argv=None) -> None:
         help="untimed seconds before each contestant's turn, for the other thread pools to go idle",
     )
     parser.add_argument("--options", action="store_true", help="also time session-option variants (A/B)")
+    parser.add_argument(
+        "--calibration-images", type=int, default=64, help="random images both int8 contestants calibrate on"
+    )
     parser.add_argument("--quick", action="store_true", help="toy sizes (resnet18 at 32x32), one round; writes nothing")
     parser.add_argument("--write", action="store_true", help="rewrite the deploy section of BENCHMARKS.md")
     args = parser.parse_args(argv)
@@ -129,17 +216,31 @@ def main(argv=None) -> None:
         parser.error("--quick is a smoke test; it does not --write")
     reused = not SYSTEM_MALLOC and rb.xla.reuse_freed_memory()
     start_load = ", ".join(f"{a:.2f}" for a in os.getloadavg())
+    import tempfile
+
     import onnxruntime
     import torch
 
     name, size, batches, repeats = "resnet50", args.image_size, args.batches, args.repeats
+    calibration = args.calibration_images
     if args.quick:
-        name, size, batches, repeats = "resnet18", 32, [1, 2], 1
-    rows, option_rows, agreements = [], [], []
+        name, size, batches, repeats, calibration = "resnet18", 32, [1, 2], 1, 4
+    calibration = calibration_images(calibration, size)
+    rows, option_rows, agreements, precision_errors = [], [], [], []
     for batch in batches:
         runners, agreement, proto, dynamic, x = contestants(name, batch, size)
         agreements.append(agreement)
         print(f"batch {batch}: ONNX Runtime vs XLA, max |difference| / max |logit| = {agreement:.1e}", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            variables = random_variables(rb.create_model(name), size)  # contestants' weights (the same seed)
+            more, errors = precision_contestants(name, variables, proto, x, calibration, Path(tmp))
+        runners.update(more)
+        precision_errors.append((batch, errors))
+        print(
+            f"batch {batch}: max |difference| / max |logit| from our float32: "
+            + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()),
+            flush=True,
+        )
         inner = max(1, 8 // batch)  # about as long a timed call at every batch
         seconds = interleaved(runners, repeats, inner, pause=args.pause)
         rows.append((batch, seconds))
@@ -153,17 +254,20 @@ def main(argv=None) -> None:
         del runners
 
     lines = [*table(rows), "", *verdicts(rows, agreements), *options_table(option_rows)]
+    lines += ["", *int8_table(rows), "", *int8_verdicts(rows, precision_errors)]
     text = "\n".join(lines)
     print(text)
     if args.write:
         load = ", ".join(f"{a:.2f}" for a in os.getloadavg())
         write_section(
             "deploy",
-            "Deploy: ResNet-50 inference on CPU, PyTorch vs XLA vs ONNX Runtime on our export (float32)",
+            "Deploy: ResNet-50 inference on CPU, PyTorch vs XLA vs ONNX Runtime and OpenVINO on our export "
+            "(float32; bf16 and int8 against PyTorch's own int8)",
             text,
             reused_memory=reused,
             note=f" (medians of {repeats} interleaved rounds; {cores()} threads for everyone; "
-            f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; load average at the start "
+            f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, openvino {openvino_version()}; "
+            f"{len(calibration)} random calibration images for both int8 contestants; load average at the start "
             f"{start_load}, at the end {load}, this run's own threads included)",
             text="Ratios are images/s relative to PyTorch (above 1 is faster). `resnet-bottleneck export IN OUT.onnx "
             "--image-size 224` writes the graph timed here; `predict --runtime onnxruntime` runs it with these "
@@ -199,6 +303,49 @@ def verdicts(rows, agreements) -> list[str]:
         f"moonshot {MOONSHOT}x: {verdict(MOONSHOT)}. Measured: {shown}.",
         f"- ONNX Runtime agrees with XLA on the same weights: max |difference| <= "
         f"{max(agreements):.1e} of the largest logit (bound 1e-4).",
+    ]
+
+
+def int8_table(rows) -> list[str]:
+    """Int8 and the other precisions, one row a batch, relative to PyTorch's own int8 (above 1 is faster)."""
+    order = [*INT8.values(), TORCH, ORT["NCHW"], OV_F32, OV_BF16]
+    contenders = [k for k in order if any(k in s for _, s in rows)]
+    lines = [
+        "Int8 and other precisions, the same weights (images/s relative to PyTorch's own int8; above 1 is faster):",
+        "",
+        f"| batch | {TORCH_INT8} | " + " | ".join(contenders) + " |",
+        "|---" * (2 + len(contenders)) + "|",
+    ]
+    for batch, s in rows:
+        base = s[TORCH_INT8]
+        cells = [
+            f"{s[k] * 1e3:.1f} ms, {batch / s[k]:.1f} img/s (**{base / s[k]:.2f}x**)" if k in s else "-"
+            for k in contenders
+        ]
+        lines.append(f"| {batch} | {base * 1e3:.1f} ms, {batch / base:.1f} img/s (1.00x) | " + " | ".join(cells) + " |")
+    return lines
+
+
+def int8_verdicts(rows, precision_errors) -> list[str]:
+    """The int8 targets (one runtime must reach them at every batch) and how far each output is from float32."""
+    speed = {r: {batch: s[TORCH_INT8] / s[label] for batch, s in rows} for r, label in INT8.items()}
+    shown = "; ".join(f"{r} " + ", ".join(f"batch {b}: {x:.2f}x" for b, x in v.items()) for r, v in speed.items())
+
+    def verdict(bound):
+        met = [r for r, ratios in speed.items() if min(ratios.values()) >= bound]
+        return f"**met** ({', '.join(met)})" if met else "**not met**"
+
+    worst = {}
+    for _, errors in precision_errors:
+        for label, error in errors.items():
+            worst[label] = max(worst.get(label, 0.0), error)
+    return [
+        f"- ours int8 >= {INT8_TARGET}x PyTorch's own int8 images/s at every batch: {verdict(INT8_TARGET)}; "
+        f"moonshot {INT8_MOONSHOT}x: {verdict(INT8_MOONSHOT)}. Measured: {shown}.",
+        "- Max |difference| from our float32 over its largest logit (random weights and images, so only a "
+        "sanity check; accuracy is measured on trained models, docs/deploying.md): "
+        + ", ".join(f"{label} {error:.1e}" for label, error in worst.items())
+        + ".",
     ]
 
 

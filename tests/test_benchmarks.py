@@ -265,6 +265,10 @@ def test_deploy_benchmark_runs_quick_and_reads_its_targets(bench, capsys, monkey
     assert "| 1 | " in out and "| 2 | " in out and (ROOT / "BENCHMARKS.md").read_text() == before
     agreement = float(out.split("max |difference| <= ")[1].split(" ")[0])
     assert agreement < 1e-4
+    int8_rows = [line for line in out.splitlines() if line.startswith("| ") and deploy.TORCH_INT8 not in line]
+    assert any(line.count(" ms, ") >= 7 for line in int8_rows), out  # every int8/precision contestant timed
+    assert float(out.split("from our float32: ours int8, ONNX Runtime ")[1].split(",")[0]) < 0.5
+    assert float(out.split("ours f32, OpenVINO ")[1].split(",")[0]) < 1e-4  # OpenVINO float32 is float32
 
     T, X, N, H = deploy.TORCH, deploy.XLA, deploy.ORT["NCHW"], deploy.ORT["NHWC"]
     rows = [(1, {T: 1.0, X: 1.0, N: 0.8, H: 0.7}), (8, {T: 1.0, X: 1.0, N: 0.75, H: 0.9})]
@@ -275,6 +279,23 @@ def test_deploy_benchmark_runs_quick_and_reads_its_targets(bench, capsys, monkey
         "NHWC batch 1: 1.43x, batch 8: 1.11x."
     )
     assert lines[1].endswith("<= 2.0e-06 of the largest logit (bound 1e-4).")
+
+
+def test_deploy_int8_verdicts_worked_by_hand(bench):
+    """The int8 target is read against PyTorch's own int8: one runtime must reach it at every batch."""
+    deploy = bench("bench_deploy")
+    P, R, V = deploy.TORCH_INT8, deploy.INT8["onnxruntime"], deploy.INT8["openvino"]
+    rows = [(1, {P: 1.0, R: 0.9, V: 0.8}), (8, {P: 8.0, R: 7.0, V: 5.0})]
+    lines = deploy.int8_verdicts(rows, [(1, {R: 0.01, V: 0.02}), (8, {R: 0.03, V: 0.01})])
+    assert lines[0] == (
+        "- ours int8 >= 1.2x PyTorch's own int8 images/s at every batch: **met** (openvino); moonshot 1.5x: "
+        "**not met**. Measured: onnxruntime batch 1: 1.11x, batch 8: 1.14x; openvino batch 1: 1.25x, batch 8: 1.60x."
+    )
+    assert "ours int8, ONNX Runtime 3.0e-02, ours int8, OpenVINO 2.0e-02." in lines[1]
+    table = deploy.int8_table(rows)
+    assert table[-1] == (
+        "| 8 | 8000.0 ms, 1.0 img/s (1.00x) | 7000.0 ms, 1.1 img/s (**1.14x**) | 5000.0 ms, 1.6 img/s (**1.60x**) |"
+    )
 
 
 def test_timm_benchmark_runs_quick_and_reads_its_targets(bench, capsys, monkeypatch):

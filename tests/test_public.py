@@ -13,7 +13,18 @@ import pytest
 import resnet_bottleneck as rb
 
 #: Packages a model user need not have: importing the library must not load them.
-HEAVY = ("torch", "torchvision", "grain", "orbax", "onnx", "onnxruntime", "tensorflow", "sklearn", "matplotlib")
+HEAVY = (
+    "torch",
+    "torchvision",
+    "grain",
+    "orbax",
+    "onnx",
+    "onnxruntime",
+    "openvino",
+    "tensorflow",
+    "sklearn",
+    "matplotlib",
+)
 
 
 @pytest.mark.parametrize(

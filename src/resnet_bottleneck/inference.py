@@ -299,6 +299,27 @@ def held_out_split(metadata: Mapping[str, str], source: str = "the file"):
     return held, f"the run's held-out split of {where} ({split['test_fraction']:.0%}, seed {split['seed']})"
 
 
+def training_split(metadata: Mapping[str, str], source: str = "the file"):
+    """``(images, description)``: the images a run trained on, listed as the run listed them (the other side
+    of :func:`held_out_split`), or None where the file records no split. What ``export --int8`` calibrates on
+    by default.
+
+    Raises:
+      ValueError: the recorded split is malformed (naming ``source``); DataError: its images are gone.
+    """
+    from .io.metadata import held_out
+    from .training import Config, load_datasets
+
+    split = held_out(metadata, source)
+    if split is None:
+        return None
+    train, _ = load_datasets(Config(data=split["data"], test_fraction=split["test_fraction"], seed=split["seed"]))
+    if split["data"] is not None and is_train_val(split["data"]):
+        return train, f"the run's training images, {os.path.join(split['data'], 'train')}"
+    where = "the digits" if split["data"] is None else split["data"]
+    return train, f"the run's training split of {where} ({1 - split['test_fraction']:.0%}, seed {split['seed']})"
+
+
 __all__ = [
     "Prediction",
     "evaluation_folder",
@@ -311,4 +332,5 @@ __all__ = [
     "onnx_num_classes",
     "predict_files",
     "preprocess",
+    "training_split",
 ]

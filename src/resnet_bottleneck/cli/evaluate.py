@@ -11,7 +11,18 @@ from __future__ import annotations
 
 import json
 
-from ._common import UsageError, argument, count, model_name, open_model, open_onnx, positive_int, print_skipped
+from ._common import (
+    ONNX_RUNTIMES,
+    UsageError,
+    add_runtime_arguments,
+    argument,
+    count,
+    model_name,
+    open_model,
+    open_onnx,
+    positive_int,
+    print_skipped,
+)
 
 
 def add_parser(commands) -> None:
@@ -30,12 +41,7 @@ def add_parser(commands) -> None:
         help="a model file (train's OUT/model.safetensors, export's), a run directory, or torchvision's "
         "or timm's weights (with --model); an .onnx file from export with --runtime onnxruntime",
     )
-    parser.add_argument(
-        "--runtime",
-        choices=("jax", "onnxruntime"),
-        default="jax",
-        help="jax (the default), or onnxruntime to evaluate an .onnx file from export",
-    )
+    add_runtime_arguments(parser, "evaluate")
     parser.add_argument(
         "--data",
         help="image folder: ROOT/<class>/<image>, or ROOT/val/<class>/<image> (ImageNet's "
@@ -86,8 +92,8 @@ def _run(args) -> int:
     from ..io.metadata import eval_crop, recorded_batch_size
     from ..training import evaluate, evaluate_onnx
 
-    if args.runtime == "onnxruntime":
-        classifier, num_classes, image_size = open_onnx(args.weights, args.model)
+    if args.runtime in ONNX_RUNTIMES:
+        classifier, num_classes, image_size = open_onnx(args.weights, args.model, args.runtime, args.precision)
         metadata = classifier.metadata
         if args.image_size is not None and classifier.fixed_size not in (None, args.image_size):
             raise UsageError(
@@ -95,6 +101,8 @@ def _run(args) -> int:
                 f"{classifier.fixed_size} images; got {args.image_size}"
             )
     else:
+        if args.precision is not None:
+            raise UsageError(f"argument --precision: {args.precision} is for --runtime openvino")
         model, variables, metadata, (image_size, mean, std) = open_model(args.weights, args.model, "evaluate")
         num_classes = model.num_classes
         with argument("--weights"):
@@ -109,13 +117,13 @@ def _run(args) -> int:
         source = match_classes(source, names, num_classes, described)
     workers = args.workers
     if workers is None:
-        workers = data.default_workers(source, "cpu" if args.runtime == "onnxruntime" else None)
+        workers = data.default_workers(source, "cpu" if args.runtime in ONNX_RUNTIMES else None)
     if args.batch_size is None:
         with argument("--weights"):
             batch_size = recorded_batch_size(metadata, args.weights)
     else:
         batch_size = args.batch_size
-    if args.runtime == "onnxruntime":
+    if args.runtime in ONNX_RUNTIMES:
         try:
             scores = evaluate_onnx(
                 classifier, source, image_size=args.image_size or image_size, batch_size=batch_size, workers=workers

@@ -18,7 +18,17 @@ from __future__ import annotations
 import json
 import sys
 
-from ._common import UsageError, argument, count, model_name, open_model, open_onnx, positive_int
+from ._common import (
+    ONNX_RUNTIMES,
+    UsageError,
+    add_runtime_arguments,
+    argument,
+    count,
+    model_name,
+    open_model,
+    open_onnx,
+    positive_int,
+)
 
 
 def add_parser(commands) -> None:
@@ -47,12 +57,7 @@ def add_parser(commands) -> None:
         type=model_name,
         help="the model name, e.g. resnet50: needed for torchvision's and timm's weights; our files name theirs",
     )
-    parser.add_argument(
-        "--runtime",
-        choices=("jax", "onnxruntime"),
-        default="jax",
-        help="jax (the default), or onnxruntime to run an .onnx file from export",
-    )
+    add_runtime_arguments(parser, "run")
     parser.add_argument(
         "--labels", help="a text file with one class name per line (overrides the weights' own names and ImageNet's)"
     )
@@ -89,8 +94,8 @@ def _classifier(args):
     from ..inference import jax_classifier, onnx_classifier
     from ..io.metadata import eval_crop
 
-    if args.runtime == "onnxruntime":
-        classifier, num_classes, image_size = open_onnx(args.weights, args.model)
+    if args.runtime in ONNX_RUNTIMES:
+        classifier, num_classes, image_size = open_onnx(args.weights, args.model, args.runtime, args.precision)
         probabilities = onnx_classifier(classifier)
 
         def forward(images):
@@ -99,6 +104,8 @@ def _classifier(args):
 
         crop = (classifier.crop_pct, classifier.interpolation)
         return forward, num_classes, classifier.metadata, image_size, crop
+    if args.precision is not None:
+        raise UsageError(f"argument --precision: {args.precision} is for --runtime openvino")
     model, variables, metadata, (image_size, mean, std) = open_model(args.weights, args.model, "run")
     with argument("--weights"):
         crop = eval_crop(metadata, args.weights)

@@ -455,15 +455,94 @@ def session_options(threads: int | None = None):
     return options
 
 
+#: The runtimes :func:`load_onnx` opens a file with.
+RUNTIMES = ("onnxruntime", "openvino")
+#: The arithmetic OpenVINO computes a file's float parts in: float32 (the default, always asked for
+#: explicitly: OpenVINO's CPU default is bf16 where the CPU has it) or bfloat16 (``'bf16'``).
+PRECISIONS = ("f32", "bf16")
+_OPENVINO_HINTS = {"f32": "f32", "bf16": "bf16"}
+
+
+def is_int8(metadata: Mapping[str, str]) -> bool:
+    """Whether a file's metadata says :func:`~resnet_bottleneck.io.quantize.quantize_onnx` wrote it (int8)."""
+    return metadata.get("precision") == "int8"
+
+
+def openvino_installed() -> bool:
+    """Whether OpenVINO can be imported (``pip install 'resnet-bottleneck[openvino]'``); nothing is imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def default_runtime(metadata: Mapping[str, str]) -> str:
+    """The runtime :func:`load_onnx` opens a file with where none is asked for: OpenVINO for an int8 file
+    where it is installed (it ran the int8 ResNet-50 file faster than ONNX Runtime at batch 1 and 8 on this
+    project's 2-core AVX-512 VNNI CPU in issue 26's measurements; docs/deploying.md), else ONNX Runtime."""
+    return "openvino" if is_int8(metadata) and openvino_installed() else "onnxruntime"
+
+
+def _openvino():
+    """``openvino``, imported without its telemetry: ``import openvino`` otherwise sends a usage event from
+    a forked process (openvino-telemetry, on by default), and a fork in a process that runs JAX's
+    threads can deadlock. While it imports, ``openvino_telemetry`` is unimportable, so OpenVINO takes its
+    own no-op stub; nothing else changes, and the module table is restored after."""
+    import sys
+
+    if sys.modules.get("openvino") is not None:
+        return sys.modules["openvino"]
+    blocked = "openvino_telemetry" not in sys.modules
+    if blocked:
+        sys.modules["openvino_telemetry"] = None  # makes ``import openvino_telemetry`` raise ImportError
+    try:
+        import openvino
+    except ImportError:
+        raise ImportError(
+            "openvino is needed for --runtime openvino: pip install 'resnet-bottleneck[openvino]'"
+        ) from None
+    finally:
+        if blocked and sys.modules.get("openvino_telemetry", 0) is None:
+            del sys.modules["openvino_telemetry"]
+    return openvino
+
+
+def _has_bf16(core) -> bool:
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class _OpenVinoSession:
+    """An OpenVINO compiled model behind ONNX Runtime's ``session.run(None, {input: x})``: one infer request."""
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+
+    def run(self, _outputs, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        (x,) = feeds.values()
+        self.request.infer({0: x})
+        return [np.array(self.request.get_output_tensor(0).data, copy=True)]
+
+
+@dataclass(frozen=True)
+class _Port:
+    """A graph input or output as both runtimes describe it: name, ONNX Runtime's type string, shape
+    (an int per static axis, else a name or None)."""
+
+    name: str
+    type: str
+    shape: list
+
+
 @dataclass(frozen=True)
 class OnnxClassifier:
-    """An image classifier in an ``.onnx`` file, opened with ONNX Runtime; see :func:`load_onnx`.
+    """An image classifier in an ``.onnx`` file, opened with ONNX Runtime or OpenVINO; see :func:`load_onnx`.
 
     ``batch``, ``image_size`` and ``num_classes`` are ``None`` where the file leaves them
     dynamic (and, for ``image_size``, its metadata does not say; ``fixed_size`` is the graph's own
     input size, ``None`` where height and width are dynamic); ``mean`` and ``std`` are its
     metadata's, ImageNet's where it does not say (class names: :func:`~resnet_bottleneck.io.class_names`);
     ``crop_pct`` and ``interpolation`` its evaluation resize's, torchvision's (0.875, bilinear) where it does not say.
+    ``runtime`` (:data:`RUNTIMES`) runs it, computing its float parts in ``precision`` (:data:`PRECISIONS`).
     """
 
     path: Path
@@ -479,6 +558,8 @@ class OnnxClassifier:
     std: tuple[float, ...]
     crop_pct: float = DEFAULT_CROP_PCT
     interpolation: str = DEFAULT_INTERPOLATION
+    runtime: str = "onnxruntime"
+    precision: str = "f32"
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Logits of NHWC float32 ``images``, whatever the file's layout (and in chunks of its fixed batch)."""
@@ -492,12 +573,15 @@ class OnnxClassifier:
             padded = np.concatenate([chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), chunk.dtype)])
             try:
                 logits = self.session.run(None, {self.input_name: np.ascontiguousarray(padded)})[0]
-            except Exception as err:  # noqa: BLE001 - onnxruntime's errors are pybind classes, one per fault
+            except Exception as err:  # noqa: BLE001 - the runtimes' errors are pybind classes, one per fault
                 raise ValueError(
-                    f"ONNX Runtime could not run {self.path} on {padded.shape} ({_first_line(err)})"
+                    f"{_NAMES[self.runtime]} could not run {self.path} on {padded.shape} ({_first_line(err)})"
                 ) from None
             outputs.append(logits[: len(chunk)])
         return np.concatenate(outputs)
+
+
+_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 
 
 def _first_line(err: Exception) -> str:
@@ -509,27 +593,106 @@ def _static(dim) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
-def load_onnx(path: str | os.PathLike, *, threads: int | None = None) -> OnnxClassifier:
-    """An ``.onnx`` image classifier (ours, or any with one ``[N, 3, H, W]`` or ``[N, H, W, 3]``
-    float input and one ``[N, classes]`` output), ready to run with ONNX Runtime.
-
-    The input layout is the file's ``layout`` metadata when it has one, else read off its input shape.
-
-    Raises:
-      FileNotFoundError: no such file.
-      ValueError: ONNX Runtime cannot read it, or its inputs, outputs or metadata are not an
-        image classifier's (the message says what differs).
-    """
+def _open_onnxruntime(path: Path, threads: int | None):
+    """``(session, metadata, inputs, outputs)`` of ``path`` in ONNX Runtime."""
     ort = _require("onnxruntime")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such ONNX file: {path}")
     try:
         session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001 - onnxruntime's errors are pybind classes, one per fault
         raise ValueError(f"{path} is not an ONNX model ONNX Runtime can run ({_first_line(err)})") from None
     metadata = dict(session.get_modelmeta().custom_metadata_map)
-    inputs, outputs = session.get_inputs(), session.get_outputs()
+    ports = [[_Port(p.name, p.type, list(p.shape)) for p in ps] for ps in (session.get_inputs(), session.get_outputs())]
+    return session, metadata, *ports
+
+
+def _open_openvino(path: Path, threads: int | None, precision: str):
+    """``(session, metadata, inputs, outputs)`` of ``path`` compiled by OpenVINO for the CPU, in ``precision``
+    (set always: OpenVINO's own default is bf16 on a CPU that has it) with ``threads`` threads."""
+    from ..errors import SettingError
+
+    ov = _openvino()
+    onnx = _require("onnx")
+    core = ov.Core()
+    if precision == "bf16" and not _has_bf16(core):
+        caps = ", ".join(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        raise SettingError(
+            "precision",
+            f"bf16 needs a CPU with bfloat16 arithmetic (AVX-512 BF16 or AMX); this one offers {caps}: use 'f32'",
+        )
+    try:
+        model = core.read_model(str(path))
+        compiled = core.compile_model(
+            model,
+            "CPU",
+            {
+                "INFERENCE_PRECISION_HINT": _OPENVINO_HINTS[precision],
+                "INFERENCE_NUM_THREADS": threads or available_cores(),
+            },
+        )
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - OpenVINO's errors are pybind classes, one per fault
+        raise ValueError(f"{path} is not an ONNX model OpenVINO can run ({_first_line(err)})") from None
+    metadata = {p.key: p.value for p in proto.metadata_props}
+
+    def port(p) -> _Port:
+        shape = [d.get_length() if d.is_static else None for d in p.get_partial_shape()]
+        kind = "tensor(float)" if p.get_element_type() == ov.Type.f32 else f"tensor({p.get_element_type()})"
+        return _Port(p.get_any_name(), kind, shape)
+
+    return _OpenVinoSession(compiled), metadata, [port(p) for p in model.inputs], [port(p) for p in model.outputs]
+
+
+def load_onnx(
+    path: str | os.PathLike,
+    *,
+    runtime: str | None = None,
+    threads: int | None = None,
+    precision: str | None = None,
+) -> OnnxClassifier:
+    """An ``.onnx`` image classifier (ours, or any with one ``[N, 3, H, W]`` or ``[N, H, W, 3]``
+    float input and one ``[N, classes]`` output), ready to run with ONNX Runtime or OpenVINO.
+
+    The input layout is the file's ``layout`` metadata when it has one, else read off its input shape.
+
+    Args:
+      path: the ``.onnx`` file (float32 from :func:`export_onnx`, int8 from
+        :func:`~resnet_bottleneck.io.quantize.quantize_onnx`, or any classifier of that shape).
+      runtime: ``'onnxruntime'`` or ``'openvino'`` (:data:`RUNTIMES`); ``None``: :func:`default_runtime`
+        (OpenVINO for an int8 file where it is installed, else ONNX Runtime).
+      threads: intra-op threads (ONNX Runtime's ``intra_op_num_threads``, OpenVINO's
+        ``INFERENCE_NUM_THREADS``); ``None``: the cores this process may use.
+      precision: what OpenVINO computes the float parts in: ``'f32'`` (``None``, the default) or
+        ``'bf16'`` where the CPU has bfloat16 arithmetic; ONNX Runtime takes ``'f32'`` only.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ImportError: the runtime is not installed (the message says what to install).
+      ValueError: the runtime cannot read it, or its inputs, outputs or metadata are not an
+        image classifier's (the message says what differs); a bad ``runtime``, ``threads`` or
+        ``precision`` (a :class:`~resnet_bottleneck.errors.SettingError` naming it).
+    """
+    from ..errors import SettingError
+
+    path = Path(path)
+    if runtime is not None and runtime not in RUNTIMES:
+        raise SettingError("runtime", f"must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+    if precision is not None and precision not in PRECISIONS:
+        raise SettingError("precision", f"must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if threads is not None:
+        threads = _checks.positive_int("threads", threads)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such ONNX file: {path}")
+    if runtime is None:
+        runtime = default_runtime(_file_metadata(path))
+    precision = precision or "f32"
+    if runtime == "onnxruntime" and precision != "f32":
+        raise SettingError(
+            "precision", f"{precision} is OpenVINO's (runtime='openvino'); ONNX Runtime runs this file in f32"
+        )
+    if runtime == "openvino":
+        session, metadata, inputs, outputs = _open_openvino(path, threads, precision)
+    else:
+        session, metadata, inputs, outputs = _open_onnxruntime(path, threads)
     if len(inputs) != 1 or len(outputs) != 1:
         raise ValueError(
             f"{path} has {len(inputs)} inputs and {len(outputs)} outputs; an image classifier has one of each"
@@ -574,4 +737,16 @@ def load_onnx(path: str | os.PathLike, *, threads: int | None = None) -> OnnxCla
         std,
         crop_pct,
         interpolation,
+        runtime,
+        precision,
     )
+
+
+def _file_metadata(path: Path) -> dict[str, str]:
+    """An ``.onnx`` file's ``metadata_props`` (its weights not read); ``{}`` where ``onnx`` cannot parse it
+    (the runtime that opens it then says why)."""
+    try:
+        onnx = _require("onnx")
+        return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception:  # noqa: BLE001 - protobuf's decode errors; the runtime reports the file
+        return {}
