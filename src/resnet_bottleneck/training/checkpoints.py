@@ -16,6 +16,7 @@ trace of its step: the previous checkpoint stays the newest.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -58,6 +59,24 @@ def _files(where: Path) -> dict[str, list]:
         for path in sorted(where.rglob("*"))
         if path.is_file() and path.name != CHECKSUMS
     }
+
+
+@contextlib.contextmanager
+def _quiet_orbax_threads():
+    """Orbax logs an exception in its writing threads as a traceback before raising it to the caller;
+    here the caller reports it (one line for a full disk), so that log is left out, for this block only."""
+    import logging
+
+    class Drop(logging.Filter):
+        def filter(self, record):
+            return "raised an exception" not in str(record.msg)
+
+    drop, logger = Drop(), logging.getLogger("absl")
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def _write_failure(err: BaseException) -> str | None:
@@ -132,16 +151,17 @@ class Checkpoints:
 
         ocp = self._ocp
         try:
-            self.manager.save(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state),
-                    config=ocp.args.JsonSave(identity(self.config, self.run)),
-                    run=ocp.args.JsonSave(self.run),
-                    data=grain.checkpoint.CheckpointSave(_IteratorState(position)),
-                ),
-            )
-            self.manager.wait_until_finished()
+            with _quiet_orbax_threads():
+                self.manager.save(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(state),
+                        config=ocp.args.JsonSave(identity(self.config, self.run)),
+                        run=ocp.args.JsonSave(self.run),
+                        data=grain.checkpoint.CheckpointSave(_IteratorState(position)),
+                    ),
+                )
+                self.manager.wait_until_finished()
             if jax.process_index() == 0:
                 where = self._where(step)
                 sums = json.dumps({"files": _files(where)}).encode()
@@ -195,30 +215,33 @@ class Checkpoints:
 
     def newest(self, read: Callable[[int], T], set_aside: bool = False, say=_say) -> tuple[int, T] | None:
         """``(step, read(step))`` of the newest checkpoint that verifies (:meth:`verify`) and reads; None
-        without checkpoints. Each damaged one on the way is named in one line (``say``) with why, and with
-        ``set_aside`` (a run resuming, holding the directory) renamed ``<step>.damaged``, out of the way of
-        the steps the run writes again. A step gone meanwhile (a live run's rotation) is passed silently.
+        without checkpoints. Each damaged one newer than it is then named in one line (``say``) with why,
+        and with ``set_aside`` (a run resuming, holding the directory) renamed ``<step>.damaged``, out of
+        the way of the steps the run writes again. A step gone meanwhile (a live run's rotation) is passed.
 
         Raises:
-          CheckpointError: no checkpoint restores (naming the directory and each step's problem).
+          CheckpointError: no checkpoint restores (naming the directory and each step's problem; nothing
+            is set aside then, so the next attempt does not start afresh unnoticed).
           TrainingError: from ``read``, a checkpoint of another run (not damage: the message says so).
         """
-        problems = []
+        damaged = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 self.verify(step)
-                return step, read(step)
+                found = step, read(step)
             except CheckpointError as err:
-                if not self._where(step).exists():
-                    continue
-                why = getattr(err, "why", str(err))
-                problems.append(f"step {step} {why}")
-                aside = self._set_aside(step) if set_aside else ""
-                say(f"skipped checkpoint step {step} of {self.directory}: it {why}{aside}")
-        if problems:
+                if self._where(step).exists():
+                    damaged.append((step, getattr(err, "why", str(err))))
+                continue
+            for bad, why in damaged:
+                aside = self._set_aside(bad) if set_aside else ""
+                say(f"skipped checkpoint step {bad} of {self.directory}: it {why}{aside}; using step {step}")
+            return found
+        if damaged:
+            problems = "; ".join(f"step {step} {why}" for step, why in damaged)
             raise CheckpointError(
-                f"no checkpoint in {self.directory} can be restored ({'; '.join(problems)}); move the directory "
-                "aside to start afresh, or use another output directory"
+                f"no checkpoint in {self.directory} can be restored ({problems}); move the directory aside to "
+                "start afresh, or use another output directory"
             )
         return None
 
