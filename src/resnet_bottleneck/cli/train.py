@@ -146,7 +146,8 @@ def run(args) -> int:
     except OSError as err:
         if err.errno not in WRITE_ERRNOS:
             raise
-        print(f"{PROG} train: error: cannot write {err.filename}: {err.strerror}", file=sys.stderr)
+        where = err.filename or f"into {out}"  # an append to an open file (metrics.jsonl) names none
+        print(f"{PROG} train: error: cannot write {where}: {err.strerror}", file=sys.stderr)
         return 1
     except BusyError as err:  # another run's directory: left as it is
         raise _as_usage(err) from None
