@@ -312,3 +312,13 @@ def test_a_full_disk_at_an_onnx_export_exit_1_leaving_no_part_of_it(digits_run, 
     assert main(["export", str(run), str(tmp_path / "m.onnx")]) == 1
     one_line_error(capsys.readouterr().err, f"cannot write {tmp_path / 'm.onnx'}: No space left on device")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_step_without_checksums_is_restored_as_orbax_reads_it(one_epoch, tmp_path, capsys):
+    """A run from before the sums, or killed between orbax's rename of the step and their write: accepted."""
+    run = tmp_path / "run"
+    shutil.copytree(one_epoch, run)
+    (run / "checkpoints" / "22" / "_sha256.json").unlink()
+    assert main(["export", str(run), str(tmp_path / "m.safetensors")]) == 0
+    assert "skipped" not in capsys.readouterr().err
+    assert_same_tensors(tmp_path / "m.safetensors", one_epoch / "model.safetensors")

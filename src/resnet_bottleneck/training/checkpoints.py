@@ -197,10 +197,11 @@ class Checkpoints:
         """
         where = self._where(step)
         try:
-            recorded = json.loads((where / CHECKSUMS).read_bytes())["files"]
+            files = json.loads((where / CHECKSUMS).read_bytes())["files"]
+            recorded = {str(name): (int(size), str(digest)) for name, (size, digest) in files.items()}
         except FileNotFoundError:
             return
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise self._damaged(step, f"has an unreadable {CHECKSUMS} ({type(err).__name__}: {err})") from None
         for name, (size, digest) in sorted(recorded.items()):
             path = where / name
