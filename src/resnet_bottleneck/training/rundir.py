@@ -41,8 +41,8 @@ def _holder(text: str) -> str:
 def hold(out: str | os.PathLike | None, primary: bool = True) -> Iterator[None]:
     """Holds ``out`` for this run for the ``with`` block; nothing without ``out`` or on a process other
     than the primary one (``primary``: only process 0 of a multi-process run takes the lock, as only it
-    writes the run's files; its other processes follow it, so a second multi-process job on one
-    directory is refused by its process 0 and its other processes stop with it).
+    writes the run's files; a second multi-process job on one directory is refused by its process 0, and
+    what becomes of its other processes is left to JAX's distributed runtime: not tested here).
 
     Raises:
       BusyError: a live run holds ``out``; the message names the directory and the holder (pid, host).
@@ -55,6 +55,7 @@ def hold(out: str | os.PathLike | None, primary: bool = True) -> Iterator[None]:
     path = out / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for every file of the run
     try:
+        locked = True
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -70,8 +71,9 @@ def hold(out: str | os.PathLike | None, primary: bool = True) -> Iterator[None]:
                 file=sys.stderr,
                 flush=True,
             )
+            locked = False
         before = os.pread(fd, 4096, 0).decode(errors="replace")
-        if before.strip():
+        if locked and before.strip():
             print(
                 f"taking over {out}: the run of {_holder(before)} ended without letting go (killed, or its host lost)",
                 file=sys.stderr,
