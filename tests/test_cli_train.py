@@ -111,11 +111,11 @@ def test_corrupt_or_foreign_checkpoint_and_other_epochs_are_refused(tmp_path, ca
     one_line_error(capsys.readouterr().err, "was written by a different run (seed: saved 0, now 1)", prog=PROG)
     assert main(["train", *SMALL, "--epochs", "3", "--out", str(run), "--json"]) == 2
     one_line_error(capsys.readouterr().err, "argument --epochs: must be 1, as when checkpoint", "got 3", prog=PROG)
-    for file in (run / "checkpoints" / "22" / "state").rglob("*"):
+    for file in (run / "checkpoints").glob("*/state/**/*"):  # every checkpoint: none to go back to
         if file.is_file() and file.stat().st_size > 0:
             file.write_bytes(b"\0garbage")
     assert main(["train", *SMALL, "--epochs", "1", "--out", str(run), "--json"]) == 2
-    one_line_error(capsys.readouterr().err, "checkpoint", str(run / "checkpoints" / "22"), prog=PROG)
+    one_line_error(capsys.readouterr().err, f"no checkpoint in {run / 'checkpoints'} can be restored", prog=PROG)
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, capsys):

@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from .. import __version__
+from ..errors import WriteError
 from . import convert, cost, evaluate, export, forward, predict, train
 from ._common import PROG, UsageError
 
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0, 1 for a diverged run, 2 for bad input)."""
+    """Run the command line; returns the exit status (0, 1 for a diverged run or a failed write, 2 for bad input)."""
     args = None
     try:
         parser = build_parser()
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except UsageError as err:
         prog, message, details = err.prog, str(err), err.details
+    except WriteError as err:  # a write that failed on its way (a full disk), naming the path: exit 1
+        print(f"{PROG} {getattr(args, 'command', '')}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return err.status
     except (TypeError, ValueError, OSError, ImportError) as err:
         prog, message = None, str(err)
         details = err.details() if callable(getattr(err, "details", None)) else None

@@ -7,6 +7,7 @@ import argparse
 from contextlib import contextmanager
 
 from .. import _checks, arch
+from ..errors import WriteError
 
 PROG = "resnet-bottleneck"
 
@@ -29,6 +30,8 @@ def argument(name: str):
     errors do: ``argument NAME: message``."""
     try:
         yield
+    except WriteError:  # a write that failed on its way (a full disk): not the argument's fault
+        raise
     except (ValueError, OSError) as err:
         details = err.details() if callable(getattr(err, "details", None)) else None
         raise UsageError(f"argument {name}: {err}", details=details) from None

@@ -93,11 +93,29 @@ def _as_usage(err) -> UsageError:
     return UsageError(f"argument {flags().get(field, field)}: {err.message}" if field is not None else str(err))
 
 
+def _remove_unstarted(out) -> None:
+    """Removes ``out``, made by this command, where no run has saved a checkpoint there: no half-made run
+    is left. Only while no other run holds it (one may have started there since)."""
+    import shutil
+
+    from ..errors import BusyError
+    from ..training import rundir
+
+    try:
+        with rundir.hold(out):
+            if not any((out / "checkpoints").glob("[0-9]*")):
+                shutil.rmtree(out, ignore_errors=True)
+    except (BusyError, OSError):
+        pass
+
+
 def run(args) -> int:
     from pathlib import Path
 
     from .. import training
+    from .._files import WRITE_ERRNOS
     from ..data import DataError
+    from ..errors import BusyError, WriteError
 
     Config, RunOptions = _settings()
     given = vars(args)
@@ -122,14 +140,20 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     try:
         result = training.train(config, out=out, options=options, progress=not args.json)
-    except training.DivergedError as err:
+    except (training.DivergedError, WriteError) as err:  # a run that failed on its way: exit 1
         print(f"{PROG} train: error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        where = err.filename or f"into {out}"  # an append to an open file (metrics.jsonl) names none
+        print(f"{PROG} train: error: cannot write {where}: {err.strerror}", file=sys.stderr)
+        return 1
+    except BusyError as err:  # another run's directory: left as it is
+        raise _as_usage(err) from None
     except (training.TrainingError, DataError) as err:
-        if created and not any((out / "checkpoints").glob("[0-9]*")):  # nothing worth keeping: no half-made run
-            import shutil
-
-            shutil.rmtree(out, ignore_errors=True)
+        if created:
+            _remove_unstarted(out)
         raise _as_usage(err) from None
     summary = {
         "test_accuracy": result.test_accuracy,

@@ -3,18 +3,94 @@ from its data and weights (``run``: the class names, the normalisation, the star
 SHA-256), and the input pipeline's iterator state (grain's Orbax handler: one file per process),
 so a resume continues mid-epoch exactly and a checkpoint alone is a usable model (``export``).
 
-Written aside and renamed (atomic), the last ``keep`` kept. A checkpoint from other settings
-(starting weights of other content included), or one that cannot be read, is an error that names it.
+Written aside and renamed (atomic), the last ``keep`` kept. Orbax does not checksum array data, so
+once it has finalized a step the SHA-256 of each of the step's files goes into ``<step>/_sha256.json``
+(written aside and renamed too); a restore checks them first, so a bit flip or a truncated file is
+found, not trained on. A step without that file (from before it was written, or a run killed between
+orbax's rename and its own) is restored as orbax reads it: its files were complete when orbax renamed
+the step. :meth:`Checkpoints.restore_newest` goes back from a damaged checkpoint to the newest one that
+restores, saying which it skipped and why; a checkpoint from other settings (starting weights of other
+content included) is not damage but an error that names it. A save that fails (a full disk) leaves no
+trace of its step: the previous checkpoint stays the newest.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import TypeVar
 
-from ..errors import ConfigError, TrainingError
+from .._files import WRITE_ERRNOS, atomic_write
+from ..errors import CheckpointError, ConfigError, TrainingError, WriteError
 from .config import Config
+
+#: In each step directory: ``{"files": {relative path: [size, sha256]}}`` of every other file there.
+CHECKSUMS = "_sha256.json"
+#: A damaged step is set aside as ``<step>.damaged`` (kept to look at; orbax lists only ``<step>``).
+DAMAGED = ".damaged"
+
+T = TypeVar("T")
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _files(where: Path) -> dict[str, list]:
+    """``{relative path: [size, sha256]}`` of every file under ``where`` but :data:`CHECKSUMS`."""
+    return {
+        path.relative_to(where).as_posix(): [path.stat().st_size, _sha256(path)]
+        for path in sorted(where.rglob("*"))
+        if path.is_file() and path.name != CHECKSUMS
+    }
+
+
+@contextlib.contextmanager
+def _quiet_orbax_threads():
+    """Orbax logs an exception in its writing threads as a traceback before raising it to the caller;
+    here the caller reports it (one line for a full disk), so that log is left out, for this block only."""
+    import logging
+
+    class Drop(logging.Filter):
+        def filter(self, record):
+            return "raised an exception" not in str(record.msg)
+
+    drop, logger = Drop(), logging.getLogger("absl")
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+def _write_failure(err: BaseException) -> str | None:
+    """What a failed write met, if ``err`` (or what caused it) is a full disk or an I/O error; else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
+            return f"{os.strerror(err.errno)} ({errno.errorcode[err.errno]})"
+        for number in WRITE_ERRNOS:  # tensorstore's errors carry the OS's words, not an OSError
+            if os.strerror(number) in str(err):
+                return f"{os.strerror(number)} ({errno.errorcode[number]})"
+        err = err.__cause__ or err.__context__
+    return None
 
 
 class _IteratorState:
@@ -65,23 +141,136 @@ class Checkpoints:
         return self.manager.latest_step()
 
     def save(self, step: int, state, position: dict) -> None:
-        """``position``: ``{"step", "workers", "grain"}``, where the input pipeline stood after ``step``."""
+        """``position``: ``{"step", "workers", "grain"}``, where the input pipeline stood after ``step``.
+
+        Raises:
+          WriteError: the disk is full or failed (naming the step's directory); the step's files are removed.
+        """
         import grain
+        import jax
 
         ocp = self._ocp
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                config=ocp.args.JsonSave(identity(self.config, self.run)),
-                run=ocp.args.JsonSave(self.run),
-                data=grain.checkpoint.CheckpointSave(_IteratorState(position)),
-            ),
-        )
-        self.manager.wait_until_finished()
+        try:
+            with _quiet_orbax_threads():
+                self.manager.save(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(state),
+                        config=ocp.args.JsonSave(identity(self.config, self.run)),
+                        run=ocp.args.JsonSave(self.run),
+                        data=grain.checkpoint.CheckpointSave(_IteratorState(position)),
+                    ),
+                )
+                self.manager.wait_until_finished()
+            if jax.process_index() == 0:
+                where = self._where(step)
+                sums = json.dumps({"files": _files(where)}).encode()
+                atomic_write(where / CHECKSUMS, lambda f: f.write(sums))
+        except Exception as err:  # orbax and tensorstore raise many types; only a failed write is ours to name
+            failure = _write_failure(err)
+            if failure is None:
+                raise
+            self._discard(step)
+            last = self.latest()
+            kept = f"checkpoint {self._where(last)} is kept" if last is not None else "no earlier checkpoint"
+            raise WriteError(f"cannot write checkpoint {self._where(step)}: {failure}; {kept}") from None
+
+    def _discard(self, step: int) -> None:
+        """Removes what a failed save of ``step`` left: orbax's temporary directory, the step's own."""
+        for path in [self._where(step), *self.directory.glob(f"{step}.orbax-checkpoint-tmp*")]:
+            shutil.rmtree(path, ignore_errors=True)
+        self.manager.reload()
 
     def _where(self, step: int) -> Path:
         return self.directory / str(step)
+
+    def _damaged(self, step: int, why: str) -> CheckpointError:
+        err = CheckpointError(f"checkpoint {self._where(step)} {why}")
+        err.step, err.why = step, why
+        return err
+
+    def verify(self, step: int) -> None:
+        """Checks the step's files against the SHA-256 sums written with it (none written: nothing to check).
+
+        Raises:
+          CheckpointError: a file is missing, of another size or of other content; ``why`` says which.
+        """
+        where = self._where(step)
+        try:
+            files = json.loads((where / CHECKSUMS).read_bytes())["files"]
+            recorded = {str(name): (int(size), str(digest)) for name, (size, digest) in files.items()}
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise self._damaged(step, f"has an unreadable {CHECKSUMS} ({type(err).__name__}: {err})") from None
+        for name, (size, digest) in sorted(recorded.items()):
+            path = where / name
+            try:
+                actual = path.stat().st_size
+            except FileNotFoundError:
+                raise self._damaged(step, f"is incomplete: {name} is missing") from None
+            if actual != size:
+                raise self._damaged(step, f"is damaged: {name} has {actual} bytes, {size} when written (truncated?)")
+            if _sha256(path) != digest:
+                raise self._damaged(step, f"is damaged: {name} does not match its SHA-256 (changed since written)")
+
+    def newest(self, read: Callable[[int], T], set_aside: bool = False, say=_say) -> tuple[int, T] | None:
+        """``(step, read(step))`` of the newest checkpoint that verifies (:meth:`verify`) and reads; None
+        without checkpoints. Each damaged one newer than it is then named in one line (``say``) with why,
+        and with ``set_aside`` (a run resuming, holding the directory) renamed ``<step>.damaged``, out of
+        the way of the steps the run writes again. A step gone meanwhile (a live run's rotation) is passed.
+
+        Raises:
+          CheckpointError: no checkpoint restores (naming the directory and each step's problem; nothing
+            is set aside then, so the next attempt does not start afresh unnoticed).
+          TrainingError: from ``read``, a checkpoint of another run (not damage: the message says so).
+        """
+        damaged = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                self.verify(step)
+                found = step, read(step)
+            except CheckpointError as err:
+                if self._where(step).exists():
+                    damaged.append((step, getattr(err, "why", str(err))))
+                continue
+            for bad, why in damaged:
+                aside = self._set_aside(bad) if set_aside else ""
+                say(f"skipped checkpoint step {bad} of {self.directory}: it {why}{aside}; using step {step}")
+            return found
+        if damaged:
+            problems = "; ".join(f"step {step} {why}" for step, why in damaged)
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} can be restored ({problems}); move the directory aside to "
+                "start afresh, or use another output directory"
+            )
+        return None
+
+    def _set_aside(self, step: int) -> str:
+        import jax
+
+        if jax.process_index() != 0:
+            return ""
+        where = self._where(step)
+        aside, n = where.with_name(where.name + DAMAGED), 1
+        while aside.exists():
+            n += 1
+            aside = where.with_name(f"{where.name}{DAMAGED}-{n}")
+        try:
+            where.rename(aside)
+        except OSError as err:
+            return f"; could not set it aside ({err})"
+        self.manager.reload()
+        return f"; set aside as {aside.name}"
+
+    def restore_newest(self, abstract_state, say=_say) -> tuple[int, object, dict] | None:
+        """``(step, state, position)`` of the newest checkpoint that restores (see :meth:`newest`; the damaged
+        ones set aside), or None where there is none. For a run resuming: it holds the directory."""
+        found = self.newest(lambda step: self.restore(step, abstract_state), set_aside=True, say=say)
+        if found is None:
+            return None
+        step, (state, position) = found
+        return step, state, position
 
     def check_config(self, step: int) -> None:
         """Raises if the checkpoint cannot be read or was written with other settings."""
@@ -107,13 +296,13 @@ class Checkpoints:
             )
 
     def _restore(self, step: int, failure: str, **items) -> dict:
-        """``items`` (name -> orbax restore args) of checkpoint ``step``; any failure a :class:`TrainingError`
+        """``items`` (name -> orbax restore args) of checkpoint ``step``; any failure a :class:`CheckpointError`
         saying ``checkpoint <where> <failure> (<error>)``."""
         try:
             return self.manager.restore(step, args=self._ocp.args.Composite(**items))
         except Exception as err:  # orbax raises many types for unreadable or missing items
             first = str(err).splitlines()[0] if str(err) else ""
-            raise TrainingError(f"checkpoint {self._where(step)} {failure} ({type(err).__name__}: {first})") from None
+            raise self._damaged(step, f"{failure} ({type(err).__name__}: {first})") from None
 
     def saved_run(self, step: int) -> tuple[dict, dict]:
         """The settings (:func:`identity`) and the ``run`` a checkpoint was written with."""
@@ -138,4 +327,8 @@ class Checkpoints:
             state=self._ocp.args.StandardRestore(abstract_state),
             data=grain.checkpoint.CheckpointRestore(_IteratorState()),
         )
-        return restored["state"], restored["data"].position
+        position = restored["data"].position
+        if not isinstance(position, dict) or position.get("step") != step:
+            held = position.get("step") if isinstance(position, dict) else position
+            raise self._damaged(step, f"holds the input pipeline of step {held}, not of its own step")
+        return restored["state"], position

@@ -28,6 +28,7 @@ from jax.sharding import PartitionSpec as P
 from .. import data, xla
 from ..errors import ConfigError, DivergedError, TrainingError
 from ..models import create_model
+from . import rundir
 from .checkpoints import Checkpoints
 from .config import Config, RunOptions
 from .devices import batch_sharding, data_mesh, put_batch
@@ -153,6 +154,7 @@ def _failed(err: Exception, step: int, state, meter: _Meter, checkpoints: Checkp
     return TrainingError(f"the input pipeline failed at step {step + 1} ({type(err).__name__}: {err}){kept}")
 
 
+@rundir.holding
 def train(
     config: Config,
     out: str | Path | None = None,
@@ -166,9 +168,13 @@ def train(
     ``datasets`` replaces the configured data with ``(training, evaluation)`` sources
     (``data.ImageFiles`` or ``data.ImageArrays``).
 
+    With ``out``, the run holds ``out`` (``out/run.lock``, see :mod:`.rundir`; process 0 only) while it
+    lives, and resumes from the newest checkpoint that restores, skipping damaged ones (one line each).
+
     Raises:
       ConfigError: a bad setting (``field`` names it); ``data.DataError``: bad data.
-      TrainingError: a corrupt or foreign checkpoint; DivergedError: a NaN/Inf loss.
+      TrainingError: a foreign checkpoint; CheckpointError: none restores; BusyError: a live run holds ``out``.
+      DivergedError: a NaN/Inf loss; WriteError: a checkpoint or the model file could not be written (full disk).
     """
     options = options or RunOptions()
     config.check()
@@ -211,18 +217,13 @@ def train(
     abstract = jax.eval_shape(init)
     state_sharding = jax.tree_util.tree_map(lambda _: replicated, abstract)
     checkpoints = Checkpoints(Path(out) / "checkpoints", options.keep, config, run) if out is not None else None
-    resumed_from = checkpoints.latest() if checkpoints is not None else None
-    initialised = None
-    if resumed_from is not None:
-        target = jax.tree_util.tree_map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding
-        )
-        state, position = checkpoints.restore(resumed_from, target)
-        if position["step"] != resumed_from:
-            raise TrainingError(
-                f"checkpoint {checkpoints.directory / str(resumed_from)} holds the input pipeline "
-                f"of step {position['step']}, not of its own step"
-            )
+    target = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding
+    )
+    found = checkpoints.restore_newest(target) if checkpoints is not None else None  # a damaged one skipped, said
+    resumed_from, initialised = (found[0] if found else None), None
+    if found is not None:
+        _, state, position = found
     else:
         start = None
         if config.weights is not None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ..errors import ConfigError, TrainingError
+from ..errors import CheckpointError, ConfigError, TrainingError
 from .config import Config
 
 #: The file written at the end of a run with an output directory, and by ``export RUN_DIR``.
@@ -132,8 +132,10 @@ def load_run(run_dir: str | os.PathLike):
     """``(model, variables, metadata)`` of the last checkpoint of the run in ``run_dir``: what the run
     writes as ``run_dir/model.safetensors`` at its end, from any checkpoint (a run still going, or stopped).
 
+    A damaged newest checkpoint (see :meth:`.Checkpoints.verify`) is skipped, named in one line on stderr.
+
     Raises:
-      TrainingError: ``run_dir`` has no checkpoint, or it cannot be read.
+      TrainingError: ``run_dir`` has no checkpoint; CheckpointError: none of them can be read.
     """
     from dataclasses import fields
     from functools import partial
@@ -153,18 +155,27 @@ def load_run(run_dir: str | os.PathLike):
             "a run that has not saved one yet"
         )
     checkpoints = Checkpoints(directory, None, Config())
-    step = checkpoints.latest()
-    saved, run = checkpoints.saved_run(step)
-    config = Config(**{f.name: saved[f.name] for f in fields(Config) if f.name in saved})
-    run = {**run, "weights_sha256": saved.get("weights_sha256")}
-    model = create_model(config.model, num_classes=len(run["classes"]), dtype=jnp.bfloat16 if config.bf16 else None)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree_util.tree_map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-        jax.eval_shape(partial(create_train_state, model, make_optimizer(config, 1), config.seed, config.image_size)),
-    )
-    state = checkpoints.restore_state(step, abstract)
-    variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+
+    def read(step: int):
+        saved, run = checkpoints.saved_run(step)
+        config = Config(**{f.name: saved[f.name] for f in fields(Config) if f.name in saved})
+        run = {**run, "weights_sha256": saved.get("weights_sha256")}
+        dtype = jnp.bfloat16 if config.bf16 else None
+        model = create_model(config.model, num_classes=len(run["classes"]), dtype=dtype)
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        init = partial(create_train_state, model, make_optimizer(config, 1), config.seed, config.image_size)
+        abstract = jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), jax.eval_shape(init)
+        )
+        state = checkpoints.restore_state(step, abstract)
+        return model, config, run, jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+
+    # The newest checkpoint that verifies and restores; a damaged one is named and left where it is (a
+    # reader never changes a run's directory, nor waits for a live run: orbax lists only finalized steps).
+    found = checkpoints.newest(read)
+    if found is None:
+        raise CheckpointError(f"{run_dir} has no checkpoint (expected {directory}/<step>)")
+    step, (model, config, run, variables) = found
     return model, variables, describe_model(config, run, step, _test_accuracy(run_dir / "metrics.jsonl", step))
 
 
