@@ -216,6 +216,16 @@ def test_flags_are_the_settings_fields():
             ["--data", "{root}/few", "--batch-size", "16"],
             "argument --batch-size: 16 is larger than the 8 training images",
         ),
+        (
+            lambda root: write_image_folder(root / "one", 1, 10, (20, 16)),
+            ["--data", "{root}/one"],
+            "argument --data: {root}/one has only one class, 'class_000': a classifier needs at least two classes",
+        ),
+        (
+            lambda root: write_image_folder(root / "one", 1, 4, (20, 16), layout="imagenet", val_per_class=1),
+            ["--data", "{root}/one"],
+            "argument --data: {root}/one/train has only one class, 'class_000'",
+        ),
         (lambda root: None, ["--data", "{root}/missing"], "argument --data: {root}/missing is not a directory"),
         (lambda root: None, ["--model", "resnet51"], "argument --model: must be one of"),
         (lambda root: None, ["--batch-size", "0"], "argument --batch-size: must be a positive integer; got 0"),
