@@ -9,6 +9,7 @@ the graph for CPU serving (``io.onnx``), carrying the metadata ``predict`` reads
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from ._common import UsageError, argument, model_name, positive_int
@@ -69,6 +70,14 @@ def write_onnx(args, model, variables, metadata: dict[str, str]) -> None:
 
     carried = {"model": metadata["model"], **{k: metadata[k] for k in CARRIED if k in metadata}}
     if args.image_size is not None:  # the size the graph takes is the size to prepare images at
+        trained = metadata.get("image_size")
+        if trained is not None and trained != str(args.image_size):
+            carried["trained_image_size"] = trained
+            print(
+                f"note: the model was trained at image size {trained}; the graph takes {args.image_size} "
+                f"(--image-size), which {args.output}'s metadata records: predict prepares images at {args.image_size}",
+                file=sys.stderr,
+            )
         carried["image_size"] = str(args.image_size)
     export_onnx(
         model,
