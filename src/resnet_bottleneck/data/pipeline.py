@@ -194,19 +194,21 @@ def _release_shared_memory(batch: dict) -> dict:
     return batch
 
 
-def _wait_for_grain_deletions() -> None:
-    """Wait until grain's background thread has unlinked every shared memory block it was given
-    (it deletes them first in, first out, on one thread)."""
+def _wait_for_grain_deletions(timeout: float = 60.0) -> None:
+    """Wait (``timeout`` seconds at most) until grain's background thread has unlinked every shared
+    memory block it was given: it deletes them first in, first out, on one thread."""
     import sys
+    import threading
 
     from grain.multiprocessing import SharedMemoryArray
 
     pool = getattr(SharedMemoryArray, "_del_thread_pool", None)  # grain 0.2.18; absent: nothing to wait for
-    if pool is not None and not sys.is_finalizing():
-        try:
-            pool.apply(int)
-        except ValueError:  # the pool is already closed
-            pass
+    if pool is None or sys.is_finalizing() or threading.current_thread() in getattr(pool, "_pool", ()):
+        return  # nothing to wait for, or the interpreter is ending, or this is that thread (closed by the gc there)
+    try:
+        pool.apply_async(int).wait(timeout)
+    except ValueError:  # the pool is already closed
+        pass
 
 
 @functools.cache
@@ -321,9 +323,8 @@ def evaluation_batches(
 
 
 def private_copy(batch: dict) -> dict:
-    """A batch's arrays copied out of the workers' shared memory: grain then frees that memory at once.
-    (Its deletion runs on a background thread: a batch still held when the program ends is left to
-    the resource tracker, which warns of leaked shared memory.)"""
+    """A batch's arrays copied out of the workers' shared memory, which grain then unmaps at once
+    (its blocks were unlinked as the batch arrived: see :func:`_finish`)."""
     return {k: np.array(v) for k, v in batch.items()}
 
 
