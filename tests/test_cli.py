@@ -199,3 +199,47 @@ def test_version_is_the_packages():
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"resnet-bottleneck {written}\n"  # pyproject.toml is the one place it is written
     assert rb.__version__ == written
+
+
+def test_written_files_get_the_permissions_the_umask_gives(tmp_path, capsys):
+    """Every file train, export, convert and forward write is ``0o666 & ~umask``, as any program's new
+    file: 0o644 under umask 022 (others on shared storage can read the model), 0o600 under 077."""
+    import stat
+
+    import safetensors.numpy
+
+    from resnet_bottleneck.io.safetensors import load_variables
+    from resnet_bottleneck.io.torchvision import to_torchvision
+
+    def write(out, run):
+        out.mkdir()
+        assert main(["export", str(run), str(out / "m.onnx"), "--image-size", "16"]) == 0
+        assert main(["export", str(run), str(out / "m.safetensors")]) == 0
+        convert = ["convert", str(tmp_path / "tv.safetensors"), str(out / "c.safetensors"), "--model", "resnet_tiny"]
+        assert main(convert) == 0
+        assert main(["forward", "--output", str(out / "y.npy")]) == 0
+
+    def modes(folder):
+        return {str(p.relative_to(folder)): stat.S_IMODE(p.stat().st_mode) for p in folder.rglob("*") if p.is_file()}
+
+    run = tmp_path / "a" / "run"
+    train = ["--image-size", "16", "--batch-size", "256", "--epochs", "1", "--checkpoint-every", "5", "--keep", "1"]
+    previous = os.umask(0o022)
+    try:
+        assert main(["train", *train, "--out", str(run), "--json"]) == 0
+        tree = load_variables(run / "model.safetensors")
+        tree = tree[0] if isinstance(tree, tuple) else tree
+        safetensors.numpy.save_file(to_torchvision(tree, "resnet_tiny", as_numpy=True), tmp_path / "tv.safetensors")
+        write(tmp_path / "a" / "out", run)
+        os.umask(0o077)
+        write(tmp_path / "b", run)
+    finally:
+        os.umask(previous)
+    capsys.readouterr()
+    shared, private = modes(tmp_path / "a"), modes(tmp_path / "b")
+    expected = {"model.safetensors", "metrics.jsonl", "curves.png", "m.onnx", "m.safetensors", "c.safetensors", "y.npy"}
+    assert expected <= {Path(p).name for p in shared} and any(p.startswith("run/checkpoints/") for p in shared)
+    assert {p: m for p, m in shared.items() if m != 0o644} == {}
+    assert sorted(private) == ["c.safetensors", "m.onnx", "m.safetensors", "y.npy"]
+    assert {p: m for p, m in private.items() if m != 0o600} == {}
+    assert not [p for p in [*shared, *private] if Path(p).name.startswith(".")]  # no temporary file left

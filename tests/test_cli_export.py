@@ -266,3 +266,29 @@ def test_the_files_transform_and_names_carry_through(files, tmp_path, capsys):
     assert [r["class"] for r in result["top5"]] == top.tolist()
     np.testing.assert_allclose([r["probability"] for r in result["top5"]], probs[top], atol=1e-4)
     assert [r["label"] for r in result["top5"]] == [f"n{i}" for i in top]
+
+
+def test_a_graph_fixed_at_another_size_than_the_trained_one_is_said_and_recorded(tmp_path, capsys):
+    """A model trained at 64 exported with --image-size 32: one line says so, and the metadata records the
+    size the graph takes (what predict prepares images at) and the size the model was trained at."""
+    from resnet_bottleneck.models import create_model
+
+    model = create_model("resnet_tiny", num_classes=3)
+    variables = random_variables(model, (1, 64, 64, 3))
+    meta = {"model": "resnet_tiny", "num_classes": "3", "format": CHECKPOINT_FORMAT, "image_size": "64"}
+    save_variables(tmp_path / "m.safetensors", variables, meta)
+    assert main(["export", str(tmp_path / "m.safetensors"), str(tmp_path / "m32.onnx"), "--image-size", "32"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"note: the model was trained at image size 64; the graph takes 32 (--image-size), which {tmp_path}/m32.onnx's "
+        "metadata records: predict prepares images at 32"
+    ]
+    proto = onnx.load(str(tmp_path / "m32.onnx"))
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["image_size"] == "32" and props["trained_image_size"] == "64"
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim][2:] == [32, 32]
+
+    assert main(["export", str(tmp_path / "m.safetensors"), str(tmp_path / "m64.onnx"), "--image-size", "64"]) == 0
+    assert capsys.readouterr().err == ""  # the trained size: nothing to say
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m64.onnx")).metadata_props}
+    assert props["image_size"] == "64" and "trained_image_size" not in props

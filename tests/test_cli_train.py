@@ -62,6 +62,22 @@ def test_loss_falls_and_outputs_are_written(digits_run):
     assert position["step"] == 44 and position["workers"] == 0 and "grain" in position
 
 
+def test_rerunning_a_finished_run_says_it_had_finished(digits_run, capsys):
+    """The same command on a run that reached its last step: no "0 training images/s", but what the
+    run ended with (its step, test accuracy and model file), and exit status 0."""
+    run, summary = digits_run
+    assert summary["already_finished"] is False
+    assert main(["train", *SMALL, "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines() == [
+        f"the run in {run} had already finished: step 44 of 44, test accuracy {summary['test_accuracy']:.4f}; "
+        f"model {run / 'model.safetensors'} (more epochs need a new --out)"
+    ]
+    assert main(["train", *SMALL, "--out", str(run), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["already_finished"] is True and again["steps"] == 44 and again["resumed_from_step"] == 44
+
+
 def test_sigkill_mid_epoch_with_workers_then_resume_is_bit_exact(tmp_path):
     """JPEGs decoded by 2 worker processes; killed after a checkpoint in the middle of an epoch;
     the same command resumes (train state and grain's iterator state) to the same final weights."""
@@ -215,6 +231,16 @@ def test_flags_are_the_settings_fields():
             lambda root: write_image_folder(root / "few", 2, 5, (20, 16)),
             ["--data", "{root}/few", "--batch-size", "16"],
             "argument --batch-size: 16 is larger than the 8 training images",
+        ),
+        (
+            lambda root: write_image_folder(root / "one", 1, 10, (20, 16)),
+            ["--data", "{root}/one"],
+            "argument --data: {root}/one has only one class, 'class_000': a classifier needs at least two classes",
+        ),
+        (
+            lambda root: write_image_folder(root / "one", 1, 4, (20, 16), layout="imagenet", val_per_class=1),
+            ["--data", "{root}/one"],
+            "argument --data: {root}/one/train has only one class, 'class_000'",
         ),
         (lambda root: None, ["--data", "{root}/missing"], "argument --data: {root}/missing is not a directory"),
         (lambda root: None, ["--model", "resnet51"], "argument --model: must be one of"),

@@ -179,6 +179,21 @@ def test_data_that_fails_mid_epoch_stops_with_a_checkpoint_and_the_step(tmp_path
     assert resumed.resumed_from == step and resumed.steps == 22
 
 
+def test_training_data_of_one_class_is_refused(tmp_path):
+    """One class named, or two named but images of one: a classifier would score 100% learning nothing."""
+    train_set, held = digits(0.2, seed=0)
+    ones = train_set.subset(np.flatnonzero(train_set.labels == 1))
+    for source, found in (
+        (ImageArrays(ones.images, np.zeros(len(ones), np.int32), ("one",)), "only one class, 'one'"),
+        (ones, "images of one class only, '1'"),
+    ):
+        with pytest.raises(DataError) as err:
+            train(Config(image_size=8, batch_size=8, epochs=1), out=tmp_path, progress=False, datasets=(source, held))
+        assert err.value.field == "datasets" and "a classifier needs at least two classes" in str(err.value)
+        assert f"the training images have {found}" in str(err.value), str(err.value)
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
 # --- fine-tuning torchvision's weights --------------------------------------------------
 
 

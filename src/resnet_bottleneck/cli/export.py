@@ -10,6 +10,7 @@ quantized (``io.quantize``), calibrated on ``--calibration``'s images or, for a 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from ._common import UsageError, argument, model_name, positive_int
@@ -103,6 +104,14 @@ def write_onnx(args, model, variables, metadata: dict[str, str]) -> None:
 
     carried = {"model": metadata["model"], **{k: metadata[k] for k in CARRIED if k in metadata}}
     if args.image_size is not None:  # the size the graph takes is the size to prepare images at
+        trained = metadata.get("image_size")
+        if trained is not None and trained != str(args.image_size):
+            carried["trained_image_size"] = trained
+            print(
+                f"note: the model was trained at image size {trained}; the graph takes {args.image_size} "
+                f"(--image-size), which {args.output}'s metadata records: predict prepares images at {args.image_size}",
+                file=sys.stderr,
+            )
         carried["image_size"] = str(args.image_size)
     options = dict(layout=args.layout or "NCHW", batch=args.batch, image_size=args.image_size, metadata=carried)
     if not args.int8:

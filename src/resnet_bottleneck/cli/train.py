@@ -170,8 +170,16 @@ def run(args) -> int:
         "skipped_images": result.skipped,
         "config": asdict(config),
     }
+    finished_before = result.resumed_from is not None and result.resumed_from == result.steps  # nothing left to do
+    summary["already_finished"] = finished_before
     if args.json:
         print(json.dumps(summary))
+    elif finished_before:
+        model = f"; model {result.model_file}" if result.model_file is not None else ""
+        print(
+            f"the run in {out} had already finished: step {result.steps} of {result.steps}, test accuracy "
+            f"{result.test_accuracy:.4f}{model} (more epochs need a new --out)"
+        )
     else:
         print(
             f"test accuracy {result.test_accuracy:.4f} after {result.epochs} epochs ({result.steps} steps) in "

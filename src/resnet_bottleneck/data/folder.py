@@ -80,6 +80,24 @@ def list_images(root: str | os.PathLike, field: str = "data") -> ImageFiles:
     return ImageFiles(str(root), encoded, np.asarray(labels, np.int32), tuple(d.name for d in class_dirs))
 
 
+def require_two_classes(source, field: str = "data") -> None:
+    """Refuse training images of fewer than two classes (named, or among the labels): a classifier
+    of one class scores 100% without learning anything.
+
+    Raises:
+      DataError: naming ``field``, the folder (an :class:`ImageFiles`'s ``root``) and the one class.
+    """
+    where = f"{source.root} has" if isinstance(source, ImageFiles) else "the training images have"
+    if len(source.classes) < 2:
+        found = f"only one class, {source.classes[0]!r}" if source.classes else "no classes"
+    else:
+        present = np.unique(np.asarray(source.labels))
+        if len(present) >= 2:
+            return
+        found = f"images of one class only, {source.classes[int(present[0])]!r}" if len(present) else "no images"
+    raise DataError(field, f"{where} {found}: a classifier needs at least two classes")
+
+
 def is_train_val(root: str | os.PathLike) -> bool:
     """Whether ``root`` has ImageNet's layout: ``train/`` and ``val/`` folders of classes."""
     return (Path(root) / "train").is_dir() and (Path(root) / "val").is_dir()

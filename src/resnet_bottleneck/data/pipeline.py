@@ -15,6 +15,7 @@ and determinism hold) and reported in the batch's ``bad`` field, for the summary
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -183,7 +184,67 @@ def _exit_with_parent(worker_index: int, worker_count: int) -> None:
     threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
+def _release_shared_memory(batch: dict) -> dict:
+    """A batch from the workers with its shared memory blocks unlinked now: their names are gone (and
+    unregistered from the resource tracker), the memory stays mapped until the arrays die."""
+    for array in batch.values():
+        if getattr(array, "_unlink_on_del", False) and getattr(array, "shm", None) is not None:
+            array._unlink_on_del = False  # its deletion then only unmaps it
+            array.shm.unlink()
+    return batch
+
+
+def _wait_for_grain_deletions(timeout: float = 60.0) -> None:
+    """Wait (``timeout`` seconds at most) until grain's background thread has unlinked every shared
+    memory block it was given: it deletes them first in, first out, on one thread."""
+    import sys
+    import threading
+
+    from grain.multiprocessing import SharedMemoryArray
+
+    pool = getattr(SharedMemoryArray, "_del_thread_pool", None)  # grain 0.2.18; absent: nothing to wait for
+    if pool is None or sys.is_finalizing() or threading.current_thread() in getattr(pool, "_pool", ()):
+        return  # nothing to wait for, or the interpreter is ending, or this is that thread (closed by the gc there)
+    try:
+        pool.apply_async(int).wait(timeout)
+    except ValueError:  # the pool is already closed
+        pass
+
+
+@functools.cache
+def _releasing_dataset():
+    """The ``IterDataset`` of :func:`_finish`, defined once grain is imported."""
+    import grain
+
+    class Iterator(grain.DatasetIterator):
+        def __next__(self):
+            return _release_shared_memory(next(self._parent))
+
+        def get_state(self):
+            return self._parent.get_state()
+
+        def set_state(self, state):
+            self._parent.set_state(state)
+
+        def close(self) -> None:
+            super().close()  # closes grain's iterators, which drop the batches they had prefetched
+            _wait_for_grain_deletions()
+
+    class Releasing(grain.IterDataset):
+        def __iter__(self):
+            return Iterator(self._parent.__iter__())
+
+    return Releasing
+
+
 def _finish(dataset, workers: int):
+    """``dataset`` prefetched by a thread, or by ``workers`` processes through shared memory, released
+    as each batch arrives and, for the batches grain prefetched, when the iterator is closed.
+
+    grain unlinks a block when its array is deleted, on a background thread: a block not yet unlinked
+    when the program ends is left to the resource tracker, which warns of "leaked shared_memory
+    objects" (the Python ``train()`` with workers did, as it returned just before the program ended).
+    """
     import grain
 
     stream = dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
@@ -193,6 +254,7 @@ def _finish(dataset, workers: int):
             grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2),
             worker_init_fn=_exit_with_parent,
         )
+        stream = _releasing_dataset()(stream)
     return stream
 
 
@@ -261,9 +323,8 @@ def evaluation_batches(
 
 
 def private_copy(batch: dict) -> dict:
-    """A batch's arrays copied out of the workers' shared memory: grain then frees that memory at once.
-    (Its deletion runs on a background thread: a batch still held when the program ends is left to
-    the resource tracker, which warns of leaked shared memory.)"""
+    """A batch's arrays copied out of the workers' shared memory, which grain then unmaps at once
+    (its blocks were unlinked as the batch arrived: see :func:`_finish`)."""
     return {k: np.array(v) for k, v in batch.items()}
 
 

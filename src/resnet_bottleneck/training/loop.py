@@ -181,6 +181,7 @@ def train(
     options.check()
     started = time.perf_counter()
     train_set, eval_set = datasets if datasets is not None else load_datasets(config)
+    data.folder.require_two_classes(train_set, "data" if datasets is None else "datasets")
     workers = options.workers
     if workers is None:
         workers = data.default_workers(train_set)
