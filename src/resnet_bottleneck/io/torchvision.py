@@ -50,7 +50,7 @@ from flax import traverse_util
 from .. import _checks, arch
 from ..arch.timm_family import TIMM_FAMILY
 from ..backbones import FPNBackbone, create_fpn_backbone
-from ..errors import InputError
+from ..errors import FileError, InputError, InputTypeError
 from ..models import CONFIGS, ResNet, _model_name, create_model, feature_info
 from .safetensors import read_tensors
 
@@ -273,7 +273,9 @@ def _detect(shapes: Mapping[str, tuple], torch: bool, expected=None) -> tuple[tu
 def _shapes(state_dict: Mapping[str, Any]) -> tuple[Mapping[str, Any], dict[str, tuple]]:
     """The (unwrapped) state_dict and its tensors' shapes, read without converting any tensor."""
     if not isinstance(state_dict, Mapping):
-        raise TypeError(f"state_dict must be a mapping of tensor names to tensors; got {type(state_dict).__name__}")
+        raise InputTypeError(
+            f"state_dict must be a mapping of tensor names to tensors; got {type(state_dict).__name__}"
+        )
     state_dict = _unwrap(state_dict)
     return state_dict, {k: tuple(np.shape(v)) for k, v in state_dict.items()}
 
@@ -294,7 +296,7 @@ def detect_architecture(state_dict: Mapping[str, Any], *, every: bool = False) -
     (``downsample.0`` / ``downsample.1``) but not our path.
     """
     if not isinstance(every, bool):
-        raise TypeError(f"every must be True or False; got {every!r}")
+        raise InputTypeError(f"every must be True or False; got {every!r}")
     fits = _detect(_shapes(state_dict)[1], torch=True)[0]
     return fits if every else (fits[0] if fits else None)
 
@@ -683,7 +685,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such weights file: {path}")
+        raise FileError(f"no such weights file: {path}")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         return read_tensors(path)[0]
@@ -691,7 +693,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         try:
             import torch
         except ImportError:
-            raise ValueError(
+            raise InputError(
                 f"reading {path.name} needs PyTorch (pip install torch), or convert it to .safetensors"
             ) from None
         try:
@@ -700,12 +702,12 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 loaded = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else "not a weights-only file"
-            raise ValueError(
+            raise InputError(
                 f"refusing to load {path}: it holds more than tensors, and unpickling it could run code ({first})"
             ) from None
         except (RuntimeError, EOFError, OSError, ValueError) as err:
-            raise ValueError(f"{path} is not a readable PyTorch weights file ({err})") from None
+            raise InputError(f"{path} is not a readable PyTorch weights file ({err})") from None
         if not isinstance(loaded, Mapping):
-            raise ValueError(f"{path} holds a {type(loaded).__name__}, not a state_dict")
+            raise InputError(f"{path} holds a {type(loaded).__name__}, not a state_dict")
         return {k: _to_numpy(v) for k, v in _unwrap(loaded).items()}
-    raise ValueError(f"weights file must end in .safetensors, .pth or .pt; got {path.name}")
+    raise InputError(f"weights file must end in .safetensors, .pth or .pt; got {path.name}")
