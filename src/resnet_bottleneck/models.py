@@ -349,7 +349,14 @@ def create_model(name: str, num_classes: int | None = 1000, **options) -> ResNet
       **options: any other :class:`ResNet` attribute (``dtype``, ``remat``, ``scan``,
         ``stride_on``, ``zero_init_last``, ``bn_momentum``, ...).
     """
-    return ResNet(**model_config(name, options), **options, num_classes=num_classes)
+    config = model_config(name, options)
+    if num_classes is not None:
+        num_classes = _checks.positive_int("num_classes", num_classes)
+    known = {f.name for f in dataclasses.fields(ResNet) if f.init and f.name not in ("parent", "name", "num_classes")}
+    unknown = set(options) - known
+    if unknown:
+        raise InputTypeError(f"unknown options {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    return ResNet(**config, **options, num_classes=num_classes)
 
 
 def model_config(name: str, options) -> dict:
