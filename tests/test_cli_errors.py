@@ -301,9 +301,34 @@ HOSTILE = {
     "offsets_wrong_size.safetensors": lambda p, marker: _safetensors(
         p, {"a": {"dtype": "F32", "shape": [1000], "data_offsets": [0, 16]}}, b"\0" * 16
     ),
+    # our own format's metadata, and a tensor where a module of another one is
+    "tree_clash.safetensors": lambda p, marker: _safetensors(
+        p,
+        {
+            "__metadata__": {"format": "resnet-bottleneck variables", "model": "resnet18"},
+            "params/conv1": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+            "params/conv1/kernel": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]},
+        },
+        b"\0" * 8,
+    ),
     "code.pth": lambda p, marker: p.write_bytes(pickle.dumps({"conv1.weight": _RunsCode(marker)})),
     "code_zip.pth": lambda p, marker: _torch_save({"conv1.weight": _RunsCode(marker)}, p),
+    # pickles of plain containers (allowed by weights_only) that are no state_dict of tensors
+    "int_keys.pth": lambda p, marker: _torch_save({"state_dict": {1: _zeros(1)}}, p),
+    "complex.pth": lambda p, marker: _torch_save({"conv1.weight": _zeros(64, 3, 7, 7).to(_complex())}, p),
 }
+
+
+def _zeros(*shape):
+    import torch
+
+    return torch.zeros(*shape)
+
+
+def _complex():
+    import torch
+
+    return torch.complex64
 
 
 def _torch_save(obj, path):

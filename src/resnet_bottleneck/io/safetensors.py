@@ -57,5 +57,12 @@ def save_variables(path: str | os.PathLike, variables, metadata: Mapping[str, st
 def load_variables(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
     """Variables and metadata written by :func:`save_variables`."""
     tensors, metadata = read_tensors(path)
+    keys = {tuple(k.split("/")) for k in tensors}
+    for key in keys:  # a tree: no tensor where another one's module is
+        clash = next((key[:i] for i in range(1, len(key)) if key[:i] in keys), None)
+        if clash is not None:
+            raise InputError(
+                f"{path} is not a file of variables: {'/'.join(clash)!r} is a tensor and a module of {'/'.join(key)!r}"
+            )
     flat = {tuple(k.split("/")): jnp.asarray(v) for k, v in tensors.items()}
     return traverse_util.unflatten_dict(flat), metadata

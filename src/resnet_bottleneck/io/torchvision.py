@@ -676,6 +676,25 @@ def to_torchvision_fpn(variables, name: str, *, as_numpy: bool = False, dtype=np
     return _write(flat, {path: (key, shape, kind) for key, path, shape, kind in layout}, as_numpy, dtype)
 
 
+def _real_tensors(path: Path, loaded: Mapping) -> dict[str, np.ndarray]:
+    """A loaded ``.pth``'s state_dict as numpy arrays; a key that is not a tensor name, or a value that is not
+    a tensor of real numbers (a string, a complex tensor), is refused naming the file and the key."""
+
+    def names(mapping: Mapping) -> Mapping:
+        key = next((k for k in mapping if not isinstance(k, str)), None)
+        if key is not None:
+            raise InputError(
+                f"{path} holds a state_dict with the key {key!r} ({type(key).__name__}), not a tensor name"
+            )
+        return mapping
+
+    tensors = {k: _to_numpy(v) for k, v in names(_unwrap(names(loaded))).items()}
+    for key, array in tensors.items():
+        if array.dtype.kind not in "biuf":
+            raise InputError(f"{path}'s {key!r} is not a tensor of real numbers: it holds {array.dtype} values")
+    return tensors
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Tensors from a ``.safetensors`` file, or a ``.pth``/``.pt`` file without running its code.
 
@@ -709,5 +728,5 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             raise InputError(f"{path} is not a readable PyTorch weights file ({err})") from None
         if not isinstance(loaded, Mapping):
             raise InputError(f"{path} holds a {type(loaded).__name__}, not a state_dict")
-        return {k: _to_numpy(v) for k, v in _unwrap(loaded).items()}
+        return _real_tensors(path, loaded)
     raise InputError(f"weights file must end in .safetensors, .pth or .pt; got {path.name}")
