@@ -521,3 +521,15 @@ def test_training_and_evaluation_count_the_bomb_among_unreadable_images(images_a
     batch = private_copy(next(iter(training_batches(files, image_size=16, batch_size=6, seed=0, epochs=1))))
     seen.update(int(b) for b in batch["bad"] if b >= 0)
     assert seen == {bomb} and batch["mask"].all()  # substituted by a readable image, and counted
+
+
+def test_forward_refuses_an_npy_header_claiming_terabytes(tmp_path, capsys):
+    """A 100-byte ``.npy`` whose header claims 2**40 float32 values: refused from its header (np.load alone
+    would try to allocate 4 TiB: a MemoryError, told as a bug)."""
+    from numpy.lib import format as npy
+
+    with open(tmp_path / "huge.npy", "wb") as f:
+        npy.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (2**40,)})
+        f.write(b"\0" * 16)
+    assert main(["forward", "--input", str(tmp_path / "huge.npy")]) == 2
+    one_line_error(capsys.readouterr().err, "argument --input: cannot read", "huge.npy", "claims (1099511627776,)")
