@@ -676,6 +676,15 @@ def to_torchvision_fpn(variables, name: str, *, as_numpy: bool = False, dtype=np
     return _write(flat, {path: (key, shape, kind) for key, path, shape, kind in layout}, as_numpy, dtype)
 
 
+def _unpickling_reason(text: str) -> str:
+    """torch's reason for refusing a file under ``weights_only`` (``Unsupported operand 149``, ``Trying to load
+    unsupported GLOBAL posix.system ...``), without its paragraphs of advice."""
+    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if p.strip()]
+    advice = ("Weights only load failed", "Check the documentation")
+    reasons = [p for p in paragraphs if not p.startswith(advice)] or paragraphs or ["not a weights-only file"]
+    return reasons[0].split("WeightsUnpickler error:")[-1].strip()
+
+
 def _real_tensors(path: Path, loaded: Mapping) -> dict[str, np.ndarray]:
     """A loaded ``.pth``'s state_dict as numpy arrays; a key that is not a tensor name, or a value that is not
     a tensor of real numbers (a string, a complex tensor), is refused naming the file and the key."""
@@ -720,9 +729,10 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 warnings.filterwarnings("ignore", message="Detected pickle protocol")
                 loaded = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else "not a weights-only file"
+            first = _unpickling_reason(str(err))
             raise InputError(
-                f"refusing to load {path}: it holds more than tensors, and unpickling it could run code ({first})"
+                f"refusing to load {path}: it holds more than tensors (or is no pickle at all), and unpickling it "
+                f"could run code ({first})"
             ) from None
         except (RuntimeError, EOFError, OSError, ValueError) as err:
             raise InputError(f"{path} is not a readable PyTorch weights file ({err})") from None
