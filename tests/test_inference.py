@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_bottleneck import create_model, inference, load_model
+from resnet_bottleneck import create_model, errors, inference, load_model
 from resnet_bottleneck.data import ImageFiles, digits, eval_transform, normalize
 from resnet_bottleneck.errors import DataError
 from resnet_bottleneck.io import load_model_file
@@ -125,7 +125,7 @@ def test_image_paths_lists_directories_recursively_sorted(pictures):
     a = sorted([paths[0], paths[2], paths[4], str(root / "a" / "broken.png")])
     assert listed == sorted([paths[1], paths[3]]) + [paths[0]] + a  # files as given, dirs expanded in place
     assert str(root / "a" / "notes.txt") not in listed and not any(".skip" in p or ".hidden" in p for p in listed)
-    with pytest.raises(FileNotFoundError, match=f"no such file: {root}/nope.png"):
+    with pytest.raises(errors.FileError, match=f"no such file: {root}/nope.png"):  # an OSError
         inference.image_paths([paths[0], root / "nope.png"])
     with pytest.raises(ValueError, match=f"{root}/empty is a directory without images"):
         inference.image_paths([root / "empty"])

@@ -12,7 +12,7 @@ import torch
 import torchvision
 from helpers import assert_close_to_scale, assert_trees_close, assert_trees_equal, random_torchvision, torch_stages
 
-from resnet_bottleneck import CONFIGS, create_model
+from resnet_bottleneck import CONFIGS, create_model, errors
 from resnet_bottleneck.io.torchvision import (
     WeightsMismatch,
     detect_architecture,
@@ -298,5 +298,5 @@ def test_truncated_or_wrong_files_are_clear_errors(tmp_path):
         load_state_dict(tmp_path / "cut.pth")
     with pytest.raises(ValueError, match=r"must end in .safetensors, .pth or .pt; got w.ckpt"):
         load_state_dict(tmp_path / "w.ckpt")
-    with pytest.raises(FileNotFoundError, match="no such weights file"):
+    with pytest.raises(errors.FileError, match="no such weights file"):  # an OSError, as FileNotFoundError was
         load_state_dict(tmp_path / "missing.pth")

@@ -2,8 +2,9 @@
 
 Every kind of value checked in more than one place (a positive integer, a count, a seed, a
 fraction, a finite number >= 0, torchvision's ``trainable_layers``, a model name) is one
-:class:`Kind` in :data:`KINDS` (or :func:`model_name` for names): the Python API raises
-``TypeError`` (wrong kind of thing) or ``ValueError`` (right kind, wrong value) as
+:class:`Kind` in :data:`KINDS` (or :func:`model_name` for names): the Python API raises the library's
+``InputTypeError`` (a ``TypeError``: wrong kind of thing) or ``InputError`` (a ``ValueError``: right
+kind, wrong value) as
 ``name must be ...; got ...``; ``training.Config`` reports ``field: must be ...; got ...``;
 the command line's argparse types ``argument --flag: must be ...; got ...``. One verdict
 everywhere: a numpy integer is an integer, a bool never is.
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from .errors import InputError, InputTypeError
 
 SEED_LIMIT = 2**32
 
@@ -75,9 +78,9 @@ class Kind:
     def check(self, name: str, value: Any) -> Any:
         """``value`` (a numpy scalar as a Python number) or a ``TypeError``/``ValueError`` naming ``name``."""
         if not self.typed(value):
-            raise TypeError(f"{name} must be {self.expected}; got {_describe(value)}")
+            raise InputTypeError(f"{name} must be {self.expected}; got {_describe(value)}")
         if not self.accepts(value):
-            raise ValueError(f"{name} must be {self.expected}; got {_plain(value)!r}")
+            raise InputError(f"{name} must be {self.expected}; got {_plain(value)!r}")
         return _plain(value)
 
     def from_text(self, text: str) -> Any:
@@ -85,9 +88,9 @@ class Kind:
         try:
             value = self.parse(text)
         except ValueError:
-            raise ValueError(f"must be {self.expected}; got {text!r}") from None
+            raise InputError(f"must be {self.expected}; got {text!r}") from None
         if not self.valid(value):
-            raise ValueError(f"must be {self.expected}; got {value!r}")
+            raise InputError(f"must be {self.expected}; got {value!r}")
         return value
 
 
@@ -148,7 +151,7 @@ def seed(value: Any, name: str = "seed") -> int:
 
 def one_of(name: str, value: Any, allowed: tuple) -> Any:
     if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+        raise InputError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
     return value
 
 
@@ -167,10 +170,10 @@ def model_name(value: Any, names: Sequence[str], argument: str = "name") -> str:
     ``"{argument} must be one of ...; got '...'"`` suggesting the nearest name (a ``TypeError``
     for a value that is not a string at all, as every check here)."""
     if not isinstance(value, str):
-        raise TypeError(f"{argument} must be one of {', '.join(names)}; got {_describe(value)}")
+        raise InputTypeError(f"{argument} must be one of {', '.join(names)}; got {_describe(value)}")
     problem = name_problem(value, names)
     if problem is not None:
-        raise ValueError(f"{argument} {problem}")
+        raise InputError(f"{argument} {problem}")
     return value
 
 
@@ -184,28 +187,28 @@ def real_array(name: str, value: Any, ndim: int, layout: str) -> np.ndarray:
       layout: the axes' meaning for messages, e.g. ``"(H, W, C)"``.
     """
     if isinstance(value, (str, bytes)):
-        raise TypeError(f"{name} must be a real-valued {ndim}-D array {layout}; got {_describe(value)}")
+        raise InputTypeError(f"{name} must be a real-valued {ndim}-D array {layout}; got {_describe(value)}")
     try:
         array = np.asarray(value)
     except (ValueError, TypeError) as err:
-        raise TypeError(
+        raise InputTypeError(
             f"{name} must be a real-valued {ndim}-D array {layout}; got {_describe(value)}, "
             f"which is not a regular array ({err})"
         ) from None
     # Integer and floating kinds (bfloat16 included); bool, complex, str, object are refused.
     is_real = array.dtype.kind in "iuf" or array.dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2")
     if not is_real:
-        raise TypeError(f"{name} must hold real numbers (an integer or floating dtype); got dtype {array.dtype}")
+        raise InputTypeError(f"{name} must hold real numbers (an integer or floating dtype); got dtype {array.dtype}")
     if array.ndim != ndim:
-        raise ValueError(f"{name} must be a {ndim}-D array {layout}; got shape {array.shape} ({array.ndim}-D)")
+        raise InputError(f"{name} must be a {ndim}-D array {layout}; got shape {array.shape} ({array.ndim}-D)")
     if 0 in array.shape:
-        raise ValueError(f"{name} must have no empty axis {layout}; got shape {array.shape}")
+        raise InputError(f"{name} must have no empty axis {layout}; got shape {array.shape}")
     if array.dtype.kind not in "iu":
         finite = np.isfinite(array)
         if not finite.all():
             bad = np.argwhere(~finite)
             first = tuple(int(i) for i in bad[0])
-            raise ValueError(
+            raise InputError(
                 f"{name} must be finite; got {len(bad)} NaN/Inf value(s), the first at index {first} ({array[first]!r})"
             )
     return array

@@ -30,6 +30,7 @@ import numpy as np
 
 from . import _checks
 from .blocks import FastConv
+from .errors import InputError, InputTypeError
 from .models import STAGE_NAMES, ResNet, create_model
 
 #: torchvision's FPN initialisation, ``kaiming_uniform_(a=1)``: uniform with variance ``1 / fan_in``.
@@ -116,10 +117,10 @@ class FeaturePyramidNetwork(nn.Module):
 def _returned_layers(value: Any) -> tuple[int, ...]:
     expected = "returned_layers must list increasing stage numbers from 1 to 4 (layer1..layer4), e.g. (2, 3, 4)"
     if not isinstance(value, (tuple, list)) or not value or not all(_checks.is_int(v) for v in value):
-        raise ValueError(f"{expected}; got {value!r}")
+        raise InputError(f"{expected}; got {value!r}")
     layers = tuple(int(v) for v in value)
     if not all(1 <= v <= 4 for v in layers) or list(layers) != sorted(set(layers)):
-        raise ValueError(f"{expected}; got {value!r}")
+        raise InputError(f"{expected}; got {value!r}")
     return layers
 
 
@@ -146,7 +147,7 @@ class FPNBackbone(nn.Module):
     def __call__(self, x, train: bool = False) -> dict:
         returned = _returned_layers(self.returned_layers)
         if len(self.body.stage_sizes) < returned[-1]:
-            raise ValueError(
+            raise InputError(
                 f"returned_layers={returned!r} needs layer{returned[-1]}, but the body has "
                 f"{len(self.body.stage_sizes)} stages"
             )
@@ -189,7 +190,7 @@ def create_fpn_backbone(
     trainable_layers = _checks.trainable_layers(trainable_layers)
     out_channels = _checks.positive_int("out_channels", out_channels)
     if not isinstance(extra_pool, bool):
-        raise TypeError(f"extra_pool must be True or False; got {extra_pool!r}")
+        raise InputTypeError(f"extra_pool must be True or False; got {extra_pool!r}")
     body = create_model(name, num_classes=None, norm=norm, trainable_layers=trainable_layers, **options)
     body = body.clone(stage_sizes=tuple(body.stage_sizes[: returned[-1]]))
     return FPNBackbone(body=body, returned_layers=returned, out_channels=out_channels, extra_pool=extra_pool)

@@ -31,6 +31,7 @@ from jax import lax
 
 from . import _checks, arch, layers
 from .arch import STRIDE_PLACEMENTS
+from .errors import InputError, InputTypeError
 from .layers import DropPath
 from .norm import FLAX_BATCH_NORM
 
@@ -99,7 +100,7 @@ FastConv = partial(nn.Conv, conv_general_dilated=conv_1x1_as_dot)
 def _pair(name: str, value: Any) -> tuple[int, int]:
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
-            raise ValueError(f"{name} must be an int or a pair of ints; got {value!r}")
+            raise InputError(f"{name} must be an int or a pair of ints; got {value!r}")
         return (_checks.positive_int(name, value[0]), _checks.positive_int(name, value[1]))
     n = _checks.positive_int(name, value)
     return (n, n)
@@ -173,7 +174,7 @@ def projects(block, in_features: int, features: int, strides: tuple[int, int]) -
     needed = arch.needs_projection(in_features, features, strides)
     project = needed if block.projection is None else bool(block.projection)
     if needed and not project:
-        raise ValueError(
+        raise InputError(
             f"projection=False needs an identity shortcut, but the input has {in_features} channels "
             f"and strides {strides} while the block outputs {features} channels at stride (1, 1); "
             "use projection=None (automatic) or True"
@@ -198,7 +199,7 @@ def residual(block, x, spec: arch.Block):
     y = run_layers(block, x, spec.layers, names)
     shortcut = SHORTCUTS[spec.shortcut.kind](block, x, spec.shortcut, names)
     if y.shape[1:3] != shortcut.shape[1:3]:
-        raise ValueError(
+        raise InputError(
             f"block {getattr(block, 'name', None) or spec.name}, on a {tuple(x.shape[1:3])} map, gives "
             f"{tuple(y.shape[1:3])} on its main path but {tuple(shortcut.shape[1:3])} on its shortcut: aa_layer='avg' "
             "(a 2x2 pool, as timm's) needs even maps at every strided block; use an input size divisible by 32"
@@ -217,7 +218,7 @@ def block_spec(block, in_features: int, args: dict, strides: tuple[int, int]) ->
 def _check_common(block) -> tuple[int, int]:
     _checks.one_of("padding", block.padding, PADDINGS)
     if block.projection is not None and not isinstance(block.projection, bool):
-        raise TypeError(f"projection must be None (automatic), True or False; got {block.projection!r}")
+        raise InputTypeError(f"projection must be None (automatic), True or False; got {block.projection!r}")
     _checks.positive_int("dilation", block.dilation)
     return _pair("strides", block.strides)
 
@@ -239,7 +240,7 @@ def bottleneck_plan(block) -> tuple[int, int, int, tuple[int, int]]:
     strides = _check_common(block)
     _checks.one_of("stride_on", block.stride_on, STRIDE_PLACEMENTS)
     if mid % groups:
-        raise ValueError(f"groups must divide mid_features; got groups={groups}, mid_features={mid}")
+        raise InputError(f"groups must divide mid_features; got groups={groups}, mid_features={mid}")
     return mid, out, groups, strides
 
 

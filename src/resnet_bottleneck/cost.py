@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _checks, arch
+from .errors import DependencyError
 from .layers import _pool_geometry
 from .models import ResNet, count_params, create_model
 
@@ -294,7 +295,7 @@ def plot_block_costs(path, widths=(64, 128, 256, 512, 1024, 2048), size: int = 5
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ImportError("--plot needs matplotlib: pip install 'resnet-bottleneck[plot]'") from None
+        raise DependencyError("--plot needs matplotlib: pip install 'resnet-bottleneck[plot]'") from None
     from ._files import atomic_write
 
     basic = [basic_pair_params(w) for w in widths]

@@ -3,7 +3,8 @@
 Everything the library raises on purpose is an :class:`Error`; anything else escaping it is a bug.
 ``status`` is the command line's exit status for it: 2 for bad input (an :class:`InputError`, a
 ``ValueError``, so ``except ValueError`` keeps catching it; :class:`InputTypeError` is also a
-``TypeError``; :class:`ImageError` and :class:`FileError` are also ``OSError``s), 2 for a run that
+``TypeError``; :class:`ImageError` and :class:`FileError` are also ``OSError``s; :class:`DependencyError`, a
+missing optional dependency, an ``ImportError``), 2 for a run that
 cannot go on from what it was given (:class:`TrainingError`: a foreign or damaged checkpoint, a
 directory another live run holds), 1 for a run that failed on its way (:class:`DivergedError`, a
 write that failed: :class:`WriteError`). A setting's error names the setting (:class:`SettingError`'s
@@ -72,6 +73,11 @@ class DivergedError(TrainingError):
     status = 1
 
 
+class DependencyError(Error, ImportError):
+    """An optional dependency a feature needs is not installed (also an ``ImportError``); the message says
+    what to install."""
+
+
 class WriteError(Error, OSError):
     """A write that failed (a full disk, an I/O error), naming the path; nothing half-written is left."""
 
@@ -83,6 +89,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "DependencyError",
     "DivergedError",
     "Error",
     "FileError",

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from . import arch
+from .errors import InputError, InputTypeError
 from .models import ResNet
 
 
@@ -40,16 +41,16 @@ def fold_batchnorm(model: ResNet, variables) -> tuple[ResNet, dict]:
       ``(folded_model, {'params': ...})``; call ``folded_model.apply(v, x)`` (eval only).
     """
     if not isinstance(model, ResNet):
-        raise TypeError(f"model must be a resnet_bottleneck ResNet; got {type(model).__name__}")
+        raise InputTypeError(f"model must be a resnet_bottleneck ResNet; got {type(model).__name__}")
     if model.folded:
-        raise ValueError("model is already folded")
+        raise InputError("model is already folded")
     if not foldable(model):
-        raise ValueError(
+        raise InputError(
             f"norm={model.norm!r} cannot be folded: a GroupNorm normalises each image by its own statistics "
             "(export_onnx writes it unfolded)"
         )
     if "batch_stats" not in variables:
-        raise ValueError("variables must hold 'batch_stats' (the running statistics to fold)")
+        raise InputError("variables must hold 'batch_stats' (the running statistics to fold)")
     params = traverse_util.flatten_dict(dict(variables["params"]))
     stats = traverse_util.flatten_dict(dict(variables["batch_stats"]))
     norm_to_conv = _norm_to_conv(model)

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import _checks, xla
 from .blocks import BasicBlock, BottleneckBlock
+from .errors import InputError
 
 
 def _init_apply(block, seed, x):
@@ -40,7 +41,7 @@ def _basic(features: int, seed, x):
 def _image(x, channels: int, channels_arg: str) -> np.ndarray:
     x = _checks.real_array("x", x, 3, "(H, W, C)")
     if x.shape[-1] != channels:
-        raise ValueError(
+        raise InputError(
             f"x must have {channels_arg}={channels} channels for the identity shortcut; "
             f"got shape {x.shape} ({x.shape[-1]} channels)"
         )

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import _checks
 from .data.folder import IMAGE_SUFFIXES, ImageFiles, images_under, is_train_val, list_images
-from .errors import DataError, ImageError, TrainingError
+from .errors import DataError, FileError, ImageError, InputError, TrainingError
 
 
 def load_model(path: str | os.PathLike, name: str | None = None):
@@ -42,8 +42,8 @@ def load_model(path: str | os.PathLike, name: str | None = None):
     from ``metadata``, :func:`~resnet_bottleneck.io.class_names` the class names.
 
     Raises:
-      FileNotFoundError: no such file.
-      ValueError: the file is unreadable, a directory holds no checkpoint, names another model than
+      FileError: no such file.
+      InputError: the file is unreadable, a directory holds no checkpoint, names another model than
         ``name``, names none and ``name`` is not given, or does not fit (a
         :class:`~resnet_bottleneck.io.WeightsMismatch` naming the file and the model it fits).
     """
@@ -57,9 +57,9 @@ def load_model(path: str | os.PathLike, name: str | None = None):
     try:
         model, variables, metadata = load_run(path)
     except TrainingError as err:
-        raise ValueError(str(err)) from None
+        raise InputError(str(err)) from None
     if name is not None and metadata["model"] != name:
-        raise ValueError(f"{path} holds a run of {metadata['model']!r}, not {name!r}")
+        raise InputError(f"{path} holds a run of {metadata['model']!r}, not {name!r}")
     return model, variables, metadata
 
 
@@ -105,8 +105,8 @@ def image_paths(paths: Sequence[str | os.PathLike]) -> list[str]:
     hidden files and folders left out), recursively, sorted, in the order the arguments come.
 
     Raises:
-      FileNotFoundError: a path that is neither a file nor a directory (``no such file: ...``).
-      ValueError: a directory without images.
+      FileError: a path that is neither a file nor a directory (``no such file: ...``).
+      InputError: a directory without images.
     """
     found = []
     for path in map(os.fspath, paths):
@@ -115,10 +115,10 @@ def image_paths(paths: Sequence[str | os.PathLike]) -> list[str]:
         elif os.path.isdir(path):
             images = images_under(path)
             if not images:
-                raise ValueError(f"{path} is a directory without images ({', '.join(IMAGE_SUFFIXES)})")
+                raise InputError(f"{path} is a directory without images ({', '.join(IMAGE_SUFFIXES)})")
             found += images
         else:
-            raise FileNotFoundError(f"no such file: {path}")
+            raise FileError(f"no such file: {path}")
     return found
 
 
@@ -244,7 +244,7 @@ def onnx_num_classes(classifier) -> int:
     (224 where the file does not fix one).
 
     Raises:
-      ValueError: ONNX Runtime cannot run the file on that image.
+      InputError: ONNX Runtime cannot run the file on that image.
     """
     from .io.metadata import DEFAULT_IMAGE_SIZE
 
@@ -286,7 +286,7 @@ def held_out_split(metadata: Mapping[str, str], source: str = "the file"):
     arrays; ``description`` says which, e.g. ``"the run's held-out split of the digits (20%, seed 0)"``.
 
     Raises:
-      ValueError: the recorded split is malformed (naming ``source``); DataError: its images are gone.
+      InputError: the recorded split is malformed (naming ``source``); DataError: its images are gone.
     """
     from .io.metadata import held_out
     from .training import Config, load_datasets

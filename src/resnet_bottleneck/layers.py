@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .errors import InputError
+
 # torchvision's (and timm's) initialisation: He normal, fan-out, for every conv.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -141,7 +143,7 @@ def blur_pool(x, window: int, stride: int, padding: int):
 def kind_of(table: dict, part: str, kind: str):
     """``table[kind]``, or a ``ValueError`` naming the spec's unknown ``part`` kind and the known ones."""
     if kind not in table:
-        raise ValueError(f"{part} kind {kind!r} has no implementation here; known: {', '.join(map(repr, table))}")
+        raise InputError(f"{part} kind {kind!r} has no implementation here; known: {', '.join(map(repr, table))}")
     return table[kind]
 
 

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from . import _checks, arch
 from .arch import NORMS, STAGE_NAMES, STRIDE_PLACEMENTS, TRAINABLE_LAYERS  # noqa: F401 - names models exports
 from .blocks import BLOCKS, BasicBlock, BottleneckBlock, FastConv, run_layers  # noqa: F401 - BasicBlock: exported
+from .errors import InputError, InputTypeError
 from .layers import (  # noqa: F401 - the pools' home was here
     POOLS,
     DropPath,
@@ -197,14 +198,14 @@ class ResNet(nn.Module):
         spec = check_layout(self)
         _checks.one_of("part", part, PARTS)
         if x.ndim != 4:
-            raise ValueError(f"x must be a 4-D batch of images (N, H, W, C); got shape {x.shape}")
+            raise InputError(f"x must be a 4-D batch of images (N, H, W, C); got shape {x.shape}")
         if part in ("head", "pre_logits"):
             if spec.head is None:
-                raise ValueError("a headless model (num_classes=None) has no head to apply")
+                raise InputError("a headless model (num_classes=None) has no head to apply")
             x = jnp.asarray(x, self.dtype) if self.dtype is not None else x
             return self._head(x, spec, train, pre_logits=part == "pre_logits")
         if self.scan and self.drop_path_rate > 0:
-            raise ValueError(
+            raise InputError(
                 f"scan=True needs identical blocks, but drop_path_rate={self.drop_path_rate!r} gives each its own rate"
             )
         if self.norm == "frozen":
@@ -221,11 +222,11 @@ class ResNet(nn.Module):
             )
         if self.folded:
             if train:
-                raise ValueError(
+                raise InputError(
                     "a folded model (BatchNorm folded into convs) is for inference: call it with train=False"
                 )
             if self.norm == "group":
-                raise ValueError(
+                raise InputError(
                     "norm='group': a GroupNorm normalises each image by its own statistics; it cannot be folded"
                 )
             norm = folded_norm
@@ -331,7 +332,7 @@ def check_layout(model) -> arch.ResNetSpec:
     """``model``'s spec, its attributes checked (errors name the attribute; see
     :func:`resnet_bottleneck.arch.options_of`) and its ``block`` a block class."""
     if getattr(model.block, "kind", None) not in arch.BLOCK_KINDS:
-        raise TypeError(f"block must be a block class such as BottleneckBlock or BasicBlock; got {model.block!r}")
+        raise InputTypeError(f"block must be a block class such as BottleneckBlock or BasicBlock; got {model.block!r}")
     return arch.describe(model)
 
 
@@ -348,7 +349,14 @@ def create_model(name: str, num_classes: int | None = 1000, **options) -> ResNet
       **options: any other :class:`ResNet` attribute (``dtype``, ``remat``, ``scan``,
         ``stride_on``, ``zero_init_last``, ``bn_momentum``, ...).
     """
-    return ResNet(**model_config(name, options), **options, num_classes=num_classes)
+    config = model_config(name, options)
+    if num_classes is not None:
+        num_classes = _checks.positive_int("num_classes", num_classes)
+    known = {f.name for f in dataclasses.fields(ResNet) if f.init and f.name not in ("parent", "name", "num_classes")}
+    unknown = set(options) - known
+    if unknown:
+        raise InputTypeError(f"unknown options {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    return ResNet(**config, **options, num_classes=num_classes)
 
 
 def model_config(name: str, options) -> dict:
@@ -358,7 +366,7 @@ def model_config(name: str, options) -> dict:
     # leaves it (resnet50_gn's GroupNorm is its own; norm='frozen' is any other name's backbone option)
     fixed = ((set().union(*CONFIGS.values()) - {"norm"}) | set(config)) & set(options)
     if fixed:
-        raise TypeError(f"create_model({name!r}) fixes {', '.join(sorted(fixed))}; use ResNet(...) to change them")
+        raise InputTypeError(f"create_model({name!r}) fixes {', '.join(sorted(fixed))}; use ResNet(...) to change them")
     return config
 
 
@@ -366,7 +374,7 @@ def list_models(pattern: str | None = None) -> list[str]:
     """The registered names (torchvision's, ``resnet_tiny`` and timm's), sorted; ``pattern``: only those
     matching it (``fnmatch``, e.g. ``'seresnext*'``), as ``timm.list_models``."""
     if pattern is not None and not isinstance(pattern, str):
-        raise TypeError(f"pattern must be a string such as 'resnet50*' or None; got {pattern!r}")
+        raise InputTypeError(f"pattern must be a string such as 'resnet50*' or None; got {pattern!r}")
     names = sorted(CONFIGS)
     return names if pattern is None else fnmatch.filter(names, pattern)
 

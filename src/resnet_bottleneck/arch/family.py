@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import _checks
 from .._checks import TRAINABLE_LAYERS
+from ..errors import InputError, InputTypeError
 from .spec import (
     Act,
     Block,
@@ -127,7 +128,7 @@ COMMON_ARGS: dict[str, Any] = {
 def _common_args(dilation=1, **block_options) -> dict:
     unknown = set(block_options) - set(COMMON_ARGS)
     if unknown:
-        raise TypeError(f"unknown block options {', '.join(sorted(unknown))}; known: {', '.join(COMMON_ARGS)}")
+        raise InputTypeError(f"unknown block options {', '.join(sorted(unknown))}; known: {', '.join(COMMON_ARGS)}")
     return {**COMMON_ARGS, **block_options, "dilation": dilation}
 
 
@@ -186,13 +187,13 @@ def _bottleneck_layers(p, c_in, args, stride, norm, zero_init_last) -> tuple:
 def _basic_args(planes, *, groups=1, width_per_group=64, stride_on="3x3", **options) -> dict:
     """One width; torchvision's basic block takes no groups, widths or dilation (it raises the same way)."""
     if (groups, width_per_group) != (1, 64):
-        raise ValueError(
+        raise InputError(
             f"basic blocks support only groups=1, width_per_group=64; "
             f"got groups={groups!r}, width_per_group={width_per_group!r}"
         )
     common = _common_args(**options)
     if common["dilation"] != 1:
-        raise ValueError(f"basic blocks support only dilation=1, as torchvision's; got dilation={common['dilation']!r}")
+        raise InputError(f"basic blocks support only dilation=1, as torchvision's; got dilation={common['dilation']!r}")
     _checks.one_of("stride_on", stride_on, STRIDE_PLACEMENTS)
     return {"features": planes, **common}
 
@@ -334,25 +335,25 @@ def _is_bool(value: Any) -> bool:
 
 def _bool(key: str, value: Any) -> bool:
     if not _is_bool(value):
-        raise ValueError(f"{key} must be True or False; got {value!r}")
+        raise InputError(f"{key} must be True or False; got {value!r}")
     return bool(value)
 
 
 def _rate(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ValueError(f"{key} must be a number in [0, 1); got {value!r}")
+        raise InputError(f"{key} must be a number in [0, 1); got {value!r}")
     return float(value)
 
 
 def _ratio(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise ValueError(f"{key} must be a number in (0, 1]; got {value!r}")
+        raise InputError(f"{key} must be a number in (0, 1]; got {value!r}")
     return float(value)
 
 
 def _odd(key: str, value: Any) -> int:
     if _checks.positive_int(key, value) % 2 == 0:
-        raise ValueError(f"{key} must be odd; got {value!r}")
+        raise InputError(f"{key} must be odd; got {value!r}")
     return int(value)
 
 
@@ -385,7 +386,7 @@ def _check(o: dict) -> None:
     _checks.one_of("stride_on", o["stride_on"], STRIDE_PLACEMENTS)
     sizes = o["stage_sizes"]
     if not isinstance(sizes, (tuple, list)) or not sizes or len(sizes) > len(STAGE_NAMES):
-        raise ValueError(f"stage_sizes must list 1 to {len(STAGE_NAMES)} stages; got {sizes!r}")
+        raise InputError(f"stage_sizes must list 1 to {len(STAGE_NAMES)} stages; got {sizes!r}")
     o["stage_sizes"] = tuple(_checks.positive_int("stage_sizes", n) for n in sizes)
     if o["num_classes"] is not None:
         _checks.positive_int("num_classes", o["num_classes"])
@@ -396,7 +397,7 @@ def _check(o: dict) -> None:
     channels = o["channels"]
     if channels is not None:
         if not isinstance(channels, (tuple, list)) or len(channels) != len(sizes):
-            raise ValueError(f"channels must be None or one width per stage ({len(sizes)}); got {channels!r}")
+            raise InputError(f"channels must be None or one width per stage ({len(sizes)}); got {channels!r}")
         o["channels"] = tuple(_checks.positive_int("channels", c) for c in channels)
     kernel = o["down_kernel_size"]
     stage_args(o, 0)  # the block kind's own checks of groups and widths
@@ -404,14 +405,14 @@ def _check(o: dict) -> None:
     _checks.trainable_layers(o["trainable_layers"])
     dilate = o["replace_stride_with_dilation"]
     if not isinstance(dilate, (tuple, list)) or len(dilate) != 3 or not all(_is_bool(d) for d in dilate):
-        raise ValueError(
+        raise InputError(
             f"replace_stride_with_dilation must be three booleans (for the stages C3, C4, C5); got {dilate!r}"
         )
     o["replace_stride_with_dilation"] = tuple(bool(d) for d in dilate)
     if any(o["replace_stride_with_dilation"]):
         timm_only = [k for k in ("avg_down", "aa_layer") if o[k]] + (["down_kernel_size"] if kernel > 1 else [])
         if timm_only:
-            raise ValueError(
+            raise InputError(
                 f"replace_stride_with_dilation={o['replace_stride_with_dilation']!r} is not supported with "
                 f"{', '.join(f'{k}={o[k]!r}' for k in timm_only)}: dilated stages take torchvision's downsampling only"
             )
@@ -430,7 +431,7 @@ def options_of(model: Any = None, **options) -> dict[str, Any]:
         found = {}
     unknown = set(options) - set(DEFAULTS)
     if unknown:
-        raise TypeError(f"unknown architecture options {', '.join(sorted(unknown))}; known: {', '.join(DEFAULTS)}")
+        raise InputTypeError(f"unknown architecture options {', '.join(sorted(unknown))}; known: {', '.join(DEFAULTS)}")
     merged = {**DEFAULTS, **found, **options}
     block = merged["block"]
     merged["block"] = getattr(block, "kind", block)  # a block class names its kind
@@ -440,7 +441,7 @@ def options_of(model: Any = None, **options) -> dict[str, Any]:
 
 def _norm(name: str, features: int, kind: str) -> Norm:
     if kind == "group" and features % 32:
-        raise ValueError(
+        raise InputError(
             f"norm='group' takes 32 groups, which must divide every norm's channels; {name} has {features}"
         )
     return Norm(name, features, kind)
@@ -498,7 +499,7 @@ def describe(model: Any = None, **options) -> ResNetSpec:
         except ValueError as err:
             if dilation == 1:
                 raise
-            raise ValueError(
+            raise InputError(
                 f"replace_stride_with_dilation={tuple(dilate)!r} dilates {STAGE_NAMES[i]} by {dilation}, but {err}"
             ) from None
         blocks = []

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import InputError
+
 #: What a :class:`Norm` holds, per kind: (parameters, statistics) vectors of ``features`` each.
 NORM_VECTORS = {"batch": (2, 2), "frozen": (0, 4), "group": (2, 0)}
 
@@ -251,7 +253,7 @@ class ResNetSpec:
             for before, layer in zip(layers, layers[1:]):
                 if isinstance(layer, Norm) and layer.foldable:
                     if not isinstance(before, Conv):
-                        raise ValueError(f"norm {layer.name} follows {before.name}, not a conv: it cannot be folded")
+                        raise InputError(f"norm {layer.name} follows {before.name}, not a conv: it cannot be folded")
                     yield before, layer
 
     def param_count(self, folded: bool = False) -> int:

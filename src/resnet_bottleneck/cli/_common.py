@@ -6,14 +6,15 @@ from __future__ import annotations
 import argparse
 from contextlib import contextmanager
 
-from .. import _checks, arch
-from ..errors import WriteError
+from .. import _checks, arch, errors
+from ..errors import InputError
 
 PROG = "resnet-bottleneck"
 
 
-class UsageError(Exception):
-    """Bad command-line input: reported as ``PROG COMMAND: error: message``, exit status 2.
+class UsageError(InputError):
+    """Bad command-line input (an :class:`~resnet_bottleneck.errors.InputError`): reported as
+    ``PROG COMMAND: error: message``, exit status 2.
 
     ``details``, if any, is printed below that line under ``--verbose``.
     """
@@ -27,14 +28,27 @@ class UsageError(Exception):
 @contextmanager
 def argument(name: str):
     """Bad input found inside names the command-line argument it came from, as argparse's own
-    errors do: ``argument NAME: message``."""
+    errors do: ``argument NAME: message``.
+
+    Bad input is the library's :class:`~resnet_bottleneck.errors.InputError`, or an ``OSError`` of the
+    file system refusing the argument's path (no such folder, no permission); a library error of another
+    kind (a failed write: exit status 1) passes unchanged, and anything else is a bug and passes too.
+    """
     try:
         yield
-    except WriteError:  # a write that failed on its way (a full disk): not the argument's fault
+    except UsageError:
         raise
-    except (ValueError, OSError) as err:
-        details = err.details() if callable(getattr(err, "details", None)) else None
-        raise UsageError(f"argument {name}: {err}", details=details) from None
+    except errors.InputError as err:
+        raise _usage(name, err) from None
+    except errors.Error:
+        raise
+    except OSError as err:
+        raise _usage(name, err) from None
+
+
+def _usage(name: str, err: Exception) -> UsageError:
+    details = err.details() if callable(getattr(err, "details", None)) else None
+    return UsageError(f"argument {name}: {err}", details=details)
 
 
 def print_skipped(paths: list[str], shown: int = 10) -> None:
@@ -51,7 +65,7 @@ def parser_type(check: _checks.Kind, name: str):
     def parse(text: str):
         try:
             return check.from_text(text)
-        except ValueError as err:
+        except InputError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
 
     parse.__name__ = name

@@ -62,14 +62,14 @@ def add_parser(commands) -> None:
 
 def _split(metadata: dict, weights: str):
     """The run's held-out images, as the run listed them, and their description."""
-    from ..errors import DataError
+    from ..errors import DataError, InputError
     from ..inference import held_out_split
 
     try:
         split = held_out_split(metadata, weights)
     except DataError:  # the recorded images: reported as --data's
         raise
-    except ValueError as err:  # the recorded split itself
+    except InputError as err:  # the recorded split itself
         raise UsageError(f"argument --weights: {err}") from None
     if split is None:
         raise UsageError(f"argument --data: required: {weights} records no held-out split (a run's model file does)")
@@ -87,6 +87,7 @@ def run(args) -> int:
 
 def _run(args) -> int:
     from .. import data
+    from ..errors import InputError
     from ..inference import evaluation_folder, match_classes
     from ..io import class_names
     from ..io.metadata import eval_crop, recorded_batch_size
@@ -130,7 +131,7 @@ def _run(args) -> int:
             )
         except data.DataError:
             raise
-        except ValueError as err:  # ONNX Runtime could not run the file on these images
+        except InputError as err:  # ONNX Runtime could not run the file on these images
             raise UsageError(f"argument --weights: {err}") from None
     else:
         scores = evaluate(

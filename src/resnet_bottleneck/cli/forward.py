@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 
@@ -29,11 +30,28 @@ def add_parser(commands) -> None:
 
 def _load_npy(path: str, option: str) -> np.ndarray:
     try:
+        _check_npy_size(path)
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise UsageError(f"argument {option}: no such file: {path}") from None
     except (OSError, ValueError) as err:
         raise UsageError(f"argument {option}: cannot read {path} as a .npy array ({err})") from None
+
+
+def _check_npy_size(path: str) -> None:
+    """A ``ValueError`` for a ``.npy`` file whose header claims more bytes than the file holds (read before any
+    allocation: a 40-byte file may claim terabytes)."""
+    from numpy.lib import format as npy
+
+    with open(path, "rb") as f:
+        version = npy.read_magic(f)
+        read_header = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+        if read_header is None:  # a newer format: np.load checks it
+            return
+        shape, _, dtype = read_header(f)
+        claimed, held = int(np.prod(shape, dtype=object)) * dtype.itemsize, os.fstat(f.fileno()).st_size - f.tell()
+    if not dtype.hasobject and claimed > held:
+        raise ValueError(f"its header claims {shape} {dtype} values ({claimed:,} bytes); the file holds {held:,}")
 
 
 def run(args) -> int:

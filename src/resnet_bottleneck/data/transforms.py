@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ImageError  # noqa: F401 - importable from here as before
+from ..errors import ImageError, InputError, InputTypeError  # noqa: F401 - importable from here as before
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -80,16 +80,16 @@ def check_crop_pct(crop_pct: Any, name: str = "crop_pct") -> float:
 
     expected = "a number in (0, 1] (the share of the resized shorter side the centre crop keeps)"
     if not _checks.is_number(crop_pct):
-        raise TypeError(f"{name} must be {expected}; got {crop_pct!r} ({type(crop_pct).__name__})")
+        raise InputTypeError(f"{name} must be {expected}; got {crop_pct!r} ({type(crop_pct).__name__})")
     if not 0 < crop_pct <= 1:  # NaN fails too
-        raise ValueError(f"{name} must be {expected}; got {crop_pct!r}")
+        raise InputError(f"{name} must be {expected}; got {crop_pct!r}")
     return float(crop_pct)
 
 
 def check_interpolation(interpolation: Any, name: str = "interpolation") -> str:
     """``interpolation`` if it is one of :data:`INTERPOLATIONS`, else a ``ValueError`` naming ``name``."""
     if not isinstance(interpolation, str) or interpolation not in INTERPOLATIONS:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, INTERPOLATIONS))}; got {interpolation!r}")
+        raise InputError(f"{name} must be one of {', '.join(map(repr, INTERPOLATIONS))}; got {interpolation!r}")
     return interpolation
 
 
@@ -113,14 +113,31 @@ def eval_box(
 
 
 def _open(path: str | os.PathLike):
+    """The image at ``path``, opened lazily (its header read, nothing decoded), or an :class:`ImageError`.
+
+    An image of more pixels than PIL's ``Image.MAX_IMAGE_PIXELS`` (read, never changed: it is the
+    process's) is refused before anything is decoded, whether PIL itself refused it (over twice the limit)
+    or only warned: a small file claiming 30000 x 30000 pixels (a decompression bomb) is unreadable, not
+    gigabytes of memory.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
-        return Image.open(path)
+        image = Image.open(path)
     except FileNotFoundError:
         raise ImageError(f"no such file: {path}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # the warning: raised as an error
+        raise ImageError(f"cannot read {path} as an image ({err})") from None
     except (UnidentifiedImageError, OSError) as err:
         raise ImageError(f"cannot read {path} as an image ({err})") from None
+    limit, (width, height) = Image.MAX_IMAGE_PIXELS, image.size
+    if limit is not None and width * height > limit:
+        image.close()
+        raise ImageError(
+            f"cannot read {path} as an image: its {width} x {height} pixels are more than PIL's limit of {limit} "
+            "(Image.MAX_IMAGE_PIXELS; a decompression bomb?)"
+        )
+    return image
 
 
 def _draft(image, region_w: float, region_h: float, out_w: int, out_h: int) -> float:

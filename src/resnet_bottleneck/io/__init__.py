@@ -14,6 +14,7 @@ from pathlib import Path
 import jax.numpy as jnp
 
 from .._files import atomic_write  # noqa: F401 - public here
+from ..errors import InputError
 from ..models import ResNet
 from .classes import class_names, imagenet_classes
 from .metadata import weights_preprocessing
@@ -41,20 +42,20 @@ def load_model_file(path: str | os.PathLike, name: str | None = None) -> tuple[R
     from ``metadata``, :func:`class_names` the class names.
 
     Raises:
-      FileNotFoundError: no such file.
-      ValueError: the file is unreadable, names another model than
+      FileError: no such file.
+      InputError: the file is unreadable, names another model than
         ``name``, names none and ``name`` is not given, or does not fit (a :class:`WeightsMismatch` naming the file and
         the model it fits).
     """
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{path} is a directory, not a weights file (resnet_bottleneck.load_model reads a run's)")
+        raise InputError(f"{path} is a directory, not a weights file (resnet_bottleneck.load_model reads a run's)")
     metadata = read_tensors(path, header_only=True)[1] if path.suffix.lower() == ".safetensors" else {}
     if metadata.get("format") != CHECKPOINT_FORMAT:
         if name is None:
             fits = detect_architecture(load_state_dict(path), every=True)
             hint = f" (its tensors fit {_either(fits)})" if fits else ""
-            raise ValueError(
+            raise InputError(
                 f"{path} does not name its model, as torchvision's and timm's weights do not{hint}: give the model "
                 "name (--model)"
             )
@@ -62,10 +63,10 @@ def load_model_file(path: str | os.PathLike, name: str | None = None) -> tuple[R
         return (*load_torchvision(path, name), {**weights_preprocessing(name), **metadata})
     saved = metadata.get("model")
     if name is not None and saved is not None and saved != name:
-        raise ValueError(f"{path} holds {saved!r} variables, not {name!r}")
+        raise InputError(f"{path} holds {saved!r} variables, not {name!r}")
     name = name or saved
     if name is None:
-        raise ValueError(f"{path} has no 'model' in its metadata: give the model name (--model)")
+        raise InputError(f"{path} has no 'model' in its metadata: give the model name (--model)")
     variables, _ = load_variables(path)
     options = {"dtype": jnp.bfloat16} if metadata.get("dtype") == "bfloat16" else {}
     try:

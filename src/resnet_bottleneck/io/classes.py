@@ -12,6 +12,8 @@ import os
 from collections.abc import Mapping
 from importlib import resources
 
+from ..errors import InputError
+
 
 @functools.lru_cache(maxsize=1)
 def _imagenet() -> tuple[str, ...]:
@@ -29,9 +31,9 @@ def read_labels(path: str | os.PathLike) -> list[str]:
         with open(path, encoding="utf-8") as f:
             return [line.strip() for line in f if line.strip()]
     except FileNotFoundError:
-        raise ValueError(f"no such file: {path}") from None
+        raise InputError(f"no such file: {path}") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot read {path} as text, one class name a line ({err})") from None
+        raise InputError(f"cannot read {path} as text, one class name a line ({err})") from None
 
 
 def class_names(
@@ -43,7 +45,7 @@ def class_names(
     list under ``metadata['classes']``; ImageNet's for a 1,000-class model.
 
     Raises:
-      ValueError: the names cannot be read, or there are not ``num_classes`` of them.
+      InputError: the names cannot be read, or there are not ``num_classes`` of them.
     """
     if labels_path is not None:
         names, source = read_labels(labels_path), f"{labels_path}"
@@ -54,11 +56,11 @@ def class_names(
         except (TypeError, json.JSONDecodeError):
             names = None
         if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-            raise ValueError(f"{source} must be a JSON list of names; got {str(metadata['classes'])[:60]!r}")
+            raise InputError(f"{source} must be a JSON list of names; got {str(metadata['classes'])[:60]!r}")
     elif num_classes == 1000:
         return imagenet_classes()
     else:
         return None
     if len(names) != num_classes:
-        raise ValueError(f"{source} has {len(names)} names for {num_classes} classes")
+        raise InputError(f"{source} has {len(names)} names for {num_classes} classes")
     return names

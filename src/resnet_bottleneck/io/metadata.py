@@ -21,6 +21,7 @@ from collections.abc import Mapping
 
 from .. import _checks
 from ..data.transforms import CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, check_crop_pct, check_interpolation
+from ..errors import InputError
 
 #: The evaluation size of torchvision's ImageNet weights: what a file that does not say is used at.
 DEFAULT_IMAGE_SIZE = 224
@@ -35,7 +36,7 @@ def _json(metadata: Mapping[str, str], key: str, source: str, check, expected: s
     except (TypeError, json.JSONDecodeError):
         value = None
     if not check(value):
-        raise ValueError(f"{source}'s metadata {key!r} must be {expected}; got {str(metadata[key])[:60]!r}")
+        raise InputError(f"{source}'s metadata {key!r} must be {expected}; got {str(metadata[key])[:60]!r}")
     return value
 
 
@@ -47,7 +48,7 @@ def preprocessing(metadata: Mapping[str, str], source: str = "the file") -> tupl
     """``(image_size, mean, std)`` the model was trained with; 224 and ImageNet's where the file does not say.
 
     Raises:
-      ValueError: a value that is there but malformed, naming ``source`` and the key.
+      InputError: a value that is there but malformed, naming ``source`` and the key.
     """
     size = DEFAULT_IMAGE_SIZE
     if "image_size" in metadata:
@@ -81,7 +82,7 @@ def eval_crop(metadata: Mapping[str, str], source: str = "the file") -> tuple[fl
     where the file does not say (files written before these keys).
 
     Raises:
-      ValueError: a value that is there but malformed, naming ``source`` and the key.
+      InputError: a value that is there but malformed, naming ``source`` and the key.
     """
     crop_pct, interpolation = DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION
     if "crop_pct" in metadata:
@@ -91,7 +92,7 @@ def eval_crop(metadata: Mapping[str, str], source: str = "the file") -> tuple[fl
     if "interpolation" in metadata:
         interpolation = metadata["interpolation"]
         if not _valid(check_interpolation, interpolation):
-            raise ValueError(
+            raise InputError(
                 f"{source}'s metadata 'interpolation' must be 'bilinear' or 'bicubic'; got {str(interpolation)[:60]!r}"
             )
     return crop_pct, interpolation
@@ -102,9 +103,9 @@ def describe_preprocessing(config: Mapping) -> dict[str, str]:
     ``image_size``, ``mean``, ``std``, ``crop_pct`` and ``interpolation``."""
     size = config["input_size"]
     if config.get("crop_mode", "center") != "center":
-        raise ValueError(f"the data config's crop_mode must be 'center'; got {config['crop_mode']!r}")
+        raise InputError(f"the data config's crop_mode must be 'center'; got {config['crop_mode']!r}")
     if size[1] != size[2]:
-        raise ValueError(f"the data config's input_size must be square; got {tuple(size)}")
+        raise InputError(f"the data config's input_size must be square; got {tuple(size)}")
     return {
         "image_size": str(int(size[1])),
         "mean": json.dumps([float(m) for m in config["mean"]]),
@@ -133,7 +134,7 @@ def weights_preprocessing(name: str, source: str = "auto") -> dict[str, str]:
     if source == "torchvision" or (source == "auto" and name in TORCHVISION_NAMES):
         return describe_preprocessing(TORCHVISION_DATA_CONFIG)
     if source == "timm" and name not in DATA_CONFIGS:
-        raise ValueError(f"timm has no data config of {name!r}")
+        raise InputError(f"timm has no data config of {name!r}")
     return describe_preprocessing(DATA_CONFIGS[name]) if name in DATA_CONFIGS else {}
 
 
@@ -141,7 +142,7 @@ def recorded_batch_size(metadata: Mapping[str, str], source: str = "the file", d
     """The run's batch size (``batch_size``), or ``default`` where the file does not record one.
 
     Raises:
-      ValueError: a value that is there but not a positive integer, naming ``source`` and the key.
+      InputError: a value that is there but not a positive integer, naming ``source`` and the key.
     """
     if "batch_size" not in metadata:
         return default

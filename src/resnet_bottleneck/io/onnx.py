@@ -34,6 +34,7 @@ from flax import traverse_util
 from .. import _checks, arch
 from .._files import atomic_write
 from ..data.pipeline import available_cores
+from ..errors import DependencyError, FileError, InputError, InputTypeError
 from ..fold import fold_batchnorm, foldable
 from ..layers import blur_filter
 from ..models import ResNet, check_layout, unscan_variables
@@ -55,7 +56,7 @@ def _require(module: str):
     try:
         return __import__(module)
     except ImportError:
-        raise ImportError(f"{module} is needed for ONNX: pip install 'resnet-bottleneck[onnx]'") from None
+        raise DependencyError(f"{module} is needed for ONNX: pip install 'resnet-bottleneck[onnx]'") from None
 
 
 # One compiled program per model, not an op-by-op dispatch per layer.
@@ -66,9 +67,9 @@ def _inference_form(model: ResNet, variables) -> tuple[ResNet, dict]:
     """The folded (where it can be: not GroupNorm), plain-layout, float32 model and its flat ``params``; the
     variables checked."""
     if not isinstance(model, ResNet):
-        raise TypeError(f"model must be a resnet_bottleneck ResNet; got {type(model).__name__}")
+        raise InputTypeError(f"model must be a resnet_bottleneck ResNet; got {type(model).__name__}")
     if not hasattr(variables, "keys") or "params" not in variables:
-        raise TypeError(
+        raise InputTypeError(
             f"variables must be a mapping with 'params' (and 'batch_stats' unless folded); "
             f"got {type(variables).__name__}"
         )
@@ -119,7 +120,7 @@ def _check_variables(model: ResNet, variables) -> None:
         if items
     ]
     if found:
-        raise ValueError("variables do not fit the model: " + "; ".join(found))
+        raise InputError("variables do not fit the model: " + "; ".join(found))
 
 
 def _metadata(metadata: Mapping[str, Any] | None, layout: str, num_classes: int | None) -> dict[str, str]:
@@ -127,11 +128,11 @@ def _metadata(metadata: Mapping[str, Any] | None, layout: str, num_classes: int 
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, Mapping):
-        raise TypeError(f"metadata must be a mapping of names to values; got {type(metadata).__name__}")
+        raise InputTypeError(f"metadata must be a mapping of names to values; got {type(metadata).__name__}")
     props = {}
     for key, value in metadata.items():
         if not isinstance(key, str) or key in _RESERVED:
-            raise ValueError(f"metadata keys must be strings other than {', '.join(_RESERVED)}; got {key!r}")
+            raise InputError(f"metadata keys must be strings other than {', '.join(_RESERVED)}; got {key!r}")
         props[key] = value if isinstance(value, str) else json.dumps(value)
     if "classes" in props and num_classes is not None:
         class_names(num_classes, props)  # a JSON list of num_classes names, or a ValueError that says so
@@ -178,7 +179,7 @@ class _Graph:
         name = "/".join(path)
         _, kernel = self.param(layer.name, "kernel")
         if kernel.shape != layer.kernel_shape:
-            raise ValueError(f"conv {name} has a kernel of shape {kernel.shape}; its spec says {layer.kernel_shape}")
+            raise InputError(f"conv {name} has a kernel of shape {kernel.shape}; its spec says {layer.kernel_shape}")
         p = layer.padding
         attrs = dict(
             kernel_shape=[layer.kernel, layer.kernel],
@@ -199,7 +200,7 @@ class _Graph:
         self.channels = channels
         for layer in layers:
             if type(layer) not in _LAYERS:
-                raise ValueError(f"layer {layer.name} is a {type(layer).__name__}, which this exporter does not write")
+                raise InputError(f"layer {layer.name} is a {type(layer).__name__}, which this exporter does not write")
             name = layer.name[len(local) + 1 :] if local else layer.name
             x = _LAYERS[type(layer)](self, x, layer, prefix + name.replace(".", "_"))
         return x
@@ -212,7 +213,7 @@ def _norm(graph: _Graph, x: str, norm: arch.Norm, name: str) -> str:
     if norm.foldable:
         return x
     if norm.kind != "group":
-        raise ValueError(f"norm {norm.name} is a {norm.kind!r} norm, which this exporter does not write")
+        raise InputError(f"norm {norm.name} is a {norm.kind!r} norm, which this exporter does not write")
     node = "/".join(graph.paths[norm.name])
     g = norm.groups
     grouped = graph.node(
@@ -232,7 +233,7 @@ def _norm(graph: _Graph, x: str, norm: arch.Norm, name: str) -> str:
 
 def _act(graph: _Graph, x: str, act: arch.Act, name: str) -> str:
     if act.kind != "relu":
-        raise ValueError(f"activation {act.name} is a {act.kind!r}, which this exporter does not write")
+        raise InputError(f"activation {act.name} is a {act.kind!r}, which this exporter does not write")
     return graph.node("Relu", [x], name)
 
 
@@ -260,7 +261,7 @@ def _pool(graph: _Graph, x: str, pool: arch.Pool, name: str) -> str:
         return graph.node(
             "Conv", [padded, graph.fixed(f"{name}/filter", filt)], name, kernel_shape=[k, k], strides=[s, s], group=c
         )
-    raise ValueError(f"pool {pool.name} is a {pool.kind!r} pool, which this exporter does not write")
+    raise InputError(f"pool {pool.name} is a {pool.kind!r} pool, which this exporter does not write")
 
 
 def _squeeze_excite(graph: _Graph, x: str, se: arch.SqueezeExcite, name: str) -> str:
@@ -272,7 +273,7 @@ def _squeeze_excite(graph: _Graph, x: str, se: arch.SqueezeExcite, name: str) ->
         kernel_name, kernel = graph.param(se.name, fc, "kernel")  # Dense (in, out) -> 1x1 conv (out, in, 1, 1)
         bias_name, bias = graph.param(se.name, fc, "bias")
         if kernel.shape != shape:
-            raise ValueError(f"{kernel_name} has shape {kernel.shape}; its spec says {shape}")
+            raise InputError(f"{kernel_name} has shape {kernel.shape}; its spec says {shape}")
         weight = graph.constant(kernel_name.replace("/kernel", "/weight"), kernel.T[:, :, None, None])
         s = graph.node("Conv", [s, weight, graph.constant(bias_name, bias)], f"{node}/{fc}", kernel_shape=[1, 1])
         if fc == "fc1":
@@ -334,12 +335,12 @@ def onnx_model(
     if batch is not None:
         batch = _checks.positive_int("batch", batch)
     if metadata is not None and not isinstance(metadata, Mapping):
-        raise TypeError(f"metadata must be a mapping of names to values; got {type(metadata).__name__}")
+        raise InputTypeError(f"metadata must be a mapping of names to values; got {type(metadata).__name__}")
     if image_size is not None:
         image_size = _checks.positive_int("image_size", image_size)
         metadata = {"image_size": image_size, **(metadata or {})}
         if str(metadata["image_size"]) != str(image_size):
-            raise ValueError(f"metadata['image_size'] is {metadata['image_size']!r}, but image_size={image_size}")
+            raise InputError(f"metadata['image_size'] is {metadata['image_size']!r}, but image_size={image_size}")
     model, params = _inference_form(model, variables)
     check_layout(model)
     c = _in_channels(model, {"params": traverse_util.unflatten_dict(params)})
@@ -353,7 +354,7 @@ def onnx_model(
     x = graph.sequence(x, c, (*spec.stem.layers, *spec.stem.pool))
     for block in spec.blocks():
         if block.kind not in _BLOCKS:
-            raise ValueError(f"block {block.name} is a {block.kind!r} block, which this exporter does not write")
+            raise InputError(f"block {block.name} is a {block.kind!r} block, which this exporter does not write")
         x = _BLOCKS[block.kind](graph, x, block)
     channels = spec.out_features
     if spec.head is None:
@@ -380,7 +381,7 @@ def onnx_model(
     graph.nodes[-1].output[0] = out_name
     unused = sorted({"/".join(k[:-1]) for k in params if k[:-1] not in graph.used})
     if unused:
-        raise ValueError(f"the model has layers this exporter does not place: {', '.join(unused)}")
+        raise InputError(f"the model has layers this exporter does not place: {', '.join(unused)}")
 
     h, w = (image_size, image_size) if image_size is not None else ("height", "width")
     in_dims = [n, c, h, w] if layout == "NCHW" else [n, h, w, c]
@@ -497,7 +498,7 @@ def _openvino():
     try:
         import openvino
     except ImportError:
-        raise ImportError(
+        raise DependencyError(
             "openvino is needed for --runtime openvino: pip install 'resnet-bottleneck[openvino]'"
         ) from None
     finally:
@@ -574,7 +575,7 @@ class OnnxClassifier:
             try:
                 logits = self.session.run(None, {self.input_name: np.ascontiguousarray(padded)})[0]
             except Exception as err:  # noqa: BLE001 - the runtimes' errors are pybind classes, one per fault
-                raise ValueError(
+                raise InputError(
                     f"{_NAMES[self.runtime]} could not run {self.path} on {padded.shape} ({_first_line(err)})"
                 ) from None
             outputs.append(logits[: len(chunk)])
@@ -599,7 +600,7 @@ def _open_onnxruntime(path: Path, threads: int | None):
     try:
         session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001 - onnxruntime's errors are pybind classes, one per fault
-        raise ValueError(f"{path} is not an ONNX model ONNX Runtime can run ({_first_line(err)})") from None
+        raise InputError(f"{path} is not an ONNX model ONNX Runtime can run ({_first_line(err)})") from None
     metadata = dict(session.get_modelmeta().custom_metadata_map)
     ports = [[_Port(p.name, p.type, list(p.shape)) for p in ps] for ps in (session.get_inputs(), session.get_outputs())]
     return session, metadata, *ports
@@ -631,7 +632,7 @@ def _open_openvino(path: Path, threads: int | None, precision: str):
         )
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # noqa: BLE001 - OpenVINO's errors are pybind classes, one per fault
-        raise ValueError(f"{path} is not an ONNX model OpenVINO can run ({_first_line(err)})") from None
+        raise InputError(f"{path} is not an ONNX model OpenVINO can run ({_first_line(err)})") from None
     metadata = {p.key: p.value for p in proto.metadata_props}
 
     def port(p) -> _Port:
@@ -665,9 +666,9 @@ def load_onnx(
         ``'bf16'`` where the CPU has bfloat16 arithmetic; ONNX Runtime takes ``'f32'`` only.
 
     Raises:
-      FileNotFoundError: no such file.
+      FileError: no such file.
       ImportError: the runtime is not installed (the message says what to install).
-      ValueError: the runtime cannot read it, or its inputs, outputs or metadata are not an
+      InputError: the runtime cannot read it, or its inputs, outputs or metadata are not an
         image classifier's (the message says what differs); a bad ``runtime``, ``threads`` or
         ``precision`` (a :class:`~resnet_bottleneck.errors.SettingError` naming it).
     """
@@ -681,7 +682,7 @@ def load_onnx(
     if threads is not None:
         threads = _checks.positive_int("threads", threads)
     if not path.is_file():
-        raise FileNotFoundError(f"no such ONNX file: {path}")
+        raise FileError(f"no such ONNX file: {path}")
     if runtime is None:
         runtime = default_runtime(_file_metadata(path))
     precision = precision or "f32"
@@ -694,29 +695,29 @@ def load_onnx(
     else:
         session, metadata, inputs, outputs = _open_onnxruntime(path, threads)
     if len(inputs) != 1 or len(outputs) != 1:
-        raise ValueError(
+        raise InputError(
             f"{path} has {len(inputs)} inputs and {len(outputs)} outputs; an image classifier has one of each"
         )
     shape, out_shape = list(inputs[0].shape), list(outputs[0].shape)
     where = f"{path}'s input {inputs[0].name!r} has shape {shape} and type {inputs[0].type}"
     if inputs[0].type != "tensor(float)" or len(shape) != 4:
-        raise ValueError(f"{where}; expected a float [N, 3, H, W] or [N, H, W, 3] batch of images")
+        raise InputError(f"{where}; expected a float [N, 3, H, W] or [N, H, W, 3] batch of images")
     layout = metadata.get("layout")
     if layout not in LAYOUTS:
         layout = "NCHW" if shape[1] == 3 else "NHWC" if shape[3] == 3 else None
     channels = shape[1] if layout == "NCHW" else shape[3] if layout == "NHWC" else None
     if layout is None or channels != 3:
-        raise ValueError(
+        raise InputError(
             f"{where}{f' ({layout})' if layout else ''}; expected 3 channels, as [N, 3, H, W] or [N, H, W, 3]"
         )
     if len(out_shape) != 2:
-        raise ValueError(
+        raise InputError(
             f"{path}'s output {outputs[0].name!r} has shape {out_shape}; expected class scores [N, classes]"
             + (" (a headless model's feature map cannot classify)" if len(out_shape) == 4 else "")
         )
     height, width = (_static(d) for d in (shape[2:] if layout == "NCHW" else shape[1:3]))
     if height != width:
-        raise ValueError(f"{where}; predict's transform makes square images, and this input is {height} x {width}")
+        raise InputError(f"{where}; predict's transform makes square images, and this input is {height} x {width}")
     size, mean, std = preprocessing(metadata, str(path))  # checked; 224 and ImageNet's where it does not say
     crop_pct, interpolation = eval_crop(metadata, str(path))
     if height is not None:

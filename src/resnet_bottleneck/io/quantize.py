@@ -28,7 +28,7 @@ from .. import _checks
 from .._files import atomic_write
 from ..data.digits import ImageArrays
 from ..data.folder import IMAGE_SUFFIXES, ImageFiles, images_under
-from ..errors import DataError, ImageError, InputError, SettingError
+from ..errors import DataError, FileError, ImageError, InputError, SettingError
 from .metadata import eval_crop, preprocessing
 
 #: The activation and weight types: uint8 activations, int8 weights ("U8S8"). ONNX Runtime's advice for
@@ -204,7 +204,7 @@ def quantize_onnx(
         raise SettingError("method", f"must be one of {', '.join(CALIBRATION_METHODS)}; got {method!r}")
     float_path = Path(float_path)
     if not float_path.is_file():
-        raise FileNotFoundError(f"no such ONNX file: {float_path}")
+        raise FileError(f"no such ONNX file: {float_path}")
     try:
         proto = onnx.load(str(float_path))
     except Exception as err:  # noqa: BLE001 - protobuf's decode errors

@@ -16,6 +16,7 @@ import numpy as np
 from flax import traverse_util
 
 from .._files import atomic_write
+from ..errors import FileError, InputError
 
 #: The ``format`` metadata value that marks a file written by :func:`save_variables`.
 CHECKPOINT_FORMAT = "resnet-bottleneck variables"
@@ -25,20 +26,20 @@ def read_tensors(path: str | os.PathLike, *, header_only: bool = False) -> tuple
     """The tensors (none if ``header_only``) and metadata of a ``.safetensors`` file.
 
     Raises:
-      FileNotFoundError: no such file.
-      ValueError: the file is not a readable ``.safetensors`` file, naming it.
+      FileError: no such file.
+      InputError: the file is not a readable ``.safetensors`` file, naming it.
     """
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such weights file: {path}")
+        raise FileError(f"no such weights file: {path}")
     try:
         with safe_open(str(path), framework="numpy") as f:
             metadata = dict(f.metadata() or {})
             tensors = {} if header_only else {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # safetensors' own error types vary by version and by fault
-        raise ValueError(f"{path} is not a readable .safetensors file ({type(err).__name__}: {err})") from None
+        raise InputError(f"{path} is not a readable .safetensors file ({type(err).__name__}: {err})") from None
     return tensors, metadata
 
 
@@ -56,5 +57,12 @@ def save_variables(path: str | os.PathLike, variables, metadata: Mapping[str, st
 def load_variables(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
     """Variables and metadata written by :func:`save_variables`."""
     tensors, metadata = read_tensors(path)
+    keys = {tuple(k.split("/")) for k in tensors}
+    for key in keys:  # a tree: no tensor where another one's module is
+        clash = next((key[:i] for i in range(1, len(key)) if key[:i] in keys), None)
+        if clash is not None:
+            raise InputError(
+                f"{path} is not a file of variables: {'/'.join(clash)!r} is a tensor and a module of {'/'.join(key)!r}"
+            )
     flat = {tuple(k.split("/")): jnp.asarray(v) for k, v in tensors.items()}
     return traverse_util.unflatten_dict(flat), metadata

@@ -50,7 +50,7 @@ from flax import traverse_util
 from .. import _checks, arch
 from ..arch.timm_family import TIMM_FAMILY
 from ..backbones import FPNBackbone, create_fpn_backbone
-from ..errors import InputError
+from ..errors import FileError, InputError, InputTypeError
 from ..models import CONFIGS, ResNet, _model_name, create_model, feature_info
 from .safetensors import read_tensors
 
@@ -273,7 +273,9 @@ def _detect(shapes: Mapping[str, tuple], torch: bool, expected=None) -> tuple[tu
 def _shapes(state_dict: Mapping[str, Any]) -> tuple[Mapping[str, Any], dict[str, tuple]]:
     """The (unwrapped) state_dict and its tensors' shapes, read without converting any tensor."""
     if not isinstance(state_dict, Mapping):
-        raise TypeError(f"state_dict must be a mapping of tensor names to tensors; got {type(state_dict).__name__}")
+        raise InputTypeError(
+            f"state_dict must be a mapping of tensor names to tensors; got {type(state_dict).__name__}"
+        )
     state_dict = _unwrap(state_dict)
     return state_dict, {k: tuple(np.shape(v)) for k, v in state_dict.items()}
 
@@ -294,7 +296,7 @@ def detect_architecture(state_dict: Mapping[str, Any], *, every: bool = False) -
     (``downsample.0`` / ``downsample.1``) but not our path.
     """
     if not isinstance(every, bool):
-        raise TypeError(f"every must be True or False; got {every!r}")
+        raise InputTypeError(f"every must be True or False; got {every!r}")
     fits = _detect(_shapes(state_dict)[1], torch=True)[0]
     return fits if every else (fits[0] if fits else None)
 
@@ -674,6 +676,34 @@ def to_torchvision_fpn(variables, name: str, *, as_numpy: bool = False, dtype=np
     return _write(flat, {path: (key, shape, kind) for key, path, shape, kind in layout}, as_numpy, dtype)
 
 
+def _unpickling_reason(text: str) -> str:
+    """torch's reason for refusing a file under ``weights_only`` (``Unsupported operand 149``, ``Trying to load
+    unsupported GLOBAL posix.system ...``), without its paragraphs of advice."""
+    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if p.strip()]
+    advice = ("Weights only load failed", "Check the documentation")
+    reasons = [p for p in paragraphs if not p.startswith(advice)] or paragraphs or ["not a weights-only file"]
+    return reasons[0].split("WeightsUnpickler error:")[-1].strip()
+
+
+def _real_tensors(path: Path, loaded: Mapping) -> dict[str, np.ndarray]:
+    """A loaded ``.pth``'s state_dict as numpy arrays; a key that is not a tensor name, or a value that is not
+    a tensor of real numbers (a string, a complex tensor), is refused naming the file and the key."""
+
+    def names(mapping: Mapping) -> Mapping:
+        key = next((k for k in mapping if not isinstance(k, str)), None)
+        if key is not None:
+            raise InputError(
+                f"{path} holds a state_dict with the key {key!r} ({type(key).__name__}), not a tensor name"
+            )
+        return mapping
+
+    tensors = {k: _to_numpy(v) for k, v in names(_unwrap(names(loaded))).items()}
+    for key, array in tensors.items():
+        if array.dtype.kind not in "biuf":
+            raise InputError(f"{path}'s {key!r} is not a tensor of real numbers: it holds {array.dtype} values")
+    return tensors
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Tensors from a ``.safetensors`` file, or a ``.pth``/``.pt`` file without running its code.
 
@@ -683,7 +713,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such weights file: {path}")
+        raise FileError(f"no such weights file: {path}")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         return read_tensors(path)[0]
@@ -691,7 +721,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         try:
             import torch
         except ImportError:
-            raise ValueError(
+            raise InputError(
                 f"reading {path.name} needs PyTorch (pip install torch), or convert it to .safetensors"
             ) from None
         try:
@@ -699,13 +729,14 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 warnings.filterwarnings("ignore", message="Detected pickle protocol")
                 loaded = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else "not a weights-only file"
-            raise ValueError(
-                f"refusing to load {path}: it holds more than tensors, and unpickling it could run code ({first})"
+            first = _unpickling_reason(str(err))
+            raise InputError(
+                f"refusing to load {path}: it holds more than tensors (or is no pickle at all), and unpickling it "
+                f"could run code ({first})"
             ) from None
         except (RuntimeError, EOFError, OSError, ValueError) as err:
-            raise ValueError(f"{path} is not a readable PyTorch weights file ({err})") from None
+            raise InputError(f"{path} is not a readable PyTorch weights file ({err})") from None
         if not isinstance(loaded, Mapping):
-            raise ValueError(f"{path} holds a {type(loaded).__name__}, not a state_dict")
-        return {k: _to_numpy(v) for k, v in _unwrap(loaded).items()}
-    raise ValueError(f"weights file must end in .safetensors, .pth or .pt; got {path.name}")
+            raise InputError(f"{path} holds a {type(loaded).__name__}, not a state_dict")
+        return _real_tensors(path, loaded)
+    raise InputError(f"weights file must end in .safetensors, .pth or .pt; got {path.name}")

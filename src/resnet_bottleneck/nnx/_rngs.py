@@ -6,9 +6,10 @@ from __future__ import annotations
 from flax import nnx
 
 from .._checks import _describe
+from ..errors import InputTypeError
 
 
 def checked(rngs) -> nnx.Rngs:
     if not isinstance(rngs, nnx.Rngs):
-        raise TypeError(f"rngs must be a flax.nnx.Rngs, e.g. nnx.Rngs(0); got {_describe(rngs)}")
+        raise InputTypeError(f"rngs must be a flax.nnx.Rngs, e.g. nnx.Rngs(0); got {_describe(rngs)}")
     return rngs

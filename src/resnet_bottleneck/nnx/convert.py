@@ -35,6 +35,7 @@ from .. import arch
 from .. import blocks as linen_blocks
 from .. import models as linen_models
 from .. import norm as linen_norm
+from ..errors import InputError, InputTypeError
 from . import _rngs, layers
 from .blocks import TWINS, FastConv
 from .models import ResNet
@@ -85,7 +86,7 @@ def _constructor_twin(name: str, value, to_linen: bool = False) -> Any:
             if value.func is ours:
                 return partial(theirs, **value.keywords)
     classes = [f"{ours.__module__}.{ours.__qualname__}" for ours, _ in pairs if isinstance(ours, type)]
-    raise ValueError(f"{name}={value!r} has no twin: it must be {' or '.join(classes)} or a keyword partial of it")
+    raise InputError(f"{name}={value!r} has no twin: it must be {' or '.join(classes)} or a keyword partial of it")
 
 
 def _mismatch(what: str, missing, unexpected, wrong) -> str:
@@ -114,13 +115,13 @@ def _nnx_kwargs(module) -> dict:
         value = getattr(module, field.name)
         if field.name not in accepted:
             if value is not field.default and value != field.default:
-                raise ValueError(
+                raise InputError(
                     f"{type(module).__name__}({field.name}={value!r}) has no NNX twin: convert a model "
                     f"with {field.name}={field.default!r}"
                 )
         elif field.name == "block":
             if value not in TWINS:
-                raise ValueError(
+                raise InputError(
                     f"block={value!r} has no NNX twin: it must be one of {', '.join(c.__name__ for c in TWINS)}"
                 )
             kwargs["block"] = TWINS[value]
@@ -136,7 +137,7 @@ def _block_norm(block) -> partial:
     norms = [m for _, m in nnx.iter_modules(block) if m is not block and not isinstance(m, _NOT_NORMS)]
     kinds = {type(m) for m in norms}
     if len(kinds) != 1 or not kinds <= set(_NORM_OPTIONS):
-        raise ValueError(
+        raise InputError(
             f"the block's norm has no Linen twin: its norm layers must all be one of "
             f"{', '.join(c.__name__ for c in _NORM_OPTIONS)} of resnet_bottleneck.nnx; "
             f"got {sorted(c.__name__ for c in kinds)}"
@@ -144,7 +145,7 @@ def _block_norm(block) -> partial:
     kind = kinds.pop()
     options = {tuple((k, getattr(m, k)) for k in _NORM_OPTIONS[kind]) for m in norms}
     if len(options) != 1:
-        raise ValueError(
+        raise InputError(
             f"the block's norm layers differ in {_NORM_OPTIONS[kind]} ({sorted(options)}); a Linen block has one norm"
         )
     return partial(_LINEN_NORMS[kind], **dict(options.pop()))
@@ -160,7 +161,7 @@ def _linen_module(model):
         value = getattr(model, field.name)
         if field.name == "block":
             if value not in _LINEN:
-                raise ValueError(
+                raise InputError(
                     f"block={value!r} has no Linen twin: it must be one of "
                     f"{', '.join(c.__name__ for c in TWINS.values())} of resnet_bottleneck.nnx"
                 )
@@ -199,7 +200,7 @@ def _collection(variable) -> str:
         return "params"
     if isinstance(variable, nnx.BatchStat):
         return "batch_stats"
-    raise ValueError(f"no Linen collection for an nnx.{type(variable).__name__}")
+    raise InputError(f"no Linen collection for an nnx.{type(variable).__name__}")
 
 
 def _in_features(model, given: dict) -> int:
@@ -238,12 +239,12 @@ def to_nnx(model, variables: Mapping[str, Any], *, rngs: nnx.Rngs | None = None)
         missing, unexpected and wrongly shaped one listed, with its path).
     """
     if type(model) not in MODULES:
-        raise TypeError(
+        raise InputTypeError(
             f"model must be a Linen {', '.join(c.__name__ for c in MODULES)} of resnet_bottleneck; "
             f"got {type(model).__module__}.{type(model).__name__}"
         )
     if not isinstance(variables, Mapping):
-        raise TypeError(
+        raise InputTypeError(
             f"variables must be a mapping {{'params': ..., 'batch_stats': ...}}; got {type(variables).__name__}"
         )
     kwargs = _nnx_kwargs(model)
@@ -264,7 +265,7 @@ def to_nnx(model, variables: Mapping[str, Any], *, rngs: nnx.Rngs | None = None)
         if k in given and tuple(np.shape(given[k])) != tuple(v.shape)
     ]
     if missing or unexpected or wrong:
-        raise ValueError(_mismatch(f"variables do not fit the {type(model).__name__}", missing, unexpected, wrong))
+        raise InputError(_mismatch(f"variables do not fit the {type(model).__name__}", missing, unexpected, wrong))
 
     def array(value):
         return value if isinstance(value, jax.ShapeDtypeStruct) else jnp.asarray(value)
@@ -284,7 +285,7 @@ def to_linen(model) -> tuple[nn.Module, dict]:
     a model's mode is the ``train`` argument of the Linen ``apply``.
     """
     if type(model) not in _LINEN:
-        raise TypeError(
+        raise InputTypeError(
             f"model must be an NNX {', '.join(c.__name__ for c in _LINEN)} of resnet_bottleneck.nnx; "
             f"got {type(model).__module__}.{type(model).__name__}"
         )

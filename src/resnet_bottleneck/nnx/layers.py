@@ -23,6 +23,7 @@ from flax.core.scope import LazyRng
 from .. import arch
 from .. import layers as linen_layers
 from .._checks import _describe
+from ..errors import InputError, InputTypeError
 from . import _rngs
 
 
@@ -31,7 +32,7 @@ class Act(nnx.Module):
 
     def __init__(self, kind: str = "relu"):
         if kind != "relu":
-            raise ValueError(f"activation kind must be 'relu'; got {kind!r}")
+            raise InputError(f"activation kind must be 'relu'; got {kind!r}")
         self.kind = kind
 
     def __call__(self, x):
@@ -104,7 +105,9 @@ class DropoutKeys:
 
     def __init__(self, source, prefix: tuple[str, ...] = (), _root: list | None = None):
         if source is not None and not isinstance(source, (nnx.Rngs, nnx.RngStream, jax.Array)):
-            raise TypeError(f"rngs must be a flax.nnx.Rngs, an nnx.RngStream or a JAX key; got {_describe(source)}")
+            raise InputTypeError(
+                f"rngs must be a flax.nnx.Rngs, an nnx.RngStream or a JAX key; got {_describe(source)}"
+            )
         self.source, self.prefix = source, prefix
         self._root = [] if _root is None else _root  # shared by children: one root per call
 
@@ -121,7 +124,7 @@ class DropoutKeys:
         """The key Linen's ``make_rng('dropout')`` gives the module ``name`` here, on its first call."""
         if not self._root:
             if self.source is None:
-                raise ValueError(
+                raise InputError(
                     "this model drops (drop_rate or drop_path_rate > 0) in training mode and has no dropout "
                     "rngs: pass rngs=nnx.Rngs(dropout=...) (or a JAX key) to the call, or call model.eval()"
                 )

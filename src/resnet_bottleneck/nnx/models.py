@@ -28,6 +28,7 @@ from flax import nnx
 
 from .. import _checks, arch
 from .. import models as linen
+from ..errors import InputError, InputTypeError
 from . import _rngs, layers
 from .blocks import TWINS, BottleneckBlock, FastConv, build_layers, run_layers
 from .norm import BatchNorm, FrozenBatchNorm
@@ -105,7 +106,7 @@ class ResNet(nnx.Module):
         self.attn_layer, self.attn_rd_ratio, self.aa_layer = attn_layer, attn_rd_ratio, aa_layer
         self.drop_rate, self.drop_path_rate = drop_rate, drop_path_rate
         if isinstance(block, type) and issubclass(block, nn.Module):
-            raise TypeError(
+            raise InputTypeError(
                 f"block must be an NNX block class such as resnet_bottleneck.nnx.BottleneckBlock; "
                 f"got the Linen {block.__module__}.{block.__name__}"
             )
@@ -183,12 +184,12 @@ class ResNet(nnx.Module):
         """
         _checks.one_of("part", part, linen.PARTS)
         if x.ndim != 4:
-            raise ValueError(f"x must be a 4-D batch of images (N, H, W, C); got shape {x.shape}")
+            raise InputError(f"x must be a 4-D batch of images (N, H, W, C); got shape {x.shape}")
         keys = layers.DropoutKeys(self.dropout_rngs if rngs is None else rngs)
         x = jnp.asarray(x, self.dtype) if self.dtype is not None else x
         if part in ("head", "pre_logits"):
             if self.head_spec is None:
-                raise ValueError("a headless model (num_classes=None) has no head to apply")
+                raise InputError("a headless model (num_classes=None) has no head to apply")
             return self._head(x, keys, pre_logits=part == "pre_logits")
         x = run_layers(self, x, self.stem_spec.layers, keys)
         frozen = len(linen.TRAINABLE_LAYERS) - self.trainable_layers  # frozen from the input side: stem, layer1, ...

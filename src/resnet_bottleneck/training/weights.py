@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ..errors import CheckpointError, ConfigError, TrainingError
+from ..errors import CheckpointError, ConfigError, InputError, TrainingError
 from .config import Config
 
 #: The file written at the end of a run with an output directory, and by ``export RUN_DIR``.
@@ -56,7 +56,7 @@ def describe_weights(config: Config) -> dict:
         crop_pct, interpolation = eval_crop(metadata, config.weights)
     except FileNotFoundError:
         raise ConfigError("weights", f"no such weights file: {config.weights}") from None
-    except (OSError, ValueError) as err:
+    except (OSError, InputError) as err:  # the file system's refusal, or the library's: a bug is no bad weights
         raise ConfigError("weights", str(err)) from None
     return {
         "weights_sha256": digest if config.weights is not None else None,
@@ -79,7 +79,7 @@ def starting_weights(config: Config, classes) -> tuple[dict, str]:
     try:
         model, variables, metadata = load_model_file(config.weights, config.model)
         named = json.loads(metadata["classes"]) if "classes" in metadata else None
-    except (OSError, ValueError) as err:
+    except (OSError, InputError, json.JSONDecodeError) as err:
         raise ConfigError("weights", str(err)) from None
     theirs = model.num_classes
     if theirs == len(classes) and (named is None or list(named) == list(classes)):
