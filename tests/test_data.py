@@ -376,3 +376,18 @@ def test_train_with_workers_leaves_no_shared_memory_behind(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["2"]  # 19 training images, batches of 8: it trained
     assert "leaked" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_folder_that_cannot_be_listed_is_a_data_error(tmp_path, monkeypatch):
+    """A permission or a lost mount while listing the tree is bad data naming the folder, not a bug's traceback
+    (root ignores permissions, so the listing itself is made to fail)."""
+    from resnet_bottleneck.data import folder
+
+    root = write_image_folder(tmp_path / "d", classes=2, per_class=1, size=(8, 8))
+
+    def refuse(directory):
+        raise PermissionError(13, "Permission denied", str(directory))
+
+    monkeypatch.setattr(folder, "_class_dirs", refuse)
+    with pytest.raises(DataError, match=f"data: cannot list {root} \\(Permission denied\\)"):
+        list_images(root)

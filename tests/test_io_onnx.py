@@ -18,7 +18,7 @@ import torch
 from flax import traverse_util
 from helpers import abstract_init, assert_close_to_scale, random_torchvision, random_variables
 
-from resnet_bottleneck import CONFIGS, BottleneckBlock, ResNet, arch, create_model, fold_batchnorm
+from resnet_bottleneck import CONFIGS, BottleneckBlock, ResNet, arch, create_model, errors, fold_batchnorm
 from resnet_bottleneck.io.onnx import LAYOUTS, OPSET, export_onnx, load_onnx, onnx_model, session_options
 from resnet_bottleneck.io.torchvision import from_torchvision
 
@@ -277,7 +277,7 @@ def test_wrong_model_or_variables_are_refused(tmp_path):
         export_onnx(nn.Dense(3), variables, tmp_path / "x.onnx")
     with pytest.raises(ValueError, match=r"variables do not fit the model: .*wrongly shaped: .*params/fc/kernel"):
         export_onnx(model.clone(num_classes=7), variables, tmp_path / "x.onnx")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(errors.FileError, match="does not exist"):
         export_onnx(model, variables, tmp_path / "no" / "x.onnx")
     assert list(tmp_path.iterdir()) == []
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from .errors import WriteError
+from .errors import FileError, WriteError
 
 #: A write that failed on its way, not for the path given: a full disk or quota, an I/O error.
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
@@ -47,7 +47,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
-        raise FileNotFoundError(f"cannot write {path}: directory {directory} does not exist")
+        raise FileError(f"cannot write {path}: directory {directory} does not exist")
     tmp = None
     try:
         fd, tmp = _create_beside(directory / path.name)

@@ -61,17 +61,20 @@ def list_images(root: str | os.PathLike, field: str = "data") -> ImageFiles:
     """Every image of an ImageFolder tree ``root/<class>/**/<image>``, classes sorted by name.
 
     Raises:
-      DataError: ``root`` missing or without class folders, or a class folder without images.
+      DataError: ``root`` missing, unlistable or without class folders, or a class folder without images.
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(field, f"{root} is not a directory")
-    class_dirs = _class_dirs(root)
+    try:
+        class_dirs = _class_dirs(root)
+        found_by_class = [[os.path.relpath(path, root) for path in images_under(d)] for d in class_dirs]
+    except OSError as err:  # a folder of the tree that cannot be listed (no permission, a lost mount)
+        raise DataError(field, f"cannot list {err.filename or root} ({err.strerror or err})") from None
     if not class_dirs:
         raise DataError(field, f"{root} has no class folders (expected {root}/<class>/<image>)")
     files, labels = [], []
-    for label, directory in enumerate(class_dirs):
-        found = [os.path.relpath(path, root) for path in images_under(directory)]
+    for label, (directory, found) in enumerate(zip(class_dirs, found_by_class)):
         if not found:
             raise DataError(field, f"class folder {directory} has no images ({', '.join(IMAGE_SUFFIXES)})")
         files += found
