@@ -55,25 +55,26 @@ class StopRequests:
     """A context that notes SIGTERM/SIGINT while it is open (then restores the previous handlers), and
     says after each step whether to stop there, the same on every process.
 
-    Handlers are installed only when ``enabled`` and on the main thread (Python allows no other).
+    Handlers are installed only when ``enabled`` and on the main thread (Python allows no other);
+    ``enabled`` must be the same on every process (it decides whether they agree at all).
     """
 
     #: With several processes, a step's flags are read this many steps later (when the device has them).
     LAG = 2
 
     def __init__(self, enabled: bool, mesh):
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.handles = enabled and threading.current_thread() is threading.main_thread()
         self.received: int | None = None
         self.previous: dict = {}
         self.pending: collections.deque = collections.deque()
-        self.several = jax.process_count() > 1
+        self.several = enabled and jax.process_count() > 1  # ``enabled``: the same on every process
         if self.several:
             self.sharding = NamedSharding(mesh, P("data"))
             self.local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
             self.reduce = jax.jit(jnp.max, out_shardings=NamedSharding(mesh, P()))
 
     def __enter__(self) -> StopRequests:
-        if self.enabled:
+        if self.handles:
             for number in SIGNALS:
                 self.previous[number] = signal.signal(number, self._note)
         return self
