@@ -28,13 +28,15 @@ LINE = re.compile(
 STEPS_PER_EPOCH = 22  # SMALL on the digits: 1437 training images in batches of 64
 
 
-def paced(*args, env=None):
+def paced(*args, env=None, group=False):
+    """The paced ``train``; ``group``: in a process group of its own (with its workers), as a terminal runs it."""
     return subprocess.Popen(
         [sys.executable, str(PACED), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        start_new_session=group,
     )
 
 
@@ -57,21 +59,29 @@ def position(run: Path, step: int, process: int = 0, processes: int = 1) -> dict
 
 
 @pytest.mark.parametrize(
-    "signals,status",
-    [((signal.SIGTERM,), 0), ((signal.SIGINT, signal.SIGINT), 130)],
-    ids=["sigterm", "sigint-twice-while-saving"],
+    "signals,status,group",
+    [((signal.SIGTERM,), 0, False), ((signal.SIGINT, signal.SIGINT), 130, True)],
+    ids=["sigterm", "ctrl-c-twice-while-saving-with-workers"],
 )
 def test_signal_stops_at_a_step_and_the_same_command_ends_as_if_never_stopped(
-    signals, status, digits_run, tmp_path, capsys
+    signals, status, group, digits_run, tmp_path, capsys
 ):
+    """SIGTERM to the process; or SIGINT twice to its process group, as Ctrl-C twice in a terminal,
+    its 2 worker processes included (they must outlive the stop), the second during the stop's save.
+    Resumed in this process without workers: the same metrics (the stream depends on the step only)."""
     straight, straight_summary = digits_run  # SMALL, uninterrupted (conftest)
     run, saving = tmp_path / "run", tmp_path / "saving"
-    victim = paced(*SMALL, "--out", str(run), "--json", env=dict(os.environ, SAVING=str(saving)))
+    workers = ["--workers", "2"] if group else []
+    victim = paced(*SMALL, *workers, "--out", str(run), "--json", env=dict(os.environ, SAVING=str(saving)), group=group)
+
+    def send(number):
+        os.killpg(victim.pid, number) if group else victim.send_signal(number)
+
     wait_for(lambda: (run / "checkpoints" / "25").is_dir(), victim)  # epoch 2, its third step
-    victim.send_signal(signals[0])
+    send(signals[0])
     if len(signals) > 1:  # the second one as soon as the stop's checkpoint is being written
         wait_for(lambda: any(int(p.suffix[1:]) > 25 for p in tmp_path.glob("saving.*")), victim)
-        victim.send_signal(signals[1])
+        send(signals[1])
     out, err = victim.communicate(timeout=120)
     assert victim.returncode == status, err
     assert out == "" and len(err.strip().splitlines()) == 1, err
