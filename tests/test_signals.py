@@ -149,7 +149,7 @@ def test_two_processes_stop_at_the_same_step_when_one_is_signalled(tmp_path):
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     run = tmp_path / "run"
-    args = ["--image-size", "16", "--batch-size", "32", "--epochs", "1", "--checkpoint-every", "3", "--keep", "5"]
+    args = ["--image-size", "8", "--batch-size", "32", "--epochs", "1", "--checkpoint-every", "2", "--keep", "5"]
     processes = [
         paced(
             *args,
@@ -163,7 +163,7 @@ def test_two_processes_stop_at_the_same_step_when_one_is_signalled(tmp_path):
         for i in range(2)
     ]
     try:
-        wait_for(lambda: (run / "checkpoints" / "3").is_dir(), processes[0])
+        wait_for(lambda: (run / "checkpoints" / "2").is_dir(), processes[0])
         processes[1].send_signal(signal.SIGTERM)
         ends = [p.communicate(timeout=120) for p in processes]
     finally:
@@ -173,5 +173,5 @@ def test_two_processes_stop_at_the_same_step_when_one_is_signalled(tmp_path):
     assert all(lines) and [p.returncode for p in processes] == [0, 0], [err[-2000:] for _, err in ends]
     assert lines[0][0] == lines[1][0]  # the same step, epoch and checkpoint
     step = int(lines[0][2])
-    assert 3 < step < 44 and step == max(steps(run))
+    assert 2 < step < 44 and step == max(steps(run))
     assert [position(run, step, i, 2)["step"] for i in range(2)] == [step, step]
