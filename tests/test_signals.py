@@ -84,8 +84,10 @@ def test_signal_stops_at_a_step_and_the_same_command_ends_as_if_never_stopped(
         send(signals[1])
     out, err = victim.communicate(timeout=120)
     assert victim.returncode == status, err
-    assert out == "" and len(err.strip().splitlines()) == 1, err
-    match = LINE.fullmatch(err.strip())
+    assert out == "" and "Traceback" not in err, err
+    # With workers, multiprocessing's resource_tracker may add its shared-memory warning (issue 25, item 8).
+    assert len(err.strip().splitlines()) == 1 or (group and "resource_tracker" in err), err
+    match = LINE.fullmatch(err.strip().splitlines()[0])
     assert match, err
     name, step, epoch, checkpoint = match[1], int(match[2]), int(match[3]), match[4]
     assert name == signals[0].name and 25 < step < 2 * STEPS_PER_EPOCH and epoch == 2
