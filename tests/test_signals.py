@@ -77,12 +77,16 @@ def test_signal_stops_at_a_step_and_the_same_command_ends_as_if_never_stopped(
     def send(number):
         os.killpg(victim.pid, number) if group else victim.send_signal(number)
 
-    wait_for(lambda: (run / "checkpoints" / "25").is_dir(), victim)  # epoch 2, its third step
-    send(signals[0])
-    if len(signals) > 1:  # the second one as soon as the stop's checkpoint is being written
-        wait_for(lambda: any(int(p.suffix[1:]) > 25 for p in tmp_path.glob("saving.*")), victim)
-        send(signals[1])
-    out, err = victim.communicate(timeout=120)
+    try:
+        wait_for(lambda: (run / "checkpoints" / "25").is_dir(), victim)  # epoch 2, its third step
+        send(signals[0])
+        if len(signals) > 1:  # the second one as soon as the stop's checkpoint is being written
+            wait_for(lambda: any(int(p.suffix[1:]) > 25 for p in tmp_path.glob("saving.*")), victim)
+            send(signals[1])
+        out, err = victim.communicate(timeout=120)
+    finally:
+        if victim.poll() is None:  # a hung run (workers dead, say) is not left behind
+            send(signal.SIGKILL)
     assert victim.returncode == status, err
     assert out == "" and "Traceback" not in err, err
     # With workers, multiprocessing's resource_tracker may add its shared-memory warning (issue 25, item 8).
@@ -141,6 +145,28 @@ def test_stopped_at_an_epochs_last_step_reports_that_epoch_on_resume(digits_run,
     result = train(config, out=tmp_path, options=options, progress=False)
     assert result.resumed_from == STEPS_PER_EPOCH and result.steps == 2 * STEPS_PER_EPOCH
     assert (tmp_path / "metrics.jsonl").read_bytes() == (straight / "metrics.jsonl").read_bytes()
+
+
+def test_a_signal_while_the_run_is_set_up_stops_it_before_its_first_step(tmp_path, monkeypatch):
+    """SIGINT before the first step (here: as the input pipeline is built): no step is taken, a
+    checkpoint of step 0 is kept, status 130, and Python's own SIGINT handler is back afterwards."""
+    following = loop._Input.__init__
+
+    def interrupted(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # noted by train's handler: no KeyboardInterrupt
+        following(self, *args, **kwargs)
+
+    monkeypatch.setattr(loop._Input, "__init__", interrupted)
+    with pytest.raises(Stopped) as stopped:
+        train(Config(image_size=8, batch_size=64, epochs=1), out=tmp_path, progress=False)
+    assert (stopped.value.signal, stopped.value.step, stopped.value.epoch, stopped.value.status) == (
+        signal.SIGINT,
+        0,
+        1,
+        130,
+    )
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert steps(tmp_path) == [0] and position(tmp_path, 0)["sums"] == {"loss": 0.0, "correct": 0, "seen": 0}
 
 
 def test_two_processes_stop_at_the_same_step_when_one_is_signalled(tmp_path):

@@ -194,6 +194,11 @@ def train(
       Stopped: SIGTERM or SIGINT (unless ``options.stop_on_signal`` is off) stopped the run after a
         step, its checkpoint written (with ``out``); the same call resumes there. Not an error.
     """
+    with StopRequests(getattr(options, "stop_on_signal", True)) as stops:  # noted from here, acted on at steps
+        return _train(config, out, options, progress, datasets, stops)
+
+
+def _train(config: Config, out, options: RunOptions | None, progress: bool, datasets, stops: StopRequests) -> Result:
     options = options or RunOptions()
     config.check()
     options.check()
@@ -294,10 +299,12 @@ def train(
         resume_history(timing_path, step)
     bar = Progress(enabled=progress)
     timed_from = None
-    stops = StopRequests(options.stop_on_signal, mesh)
     batches = _Input(stream, workers, step, position)
     try:
-        stops.__enter__()
+        stops.agree(mesh)
+        stop = stops.before()  # a signal while the run was being set up: stop before its first step
+        if stop is not None:
+            raise _stopped(stop, step, state, meter, checkpoints, batches)
         epoch = step // steps_per_epoch - unreported
         while epoch < config.epochs:
             bar.start_epoch(epoch + 1, config.epochs, steps_per_epoch, step - epoch * steps_per_epoch)
@@ -371,7 +378,6 @@ def train(
                 write_model(Path(out) / MODEL_FILE, state, describe_model(config, run, step, test_accuracy))
             )
     finally:
-        stops.__exit__()
         bar.close()
         evaluate.close()
         batches.close()
@@ -400,7 +406,7 @@ def _stopped(signal_number: int, step: int, state, meter: _Meter, checkpoints: C
     if checkpoints is not None and checkpoints.latest() != step:
         checkpoints.save(step, state, position)
     where = str(checkpoints.directory / str(step)) if checkpoints is not None else None
-    return Stopped(signal_number, step, (step - 1) // meter.steps_per_epoch + 1, where)
+    return Stopped(signal_number, step, max(step - 1, 0) // meter.steps_per_epoch + 1, where)
 
 
 def _plot(history: list[dict], path: Path) -> str | None:

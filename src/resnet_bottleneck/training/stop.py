@@ -3,7 +3,8 @@
 Spot VMs, Cloud TPU maintenance, SLURM's ``--signal``, Kubernetes and Ctrl-C send SIGTERM or SIGINT
 and wait a while before SIGKILL. While :func:`~.loop.train` runs, a handler only notes the first
 signal (so a second one, even mid-save, changes nothing); the loop asks :meth:`StopRequests.after`
-after each step whether to stop, saves a checkpoint of that step and raises :class:`Stopped`.
+after each step (and :meth:`StopRequests.before` before the first, for a signal that came while the
+run was set up) whether to stop, saves a checkpoint of that step and raises :class:`Stopped`.
 
 With several processes every process must stop at the same step (each saves its part of the same
 checkpoint). Each step's local flags are reduced over the devices by a tiny jitted ``max``, queued
@@ -53,7 +54,8 @@ class Stopped(Exception):
 
 class StopRequests:
     """A context that notes SIGTERM/SIGINT while it is open (then restores the previous handlers), and
-    says after each step whether to stop there, the same on every process.
+    says before the first step (:meth:`before`) and after each (:meth:`after`) whether to stop there,
+    the same on every process once :meth:`agree` has named the devices.
 
     Handlers are installed only when ``enabled`` and on the main thread (Python allows no other);
     ``enabled`` must be the same on every process (it decides whether they agree at all).
@@ -62,12 +64,17 @@ class StopRequests:
     #: With several processes, a step's flags are read this many steps later (when the device has them).
     LAG = 2
 
-    def __init__(self, enabled: bool, mesh):
-        self.handles = enabled and threading.current_thread() is threading.main_thread()
+    def __init__(self, enabled: bool):
+        self.enabled = bool(enabled)
+        self.handles = self.enabled and threading.current_thread() is threading.main_thread()
         self.received: int | None = None
         self.previous: dict = {}
         self.pending: collections.deque = collections.deque()
-        self.several = enabled and jax.process_count() > 1  # ``enabled``: the same on every process
+        self.several = False
+
+    def agree(self, mesh) -> None:
+        """From now on, agree with the other processes of ``mesh`` (if any) on where to stop."""
+        self.several = self.enabled and jax.process_count() > 1  # ``enabled``: the same on every process
         if self.several:
             self.sharding = NamedSharding(mesh, P("data"))
             self.local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
@@ -88,6 +95,16 @@ class StopRequests:
         """Only notes the first signal: nothing else may happen at an arbitrary point (a save included)."""
         if self.received is None:
             self.received = number
+
+    def before(self) -> int | None:
+        """The signal to stop on before the first step (one that came while the run was set up), or
+        ``None``; with several processes, a blocking all-gather, once."""
+        if not self.several:
+            return self.received
+        from jax.experimental import multihost_utils
+
+        agreed = int(np.max(multihost_utils.process_allgather(np.int32(self.received or 0))))
+        return (self.received or agreed) if agreed else None
 
     def after(self, step: int) -> int | None:
         """The signal to stop on after step ``step`` (the one this process received, else another
