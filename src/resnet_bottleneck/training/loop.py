@@ -40,7 +40,7 @@ from .evaluation import Evaluation, compile_eval_step
 from .optim import make_optimizer
 from .report import Progress, plot_curves, resume_history
 from .state import create_train_state, train_step
-from .stop import Stopped, StopRequests
+from .stop import Stopped, StopRequests, agreeing
 from .weights import MODEL_FILE, describe_model, describe_weights, starting_weights, write_model
 
 
@@ -261,13 +261,15 @@ def _train(config: Config, out, options: RunOptions | None, progress: bool, data
         state, position = jax.jit(init, out_shardings=state_sharding)(start), None
     normalisation = {"mean": tuple(run["mean"]), "std": tuple(run["std"])}
     step_fn = xla.jit(
-        functools.partial(
-            train_step,
-            num_classes=len(train_set.classes),
-            label_smoothing=config.label_smoothing,
-            freeze_bn=config.freeze_bn,
-            seed=config.seed if config.drop_path or config.drop_rate else None,
-            **normalisation,
+        agreeing(  # with several processes, each one's signal flag rides in the batch (see .stop)
+            functools.partial(
+                train_step,
+                num_classes=len(train_set.classes),
+                label_smoothing=config.label_smoothing,
+                freeze_bn=config.freeze_bn,
+                seed=config.seed if config.drop_path or config.drop_rate else None,
+                **normalisation,
+            )
         ),
         in_shardings=(state_sharding, rows),
         out_shardings=(state_sharding, replicated),
@@ -301,7 +303,6 @@ def _train(config: Config, out, options: RunOptions | None, progress: bool, data
     timed_from = None
     batches = _Input(stream, workers, step, position)
     try:
-        stops.agree(mesh)
         stop = stops.before()  # a signal while the run was being set up: stop before its first step
         if stop is not None:
             raise _stopped(stop, step, state, meter, checkpoints, batches)
@@ -314,13 +315,13 @@ def _train(config: Config, out, options: RunOptions | None, progress: bool, data
                     batch = batches.next(step)
                 except Exception as err:  # unreadable data or a dead worker: keep what was done, say where
                     raise _failed(err, step, state, meter, checkpoints, batches) from None
-                state, metrics = step_fn(state, put_batch(batch, rows))
+                state, metrics = step_fn(state, stops.mark(len(batch["label"]), put_batch(batch, rows), rows))
                 step += 1
                 meter.add(step, metrics)
                 if step == first_step + 1:  # the first step of a process includes its compilation
                     jax.block_until_ready(metrics)
                     timed_from = time.perf_counter()
-                stop = stops.after(step)
+                stop = stops.after(step, metrics)
                 if stop is not None:
                     raise _stopped(stop, step, state, meter, checkpoints, batches)
                 if checkpoints is not None and step % options.checkpoint_every == 0 and step % steps_per_epoch:

@@ -7,10 +7,12 @@ after each step (and :meth:`StopRequests.before` before the first, for a signal 
 run was set up) whether to stop, saves a checkpoint of that step and raises :class:`Stopped`.
 
 With several processes every process must stop at the same step (each saves its part of the same
-checkpoint). Each step's local flags are reduced over the devices by a tiny jitted ``max``, queued
-after the step like the step itself, and read :attr:`StopRequests.LAG` steps later, when the device
-has done it: every process reads the same value after the same step, and the host never waits for
-it (the loop's own reads already keep it within two steps of the device). One process pays nothing.
+checkpoint). Each process's flag rides in its rows of the step's batch (a ``stop`` column, see
+:meth:`StopRequests.mark`); the step reduces it with a ``max`` over the global batch (:func:`agreeing`)
+inside its own program, so the agreement adds no collective call of its own; the result is read
+:attr:`StopRequests.LAG` steps later, when the device has it: every process reads the same value
+after the same step, and the host never waits for it (the loop's own reads already keep it within
+two steps of the device). One process pays nothing.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ import threading
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 #: The signals that stop a run at a step: SIGTERM (exit status 0) and SIGINT (130, as a shell reports Ctrl-C).
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -55,7 +55,7 @@ class Stopped(Exception):
 class StopRequests:
     """A context that notes SIGTERM/SIGINT while it is open (then restores the previous handlers), and
     says before the first step (:meth:`before`) and after each (:meth:`after`) whether to stop there,
-    the same on every process once :meth:`agree` has named the devices.
+    the same on every process.
 
     Handlers are installed only when ``enabled`` and on the main thread (Python allows no other);
     ``enabled`` must be the same on every process (it decides whether they agree at all).
@@ -70,15 +70,15 @@ class StopRequests:
         self.received: int | None = None
         self.previous: dict = {}
         self.pending: collections.deque = collections.deque()
-        self.several = False
-
-    def agree(self, mesh) -> None:
-        """From now on, agree with the other processes of ``mesh`` (if any) on where to stop."""
         self.several = self.enabled and jax.process_count() > 1  # ``enabled``: the same on every process
-        if self.several:
-            self.sharding = NamedSharding(mesh, P("data"))
-            self.local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
-            self.reduce = jax.jit(jnp.max, out_shardings=NamedSharding(mesh, P()))
+
+    def mark(self, rows: int, placed: dict, sharding) -> dict:
+        """``placed`` (a step's global batch, this process's ``rows`` of it) with this process's flag
+        as its ``stop`` column, with several processes; else as it is."""
+        if not self.several:
+            return placed
+        flags = np.full((rows,), self.received or 0, np.int32)
+        return {**placed, "stop": jax.make_array_from_process_local_data(sharding, flags)}
 
     def __enter__(self) -> StopRequests:
         if self.handles:
@@ -106,14 +106,27 @@ class StopRequests:
         agreed = int(np.max(multihost_utils.process_allgather(np.int32(self.received or 0))))
         return (self.received or agreed) if agreed else None
 
-    def after(self, step: int) -> int | None:
+    def after(self, step: int, metrics: dict) -> int | None:
         """The signal to stop on after step ``step`` (the one this process received, else another
-        process's), or ``None`` to go on; every process gets a signal or ``None`` at the same step."""
+        process's), or ``None`` to go on; every process gets a signal or ``None`` at the same step.
+        ``metrics``: the step's (:func:`agreeing`'s ``stop``: every process's flags reduced)."""
         if not self.several:
             return self.received
-        flags = np.full((self.local,), self.received or 0, np.int32)
-        self.pending.append(self.reduce(jax.make_array_from_process_local_data(self.sharding, flags)))
+        self.pending.append(metrics["stop"])
         if len(self.pending) <= self.LAG:
             return None
         agreed = int(jax.device_get(self.pending.popleft()))
         return (self.received or agreed) if agreed else None
+
+
+def agreeing(step):
+    """``step(state, batch)`` that also reduces the batch's ``stop`` column (:meth:`StopRequests.mark`),
+    if it has one, over the global batch into its metrics' ``stop``: in the step's own program."""
+
+    def agreeing_step(state, batch):
+        state, metrics = step(state, {k: v for k, v in batch.items() if k != "stop"})
+        if "stop" in batch:
+            metrics = {**metrics, "stop": jnp.max(batch["stop"])}
+        return state, metrics
+
+    return agreeing_step
