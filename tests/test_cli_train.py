@@ -48,6 +48,10 @@ def test_loss_falls_and_outputs_are_written(digits_run):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     assert records[1]["train_loss"] < records[0]["train_loss"]
+    timings = [json.loads(line) for line in (run / "timing.jsonl").read_text().splitlines()]
+    assert [(t["epoch"], t["step"]) for t in timings] == [(1, 22), (2, 44)]  # timings apart: metrics stay exact
+    assert all(t["images_per_second"] > 0 and t["seconds"] > 0 for t in timings)
+    assert not any("images_per_second" in r or "seconds" in r for r in records)
     assert records[1]["test_accuracy"] > 0.5  # ten classes: chance is 0.1
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == ["40", "44"]
@@ -80,7 +84,8 @@ def test_rerunning_a_finished_run_says_it_had_finished(digits_run, capsys):
 
 def test_sigkill_mid_epoch_with_workers_then_resume_is_bit_exact(tmp_path):
     """JPEGs decoded by 2 worker processes; killed after a checkpoint in the middle of an epoch;
-    the same command resumes (train state and grain's iterator state) to the same final weights."""
+    the same command resumes (train state, grain's iterator state and the epoch's running sums) to
+    the same final weights and the same ``metrics.jsonl``, byte for byte."""
     data = write_image_folder(tmp_path / "data", classes=3, per_class=30, size=(64, 48))
     args = [
         "--data",
@@ -117,6 +122,8 @@ def test_sigkill_mid_epoch_with_workers_then_resume_is_bit_exact(tmp_path):
     assert_trees_equal(restore_params(killed, 18), restore_params(tmp_path / "straight", 18))
     lines = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2]  # no epoch logged twice
+    # Epoch 2's sums before the kill came back with the checkpoint: its loss and accuracy are the uninterrupted run's.
+    assert (killed / "metrics.jsonl").read_bytes() == (tmp_path / "straight" / "metrics.jsonl").read_bytes()
 
 
 def test_corrupt_or_foreign_checkpoint_and_other_epochs_are_refused(tmp_path, capsys):

@@ -51,7 +51,8 @@ def add_parser(commands) -> None:
         "--weights (torchvision's or timm's, or a model a run exported: fine-tuning, with --freeze-bn and "
         "--trainable-layers); "
         "images are decoded and augmented by worker processes, each host reading only its share. Checkpoints go to "
-        "OUT/checkpoints; running the same command again resumes exactly where the last checkpoint left off. At the "
+        "OUT/checkpoints; running the same command again resumes exactly where the last checkpoint left off. SIGTERM "
+        "or SIGINT (Ctrl-C) finishes the step, checkpoints it and stops (exit status 0 or 130). At the "
         "end OUT/model.safetensors holds the final weights with the class names, image size and normalisation, for "
         "predict and evaluate.",
     )
@@ -140,6 +141,9 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     try:
         result = training.train(config, out=out, options=options, progress=not args.json)
+    except training.Stopped as stopped:  # SIGTERM/SIGINT: the step's checkpoint is written; not an error
+        print(stopped, file=sys.stderr, flush=True)
+        return stopped.status
     except (training.DivergedError, WriteError) as err:  # a run that failed on its way: exit 1
         print(f"{PROG} train: error: {err}", file=sys.stderr)
         return 1
@@ -170,7 +174,7 @@ def run(args) -> int:
         "skipped_images": result.skipped,
         "config": asdict(config),
     }
-    finished_before = result.resumed_from is not None and result.resumed_from == result.steps  # nothing left to do
+    finished_before = result.already_finished  # nothing left to do
     summary["already_finished"] = finished_before
     if args.json:
         print(json.dumps(summary))

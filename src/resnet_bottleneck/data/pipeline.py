@@ -170,10 +170,15 @@ def _allow_grain_workers_without_absl() -> None:
 
 def _exit_with_parent(worker_index: int, worker_count: int) -> None:
     """In each worker: exit when the training process dies (killed, say). grain's workers would wait
-    for it forever, orphans holding their memory and the terminal's pipes."""
+    for it forever, orphans holding their memory and the terminal's pipes. And ignore SIGINT and
+    SIGTERM, which Ctrl-C (the terminal's process group) or a scheduler may send them too: the
+    training process stops at a step on those, and needs its workers until it has."""
+    import signal
     import threading
     import time
 
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
     parent = os.getppid()
 
     def watch():

@@ -9,6 +9,7 @@ from .evaluation import Scores, evaluate, evaluate_onnx
 from .loop import Result, load_datasets, train
 from .optim import make_optimizer
 from .state import TrainState, create_train_state, eval_step, train_step
+from .stop import Stopped
 from .weights import MODEL_FILE, load_run
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "Result",
     "RunOptions",
     "Scores",
+    "Stopped",
     "TrainState",
     "TrainingError",
     "create_train_state",

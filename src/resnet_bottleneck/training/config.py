@@ -149,6 +149,13 @@ class RunOptions:
             "positive_int",
         ),
     )
+    stop_on_signal: bool = field(
+        default=True,
+        metadata=_meta(
+            "on SIGTERM or SIGINT, finish the step, checkpoint it and stop (exit status 0 or 130; the same command "
+            "resumes there); off: the signals act as they otherwise would"
+        ),
+    )
 
     def check(self) -> None:
         _check(self)

@@ -6,6 +6,12 @@ checkpoint (train state and iterator state together) continues exactly as if it 
 stopped. The host never waits on a step to queue the next: the loss is read every
 ``log_every`` steps (one step behind), and always in full before a checkpoint is written,
 so a NaN stops the run before a bad state is saved.
+
+The epoch's running sums (loss, correct, seen) travel in each checkpoint, summed per step in step
+order in float64, so an epoch interrupted and resumed reports what an uninterrupted one does, and
+``metrics.jsonl`` holds only what the seed decides (timings go to ``timing.jsonl``). A checkpoint
+at an epoch's last step is written after that epoch's evaluation, unless a signal stopped the run
+there first (its sums then hold the whole epoch, and the resume evaluates it).
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -36,6 +41,7 @@ from .evaluation import Evaluation, compile_eval_step
 from .optim import make_optimizer
 from .report import Progress, plot_curves, resume_history
 from .state import create_train_state, train_step
+from .stop import Stopped, StopRequests, agreeing
 from .weights import MODEL_FILE, describe_model, describe_weights, starting_weights, write_model
 
 
@@ -54,6 +60,7 @@ class Result:
     initialised: str | None = None  # from which weights, and what became of the classifier (None: random, or resumed)
     model_file: str | None = None  # OUT/model.safetensors: the final weights, for predict and evaluate
     history: list = field(default_factory=list)
+    already_finished: bool = False  # resumed from its last step with every epoch reported: nothing was done
     state: Any = field(default=None, repr=False)  # the final TrainState
 
 
@@ -65,7 +72,9 @@ def load_datasets(config: Config):
 
 
 class _Meter:
-    """Each step's loss and correct count stay on the device until read, in order, lazily.
+    """Each step's loss and correct count stay on the device until read, in order, lazily; the
+    epoch's sums are added one step at a time in step order (float64), so they do not depend on
+    when they are read, and they travel in checkpoints (:meth:`sums`, :meth:`restore`).
 
     The host may run ``AHEAD`` steps ahead of the device and no more: each queued step holds its
     input batch in host memory.
@@ -76,7 +85,7 @@ class _Meter:
     def __init__(self, batch_size: int, checkpoints: Checkpoints | None, steps_per_epoch: int):
         self.batch_size, self.checkpoints, self.steps_per_epoch = batch_size, checkpoints, steps_per_epoch
         self.pending: list[tuple[int, dict]] = []
-        self.loss = self.correct = self.seen = 0
+        self.loss, self.correct, self.seen = 0.0, 0, 0
 
     def add(self, step: int, metrics: dict) -> None:
         self.pending.append((step, metrics))
@@ -101,14 +110,22 @@ class _Meter:
                     f"the loss became {float(loss)} at step {step} "
                     f"(epoch {(step - 1) // self.steps_per_epoch + 1}); stopped without saving it{kept}"
                 )
-        self.loss += float(np.sum(losses, dtype=np.float64)) * self.batch_size
-        self.correct += int(np.sum(correct))
-        self.seen += len(ready) * self.batch_size
+        for loss, right in zip(losses, correct):
+            self.loss += float(loss) * self.batch_size
+            self.correct += int(right)
+            self.seen += self.batch_size
         return len(ready)
+
+    def sums(self) -> dict:
+        """The epoch's sums so far (every step read), as a checkpoint keeps them (JSON: float64 exactly)."""
+        return {"loss": self.loss, "correct": self.correct, "seen": self.seen}
+
+    def restore(self, sums: dict) -> None:
+        self.loss, self.correct, self.seen = float(sums["loss"]), int(sums["correct"]), int(sums["seen"])
 
     def epoch_totals(self) -> tuple[float, float]:
         totals = (self.loss / max(self.seen, 1), self.correct / max(self.seen, 1))
-        self.loss = self.correct = self.seen = 0
+        self.loss, self.correct, self.seen = 0.0, 0, 0
         return totals
 
 
@@ -143,9 +160,15 @@ class _Input:
         self.iterator.close()
 
 
-def _failed(err: Exception, step: int, state, meter: _Meter, checkpoints: Checkpoints | None, position: dict):
-    """The input failed before step ``step + 1``: keep a checkpoint of ``step`` and say where."""
+def _saved(batches: _Input, meter: _Meter) -> dict:
+    """What a checkpoint keeps beside the state: the input's position and the epoch's sums (every step read)."""
     meter.read()
+    return {**batches.position, "sums": meter.sums()}
+
+
+def _failed(err: Exception, step: int, state, meter: _Meter, checkpoints: Checkpoints | None, batches: _Input):
+    """The input failed before step ``step + 1``: keep a checkpoint of ``step`` and say where."""
+    position = _saved(batches, meter)
     if checkpoints is not None and checkpoints.latest() != step:
         checkpoints.save(step, state, position)
     kept = f"; checkpoint at step {step} kept" if checkpoints is not None else ""
@@ -163,7 +186,7 @@ def train(
     datasets=None,
 ) -> Result:
     """Train ``config.model`` and evaluate it each epoch; with ``out``, checkpoint there (and resume
-    from there), and write ``metrics.jsonl`` and ``curves.png``.
+    from there), and write ``metrics.jsonl``, ``timing.jsonl`` and ``curves.png``.
 
     ``datasets`` replaces the configured data with ``(training, evaluation)`` sources
     (``data.ImageFiles`` or ``data.ImageArrays``).
@@ -175,7 +198,14 @@ def train(
       ConfigError: a bad setting (``field`` names it); ``data.DataError``: bad data.
       TrainingError: a foreign checkpoint; CheckpointError: none restores; BusyError: a live run holds ``out``.
       DivergedError: a NaN/Inf loss; WriteError: a checkpoint or the model file could not be written (full disk).
+      Stopped: SIGTERM or SIGINT (unless ``options.stop_on_signal`` is off) stopped the run after a
+        step, its checkpoint written (with ``out``); the same call resumes there. Not an error.
     """
+    with StopRequests(getattr(options, "stop_on_signal", True)) as stops:  # noted from here, acted on at steps
+        return _train(config, out, options, progress, datasets, stops)
+
+
+def _train(config: Config, out, options: RunOptions | None, progress: bool, datasets, stops: StopRequests) -> Result:
     options = options or RunOptions()
     config.check()
     options.check()
@@ -200,7 +230,6 @@ def train(
     )
     stream()  # checks the batch against the data and the hosts before any compilation
     steps_per_epoch = len(train_set) // config.batch_size
-    total_steps = config.epochs * steps_per_epoch
 
     run = {"classes": list(train_set.classes), **describe_weights(config)}
     model = create_model(
@@ -235,13 +264,15 @@ def train(
         state, position = jax.jit(init, out_shardings=state_sharding)(start), None
     normalisation = {"mean": tuple(run["mean"]), "std": tuple(run["std"])}
     step_fn = xla.jit(
-        functools.partial(
-            train_step,
-            num_classes=len(train_set.classes),
-            label_smoothing=config.label_smoothing,
-            freeze_bn=config.freeze_bn,
-            seed=config.seed if config.drop_path or config.drop_rate else None,
-            **normalisation,
+        agreeing(  # with several processes, each one's signal flag rides in the batch (see .stop)
+            functools.partial(
+                train_step,
+                num_classes=len(train_set.classes),
+                label_smoothing=config.label_smoothing,
+                freeze_bn=config.freeze_bn,
+                seed=config.seed if config.drop_path or config.drop_rate else None,
+                **normalisation,
+            )
         ),
         in_shardings=(state_sharding, rows),
         out_shardings=(state_sharding, replicated),
@@ -261,30 +292,44 @@ def train(
     step = first_step = int(jax.device_get(state.step))
     writer = jax.process_index() == 0 and out is not None
     metrics_path = Path(out) / "metrics.jsonl" if out is not None else None
-    history = resume_history(metrics_path, step) if writer else []
+    timing_path = Path(out) / "timing.jsonl" if out is not None else None
     meter = _Meter(config.batch_size, checkpoints, steps_per_epoch)
+    sums = (position or {}).get("sums")  # none in checkpoints older than the sums
+    if sums is not None:
+        meter.restore(sums)
+    # Stopped at an epoch's last step before its evaluation: that epoch ends first, from its saved sums.
+    unreported = int(bool(sums and sums["seen"]) and step % steps_per_epoch == 0)
+    history = resume_history(metrics_path, step - unreported) if writer else []
+    if writer:
+        resume_history(timing_path, step)
     bar = Progress(enabled=progress)
     timed_from = None
     batches = _Input(stream, workers, step, position)
     try:
-        while step < total_steps:
-            epoch = step // steps_per_epoch
-            bar.start_epoch(epoch + 1, config.epochs, steps_per_epoch, step % steps_per_epoch)
+        stop = stops.before()  # a signal while the run was being set up: stop before its first step
+        if stop is not None:
+            raise _stopped(stop, step, state, meter, checkpoints, batches)
+        epoch = step // steps_per_epoch - unreported
+        while epoch < config.epochs:
+            bar.start_epoch(epoch + 1, config.epochs, steps_per_epoch, step - epoch * steps_per_epoch)
             epoch_start, shown = time.perf_counter(), step
-            for _ in range(step % steps_per_epoch, steps_per_epoch):
+            for _ in range(step - epoch * steps_per_epoch, steps_per_epoch):
                 try:
                     batch = batches.next(step)
                 except Exception as err:  # unreadable data or a dead worker: keep what was done, say where
-                    raise _failed(err, step, state, meter, checkpoints, batches.position) from None
-                state, metrics = step_fn(state, put_batch(batch, rows))
+                    raise _failed(err, step, state, meter, checkpoints, batches) from None
+                state, metrics = step_fn(state, stops.mark(len(batch["label"]), put_batch(batch, rows), rows))
                 step += 1
                 meter.add(step, metrics)
                 if step == first_step + 1:  # the first step of a process includes its compilation
                     jax.block_until_ready(metrics)
                     timed_from = time.perf_counter()
-                if checkpoints is not None and step % options.checkpoint_every == 0:
-                    meter.read()  # every loss up to here is finite before the state is saved
-                    checkpoints.save(step, state, batches.position)
+                stop = stops.after(step, metrics)
+                if stop is not None:
+                    raise _stopped(stop, step, state, meter, checkpoints, batches)
+                if checkpoints is not None and step % options.checkpoint_every == 0 and step % steps_per_epoch:
+                    # every loss up to here is finite before the state is saved
+                    checkpoints.save(step, state, _saved(batches, meter))
                 elif step % options.log_every == 0:
                     meter.read(keep=1)  # one step behind: the device keeps working meanwhile
                 if meter.seen and step - shown >= options.log_every:
@@ -307,19 +352,29 @@ def train(
                 "test_accuracy": scores.top1,
                 "test_top5": scores.top5,
                 "test_loss": scores.loss,
+            }
+            timing = {
+                "epoch": epoch + 1,
+                "step": step,
                 "images_per_second": (step - max(epoch * steps_per_epoch, first_step))
                 * config.batch_size
                 / max(seconds, 1e-9),
+                "seconds": seconds,
             }
             history.append(record)
-            bar.update(step - shown, loss, accuracy, record["images_per_second"])
-            bar.end_epoch(record, config.epochs)
+            bar.update(step - shown, loss, accuracy, timing["images_per_second"])
+            bar.end_epoch(record, config.epochs, timing["images_per_second"])
             if writer:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
+                with open(timing_path, "a") as f:
+                    f.write(json.dumps(timing) + "\n")
+            epoch += 1
+            if checkpoints is not None and step % options.checkpoint_every == 0 and epoch < config.epochs:
+                checkpoints.save(step, state, _saved(batches, meter))  # after the epoch's evaluation
         meter.read()
         if checkpoints is not None and checkpoints.latest() != step:
-            checkpoints.save(step, state, batches.position)
+            checkpoints.save(step, state, _saved(batches, meter))
         test_accuracy = history[-1]["test_accuracy"] if history else evaluate(state).top1
         model_file = None
         if writer:  # the final weights, with what predict and evaluate need to use them as this run did
@@ -341,12 +396,22 @@ def train(
         metrics=str(metrics_path) if writer else None,
         plot=_plot(history, Path(out) / "curves.png") if writer and history else None,
         resumed_from=resumed_from,
+        already_finished=resumed_from == config.epochs * steps_per_epoch and not unreported,
         skipped=sorted({train_set.path(i) for i in batches.bad} | {eval_set.path(i) for i in evaluate.bad}),
         initialised=initialised,
         model_file=model_file,
         history=history,
         state=state,
     )
+
+
+def _stopped(signal_number: int, step: int, state, meter: _Meter, checkpoints: Checkpoints | None, batches: _Input):
+    """A signal stopped the run after step ``step``: keep a checkpoint of it (the epoch's sums too)."""
+    position = _saved(batches, meter)  # a NaN found here stops the run as it would have anyway
+    if checkpoints is not None and checkpoints.latest() != step:
+        checkpoints.save(step, state, position)
+    where = str(checkpoints.directory / str(step)) if checkpoints is not None else None
+    return Stopped(signal_number, step, max(step - 1, 0) // meter.steps_per_epoch + 1, where)
 
 
 def _plot(history: list[dict], path: Path) -> str | None:

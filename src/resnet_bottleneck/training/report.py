@@ -1,4 +1,5 @@
-"""What a run reports: a progress bar (tqdm), ``metrics.jsonl`` (one object an epoch) and the curves."""
+"""What a run reports: a progress bar (tqdm), ``metrics.jsonl`` (one object an epoch: what the seed decides,
+equal line for line across resumes), ``timing.jsonl`` (the epoch's speed) and the curves."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ class Progress:
             )
             self.bar.update(steps)
 
-    def end_epoch(self, record: dict, epochs: int) -> None:
+    def end_epoch(self, record: dict, epochs: int, images_per_second: float) -> None:
         if self.bar is not None:
             self.bar.set_postfix(
                 loss=f"{record['train_loss']:.4f}",
@@ -51,7 +52,7 @@ class Progress:
             print(
                 f"epoch {record['epoch']}/{epochs}: loss {record['train_loss']:.4f} acc "
                 f"{record['train_accuracy']:.3f} test {record['test_accuracy']:.3f} "
-                f"{record['images_per_second']:,.0f} img/s",
+                f"{images_per_second:,.0f} img/s",
                 file=self.stream,
                 flush=True,
             )
@@ -63,7 +64,8 @@ class Progress:
 
 
 def resume_history(path, step: int) -> list[dict]:
-    """The epochs a resumed run already logged, up to its checkpoint; later lines are dropped."""
+    """The epochs a resumed run already logged (``metrics.jsonl`` or ``timing.jsonl``), up to its
+    checkpoint's ``step``; later lines are dropped."""
     path = Path(path)
     if not path.exists():
         return []
