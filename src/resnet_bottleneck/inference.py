@@ -277,6 +277,19 @@ def match_classes(files: ImageFiles, names: Sequence[str] | None, num_classes: i
     )
 
 
+def _recorded_split(metadata: Mapping[str, str], source: str):
+    """``(split, training, held_out)`` as the run that wrote ``metadata`` listed them, or None where it
+    records no split (``split``: the recorded ``data``, ``test_fraction`` and ``seed``)."""
+    from .io.metadata import held_out
+    from .training import Config, load_datasets
+
+    split = held_out(metadata, source)
+    if split is None:
+        return None
+    train, held = load_datasets(Config(data=split["data"], test_fraction=split["test_fraction"], seed=split["seed"]))
+    return split, train, held
+
+
 def held_out_split(metadata: Mapping[str, str], source: str = "the file"):
     """``(images, description)``: the images a run held out for testing, listed as the run listed them
     (its model file's metadata records the data, the share and the seed), or None where the file
@@ -288,13 +301,10 @@ def held_out_split(metadata: Mapping[str, str], source: str = "the file"):
     Raises:
       InputError: the recorded split is malformed (naming ``source``); DataError: its images are gone.
     """
-    from .io.metadata import held_out
-    from .training import Config, load_datasets
-
-    split = held_out(metadata, source)
-    if split is None:
+    found = _recorded_split(metadata, source)
+    if found is None:
         return None
-    _, held = load_datasets(Config(data=split["data"], test_fraction=split["test_fraction"], seed=split["seed"]))
+    split, _, held = found
     where = "the digits" if split["data"] is None else split["data"]
     return held, f"the run's held-out split of {where} ({split['test_fraction']:.0%}, seed {split['seed']})"
 
@@ -305,15 +315,12 @@ def training_split(metadata: Mapping[str, str], source: str = "the file"):
     by default.
 
     Raises:
-      ValueError: the recorded split is malformed (naming ``source``); DataError: its images are gone.
+      InputError: the recorded split is malformed (naming ``source``); DataError: its images are gone.
     """
-    from .io.metadata import held_out
-    from .training import Config, load_datasets
-
-    split = held_out(metadata, source)
-    if split is None:
+    found = _recorded_split(metadata, source)
+    if found is None:
         return None
-    train, _ = load_datasets(Config(data=split["data"], test_fraction=split["test_fraction"], seed=split["seed"]))
+    split, train, _ = found
     if split["data"] is not None and is_train_val(split["data"]):
         return train, f"the run's training images, {os.path.join(split['data'], 'train')}"
     where = "the digits" if split["data"] is None else split["data"]
