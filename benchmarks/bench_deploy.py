@@ -105,9 +105,9 @@ def contestants(name: str, batch: int, size: int):
 
 
 def openvino_version() -> str:
-    from resnet_bottleneck.io.onnx import _openvino
+    from resnet_bottleneck.io.onnx import openvino_version
 
-    return _openvino().__version__.split("-")[0]
+    return openvino_version()
 
 
 def calibration_images(count: int, size: int, seed: int = 1) -> np.ndarray:
@@ -156,7 +156,7 @@ def precision_contestants(name: str, variables, float_proto, x: np.ndarray, cali
     """The int8, OpenVINO and PyTorch int8 runners on the NCHW batch ``x`` (ours from ``float_proto``), and
     each one's output's max |difference| from our float32 (ONNX Runtime) over its largest logit."""
     from resnet_bottleneck.data import ImageArrays
-    from resnet_bottleneck.io.onnx import _has_bf16, _openvino, load_onnx
+    from resnet_bottleneck.io.onnx import load_onnx, openvino_bf16
     from resnet_bottleneck.io.quantize import quantize_onnx
 
     float_path = tmp / "float32.onnx"
@@ -165,7 +165,7 @@ def precision_contestants(name: str, variables, float_proto, x: np.ndarray, cali
     int8_path = quantize_onnx(float_path, tmp / "int8.onnx", source, images=len(calibration)).path
     sessions = {INT8[r]: load_onnx(int8_path, runtime=r, threads=cores()).session for r in INT8}
     sessions[OV_F32] = load_onnx(float_path, runtime="openvino", threads=cores()).session
-    if _has_bf16(_openvino().Core()):
+    if openvino_bf16():
         sessions[OV_BF16] = load_onnx(float_path, runtime="openvino", threads=cores(), precision="bf16").session
     runners = {label: partial(s.run, None, {"images": x}) for label, s in sessions.items()}
     runners[TORCH_INT8] = torch_int8(name, variables, calibration, x)

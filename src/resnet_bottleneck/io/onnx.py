@@ -511,6 +511,16 @@ def _has_bf16(core) -> bool:
     return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+def openvino_version() -> str:
+    """The installed OpenVINO's release (``'2026.4.0'``); ``DependencyError`` where it is not installed."""
+    return _openvino().__version__.split("-")[0]
+
+
+def openvino_bf16() -> bool:
+    """Whether OpenVINO can compute in bf16 on this CPU (``precision='bf16'`` of :func:`load_onnx`)."""
+    return _has_bf16(_openvino().Core())
+
+
 class _OpenVinoSession:
     """An OpenVINO compiled model behind ONNX Runtime's ``session.run(None, {input: x})``: one infer request."""
 
