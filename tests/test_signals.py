@@ -112,11 +112,28 @@ def test_signal_stops_at_a_step_and_the_same_command_ends_as_if_never_stopped(
     assert [json.loads(line)["epoch"] for line in (run / "timing.jsonl").read_text().splitlines()] == [1, 2]
 
 
-def test_stopped_at_an_epochs_last_step_reports_that_epoch_on_resume(digits_run, tmp_path, monkeypatch):
-    """SIGTERM while the batch of an epoch's last step is fetched (in this process, through the
+def in_a_fresh_process(body: str, *args: Path) -> None:
+    """Runs ``body(*args)`` of this module in an interpreter of its own: these tests signal their own
+    process, and what earlier tests loaded into pytest's (OpenVINO's CPU plugin among them) must not decide
+    how that process takes a signal (seen: a segfault in ``os.kill`` after the int8 tests)."""
+    program = (
+        f"import sys; sys.path[:0] = [{str(Path(__file__).parent)!r}]; from pathlib import Path; "
+        f"import test_signals; test_signals.{body}(*[Path(a) for a in sys.argv[1:]])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", program, *map(str, args)], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_stopped_at_an_epochs_last_step_reports_that_epoch_on_resume(digits_run, tmp_path):
+    """SIGTERM while the batch of an epoch's last step is fetched (in the process, through the
     library): the run stops before that epoch's evaluation, raising ``Stopped``, and restores the
     handler it replaced; the resume evaluates the epoch from its saved sums first."""
-    straight, _ = digits_run
+    in_a_fresh_process("stopped_at_an_epochs_last_step", digits_run[0], tmp_path)
+
+
+def stopped_at_an_epochs_last_step(straight: Path, tmp_path: Path) -> None:
     config = Config(image_size=16, batch_size=64, epochs=2)
     options = RunOptions(checkpoint_every=5, keep=2)
     following = loop._Input.next
@@ -126,7 +143,7 @@ def test_stopped_at_an_epochs_last_step_reports_that_epoch_on_resume(digits_run,
             os.kill(os.getpid(), signal.SIGTERM)  # noted by train's handler; the step goes on
         return following(self, step)
 
-    monkeypatch.setattr(loop._Input, "next", next_batch)
+    loop._Input.next = next_batch  # a process of its own: nothing to undo
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Stopped) as stopped:
         train(config, out=tmp_path, options=options, progress=False)
@@ -141,22 +158,26 @@ def test_stopped_at_an_epochs_last_step_reports_that_epoch_on_resume(digits_run,
     assert position(tmp_path, STEPS_PER_EPOCH)["sums"]["seen"] == STEPS_PER_EPOCH * 64
     assert not (tmp_path / "metrics.jsonl").exists()
 
-    monkeypatch.setattr(loop._Input, "next", following)
+    loop._Input.next = following
     result = train(config, out=tmp_path, options=options, progress=False)
     assert result.resumed_from == STEPS_PER_EPOCH and result.steps == 2 * STEPS_PER_EPOCH
     assert (tmp_path / "metrics.jsonl").read_bytes() == (straight / "metrics.jsonl").read_bytes()
 
 
-def test_a_signal_while_the_run_is_set_up_stops_it_before_its_first_step(tmp_path, monkeypatch):
+def test_a_signal_while_the_run_is_set_up_stops_it_before_its_first_step(tmp_path):
     """SIGINT before the first step (here: as the input pipeline is built): no step is taken, a
     checkpoint of step 0 is kept, status 130, and Python's own SIGINT handler is back afterwards."""
+    in_a_fresh_process("signal_while_set_up", tmp_path)
+
+
+def signal_while_set_up(tmp_path: Path) -> None:
     following = loop._Input.__init__
 
     def interrupted(self, *args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)  # noted by train's handler: no KeyboardInterrupt
         following(self, *args, **kwargs)
 
-    monkeypatch.setattr(loop._Input, "__init__", interrupted)
+    loop._Input.__init__ = interrupted
     with pytest.raises(Stopped) as stopped:
         train(Config(image_size=8, batch_size=64, epochs=1), out=tmp_path, progress=False)
     assert (stopped.value.signal, stopped.value.step, stopped.value.epoch, stopped.value.status) == (
