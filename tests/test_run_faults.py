@@ -322,3 +322,32 @@ def test_a_step_without_checksums_is_restored_as_orbax_reads_it(one_epoch, tmp_p
     assert main(["export", str(run), str(tmp_path / "m.safetensors")]) == 0
     assert "skipped" not in capsys.readouterr().err
     assert_same_tensors(tmp_path / "m.safetensors", one_epoch / "model.safetensors")
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "lock is a folder"])
+def test_an_output_directory_that_cannot_hold_the_run_is_bad_input(where, tmp_path, capsys, monkeypatch):
+    """An ``--out`` that is a file, lies under one, or whose ``run.lock`` is a folder: exit 2, one line naming
+    it, no traceback (the file system's refusal is the user's input, not a bug of ours)."""
+    monkeypatch.delenv("RESNET_BOTTLENECK_DEBUG", raising=False)
+    (tmp_path / "file").write_text("not a folder")
+    out = {"a file": tmp_path / "file", "under a file": tmp_path / "file" / "run", "lock is a folder": tmp_path / "o"}
+    if where == "lock is a folder":
+        (out[where] / "run.lock").mkdir(parents=True)
+    assert main(["train", *SMALL, "--out", str(out[where])]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "internal error" not in err
+    one_line_error(err, "cannot serve as the run's output directory", prog="resnet-bottleneck train")
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_a_full_disk_met_inside_an_argument_is_a_failed_write(capsys, monkeypatch):
+    """An ENOSPC escaping from the handling of one argument is not that argument's fault: exit 1, one line."""
+    from resnet_bottleneck.cli import _common
+
+    def fill(*args, **kwargs):
+        with _common.argument("OUT"):
+            raise OSError(errno.ENOSPC, "No space left on device", "/tmp/q.onnx")
+
+    monkeypatch.setattr("resnet_bottleneck.cli.forward.run", fill)
+    assert main(["forward"]) == 1
+    one_line_error(capsys.readouterr().err, "cannot write /tmp/q.onnx: No space left on device")

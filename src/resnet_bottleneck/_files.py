@@ -34,6 +34,17 @@ def _create_beside(path: Path) -> tuple[int, Path]:
     raise FileExistsError(f"cannot write {path}: no free temporary name beside it")
 
 
+def refused_path(err: OSError, path, what: str) -> Exception:
+    """The library error for an ``OSError`` met at ``path``: a :class:`WriteError` (exit status 1) where the
+    disk failed (:data:`WRITE_ERRNOS`), else a :class:`FileError` (bad input: no permission, a read-only
+    file system, a file where a folder should be) saying ``path`` cannot serve as ``what``."""
+    if err.errno in WRITE_ERRNOS:
+        failed = WriteError(f"cannot write {path}: {err.strerror}")
+        failed.errno = err.errno
+        return failed
+    return FileError(f"{path} cannot serve as {what} ({err.strerror or err})")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Write ``path`` through ``write(file)`` so that it appears whole or not at all.
 

@@ -7,6 +7,7 @@ import argparse
 from contextlib import contextmanager
 
 from .. import _checks, arch, errors
+from .._files import refused_path
 from ..errors import InputError
 
 PROG = "resnet-bottleneck"
@@ -43,6 +44,9 @@ def argument(name: str):
     except errors.Error:
         raise
     except OSError as err:
+        refused = refused_path(err, getattr(err, "filename", None) or name, "it")
+        if isinstance(refused, errors.WriteError):  # a full disk is not the argument's fault: exit status 1
+            raise refused from None
         raise _usage(name, err) from None
 
 

@@ -114,9 +114,9 @@ def run(args) -> int:
     from pathlib import Path
 
     from .. import training
-    from .._files import WRITE_ERRNOS
+    from .._files import WRITE_ERRNOS, refused_path
     from ..data import DataError
-    from ..errors import BusyError, WriteError
+    from ..errors import BusyError, InputError, WriteError
 
     Config, RunOptions = _settings()
     given = vars(args)
@@ -138,7 +138,13 @@ def run(args) -> int:
     training.maybe_initialize_distributed()
     out = Path(args.out if args.out is not None else f"runs/{config.model}-seed{config.seed}")
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        failed = refused_path(err, out, "the run's output directory")
+        if isinstance(failed, WriteError):
+            raise failed from None
+        raise UsageError(f"argument --out: {failed}") from None
     try:
         result = training.train(config, out=out, options=options, progress=not args.json)
     except training.Stopped as stopped:  # SIGTERM/SIGINT: the step's checkpoint is written; not an error
@@ -147,6 +153,10 @@ def run(args) -> int:
     except (training.DivergedError, WriteError) as err:  # a run that failed on its way: exit 1
         print(f"{PROG} train: error: {err}", file=sys.stderr)
         return 1
+    except InputError as err:  # bad input met on the way (FileError, ImageError: OSErrors too)
+        if created:
+            _remove_unstarted(out)
+        raise _as_usage(err) from None
     except OSError as err:
         if err.errno not in WRITE_ERRNOS:
             raise

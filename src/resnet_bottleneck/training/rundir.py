@@ -22,6 +22,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from .._files import refused_path
 from ..errors import BusyError
 
 #: The lock file, in the run's output directory.
@@ -51,9 +52,12 @@ def hold(out: str | os.PathLike | None, primary: bool = True) -> Iterator[None]:
         yield
         return
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for every file of the run
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for every file of the run
+    except OSError as err:  # a read-only or foreign directory, a file in its place: bad input, not a bug
+        raise refused_path(err, out, "the run's output directory") from None
     try:
         locked = True
         try:
