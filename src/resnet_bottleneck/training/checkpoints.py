@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ from typing import TypeVar
 from .._files import WRITE_ERRNOS, atomic_write
 from ..errors import CheckpointError, ConfigError, TrainingError, WriteError
 from .config import Config
+from .weights import sha256
 
 #: In each step directory: ``{"files": {relative path: [size, sha256]}}`` of every other file there.
 CHECKSUMS = "_sha256.json"
@@ -44,18 +44,10 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _files(where: Path) -> dict[str, list]:
     """``{relative path: [size, sha256]}`` of every file under ``where`` but :data:`CHECKSUMS`."""
     return {
-        path.relative_to(where).as_posix(): [path.stat().st_size, _sha256(path)]
+        path.relative_to(where).as_posix(): [path.stat().st_size, sha256(path)]
         for path in sorted(where.rglob("*"))
         if path.is_file() and path.name != CHECKSUMS
     }
@@ -211,7 +203,7 @@ class Checkpoints:
                 raise self._damaged(step, f"is incomplete: {name} is missing") from None
             if actual != size:
                 raise self._damaged(step, f"is damaged: {name} has {actual} bytes, {size} when written (truncated?)")
-            if _sha256(path) != digest:
+            if sha256(path) != digest:
                 raise self._damaged(step, f"is damaged: {name} does not match its SHA-256 (changed since written)")
 
     def newest(self, read: Callable[[int], T], set_aside: bool = False, say=_say) -> tuple[int, T] | None:
