@@ -520,7 +520,7 @@ def test_a_stem_without_pool_is_honoured_in_linen_and_nnx(monkeypatch):
     assert nnx_out["stem"].shape[1:3] == nnx_out["C2"].shape[1:3] == (16, 16)
 
 
-def test_arch_imports_only_the_checks_of_ours_and_no_jax():
+def test_arch_imports_only_the_checks_and_errors_of_ours_and_no_jax():
     import ast
     import pathlib
 
@@ -530,7 +530,7 @@ def test_arch_imports_only_the_checks_of_ours_and_no_jax():
             if isinstance(node, ast.ImportFrom):
                 assert (
                     node.level == 1
-                    or (node.level == 2 and (node.module or "").split(".")[0] in ("", "_checks"))
+                    or (node.level == 2 and (node.module or "").split(".")[0] in ("", "_checks", "errors"))
                     and all(a.name == "_checks" for a in node.names if not node.module)
                     or node.module == "__future__"
                     or node.module.split(".")[0]

@@ -191,7 +191,8 @@ def test_training_data_of_one_class_is_refused(tmp_path):
             train(Config(image_size=8, batch_size=8, epochs=1), out=tmp_path, progress=False, datasets=(source, held))
         assert err.value.field == "datasets" and "a classifier needs at least two classes" in str(err.value)
         assert f"the training images have {found}" in str(err.value), str(err.value)
-    assert list(tmp_path.iterdir()) == []  # refused before anything was written
+    # refused before anything was written: only the run's lock file, empty again (no holder)
+    assert list(tmp_path.iterdir()) == [tmp_path / "run.lock"] and (tmp_path / "run.lock").read_text() == ""
 
 
 # --- fine-tuning torchvision's weights --------------------------------------------------
