@@ -29,8 +29,6 @@ from resnet_bottleneck import create_model
 from resnet_bottleneck.cli import main
 from resnet_bottleneck.io.safetensors import CHECKPOINT_FORMAT, save_variables
 
-pytest.importorskip("litserve")
-
 HOST = "127.0.0.1"
 NAME = "resnet_tiny"
 START_DEADLINE = 150  # seconds for a server to load and warm (a loaded 2-core CI machine)
