@@ -43,7 +43,7 @@ HOSTS = ("127.0.0.1", "0.0.0.0", "::")
 
 
 class WorkerDied(errors.Error):
-    """A model worker that died while serving (a crash, not a request's fault): exit status 1."""
+    """A model worker that could not start or died while serving (not a request's fault): exit status 1."""
 
     status = 1
 
@@ -242,6 +242,10 @@ def run(server, *, host: str, port: int) -> None:
             server.run(host=host, port=port, log_level="warning", generate_client_file=False)
     except _Stop:  # before LitServe's run reached its own shutdown (still starting): nothing is in flight
         pass
+    except RuntimeError as err:
+        if "failed to start" not in str(err):  # LitServe's word for a worker whose setup raised
+            raise
+        raise WorkerDied(f"a model worker failed to start (its traceback is above): {err}") from None
     except (EOFError, ConnectionError):
         if not server._stopping:
             raise
