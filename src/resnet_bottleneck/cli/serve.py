@@ -77,7 +77,12 @@ def add_parser(commands) -> None:
         help="the model's name in the URLs, /predictions/NAME (default: the model its file names, else --model, "
         "else the file's name)",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (the default: this machine only), 0.0.0.0 or ::")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="127.0.0.1 (the default: this machine only; localhost means it too), 0.0.0.0 (every IPv4 interface) "
+        "or :: (every interface)",
+    )
     parser.add_argument("--port", type=_port, default=8080, help="the port (default 8080)")
     parser.add_argument("--max-batch", type=positive_int, default=8, help="images per forward pass at most (default 8)")
     parser.add_argument(
@@ -109,6 +114,8 @@ def run(args) -> int:
     from ..serve.server import check_address
 
     serve.require()
+    if args.host == "localhost":  # LitServe binds addresses, not names
+        args.host = "127.0.0.1"
     try:
         if args.name is not None:
             serve.check_name(args.name)
