@@ -120,8 +120,11 @@ def server(files, tmp_path_factory):
 def browser(tmp_path_factory):
     """Headless Debian Chromium through chromedriver, with a fresh profile and no background traffic."""
     chromium, driver = _browser_paths()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError as err:
+        pytest.fail(f"the page test needs selenium (the [test] extra): {err}", pytrace=False)
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
