@@ -107,7 +107,7 @@ def main() -> None:
                 "--disable-component-update",
                 "--disable-sync",
                 f"--user-data-dir={tmp / 'profile'}",
-                "--window-size=760,860",
+                "--window-size=760,900",
                 "--hide-scrollbars",
             ):
                 options.add_argument(flag)
