@@ -302,3 +302,11 @@ def test_the_page_is_usable_from_the_keyboard_and_labelled(server, browser):
     line = browser.find_element(By.ID, "status")
     assert line.get_attribute("role") == "status" and line.get_attribute("aria-live") == "polite"
     assert browser.find_element(By.TAG_NAME, "html").get_attribute("lang") == "en"
+
+
+def test_a_missing_browser_fails_the_test_and_says_what_to_install(monkeypatch):
+    """Without Chromium the page tests fail (never skip) and name the packages."""
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(pytest.fail.Exception, match=r"chromium and chromium-driver not found; .*apt-get install -y"):
+        _browser_paths()
