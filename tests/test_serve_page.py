@@ -31,6 +31,7 @@ from resnet_bottleneck.io.safetensors import CHECKPOINT_FORMAT, save_variables
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "resnet_tiny"
+NAME = "tiny-model.v2"  # served under --name: the page must take its name from the server, not the file
 #: Class names with markup in them: the page must show them as text, never run them.
 LABELS = [f'<img src=x onerror="window.pwned={i}"><b>class {i}</b> & co' for i in range(10)]
 WAIT_S = 30  # the longest any one wait for the page may take
@@ -91,7 +92,7 @@ def server(files, tmp_path_factory):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
     argv = [sys.executable, "-m", "resnet_bottleneck", "serve", "--weights", str(files / "tiny.safetensors")]
-    argv += ["--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--name", NAME, "--host", "127.0.0.1", "--port", str(port)]
     with open(log, "wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -189,8 +190,9 @@ def _load(browser, url: str) -> None:
     from selenium.webdriver.common.by import By
 
     browser.get(f"{url}/")
-    assert browser.find_element(By.ID, "model").text == MODEL
-    assert browser.find_element(By.CSS_SELECTOR, 'meta[name="model"]').get_attribute("content") == MODEL
+    assert browser.find_element(By.ID, "model").text == NAME
+    assert browser.find_element(By.CSS_SELECTOR, 'meta[name="model"]').get_attribute("content") == NAME
+    assert browser.title.startswith(NAME)
     assert _rows(browser) == []
 
 
@@ -224,8 +226,8 @@ def test_the_page_shows_the_servers_top5_for_an_uploaded_image(server, browser, 
     from selenium.webdriver.common.by import By
 
     image = files / "cat.jpg"
-    status, answer = _request(f"{server}/predictions/{MODEL}?topk=5", image.read_bytes())
-    assert status == 200 and answer["model"] == MODEL and len(answer["predictions"]) == 5, answer
+    status, answer = _request(f"{server}/predictions/{NAME}?topk=5", image.read_bytes())
+    assert status == 200 and answer["model"] == NAME and len(answer["predictions"]) == 5, answer
     # predict's own answer for the same file: the server (and so the page) must give it
     assert main(["predict", str(image), "--weights", str(files / "tiny.safetensors"), "--json"]) == 0
     (predicted,) = json.loads(capsys.readouterr().out)
@@ -255,7 +257,7 @@ def test_an_image_dropped_on_the_page_is_classified(server, browser, files):
     from selenium.webdriver.common.by import By
 
     data = (files / "cat.jpg").read_bytes()
-    _, answer = _request(f"{server}/predictions/{MODEL}?topk=5", data)
+    _, answer = _request(f"{server}/predictions/{NAME}?topk=5", data)
     _load(browser, server)
     browser.execute_script(
         """const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));
@@ -274,7 +276,7 @@ def test_a_file_that_is_no_image_shows_the_servers_error(server, browser, files,
     from selenium.webdriver.common.by import By
 
     notes = files / "notes.txt"
-    status, answer = _request(f"{server}/predictions/{MODEL}?topk=5", notes.read_bytes())
+    status, answer = _request(f"{server}/predictions/{NAME}?topk=5", notes.read_bytes())
     assert status == 400 and answer["error"], answer
     _load(browser, server)
     browser.find_element(By.ID, "file").send_keys(str(files / "cat.jpg"))
