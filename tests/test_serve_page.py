@@ -246,6 +246,7 @@ def test_the_page_shows_the_servers_top5_for_an_uploaded_image(server, browser, 
     assert "error" not in browser.find_element(By.ID, "status").get_attribute("class")
     preview = browser.find_element(By.ID, "preview")
     _wait(browser, lambda b: preview.is_displayed() and preview.get_property("naturalWidth") == 160, "the image")
+    assert preview.get_attribute("alt") == "The chosen image, cat.jpg"
     # offline-capable: everything the page loaded came from this server (or the image the user chose)
     loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert loaded and all(u.startswith(f"{server}/") or u.startswith(("blob:", "data:")) for u in loaded), loaded
