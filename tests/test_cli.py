@@ -156,6 +156,10 @@ BAD_INPUT = {
         ["argument --weights: ", "got w.ckpt", "must end in .safetensors, .pth or .pt"],
     ),
     "train": (["--epochs", "-1"], ["argument --epochs: ", "got -1", "must be a positive integer"]),
+    "serve": (
+        ["--weights", "w.ckpt", "--max-batch", "0"],
+        ["argument --max-batch: ", "got 0", "must be a positive integer"],
+    ),
 }
 
 

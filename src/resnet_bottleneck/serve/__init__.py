@@ -44,17 +44,26 @@ class ModelInfo:
 def require() -> None:
     """Raise :class:`DependencyError` (with the pip command) unless the ``serve`` extra is installed."""
     missing = []
-    for module, package in (
-        ("litserve", "litserve"),
-        ("python_multipart", "python-multipart"),
-        ("prometheus_client", "prometheus-client"),
+    for modules, package in (
+        (("litserve",), "litserve"),
+        (("python_multipart", "multipart"), "python-multipart"),  # its module's name before 0.0.13: multipart
+        (("prometheus_client",), "prometheus-client"),
     ):
-        try:
-            __import__(module)
-        except ImportError:
+        if not any(_importable(module) for module in modules):
             missing.append(package)
     if missing:
-        raise DependencyError(f"{', '.join(missing)} needed to serve: pip install 'resnet-bottleneck[serve]'")
+        raise DependencyError(
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} needed to serve: "
+            "pip install 'resnet-bottleneck[serve]'"
+        )
+
+
+def _importable(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
 
 
 def check_name(name: str) -> str:

@@ -58,7 +58,7 @@ class _Server(ls.LitServer):
     _stopping = False
 
     def _start_server(self, port, num_uvicorn_servers, log_level, sockets, uvicorn_worker_type, **kwargs):
-        self._sockets = sockets  # the main process's copy of the listening socket, closed first on shutdown
+        self._sockets = sockets  # the listening socket, which shutdown ends for every process
         return super()._start_server(port, num_uvicorn_servers, log_level, sockets, uvicorn_worker_type, **kwargs)
 
     def _perform_graceful_shutdown(self, manager, uvicorn_workers, shutdown_reason="normal"):
@@ -67,13 +67,22 @@ class _Server(ls.LitServer):
         self._stopping = True
         # from here LitServe's monitor thread may find the manager gone: its complaints are expected, not news
         logging.getLogger("litserve").setLevel(logging.CRITICAL)
-        for sock in self._sockets:
-            sock.close()
         servers = [
             w for w in uvicorn_workers.values() if isinstance(w, multiprocessing.process.BaseProcess) and w.is_alive()
         ]
         for w in servers:
             w.terminate()  # SIGTERM: uvicorn stops accepting and finishes the requests in flight
+        # The listening socket is shared by every process forked after it was bound, LitServe's manager too, so
+        # closing the API servers' copies would leave it listening (connections waiting, unanswered, for the
+        # manager to end). shutdown() ends the listening in all of them: new connections are refused from now.
+        # First a moment for uvicorn (it looks for the signal every 0.1 s) to stop accepting on it by itself.
+        time.sleep(0.25)
+        for sock in self._sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
         deadline = time.monotonic() + GRACE + 1
         for w in servers:
             w.join(timeout=max(0.0, deadline - time.monotonic()))
