@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -247,7 +248,11 @@ def test_the_page_shows_the_servers_top5_for_an_uploaded_image(server, browser, 
     preview = browser.find_element(By.ID, "preview")
     _wait(browser, lambda b: preview.is_displayed() and preview.get_property("naturalWidth") == 160, "the image")
     assert preview.get_attribute("alt") == "The chosen image, cat.jpg"
-    # offline-capable: everything the page loaded came from this server (or the image the user chose)
+    # offline-capable: the page names nothing elsewhere, and all it loaded came from this server (or the user)
+    with urllib.request.urlopen(f"{server}/", timeout=WAIT_S) as reply:
+        source = reply.read().decode()
+    assert all(u.startswith("data:") for u in re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', source)), source[:500]
+    assert "@import" not in source and "url(" not in source
     loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert loaded and all(u.startswith(f"{server}/") or u.startswith(("blob:", "data:")) for u in loaded), loaded
     _screenshot(browser, artifacts / "serve-page.png")
