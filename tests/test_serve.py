@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import socket
 import struct
@@ -28,8 +29,6 @@ from helpers import one_line_error, random_variables
 from resnet_bottleneck import create_model
 from resnet_bottleneck.cli import main
 from resnet_bottleneck.io.safetensors import CHECKPOINT_FORMAT, save_variables
-
-pytest.importorskip("litserve")
 
 HOST = "127.0.0.1"
 NAME = "resnet_tiny"
@@ -74,6 +73,7 @@ class Server:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=log_dir,
+            start_new_session=True,  # its own process group, as a server started from a terminal
         )
         deadline = time.monotonic() + START_DEADLINE
         while time.monotonic() < deadline:
@@ -410,40 +410,70 @@ def test_onnx_on_onnxruntime_then_sigterm_drains_the_request_in_flight(files, ca
         status, _, body = running.get("/v2/models/tiny-onnx")
         assert status == 200 and json.loads(body)["runtime"] == "onnxruntime"
 
-        in_flight = socket.create_connection((HOST, running.port), timeout=30)
-        head = (
-            f"POST /predictions/tiny-onnx HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {len(data)}\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        in_flight.sendall(head + data[: len(data) // 2])
-        time.sleep(0.5)  # uvicorn accepts the connection and reads the headers (nothing to poll): now in flight
-        stopped_at = time.monotonic()
-        running.process.send_signal(signal.SIGTERM)
-        deadline = stopped_at + 8
-        while True:  # poll until new connections are refused
-            try:
-                socket.create_connection((HOST, running.port), timeout=1).close()
-            except OSError:
-                break
-            assert time.monotonic() < deadline, "the server still accepts connections after SIGTERM"
-            time.sleep(0.05)
-        in_flight.sendall(data[len(data) // 2 :])
-        reply = b""
-        while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < _length(reply):
-            piece = in_flight.recv(65536)
-            if not piece:
-                break
-            reply += piece
-        in_flight.close()
-        status_line, rest = reply.split(b"\r\n", 1)
-        assert b" 200 " in status_line, reply
-        answer = json.loads(rest.split(b"\r\n\r\n", 1)[1])
+        answer, stopped_at = stop_with_a_request_in_flight(
+            running, "/predictions/tiny-onnx", data, lambda: running.process.send_signal(signal.SIGTERM)
+        )
         assert [p["index"] for p in answer["predictions"]] == [e[0] for e in expected]
         assert running.process.wait(timeout=max(0.1, stopped_at + 10 - time.monotonic())) == 0, running.output()
         assert time.monotonic() - stopped_at < 10
         assert "Traceback" not in running.output(), running.output()
     finally:
         running.stop()
+
+
+def test_ctrl_c_to_the_process_group_drains_two_replicas(files):
+    """Ctrl+C at a terminal signals every process of the group (the model workers, LitServe's manager, the API
+    servers, the main process): still the request in flight is answered and the server exits 0 within 10 s.
+    Two replicas (--workers 2: two model workers, two API servers sharing the port); an .onnx file without a
+    model name is served under its file's name."""
+    running = Server(["--weights", str(files / "tiny.onnx"), "--runtime", "onnxruntime", "--workers", "2"], files)
+    try:
+        data = (files / "a.png").read_bytes()
+        answers = [running.predict(data, path="/predictions/tiny") for _ in range(4)]
+        assert [status for status, _ in answers] == [200] * 4
+        group = os.getpgid(running.process.pid)
+        assert group != os.getpgid(0)  # its own group: the signal reaches the server's processes only
+        answer, stopped_at = stop_with_a_request_in_flight(
+            running, "/predictions/tiny", data, lambda: os.killpg(group, signal.SIGINT)
+        )
+        assert answer["predictions"] == answers[0][1]["predictions"]
+        assert running.process.wait(timeout=max(0.1, stopped_at + 10 - time.monotonic())) == 0, running.output()
+        assert "Traceback" not in running.output(), running.output()
+    finally:
+        running.stop()
+
+
+def stop_with_a_request_in_flight(running, path, data, stop):
+    """Send a request's headers and half its body, ``stop()`` the server, wait until new connections are refused,
+    send the rest: ``(its JSON answer, the time of the stop)``; the answer must be a 200."""
+    in_flight = socket.create_connection((HOST, running.port), timeout=30)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {len(data)}\r\n"
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    in_flight.sendall(head + data[: len(data) // 2])
+    time.sleep(0.5)  # uvicorn accepts the connection and reads the headers (nothing to poll): now in flight
+    stopped_at = time.monotonic()
+    stop()
+    deadline = stopped_at + 8
+    while True:  # poll until new connections are refused
+        try:
+            socket.create_connection((HOST, running.port), timeout=1).close()
+        except OSError:
+            break
+        assert time.monotonic() < deadline, "the server still accepts connections after the signal"
+        time.sleep(0.05)
+    in_flight.sendall(data[len(data) // 2 :])
+    reply = b""
+    while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < _length(reply):
+        piece = in_flight.recv(65536)
+        if not piece:
+            break
+        reply += piece
+    in_flight.close()
+    status_line, rest = reply.split(b"\r\n", 1)
+    assert b" 200 " in status_line, reply
+    return json.loads(rest.split(b"\r\n\r\n", 1)[1]), stopped_at
 
 
 def _length(reply: bytes) -> int:

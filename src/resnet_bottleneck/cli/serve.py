@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import re
 import sys
+from pathlib import Path
 
 from ._common import UsageError, add_runtime_arguments, argument, model_name, open_classifier, positive_int
 
@@ -71,9 +73,16 @@ def add_parser(commands) -> None:
         "--labels", help="a text file with one class name per line (overrides the weights' own names and ImageNet's)"
     )
     parser.add_argument(
-        "--name", help="the model's name in the URLs (/predictions/NAME; default: the one its file names)"
+        "--name",
+        help="the model's name in the URLs, /predictions/NAME (default: the model its file names, else --model, "
+        "else the file's name)",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (the default: this machine only), 0.0.0.0 or ::")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="127.0.0.1 (the default: this machine only; localhost means it too), 0.0.0.0 (every IPv4 interface) "
+        "or :: (every interface)",
+    )
     parser.add_argument("--port", type=_port, default=8080, help="the port (default 8080)")
     parser.add_argument("--max-batch", type=positive_int, default=8, help="images per forward pass at most (default 8)")
     parser.add_argument(
@@ -105,6 +114,8 @@ def run(args) -> int:
     from ..serve.server import check_address
 
     serve.require()
+    if args.host == "localhost":  # LitServe binds addresses, not names
+        args.host = "127.0.0.1"
     try:
         if args.name is not None:
             serve.check_name(args.name)
@@ -114,8 +125,16 @@ def run(args) -> int:
         check_address(args.host, args.port)  # a port in use: one line now, not a traceback after loading
         # the model is opened in a separate process; its bad input comes back as predict words it
         load = functools.partial(open_classifier, args.weights, args.model, args.runtime, args.precision)
+        # the name: --name, else the model the file names, else --model, else the file's stem (an .onnx without
+        # metadata), made fit for a URL
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(args.weights.rstrip("/\\")).stem).strip(".-_") or None
         info = serve.describe_model(
-            load, name=args.name, model=args.model, labels=args.labels, runtime=args.runtime, precision=args.precision
+            load,
+            name=args.name,
+            model=args.model or stem,
+            labels=args.labels,
+            runtime=args.runtime,
+            precision=args.precision,
         )
         server = serve.build_server(
             load,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import signal
 import time
 import uuid
@@ -61,6 +62,18 @@ def jax_buckets(max_batch: int) -> tuple[int, ...]:
     return tuple(sorted(sizes))
 
 
+def sigterm_while_parent_lives(parent: int):
+    """A SIGTERM handler for the server's helper processes (``parent``: the main process): ignored while the main
+    process lives (it ends them itself, after the drain), obeyed once they are orphans (the main process was
+    killed outright), so a plain ``kill`` still ends them then."""
+
+    def handler(signum, frame):
+        if os.getpid() != parent and os.getppid() != parent:
+            raise SystemExit(0)
+
+    return handler
+
+
 class ClassifierAPI(ls.LitAPI):
     """One image classifier, batched by LitServe.
 
@@ -80,9 +93,11 @@ class ClassifierAPI(ls.LitAPI):
 
     def setup(self, device) -> None:
         """Load the model and run it once on every batch shape it will see (JAX compiles each): the worker is
-        ready, and LitServe says so, only after that. Ctrl+C (SIGINT to the whole process group) is left to the
-        main process, which stops the HTTP side first and ends this worker once nothing is in flight."""
+        ready, and LitServe says so, only after that. SIGINT and SIGTERM (Ctrl+C, or a signal to the whole
+        process group) are left to the main process, which stops the HTTP side first and ends this worker
+        (SIGKILL) once nothing is in flight; an orphaned worker obeys SIGTERM."""
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, sigterm_while_parent_lives(os.getppid()))
         forward, num_classes, _, image_size, _ = self.load()
         if num_classes != self.info.num_classes or image_size != self.info.image_size:
             raise RuntimeError(f"the model changed since it was described: {num_classes} classes at {image_size}")

@@ -34,27 +34,24 @@ _metrics: dict = {}
 def multiprocess_folder():
     """A fresh folder for the processes' metric files, named in ``PROMETHEUS_MULTIPROC_DIR`` while the server
     runs (its processes are started inside and inherit it), then removed and the variable restored."""
+    from prometheus_client import values
+
     folder = tempfile.mkdtemp(prefix="resnet-bottleneck-metrics-")
-    before = os.environ.get(MULTIPROC_VARIABLE)
+    before, value_class = os.environ.get(MULTIPROC_VARIABLE), values.ValueClass
     os.environ[MULTIPROC_VARIABLE] = folder
-    _use_multiprocess_values()
+    # prometheus_client picks its value class when first imported: where this process imported it before the
+    # folder was set, switch it (only metrics made afterwards use it; ours are made lazily, in the children)
+    if getattr(value_class, "__name__", "") != "MmapedValue":
+        values.ValueClass = values.MultiProcessValue()
     try:
         yield folder
     finally:
+        values.ValueClass = value_class
         if before is None:
             os.environ.pop(MULTIPROC_VARIABLE, None)
         else:
             os.environ[MULTIPROC_VARIABLE] = before
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _use_multiprocess_values() -> None:
-    """prometheus_client picks its value class when first imported; where this process imported it before the
-    folder was set, switch it (only metrics made afterwards use it: ours are made lazily, see :func:`metrics`)."""
-    from prometheus_client import values
-
-    if not getattr(values.ValueClass, "__name__", "") == "MmapedValue":
-        values.ValueClass = values.MultiProcessValue()
 
 
 def _registry():

@@ -4,11 +4,12 @@ LitServe (0.2.19, pinned) starts a multiprocessing manager (its queues), the mod
 then the API servers (uvicorn, forked, sharing one listening socket). Its own shutdown on Ctrl+C ends
 the API servers one after another and only then the workers; on SIGTERM it does nothing at all (the
 main process dies and its children run on). :class:`_Server` keeps LitServe's order but makes it a
-drain: SIGTERM or SIGINT in the main process closes the listening socket, asks every API server at
-once to stop (uvicorn then refuses new connections and finishes the requests in flight, whose
-workers are still running), waits for them within :data:`GRACE` seconds, and only then ends the
-workers and the manager. The model workers ignore SIGINT, so a Ctrl+C at a terminal (which signals
-the whole process group) drains the same way.
+drain: SIGTERM or SIGINT in the main process asks every API server at once to stop (uvicorn then
+stops accepting and finishes the requests in flight, whose workers are still running), ends the
+listening socket for every process that shares it (new connections are refused), waits for the API
+servers within :data:`GRACE` seconds, and only then ends the workers and the manager. The model
+workers and the manager ignore SIGTERM and SIGINT, so a Ctrl+C at a terminal or a SIGTERM to the
+whole process group (both signal every process) drains the same way.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import errors
 from . import metrics
-from .api import PREDICTIONS, ClassifierAPI, error
+from .api import PREDICTIONS, ClassifierAPI, error, sigterm_while_parent_lives
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ HOSTS = ("127.0.0.1", "0.0.0.0", "::")
 
 
 class WorkerDied(errors.Error):
-    """A model worker that died while serving (a crash, not a request's fault): exit status 1."""
+    """A model worker that could not start or died while serving (not a request's fault): exit status 1."""
 
     status = 1
 
@@ -56,6 +57,17 @@ class _Server(ls.LitServer):
 
     _sockets: list = []
     _stopping = False
+
+    def _init_manager(self, num_api_servers: int):
+        # LitServe's queues live in a manager process forked here: it inherits a SIGTERM handler that ignores the
+        # signal while this process lives, so a SIGTERM to the whole process group (systemd's default) cannot
+        # end it under the requests in flight; it ends when the drain is over (manager.shutdown() below).
+        # SIGINT it ignores by itself.
+        previous = signal.signal(signal.SIGTERM, sigterm_while_parent_lives(os.getpid()))
+        try:
+            return super()._init_manager(num_api_servers)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     def _start_server(self, port, num_uvicorn_servers, log_level, sockets, uvicorn_worker_type, **kwargs):
         self._sockets = sockets  # the listening socket, which shutdown ends for every process
@@ -91,13 +103,10 @@ class _Server(ls.LitServer):
                 w.kill()
                 w.join()
         self._transport.close(send_sentinel=False)
-        for w in self.inference_workers:  # nothing is in flight any more
-            w.terminate()
+        for w in self.inference_workers:  # nothing is in flight any more (they ignore SIGTERM: see ClassifierAPI)
+            w.kill()
         for w in self.inference_workers:
-            w.join(timeout=2)
-            if w.is_alive():
-                w.kill()
-                w.join()
+            w.join()
         manager.shutdown()
 
 
@@ -233,6 +242,10 @@ def run(server, *, host: str, port: int) -> None:
             server.run(host=host, port=port, log_level="warning", generate_client_file=False)
     except _Stop:  # before LitServe's run reached its own shutdown (still starting): nothing is in flight
         pass
+    except RuntimeError as err:
+        if "failed to start" not in str(err):  # LitServe's word for a worker whose setup raised
+            raise
+        raise WorkerDied(f"a model worker failed to start (its traceback is above): {err}") from None
     except (EOFError, ConnectionError):
         if not server._stopping:
             raise
