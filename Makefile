@@ -23,6 +23,7 @@ demo: $(VENV)/.runtime
 	$(BIN)/resnet-bottleneck forward
 
 test: $(VENV)/.test
+	bash tools/install_chromium.sh  # the page's browser test: Debian's chromium, installed where absent (root/sudo)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
