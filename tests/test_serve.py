@@ -398,9 +398,12 @@ def test_a_chunked_body_over_the_limit_is_refused_as_it_streams(server, files):
 def test_onnx_on_onnxruntime_then_sigterm_drains_the_request_in_flight(files, capsys):
     """An .onnx file on ONNX Runtime answers what predict --runtime onnxruntime answers. Then SIGTERM while a
     request is in flight (its headers and half its body sent): the server stops accepting (a new connection
-    is refused), answers that request once its body is complete, and exits 0 within 10 s."""
+    is refused), answers that request once its body is complete, and exits 0 within 10 s. With --max-batch 1
+    (LitServe then hands the model one request, not a list)."""
     onnx = files / "tiny.onnx"
-    running = Server(["--weights", str(onnx), "--runtime", "onnxruntime", "--name", "tiny-onnx"], files)
+    running = Server(
+        ["--weights", str(onnx), "--runtime", "onnxruntime", "--name", "tiny-onnx", "--max-batch", "1"], files
+    )
     try:
         expected = predict_json(files, capsys, files / "a.png", "--weights", str(onnx), "--runtime", "onnxruntime")
         data = (files / "a.png").read_bytes()
@@ -409,6 +412,7 @@ def test_onnx_on_onnxruntime_then_sigterm_drains_the_request_in_flight(files, ca
         assert_same_as_predict(answer, [(i, str(i), p) for i, _, p in expected], model="tiny-onnx")
         status, _, body = running.get("/v2/models/tiny-onnx")
         assert status == 200 and json.loads(body)["runtime"] == "onnxruntime"
+        assert json.loads(body)["max_batch_size"] == 1
 
         answer, stopped_at = stop_with_a_request_in_flight(
             running, "/predictions/tiny-onnx", data, lambda: running.process.send_signal(signal.SIGTERM)

@@ -128,7 +128,13 @@ class ClassifierAPI(ls.LitAPI):
         return list(inputs)  # images and error messages side by side; predict stacks the images
 
     def predict(self, inputs):
-        """Probabilities of each decoded image, one forward pass for the batch; an error message passes through."""
+        """Probabilities of each decoded image, one forward pass for the batch; an error message passes through.
+        With ``max_batch`` 1 LitServe hands over one request's input, not a list, and takes one output back."""
+        if self.max_batch_size == 1:
+            return self._predict([inputs])[0]
+        return self._predict(inputs)
+
+    def _predict(self, inputs):
         self.batch_sizes.observe(len(inputs))
         images = [x for x in inputs if not isinstance(x, str)]
         if not images:
