@@ -10,6 +10,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import resnet_bottleneck as rb
@@ -333,3 +334,20 @@ def test_timm_benchmark_runs_quick_and_reads_its_targets(bench, capsys, monkeypa
         "(bound 1e-4).",
         "- b not exported: why",
     ]
+
+
+def test_serve_verdicts_worked_by_hand(bench):
+    """Served 17 images/s against 20 offline (0.85x: met), 70 ms against 50 ms (1.40x: not met)."""
+    serve = bench("bench_serve")
+    figures = {"offline_images_s": 20.0, "served_images_s": 17.0, "offline_single_s": 0.05, "served_latency_s": 0.07}
+    assert serve.verdicts(figures, 16) == [
+        "- Served images/s with 16 clients >= 0.8x offline: **met** (0.85x).",
+        "- Served median latency at one client <= 1.25x the offline single-image time: **not met** (1.40x).",
+    ]
+    assert serve.table(figures, 8, 16)[2:] == [
+        "| images/s (offline: batches of 8; served: 16 clients) | 20.0 | 17.0 | **0.85x** | >= 0.8x |",
+        "| one image (offline: decode, transform, model; served: median latency, 1 client) | 50.0 ms | 70.0 ms | "
+        "**1.40x** | <= 1.25x |",
+    ]
+    answer = {"predictions": [{"index": 2, "probability": 0.5}, {"index": 0, "probability": 0.3}]}
+    assert serve.agreement(answer, np.array([0.25, 0.2, 0.55])) == pytest.approx(0.05)
