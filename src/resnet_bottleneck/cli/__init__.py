@@ -20,11 +20,11 @@ import sys
 import traceback
 
 from .. import __version__, errors
-from . import convert, cost, evaluate, export, forward, predict, train
+from . import convert, cost, evaluate, export, forward, predict, serve, train
 from ._common import PROG, UsageError
 
 #: The subcommands, in the order ``--help`` lists them; each has ``add_parser(commands)``.
-COMMANDS = (forward, cost, convert, export, predict, evaluate, train)
+COMMANDS = (forward, cost, convert, export, predict, evaluate, train, serve)
 #: The environment variable that, set to anything but ``""`` or ``"0"``, acts as ``--debug``.
 DEBUG_VARIABLE = "RESNET_BOTTLENECK_DEBUG"
 

@@ -155,3 +155,29 @@ def open_onnx(weights: str, model: str | None, runtime: str = "onnxruntime", pre
     with argument("--weights"):
         num_classes = onnx_num_classes(classifier)
     return classifier, num_classes, image_size
+
+
+def open_classifier(weights: str, model: str | None, runtime: str = "jax", precision: str | None = None):
+    """``(probabilities of a uint8 NHWC batch, number of classes, metadata, image size, (crop_pct,
+    interpolation))``: our model on JAX, or an ``.onnx`` file on ONNX Runtime or OpenVINO (its metadata, or
+    its fixed input size, sets the transform). What ``predict`` and ``serve`` run; bad input is told as
+    ``argument --weights: ...`` (``--model``, ``--runtime``, ``--precision``)."""
+    from ..inference import jax_classifier, onnx_classifier
+    from ..io.metadata import eval_crop
+
+    if runtime in ONNX_RUNTIMES:
+        classifier, num_classes, image_size = open_onnx(weights, model, runtime, precision)
+        probabilities = onnx_classifier(classifier)
+
+        def forward(images):
+            with argument("--weights"):  # ONNX Runtime could not run the file on these images
+                return probabilities(images)
+
+        crop = (classifier.crop_pct, classifier.interpolation)
+        return forward, num_classes, classifier.metadata, image_size, crop
+    if precision is not None:
+        raise UsageError(f"argument --precision: {precision} is for --runtime openvino")
+    model_, variables, metadata, (image_size, mean, std) = open_model(weights, model, "run")
+    with argument("--weights"):
+        crop = eval_crop(metadata, weights)
+    return jax_classifier(model_, variables, mean, std), model_.num_classes, metadata, image_size, crop

@@ -19,14 +19,12 @@ import json
 import sys
 
 from ._common import (
-    ONNX_RUNTIMES,
     UsageError,
     add_runtime_arguments,
     argument,
     count,
     model_name,
-    open_model,
-    open_onnx,
+    open_classifier,
     positive_int,
 )
 
@@ -89,27 +87,8 @@ def _line(result: dict) -> str:
 
 def _classifier(args):
     """``(probabilities of a uint8 NHWC batch, number of classes, metadata, image size, (crop_pct,
-    interpolation))``: our model on JAX, or an ``.onnx`` file on ONNX Runtime (its metadata, or its fixed
-    input size, sets the transform)."""
-    from ..inference import jax_classifier, onnx_classifier
-    from ..io.metadata import eval_crop
-
-    if args.runtime in ONNX_RUNTIMES:
-        classifier, num_classes, image_size = open_onnx(args.weights, args.model, args.runtime, args.precision)
-        probabilities = onnx_classifier(classifier)
-
-        def forward(images):
-            with argument("--weights"):  # ONNX Runtime could not run the file on these images
-                return probabilities(images)
-
-        crop = (classifier.crop_pct, classifier.interpolation)
-        return forward, num_classes, classifier.metadata, image_size, crop
-    if args.precision is not None:
-        raise UsageError(f"argument --precision: {args.precision} is for --runtime openvino")
-    model, variables, metadata, (image_size, mean, std) = open_model(args.weights, args.model, "run")
-    with argument("--weights"):
-        crop = eval_crop(metadata, args.weights)
-    return jax_classifier(model, variables, mean, std), model.num_classes, metadata, image_size, crop
+    interpolation))`` of ``--weights`` (:func:`._common.open_classifier`, which ``serve`` shares)."""
+    return open_classifier(args.weights, args.model, args.runtime, args.precision)
 
 
 def run(args) -> int:

@@ -1,0 +1,141 @@
+"""``resnet-bottleneck serve``: the classifier behind HTTP, on LitServe (:mod:`resnet_bottleneck.serve`).
+
+Everything ``predict`` takes as ``--weights`` (with ``--model``, ``--runtime``, ``--precision``
+exactly as there) is opened once before the server starts, in a separate process, so bad input is
+one line and exit status 2 before any port is taken; a port in use is refused the same way.
+``--max-delay-ms`` defaults to 2: LitServe's batching loop polls its queue, and with 0 it polls
+without pausing (a CPU core busy while idle), while a couple of milliseconds costs a request at most
+that and lets concurrent requests share a forward pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gc
+import sys
+
+from ._common import UsageError, add_runtime_arguments, argument, model_name, open_classifier, positive_int
+
+
+def _megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of megabytes; got {text!r}")
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"must be a number of milliseconds from 0 to 10000; got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 1024 <= int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"must be a port from 1024 to 65535; got {text!r}")
+    return int(text)
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="serve the classifier over HTTP (batched; a page to try it at /)",
+        description="POST /predictions/NAME takes an image's bytes (or a multipart form with it in field 'data') "
+        "and answers its top classes as JSON, as predict --json ranks them; GET /ping, /v2/health/live, "
+        "/v2/health/ready, /v2/models/NAME and /metrics (Prometheus) say how it is; GET / is a page to try "
+        "it. Requests are batched by LitServe (--max-batch, --max-delay-ms); --workers runs replicas. "
+        "SIGTERM or Ctrl+C stops accepting, answers what is in flight and exits. Needs "
+        "pip install 'resnet-bottleneck[serve]'.",
+    )
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="what predict takes: a model file, a run directory, torchvision's or timm's weights (with --model), "
+        "or an .onnx file with --runtime onnxruntime or openvino",
+    )
+    parser.add_argument(
+        "--model",
+        type=model_name,
+        help="the model name, e.g. resnet50: needed for torchvision's and timm's weights; our files name theirs",
+    )
+    add_runtime_arguments(parser, "serve")
+    parser.add_argument(
+        "--labels", help="a text file with one class name per line (overrides the weights' own names and ImageNet's)"
+    )
+    parser.add_argument(
+        "--name", help="the model's name in the URLs (/predictions/NAME; default: the one its file names)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (the default: this machine only), 0.0.0.0 or ::")
+    parser.add_argument("--port", type=_port, default=8080, help="the port (default 8080)")
+    parser.add_argument("--max-batch", type=positive_int, default=8, help="images per forward pass at most (default 8)")
+    parser.add_argument(
+        "--max-delay-ms",
+        type=_milliseconds,
+        default=2.0,
+        help="how long a batch waits for more requests to join it, in milliseconds (default 2)",
+    )
+    parser.add_argument(
+        "--max-body-mb", type=_megabytes, default=20.0, help="the largest request body, in megabytes (default 20)"
+    )
+    parser.add_argument(
+        "--topk", type=positive_int, default=5, help="classes per answer unless ?topk= says (default 5)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="model replicas (LitServe's workers per device), each its own process with one API server beside it "
+        "(default 1)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from .. import serve
+    from ..errors import SettingError
+    from ..io.classes import read_labels
+    from ..serve.server import check_address
+
+    serve.require()
+    try:
+        if args.name is not None:
+            serve.check_name(args.name)
+        if args.labels is not None:
+            with argument("--labels"):
+                read_labels(args.labels)  # a bad labels file is reported before any weights are read
+        check_address(args.host, args.port)  # a port in use: one line now, not a traceback after loading
+        # the model is opened in a separate process; its bad input comes back as predict words it
+        load = functools.partial(open_classifier, args.weights, args.model, args.runtime, args.precision)
+        info = serve.describe_model(
+            load, name=args.name, model=args.model, labels=args.labels, runtime=args.runtime, precision=args.precision
+        )
+        server = serve.build_server(
+            load,
+            info,
+            max_batch=args.max_batch,
+            max_delay_ms=args.max_delay_ms,
+            max_body_mb=args.max_body_mb,
+            topk=args.topk,
+            workers=args.workers,
+        )
+        print(
+            f"serving {info.name} ({info.runtime}, {info.num_classes} classes, {info.image_size} pixels) at "
+            f"http://{args.host}:{args.port}/ (POST /predictions/{info.name}); SIGTERM or Ctrl+C stops it",
+            file=sys.stderr,
+            flush=True,
+        )
+        serve.run_server(server, host=args.host, port=args.port)
+    except SettingError as err:
+        raise UsageError(f"argument --{err.field.replace('_', '-')}: {err.message}") from None
+    # the process ends now: the interpreter's last full collection would walk every object jax, fastapi and
+    # pydantic made (seconds on a busy machine, after the server has already stopped); they go with the process
+    gc.freeze()
+    return 0

@@ -1,0 +1,232 @@
+"""The model behind the endpoint, as LitServe's ``LitAPI``, and ``POST /predictions/{model}`` as its ``LitSpec``.
+
+LitServe pickles :class:`ClassifierAPI` into each model worker (a spawned process): ``setup`` loads the
+model there (``load``, a picklable function from the command line) and warms it; LitServe's batching
+loop then hands it up to ``max_batch`` requests at a time (those queued within ``batch_timeout``).
+Each request's image is decoded in the worker with the evaluation transform ``predict`` uses
+(``data.transforms.eval_transform``: the same resize, crop and resampling, the same refusal of an
+image whose header claims more pixels than PIL's limit, before any decoding). An image that cannot be
+decoded does not fail its batch: it travels as its error message and comes back as a 400.
+
+:class:`PredictionSpec` is the HTTP side (in LitServe's API-server processes): it checks the model
+name, ``?topk=`` and the body's size (``Content-Length`` and the bytes as they stream) before anything
+reaches the queue, so a hostile request costs a worker nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import signal
+import time
+import uuid
+
+import litserve as ls
+import numpy as np
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from litserve.callbacks import EventTypes
+from litserve.specs.base import LitSpec
+from litserve.utils import LitAPIStatus, ResponseBufferItem
+
+logger = logging.getLogger(__name__)
+
+#: LitServe's name for the prediction route (its request queue's key); the route itself is ``PREDICTIONS``.
+API_PATH = "/predictions"
+PREDICTIONS = "/predictions/{model}"
+
+
+def error(status: int, message: str) -> JSONResponse:
+    """The server's every error: ``{"error": message}`` with ``status``."""
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class _Body(io.BytesIO):
+    """The request's image bytes as a file for PIL; named so in error messages (never a path)."""
+
+    def __str__(self) -> str:
+        return "the request body"
+
+    __repr__ = __str__
+
+
+def jax_buckets(max_batch: int) -> tuple[int, ...]:
+    """The batch shapes a JAX worker compiles (powers of two up to ``max_batch``, and ``max_batch``): a batch is
+    padded to the next, so a quiet server runs small batches and a busy one never compiles again."""
+    sizes, size = {max_batch}, 1
+    while size < max_batch:
+        sizes.add(size)
+        size *= 2
+    return tuple(sorted(sizes))
+
+
+class ClassifierAPI(ls.LitAPI):
+    """One image classifier, batched by LitServe.
+
+    ``load``: a picklable function of no arguments, run once in each worker, returning what
+    ``cli._common.open_classifier`` returns: ``(probabilities of a uint8 NHWC batch, number of classes,
+    metadata, image size, (crop_pct, interpolation))``. ``info``: the :class:`~resnet_bottleneck.serve.ModelInfo`
+    the server describes (its labels name the classes in responses).
+    """
+
+    def __init__(self, load, info, *, max_batch: int, batch_timeout: float, max_body: int, topk: int):
+        super().__init__(
+            max_batch_size=max_batch,
+            batch_timeout=batch_timeout,
+            spec=PredictionSpec(info, max_body=max_body, topk=topk),
+        )
+        self.load, self.info, self.topk = load, info, topk
+
+    def setup(self, device) -> None:
+        """Load the model and run it once on every batch shape it will see (JAX compiles each): the worker is
+        ready, and LitServe says so, only after that. Ctrl+C (SIGINT to the whole process group) is left to the
+        main process, which stops the HTTP side first and ends this worker once nothing is in flight."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        forward, num_classes, _, image_size, _ = self.load()
+        if num_classes != self.info.num_classes or image_size != self.info.image_size:
+            raise RuntimeError(f"the model changed since it was described: {num_classes} classes at {image_size}")
+        self.forward = forward
+        self.shapes = jax_buckets(self.max_batch_size) if self.info.runtime == "jax" else ()
+        for size in self.shapes or (1,):
+            self.forward(np.zeros((size, image_size, image_size, 3), np.uint8))
+        from .metrics import batch_histogram
+
+        self.batch_sizes = batch_histogram(self.max_batch_size)
+
+    def decode_request(self, request, context):
+        """``request`` (``{"image": bytes, "topk": k}``) -> the image as the model sees it (uint8 HWC), or the
+        reason it cannot be read (a string)."""
+        from ..data.transforms import eval_transform
+        from ..errors import ImageError
+
+        context["topk"] = request["topk"]
+        try:
+            return eval_transform(_Body(request["image"]), self.info.image_size, *self.info.crop)
+        except ImageError as err:
+            return str(err)
+        except Exception as err:  # a decoder's own failure on hostile bytes: this request's error, not the batch's
+            logger.warning("decoding a request's image failed: %r", err)
+            return f"cannot read the request body as an image ({type(err).__name__}: {err})"
+
+    def batch(self, inputs):
+        return list(inputs)  # images and error messages side by side; predict stacks the images
+
+    def predict(self, inputs):
+        """Probabilities of each decoded image, one forward pass for the batch; an error message passes through."""
+        self.batch_sizes.observe(len(inputs))
+        images = [x for x in inputs if not isinstance(x, str)]
+        if not images:
+            return list(inputs)
+        batch = np.stack(images)
+        padded = next((s for s in self.shapes if s >= len(images)), len(images))
+        if padded > len(images):
+            batch = np.concatenate([batch, np.zeros((padded - len(images), *batch.shape[1:]), batch.dtype)])
+        probabilities = iter(np.asarray(self.forward(batch))[: len(images)])
+        return [x if isinstance(x, str) else next(probabilities) for x in inputs]
+
+    def unbatch(self, output):
+        return output
+
+    def encode_response(self, output, context):
+        """The top-k as ``predict --json`` orders them (most probable first, ``np.argsort(-p)``), or the error."""
+        if isinstance(output, str):
+            return {"error": output, "status": 400}
+        best = np.argsort(-output)[: min(context["topk"], output.size)]
+        labels = self.info.labels
+        return {
+            "predictions": [
+                {"index": int(i), "label": labels[i] if labels else str(int(i)), "probability": float(output[i])}
+                for i in best
+            ]
+        }
+
+
+class PredictionSpec(LitSpec):
+    """``POST /predictions/{model}``: the image's bytes as the body, or a multipart form with the image in field
+    ``data``; ``?topk=`` (a positive integer) overrides the default. Answers ``{"model", "predictions"}``, or
+    ``{"error"}`` with 400 (not an image, empty, bad topk), 404 (another model), 413 (over ``max_body`` bytes)."""
+
+    def __init__(self, info, *, max_body: int, topk: int):
+        super().__init__()
+        self.api_path = API_PATH
+        self.info, self.max_body, self.topk = info, max_body, topk
+        self.add_endpoint(PREDICTIONS, self.predictions, ["POST"])
+
+    def decode_request(self, request, context_kwargs=None):  # the LitAPI decodes; LitSpec asks for both
+        return request
+
+    def encode_response(self, output, context_kwargs=None):
+        return output
+
+    async def predictions(self, model: str, request: Request):
+        started = time.monotonic()
+        if model != self.info.name:
+            return error(404, f"no model {model!r} here; this server serves {self.info.name!r}")
+        topk = request.query_params.get("topk")
+        if topk is None:
+            topk = self.topk
+        elif not (topk.isascii() and topk.isdigit() and int(topk) > 0):
+            return error(400, f"topk must be a positive integer; got {topk!r}")
+        else:
+            topk = int(topk)
+        body = await self._body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        if not body:
+            return error(400, "the request has no image: send its bytes as the body, or a form with it in field 'data'")
+        return await self._answer({"image": body, "topk": topk}, started)
+
+    async def _body(self, request: Request):
+        """The image's bytes (the body, or a form's ``data`` file), or the error response: 413 as soon as the
+        declared or the streamed size passes ``max_body``."""
+        limit = self.max_body
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not (declared.isascii() and declared.isdigit()):
+                return error(400, f"Content-Length must be a number of bytes; got {declared!r}")
+            if int(declared) > limit:
+                return error(413, f"the body's {int(declared)} bytes are more than this server's limit of {limit}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return error(413, f"the body is more than this server's limit of {limit} bytes")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+            return body
+        request._body = body  # Starlette's form parser reads the body from here (already read)
+        try:
+            form = await request.form()
+        except Exception as err:  # a malformed multipart body
+            return error(400, f"cannot read the multipart form: {err}")
+        try:
+            data = form.get("data")
+            if data is None:
+                return error(400, f"the form has no field 'data' (the image); got {sorted(form.keys())}")
+            if isinstance(data, str):
+                return error(400, "the form's field 'data' must be the image file, not text")
+            return await data.read()
+        finally:
+            await form.close()
+
+    async def _answer(self, payload: dict, started: float):
+        """Queue ``payload`` for a worker (LitServe's request queue and response buffer) and answer its result."""
+        uid = str(uuid.uuid4())
+        event = asyncio.Event()
+        self.response_buffer[uid] = ResponseBufferItem(event=event)
+        self._server._callback_runner.trigger_event(
+            EventTypes.ON_REQUEST.value, active_requests=self._server.active_requests, litserver=self._server
+        )
+        self.request_queue.put_nowait((self.response_queue_id, uid, started, payload))
+        await event.wait()
+        response, status = self.response_buffer.pop(uid).response
+        if status != LitAPIStatus.OK:
+            logger.error("the model worker failed on a request: %r", response)
+            if getattr(response, "status_code", None) == 504:
+                return error(504, "the request waited too long for a model worker")
+            return error(500, "the model worker failed on this request (see the server's log)")
+        if "error" in response:
+            return error(response["status"], response["error"])
+        return JSONResponse({"model": self.info.name, **response})
