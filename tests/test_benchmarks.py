@@ -349,5 +349,28 @@ def test_serve_verdicts_worked_by_hand(bench):
         "| one image (offline: decode, transform, model; served: median latency, 1 client) | 50.0 ms | 70.0 ms | "
         "**1.40x** | <= 1.25x |",
     ]
+    rounds = [figures, {**figures, "served_images_s": 15.0, "served_latency_s": 0.06}]
+    assert serve.verdicts(figures, 16, rounds)[0].endswith("(0.85x; round by round 0.85x, 0.75x).")
+    assert serve.verdicts(figures, 16, rounds)[1].endswith("(1.40x; round by round 1.40x, 1.20x).")
     answer = {"predictions": [{"index": 2, "probability": 0.5}, {"index": 0, "probability": 0.3}]}
     assert serve.agreement(answer, np.array([0.25, 0.2, 0.55])) == pytest.approx(0.05)
+
+
+def test_serve_benchmark_runs_quick(tmp_path):
+    """bench_serve --quick (resnet18 int8 at 32x32 on OpenVINO, one round): the server starts, answers every
+    client and agrees with the offline classifier; it is stopped; nothing is written."""
+    before = (ROOT / "BENCHMARKS.md").read_text()
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_serve.py"), "--quick", "--clients", "4"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "| images/s (offline: batches of 8; served: 4 clients) | " in out, out
+    assert "| one image (offline: decode, transform, model; served: median latency, 1 client) | " in out, out
+    assert float(out.split("differ from the offline ones by at most ")[1].split(" ")[0]) < 1e-4
+    assert "killed" not in out  # SIGTERM stopped it
+    assert (ROOT / "BENCHMARKS.md").read_text() == before
