@@ -18,7 +18,7 @@ the targets (issue 27): (b) >= 0.8x (a), (d) <= 1.25x (c). The load generator sh
 with the server, as a client on the same host does.
 
     python benchmarks/bench_serve.py [--runtime openvino] [--precision int8] [--clients 16] [--batch 8]
-        [--rounds 3] [--seconds 20] [--quick] [--write]
+        [--rounds 5] [--seconds 20] [--quick] [--write]
 """
 
 from __future__ import annotations
@@ -333,7 +333,7 @@ def main(argv=None) -> None:
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients for the served images/s")
     parser.add_argument("--batch", type=int, default=8, help="the server's --max-batch and the offline batch")
     parser.add_argument("--max-delay-ms", type=float, default=2.0, help="the server's --max-delay-ms (its default, 2)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the server restarted in each)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the server restarted in each)")
     parser.add_argument("--seconds", type=float, default=20.0, help="the timed window of each concurrent run")
     parser.add_argument("--requests", type=int, default=40, help="one client's timed requests a round")
     parser.add_argument("--repeats", type=int, default=5, help="offline rounds of interleaved calls a round")
