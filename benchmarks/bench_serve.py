@@ -348,6 +348,7 @@ def main(argv=None) -> None:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1; got {getattr(args, flag)}")
     if args.seconds <= 0 or args.max_delay_ms < 0:
         parser.error("--seconds must be positive and --max-delay-ms at least 0")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped benchmark stops its server too (finally)
     reused = not SYSTEM_MALLOC and rb.xla.reuse_freed_memory()
     start_load = ", ".join(f"{a:.2f}" for a in os.getloadavg())
 
