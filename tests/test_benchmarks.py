@@ -10,6 +10,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import resnet_bottleneck as rb
@@ -333,3 +334,43 @@ def test_timm_benchmark_runs_quick_and_reads_its_targets(bench, capsys, monkeypa
         "(bound 1e-4).",
         "- b not exported: why",
     ]
+
+
+def test_serve_verdicts_worked_by_hand(bench):
+    """Served 17 images/s against 20 offline (0.85x: met), 70 ms against 50 ms (1.40x: not met)."""
+    serve = bench("bench_serve")
+    figures = {"offline_images_s": 20.0, "served_images_s": 17.0, "offline_single_s": 0.05, "served_latency_s": 0.07}
+    assert serve.verdicts(figures, 16) == [
+        "- Served images/s with 16 clients >= 0.8x offline: **met** (0.85x).",
+        "- Served median latency at one client <= 1.25x the offline single-image time: **not met** (1.40x).",
+    ]
+    assert serve.table(figures, 8, 16)[2:] == [
+        "| images/s (offline: batches of 8; served: 16 clients) | 20.0 | 17.0 | **0.85x** | >= 0.8x |",
+        "| one image (offline: decode, transform, model; served: median latency, 1 client) | 50.0 ms | 70.0 ms | "
+        "**1.40x** | <= 1.25x |",
+    ]
+    rounds = [figures, {**figures, "served_images_s": 15.0, "served_latency_s": 0.06}]
+    assert serve.verdicts(figures, 16, rounds)[0].endswith("(0.85x; round by round 0.85x, 0.75x).")
+    assert serve.verdicts(figures, 16, rounds)[1].endswith("(1.40x; round by round 1.40x, 1.20x).")
+    answer = {"predictions": [{"index": 2, "probability": 0.5}, {"index": 0, "probability": 0.3}]}
+    assert serve.agreement(answer, np.array([0.25, 0.2, 0.55])) == pytest.approx(0.05)
+
+
+def test_serve_benchmark_runs_quick(tmp_path):
+    """bench_serve --quick (resnet18 int8 at 32x32 on OpenVINO, one round): the server starts, answers every
+    client and agrees with the offline classifier; it is stopped; nothing is written."""
+    before = (ROOT / "BENCHMARKS.md").read_text()
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_serve.py"), "--quick", "--clients", "4"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "| images/s (offline: batches of 8; served: 4 clients) | " in out, out
+    assert "| one image (offline: decode, transform, model; served: median latency, 1 client) | " in out, out
+    assert float(out.split("differ from the offline ones by at most ")[1].split(" ")[0]) < 1e-4
+    assert "killed" not in out  # SIGTERM stopped it
+    assert (ROOT / "BENCHMARKS.md").read_text() == before
