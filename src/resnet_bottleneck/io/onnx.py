@@ -3,15 +3,19 @@
 The graph is written from the model's description (:func:`resnet_bottleneck.arch.describe`),
 not traced from its JAX program: BatchNorm folded (:func:`~resnet_bottleneck.fold.fold_batchnorm`),
 then each layer of the spec by its kind's emitter (:data:`_LAYERS`): a ``Conv`` per convolution (its
-strides, padding, groups and dilation the spec's), ``Relu``, ``MaxPool``, ``AveragePool`` (torch's
+strides, padding, groups and dilation the spec's; groups of 4 or 8 channels written merged into groups of
+16, their kernels block diagonal: :data:`NCHWC_BLOCK`), ``Relu``, ``MaxPool``, ``AveragePool`` (torch's
 ``ceil_mode`` and ``count_include_pad``), timm's blur pool as ``Pad`` (reflect) and a depthwise
-``Conv``, squeeze-excitation as ``GlobalAveragePool``, two 1x1 ``Conv``, ``Sigmoid`` and ``Mul``, ECA
+``Conv``, squeeze-excitation as ``GlobalAveragePool``, two 1x1 ``Conv``, ``Sigmoid`` and ``Mul`` (at a
+fixed input size, the gate first broadcast to the map's shape by a nearest ``Resize``), ECA
 with a 1-D ``Conv`` across the channels, GroupNorm (not foldable) as ``InstanceNormalization`` over
 the groups with its per-channel affine after; drop path and dropout are the identity. Each block
 ends in ``Add`` and ``Relu``, the head is ``GlobalAveragePool``, ``Flatten`` and ``Gemm``.
 That is the graph ONNX Runtime's CPU fusions (Conv+Add+Relu, NCHWc blocking) are written
 for; a traced export computes 1x1 convs as MatMul and reshapes, which ONNX Runtime runs
-slower (BENCHMARKS.md, ``deploy``).
+slower (BENCHMARKS.md, ``deploy``). The merged groups and the broadcast gates keep a ResNeXt's
+narrow groups and an SE block's multiply in the NCHWc layout too (issue 24: seresnext50_32x4d at
+batch 8 ran 0.81-0.92x the time of the plain graph); both compute the same sums.
 
 ``onnx`` is needed to export and ``onnxruntime`` to run; both are imported only here,
 only when called (``pip install 'resnet-bottleneck[onnx]'``).
@@ -56,8 +60,9 @@ _RESERVED = ("format", "layout")
 #: ``Conv`` runs in the blocked layout only with a multiple of it in and out of each group; others run
 #: unblocked, between reorders of the map.
 NCHWC_BLOCK = 16
-#: At most this many groups are merged into one (that many times the conv's multiply-adds): merging 4
-#: (ResNeXt's 4 channels a group) still ran the conv faster in the blocked layout (docs/deploying.md).
+#: At most this many groups are merged into one (that many times the conv's multiply-adds): 4 merged groups
+#: of 4 channels (seresnext50_32x4d's first stage) ran in the blocked layout in 0.6 of the time of the
+#: unblocked grouped conv, its reorders aside (ONNX Runtime's profile, issue 24).
 MAX_MERGED_GROUPS = 4
 
 
@@ -307,7 +312,7 @@ def _pool(graph: _Graph, x: str, pool: arch.Pool, name: str) -> str:
 
 def _squeeze_excite(graph: _Graph, x: str, se: arch.SqueezeExcite, name: str) -> str:
     """timm's ``SEModule``: ``GlobalAveragePool``, 1x1 ``Conv`` (``fc1``, bias), ``Relu``, 1x1 ``Conv`` (``fc2``,
-    bias), ``Sigmoid``, ``Mul``."""
+    bias), ``Sigmoid``, ``Mul`` (its operands noted for :func:`_broadcast_gates`)."""
     node = "/".join(graph.paths[se.name])
     s = graph.node("GlobalAveragePool", [x], f"{node}/pool")
     for fc, shape in (("fc1", (se.features, se.reduced)), ("fc2", (se.reduced, se.features))):
@@ -530,8 +535,9 @@ def export_onnx(
       layout: ``'NCHW'`` (torchvision's input) or ``'NHWC'`` (ours); see :data:`LAYOUTS`.
       batch: a fixed batch size; ``None`` (the default) leaves the batch axis dynamic.
       image_size: a fixed square input size (also written as ``metadata['image_size']``): ONNX
-        Runtime plans a fixed shape a little faster (BENCHMARKS.md, ``deploy``); ``None`` (the
-        default) leaves height and width dynamic.
+        Runtime plans a fixed shape a little faster (BENCHMARKS.md, ``deploy``), and squeeze-excitation
+        stays in its NCHWc layout (the gates broadcast by ``Resize``); ``None`` (the default) leaves
+        height and width dynamic.
       metadata: written to ``metadata_props``, e.g. ``{'model': 'resnet50', 'classes': [...],
         'image_size': 224, 'mean': [...], 'std': [...]}``; non-string values as JSON.
 
