@@ -14,8 +14,8 @@ ends in ``Add`` and ``Relu``, the head is ``GlobalAveragePool``, ``Flatten`` and
 That is the graph ONNX Runtime's CPU fusions (Conv+Add+Relu, NCHWc blocking) are written
 for; a traced export computes 1x1 convs as MatMul and reshapes, which ONNX Runtime runs
 slower (BENCHMARKS.md, ``deploy``). The merged groups and the broadcast gates keep a ResNeXt's
-narrow groups and an SE block's multiply in the NCHWc layout too (issue 24: seresnext50_32x4d at
-batch 8 ran 0.81-0.92x the time of the plain graph); both compute the same sums.
+narrow groups and an SE block's multiply in the NCHWc layout too (issue 24: seresnext50_32x4d at 224x224
+ran in about 0.9 of the plain graph's time at batches 1 and 8, one and two threads); both compute the same sums.
 
 ``onnx`` is needed to export and ``onnxruntime`` to run; both are imported only here,
 only when called (``pip install 'resnet-bottleneck[onnx]'``).
