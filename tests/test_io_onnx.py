@@ -2,10 +2,12 @@
 
 import functools
 import json
+import platform
 import subprocess
 import sys
 from collections import Counter
 from functools import partial
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -86,13 +88,25 @@ def _torch_convs(tv):
 
 
 def _onnx_convs(proto):
+    """The graph's convs as :func:`_torch_convs` lists them; a conv whose groups the exporter merged (its weight
+    the parameter placed block diagonally: Reshape, Mul by a 0/1 mask, Reshape) with its parameter's shape and
+    the groups that parameter's channels make of its input."""
     weights = {t.name: tuple(t.dims) for t in proto.graph.initializer}
+    producer = {out: node for node in proto.graph.node for out in node.output}
     convs = []
     for node in proto.graph.node:
         if node.op_type == "Conv":
             a = {attr.name: onnx.helper.get_attribute_value(attr) for attr in node.attribute}
             assert a["pads"][:2] == a["pads"][2:] and len(set(a["strides"])) == 1  # symmetric, square
-            convs.append((*weights[node.input[1]], a["strides"][0], a["pads"][0], a["group"], a["dilations"][0]))
+            weight, groups = node.input[1], a["group"]
+            if weight not in weights:
+                merged, placed = producer[weight], producer[producer[weight].input[0]]
+                split = producer[placed.input[0]]
+                assert (merged.op_type, placed.op_type, split.op_type) == ("Reshape", "Mul", "Reshape"), node.name
+                weight = split.input[0]
+                in_channels = groups * onnx.numpy_helper.to_array(producer[merged.input[1]].attribute[0].t)[1]
+                groups = in_channels // weights[weight][1]
+            convs.append((*weights[weight], a["strides"][0], a["pads"][0], groups, a["dilations"][0]))
     return convs
 
 
@@ -104,7 +118,14 @@ def test_the_graph_is_canonical(exported):
         onnx.checker.check_model(proto, full_check=True)
         ops = Counter(node.op_type for node in proto.graph.node)
         assert "BatchNormalization" not in ops
-        assert set(ops) - CANONICAL_OPS == ({"Transpose"} if layout == "NHWC" else set())
+        # resnext50_32x4d's 4 and 8 channels a group: merged to 16 (ONNX Runtime's channel block), the kernel
+        # placed by Reshape, Mul and Reshape; its 16 and 32 are written as they are
+        narrow = sum(
+            1 < m.groups and m.in_channels // m.groups < 16 for m in tv.modules() if isinstance(m, torch.nn.Conv2d)
+        )
+        merging = {"Constant", "Reshape", "Mul"} if narrow else set()
+        assert set(ops) - CANONICAL_OPS == merging | ({"Transpose"} if layout == "NHWC" else set())
+        assert ops["Mul"] == narrow
         assert ops["Transpose"] == (1 if layout == "NHWC" else 0)
         assert _onnx_convs(proto) == _torch_convs(tv)
         kernels = [
@@ -244,6 +265,59 @@ def test_fixed_batch_and_metadata(tmp_path):
     assert {p.key: p.value for p in fixed.metadata_props}["image_size"] == "36"
     x = images(3, 36)
     assert_close_to_scale(run(session(fixed), x, "NHWC"), eval_output(model, variables, x))
+
+
+def _blocked_layout_cpu() -> bool:
+    """Whether ONNX Runtime's CPU kernels have the NCHWc layout here (x86-64 with AVX2 or AVX-512)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return platform.machine() in ("x86_64", "AMD64") and (" avx2" in flags or " avx512f" in flags)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_fixed_size_keeps_squeeze_excitation_and_narrow_groups_in_onnx_runtimes_layout(layout, tmp_path):
+    """At a fixed size each SE gate is broadcast by a nearest Resize (a copy: the logits of the dynamic-size
+    graph's broadcasting Mul), with the input's batch name on its shape; 4 channels a group are merged to
+    16. ONNX Runtime then runs the whole graph in its NCHWc layout: no unblocked conv and one reorder (the
+    head's), where the old graph reordered each SE block's map out and back (issue 24's speed item)."""
+    # 4 and 8 channels a group in layers 1 and 2, and every width a multiple of 16 (SE's reduced ones too)
+    model, variables = small_model(attn_layer="se", attn_rd_ratio=0.25, groups=8, width_per_group=16, stem_width=16)
+    fixed = onnx_model(model, variables, layout=layout, image_size=40)
+    dynamic = onnx_model(model, variables, layout=layout)
+    ops = Counter(node.op_type for node in fixed.graph.node)
+    se_blocks = sum(isinstance(layer, arch.SqueezeExcite) for layer in arch.describe(model).layers())
+    assert ops["Resize"] == se_blocks == Counter(node.op_type for node in dynamic.graph.node)["Sigmoid"] > 0
+    maps = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in fixed.graph.value_info}
+    for node in fixed.graph.node:
+        if node.op_type == "Resize":
+            a = _attrs(node)
+            assert (a["mode"], a["coordinate_transformation_mode"], a["nearest_mode"]) == (
+                b"nearest",
+                b"asymmetric",
+                b"floor",
+            )
+            assert maps[node.output[0]][0] == "batch" and maps[node.output[0]][2] in (10, 5, 3, 2)
+    x = images(3, 40)
+    expected = eval_output(model, variables, x)
+    got = run(session(fixed), x, layout)
+    assert_close_to_scale(got, expected)
+    assert_close_to_scale(got, run(session(dynamic), x, layout), rel=1e-6)
+    assert_close_to_scale(run(session(fixed), x[:1], layout), expected[:1])
+    if not _blocked_layout_cpu():
+        pytest.skip("ONNX Runtime's NCHWc layout needs an x86-64 CPU with AVX2 or AVX-512")
+
+    def optimized(proto):
+        options = session_options()
+        options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+        ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return Counter(node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+
+    blocked = optimized(fixed)
+    assert "FusedConv" not in blocked and blocked["ReorderInput"] == 0 and blocked["ReorderOutput"] == 1
+    assert blocked["Upsample"] == se_blocks  # the Resizes, blocked
+    assert optimized(dynamic)["ReorderOutput"] > se_blocks  # the broadcasting Mul's reorders (the oracle's contrast)
 
 
 @pytest.mark.parametrize(

@@ -3,15 +3,19 @@
 The graph is written from the model's description (:func:`resnet_bottleneck.arch.describe`),
 not traced from its JAX program: BatchNorm folded (:func:`~resnet_bottleneck.fold.fold_batchnorm`),
 then each layer of the spec by its kind's emitter (:data:`_LAYERS`): a ``Conv`` per convolution (its
-strides, padding, groups and dilation the spec's), ``Relu``, ``MaxPool``, ``AveragePool`` (torch's
+strides, padding, groups and dilation the spec's; groups of 4 or 8 channels written merged into groups of
+16, their kernels block diagonal: :data:`NCHWC_BLOCK`), ``Relu``, ``MaxPool``, ``AveragePool`` (torch's
 ``ceil_mode`` and ``count_include_pad``), timm's blur pool as ``Pad`` (reflect) and a depthwise
-``Conv``, squeeze-excitation as ``GlobalAveragePool``, two 1x1 ``Conv``, ``Sigmoid`` and ``Mul``, ECA
+``Conv``, squeeze-excitation as ``GlobalAveragePool``, two 1x1 ``Conv``, ``Sigmoid`` and ``Mul`` (at a
+fixed input size, the gate first broadcast to the map's shape by a nearest ``Resize``), ECA
 with a 1-D ``Conv`` across the channels, GroupNorm (not foldable) as ``InstanceNormalization`` over
 the groups with its per-channel affine after; drop path and dropout are the identity. Each block
 ends in ``Add`` and ``Relu``, the head is ``GlobalAveragePool``, ``Flatten`` and ``Gemm``.
 That is the graph ONNX Runtime's CPU fusions (Conv+Add+Relu, NCHWc blocking) are written
 for; a traced export computes 1x1 convs as MatMul and reshapes, which ONNX Runtime runs
-slower (BENCHMARKS.md, ``deploy``).
+slower (BENCHMARKS.md, ``deploy``). The merged groups and the broadcast gates keep a ResNeXt's
+narrow groups and an SE block's multiply in the NCHWc layout too (issue 24: seresnext50_32x4d at 224x224
+ran in about 0.9 of the plain graph's time at batches 1 and 8, one and two threads); both compute the same sums.
 
 ``onnx`` is needed to export and ``onnxruntime`` to run; both are imported only here,
 only when called (``pip install 'resnet-bottleneck[onnx]'``).
@@ -50,6 +54,27 @@ OPSET = 17
 ONNX_FORMAT = "resnet-bottleneck onnx"
 INPUT, LOGITS, FEATURES = "images", "logits", "features"
 _RESERVED = ("format", "layout")
+
+
+#: ONNX Runtime's CPU channel block (MLAS's NCHWc layout: 16 floats with AVX-512, 8 with AVX2): a grouped
+#: ``Conv`` runs in the blocked layout only with a multiple of it in and out of each group; others run
+#: unblocked, between reorders of the map.
+NCHWC_BLOCK = 16
+#: At most this many groups are merged into one (that many times the conv's multiply-adds): 4 merged groups
+#: of 4 channels (seresnext50_32x4d's first stage) ran in the blocked layout in 0.6 of the time of the
+#: unblocked grouped conv, its reorders aside (ONNX Runtime's profile, issue 24).
+MAX_MERGED_GROUPS = 4
+
+
+def _merged_groups(in_per_group: int, out_per_group: int, groups: int) -> int:
+    """How many adjacent groups of a grouped conv to write as one (block diagonal) so that each has
+    :data:`NCHWC_BLOCK` channels in and a multiple of it out; 1: written as it is (ungrouped, depthwise, wide
+    enough groups, or no merge of at most :data:`MAX_MERGED_GROUPS` that fits)."""
+    if groups == 1 or in_per_group == 1 or in_per_group % NCHWC_BLOCK == 0 or NCHWC_BLOCK % in_per_group:
+        return 1
+    merged = NCHWC_BLOCK // in_per_group
+    fits = merged <= MAX_MERGED_GROUPS and groups % merged == 0 and (out_per_group * merged) % NCHWC_BLOCK == 0
+    return merged if fits else 1
 
 
 def _require(module: str):
@@ -153,6 +178,7 @@ class _Graph:
         self.params, self.paths, self.epsilon, self.used = params, paths, epsilon, []
         self.nodes, self.initializers = [], []
         self.channels = 0  # the channels of the tensor being written (a blur pool's filter needs them)
+        self.gates = []  # each squeeze-excitation's Mul (map, gate): broadcast by Resize where the size is fixed
 
     def node(self, op: str, inputs: list[str], name: str, **attrs) -> str:
         self.nodes.append(self.helper.make_node(op, inputs, [name], name=name, **attrs))
@@ -181,18 +207,38 @@ class _Graph:
         if kernel.shape != layer.kernel_shape:
             raise InputError(f"conv {name} has a kernel of shape {kernel.shape}; its spec says {layer.kernel_shape}")
         p = layer.padding
+        groups, weight = layer.groups, self.constant(f"{name}/weight", kernel.transpose(3, 2, 0, 1))
+        merged = _merged_groups(kernel.shape[2], layer.out_features // groups, groups)
+        if merged > 1:
+            weight = self.merge_groups(weight, layer, merged)
+            groups //= merged
         attrs = dict(
             kernel_shape=[layer.kernel, layer.kernel],
             strides=list(layer.stride),
             dilations=[layer.dilation, layer.dilation],
-            group=layer.groups,
+            group=groups,
             pads=[p, p, p, p],
         )
-        inputs = [x, self.constant(f"{name}/weight", kernel.transpose(3, 2, 0, 1))]
+        inputs = [x, weight]
         if (*path, "bias") in self.params:
             inputs.append(self.constant(f"{name}/bias", self.param(layer.name, "bias")[1]))
         self.channels = layer.out_features
         return self.node("Conv", inputs, name, **attrs)
+
+    def merge_groups(self, weight: str, layer: arch.Conv, merged: int) -> str:
+        """The OIHW ``weight`` of ``layer`` with each ``merged`` adjacent groups as one: each output channel's
+        taps at its own group's place among the merged group's inputs, zeros elsewhere (block diagonal; the
+        same sums). Written as ``Reshape``, ``Mul`` by a fixed 0/1 mask and ``Reshape`` of the parameter, which
+        ONNX Runtime folds into one constant when it loads the file: the initializers stay the model's own."""
+        name = weight.removesuffix("/weight")
+        out, per_group, kh, kw = layer.out_features, layer.in_features // layer.groups, layer.kernel, layer.kernel
+        slot = np.arange(out) // (out // layer.groups) % merged  # each output channel's group within its merged one
+        mask = (slot[:, None] == np.arange(merged)[None, :]).astype(np.float32).reshape(out, merged, 1, 1, 1)
+        split = self.fixed(f"{name}/group_taps", np.array([out, 1, per_group, kh, kw], np.int64))
+        x = self.node("Reshape", [weight, split], f"{name}/weight_taps")
+        x = self.node("Mul", [x, self.fixed(f"{name}/group_mask", mask)], f"{name}/weight_placed")
+        merged_shape = self.fixed(f"{name}/merged_shape", np.array([out, merged * per_group, kh, kw], np.int64))
+        return self.node("Reshape", [x, merged_shape], f"{name}/weight_merged")
 
     def sequence(self, x: str, channels: int, layers, prefix: str = "", local: str = "") -> str:
         """``layers`` in order on ``x`` of ``channels``, each written by its kind's emitter (:data:`_LAYERS`);
@@ -266,7 +312,7 @@ def _pool(graph: _Graph, x: str, pool: arch.Pool, name: str) -> str:
 
 def _squeeze_excite(graph: _Graph, x: str, se: arch.SqueezeExcite, name: str) -> str:
     """timm's ``SEModule``: ``GlobalAveragePool``, 1x1 ``Conv`` (``fc1``, bias), ``Relu``, 1x1 ``Conv`` (``fc2``,
-    bias), ``Sigmoid``, ``Mul``."""
+    bias), ``Sigmoid``, ``Mul`` (its operands noted for :func:`_broadcast_gates`)."""
     node = "/".join(graph.paths[se.name])
     s = graph.node("GlobalAveragePool", [x], f"{node}/pool")
     for fc, shape in (("fc1", (se.features, se.reduced)), ("fc2", (se.reduced, se.features))):
@@ -278,7 +324,9 @@ def _squeeze_excite(graph: _Graph, x: str, se: arch.SqueezeExcite, name: str) ->
         s = graph.node("Conv", [s, weight, graph.constant(bias_name, bias)], f"{node}/{fc}", kernel_shape=[1, 1])
         if fc == "fc1":
             s = graph.node("Relu", [s], f"{node}/relu")
-    return graph.node("Mul", [x, graph.node("Sigmoid", [s], f"{node}/gate")], node)
+    gate = graph.node("Sigmoid", [s], f"{node}/gate")
+    graph.gates.append((x, gate))
+    return graph.node("Mul", [x, gate], node)
 
 
 def _eca(graph: _Graph, x: str, eca: arch.Eca, name: str) -> str:
@@ -294,6 +342,64 @@ def _eca(graph: _Graph, x: str, eca: arch.Eca, name: str) -> str:
     s = graph.node("Conv", [s, weight], f"{node}/conv", kernel_shape=[k], pads=[pad, pad])
     s = graph.node("Reshape", [s, graph.fixed(f"{node}/as_map", np.array([0, -1, 1, 1], np.int64))], f"{node}/map")
     return graph.node("Mul", [x, graph.node("Sigmoid", [s], f"{node}/gate")], node)
+
+
+def _broadcast_gates(graph: _Graph, in_dims: list) -> list:
+    """Each squeeze-excitation's gate ``(N, C, 1, 1)`` broadcast to its map's ``(N, C, H, W)`` by a nearest
+    ``Resize`` before the ``Mul`` (the same values, copied), for a graph whose input (``in_dims``, the batch a
+    number or a name) has a fixed size: ONNX Runtime keeps a ``Mul`` of equal shapes in its NCHWc layout, and
+    runs a broadcasting one only after reordering the map out of it (and the block's output back in). Returns
+    the value infos of the broadcast gates: their batch axis named as the input's, which ONNX's shape
+    inference does not carry through ``Resize``, for ONNX Runtime's layout pass to see that the shapes match."""
+    if not graph.gates:
+        return []
+    from onnx import TensorProto, shape_inference
+
+    make = graph.helper
+    # the maps' shapes: ONNX's shape inference on the graph, with its parameters as inputs
+    inputs = [make.make_tensor_value_info(INPUT, TensorProto.FLOAT, in_dims)] + [
+        make.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in graph.initializers
+    ]
+    out = make.make_tensor_value_info(graph.nodes[-1].output[0], TensorProto.FLOAT, None)
+    skeleton = make.make_model(
+        make.make_graph(graph.nodes, "shapes", inputs, [out]), opset_imports=[make.make_opsetid("", OPSET)]
+    )
+    inferred = shape_inference.infer_shapes(skeleton, strict_mode=True).graph.value_info
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred}
+    gates, infos = dict(graph.gates), []
+    nodes = []
+    for node in graph.nodes:
+        gated = node.op_type == "Mul" and gates.get(node.input[0]) == node.input[1]
+        _, channels, height, width = shapes[node.input[0]] if gated else (0, 0, 0, 0)
+        if min(height, width) > 0:  # a fixed size (always, where the input's is)
+            scales = np.array([1, 1, height, width], np.float32)
+            nodes.append(
+                make.make_node(
+                    "Constant",
+                    [],
+                    [f"{node.name}/gate_scales"],
+                    name=f"{node.name}/gate_scales",
+                    value=graph.numpy_helper.from_array(scales, f"{node.name}/gate_scales"),
+                )
+            )
+            nodes.append(
+                make.make_node(
+                    "Resize",
+                    [node.input[1], "", f"{node.name}/gate_scales"],
+                    [f"{node.name}/gate_map"],
+                    name=f"{node.name}/gate_map",
+                    mode="nearest",
+                    coordinate_transformation_mode="asymmetric",
+                    nearest_mode="floor",
+                )
+            )
+            node.input[1] = f"{node.name}/gate_map"
+            infos.append(
+                make.make_tensor_value_info(node.input[1], TensorProto.FLOAT, [in_dims[0], channels, height, width])
+            )
+        nodes.append(node)
+    graph.nodes[:] = nodes
+    return infos
 
 
 def _residual(graph: _Graph, x: str, block: arch.Block) -> str:
@@ -385,6 +491,7 @@ def onnx_model(
 
     h, w = (image_size, image_size) if image_size is not None else ("height", "width")
     in_dims = [n, c, h, w] if layout == "NCHW" else [n, h, w, c]
+    gate_maps = _broadcast_gates(graph, in_dims) if image_size is not None else []
     props = _metadata(metadata, layout, model.num_classes)
     proto = helper.make_model(
         helper.make_graph(
@@ -393,6 +500,7 @@ def onnx_model(
             [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, in_dims)],
             [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, out_dims)],
             graph.initializers,
+            value_info=gate_maps,
         ),
         opset_imports=[helper.make_opsetid("", OPSET)],
         producer_name="resnet-bottleneck",
@@ -427,8 +535,9 @@ def export_onnx(
       layout: ``'NCHW'`` (torchvision's input) or ``'NHWC'`` (ours); see :data:`LAYOUTS`.
       batch: a fixed batch size; ``None`` (the default) leaves the batch axis dynamic.
       image_size: a fixed square input size (also written as ``metadata['image_size']``): ONNX
-        Runtime plans a fixed shape a little faster (BENCHMARKS.md, ``deploy``); ``None`` (the
-        default) leaves height and width dynamic.
+        Runtime plans a fixed shape a little faster (BENCHMARKS.md, ``deploy``), and squeeze-excitation
+        stays in its NCHWc layout (the gates broadcast by ``Resize``); ``None`` (the default) leaves
+        height and width dynamic.
       metadata: written to ``metadata_props``, e.g. ``{'model': 'resnet50', 'classes': [...],
         'image_size': 224, 'mean': [...], 'std': [...]}``; non-string values as JSON.
 
