@@ -49,7 +49,7 @@ import resnet_bottleneck as rb  # noqa: E402
 TORCH, XLA = "PyTorch eager", "ours, XLA"
 ORT = {"NCHW": "ours, ONNX Runtime (NCHW)", "NHWC": "ours, ONNX Runtime (NHWC)"}
 TARGET, MOONSHOT = 1.25, 1.5
-TORCH_INT8 = "PyTorch int8 (eager PTQ, x86)"
+TORCH_INT8 = "PyTorch int8 (PTQ, x86)"
 INT8 = {"onnxruntime": "ours int8, ONNX Runtime", "openvino": "ours int8, OpenVINO"}
 OV_F32, OV_BF16 = "ours f32, OpenVINO", "ours bf16, OpenVINO"
 INT8_TARGET, INT8_MOONSHOT = 1.2, 1.5
@@ -356,7 +356,22 @@ def time_model(name: str, size: int, batches, repeats: int, calibration: np.ndar
                     flush=True,
                 )
             del runners
-    lines = [f"### {name}", "", *table(rows), "", *verdicts(rows, agreements), *options_table(option_rows)]
+    source = "torchvision" if name in TORCHVISION else "timm"
+    how = (
+        "torchvision's quantizable model, eager post-training quantization"
+        if name in TORCHVISION
+        else "timm's model, FX graph-mode post-training quantization"
+    )
+    lines = [
+        f"### {name}",
+        "",
+        f"PyTorch eager: {source}'s {name}; PyTorch's own int8: {how}, our weights.",
+        "",
+        *table(rows),
+        "",
+        *verdicts(rows, agreements),
+        *options_table(option_rows),
+    ]
     lines += ["", *int8_table(rows), "", *int8_verdicts(rows, precision_errors)]
     return "\n".join(lines)
 

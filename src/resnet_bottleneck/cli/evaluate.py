@@ -2,9 +2,11 @@
 
 The same evaluation as training's (``training.evaluate``): the evaluation transform at the model's
 image size, its normalisation, batches sharded over every device. A run's model file evaluated on
-the run's held-out split scores exactly the run's last reported test accuracy. ``--runtime
-onnxruntime`` evaluates an ``.onnx`` file from ``export`` instead, with ONNX Runtime: the same
-pipeline, transform and sums, nothing compiled by JAX.
+the run's held-out split scores exactly the run's last reported test accuracy. An ``.onnx`` file from
+``export`` is evaluated with ONNX Runtime or OpenVINO (``--runtime auto``, the default, picks the one
+measured faster for it): the same pipeline, transform and sums, nothing compiled by JAX. ``--compare B``
+scores a second file on the same images in the same pass, with the difference in points and the share of
+images where both pick the same class (``training.evaluation.compare``).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def add_parser(commands) -> None:
         "--weights",
         required=True,
         help="a model file (train's OUT/model.safetensors, export's), a run directory, or torchvision's "
-        "or timm's weights (with --model); an .onnx file from export with --runtime onnxruntime",
+        "or timm's weights (with --model); an .onnx file from export (float32 or int8)",
     )
     add_runtime_arguments(parser, "evaluate")
     parser.add_argument(
