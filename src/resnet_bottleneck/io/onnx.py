@@ -530,8 +530,8 @@ class _OpenVinoSession:
     One image runs as one request on all ``threads`` threads (OpenVINO's latency mode). A batch of several,
     where the file's batch is dynamic, is split into ``threads`` parts run at once on as many one-thread
     streams (its throughput mode, compiled on first use): no thread waits for another between layers, and
-    each part's activations stay in its core's cache. ResNet-50 int8, batch 8, 2 threads: 11-16% faster
-    than one two-thread request in interleaved rounds on this project's 2-core machine (docs/deploying.md).
+    each part's activations stay in its core's cache. ResNet-50, batch 8, 2 threads: faster than one two-thread
+    request in every interleaved A/B on this project's 2-core machine, int8 and float32 (docs/deploying.md).
     """
 
     def __init__(self, core, model, config: dict, threads: int, dynamic_batch: bool):
