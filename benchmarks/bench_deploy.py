@@ -1,8 +1,10 @@
-"""CPU deployment: ResNet-50 inference in PyTorch, in XLA and in ONNX Runtime on our export, side by side.
+"""CPU deployment: ResNet inference in PyTorch, in XLA and in ONNX Runtime and OpenVINO on our export, side by side.
 
-Contestants, float32, 224x224, all cores, rounds interleaved, medians:
+For each of ``--models`` (default ``resnet50``; e.g. ``resnet18`` and timm's ``resnet50d`` too), one report
+section. Contestants, float32, 224x224, all cores, rounds interleaved, medians:
 
-* PyTorch eager: torchvision's ResNet-50 in ``channels_last`` under ``inference_mode``;
+* PyTorch eager: torchvision's model (timm's for a name torchvision lacks) in ``channels_last`` under
+  ``inference_mode``;
 * ours in XLA: BatchNorm folded (:func:`fold_batchnorm`), under :func:`resnet_bottleneck.xla.jit`;
 * ours in ONNX Runtime: :func:`export_onnx`'s graph (BatchNorm folded, one Conv per conv,
   dynamic batch, ``image_size`` fixed) with :func:`resnet_bottleneck.io.onnx.session_options`,
@@ -19,9 +21,12 @@ In the same interleaved rounds, int8 and the other precisions (issue 26), the sa
 * ours in OpenVINO, float32 (``INFERENCE_PRECISION_HINT=f32``) and bf16 (where the CPU has it);
 * PyTorch's own int8: ``torchvision.models.quantization`` (``quantize=False``, the same float weights
   loaded), fused, eager post-training quantization with the ``x86`` backend, calibrated on the same
-  images as ours (``--calibration-images`` random images, normalised as ImageNet's).
+  images as ours (``--calibration-images`` random images, normalised as ImageNet's); for a timm variant,
+  timm's model with the same weights through FX graph-mode quantization (``prepare_fx``/``convert_fx``,
+  ``get_default_qconfig_mapping('x86')``).
 
-    python benchmarks/bench_deploy.py [--batches 1 8] [--repeats 7] [--options] [--quick] [--write]
+    python benchmarks/bench_deploy.py [--models resnet50 resnet18 resnet50d] [--batches 1 8] [--repeats 7]
+                                      [--options] [--quick] [--write]
 """
 
 from __future__ import annotations
@@ -44,10 +49,14 @@ import resnet_bottleneck as rb  # noqa: E402
 TORCH, XLA = "PyTorch eager", "ours, XLA"
 ORT = {"NCHW": "ours, ONNX Runtime (NCHW)", "NHWC": "ours, ONNX Runtime (NHWC)"}
 TARGET, MOONSHOT = 1.25, 1.5
-TORCH_INT8 = "PyTorch int8 (eager PTQ, x86)"
+TORCH_INT8 = "PyTorch int8 (PTQ, x86)"
 INT8 = {"onnxruntime": "ours int8, ONNX Runtime", "openvino": "ours int8, OpenVINO"}
 OV_F32, OV_BF16 = "ours f32, OpenVINO", "ours bf16, OpenVINO"
 INT8_TARGET, INT8_MOONSHOT = 1.2, 1.5
+#: The models timed by default, and those torchvision builds (its quantizable twins too); any other family
+#: name is timm's model (its PyTorch int8 by FX graph-mode quantization).
+MODELS = ("resnet50",)
+TORCHVISION = ("resnet18", "resnet50")
 
 
 def _session(proto, **changes):
@@ -98,7 +107,8 @@ def contestants(name: str, batch: int, size: int):
     expected = np.asarray(forward(folded, x))
     agreement = max(np.abs(s.run(None, {"images": inputs[k]})[0] - expected).max() for k, s in sessions.items())
     agreement /= np.abs(expected).max()
-    runners = {TORCH: w.torch_eval(name, batch, size), XLA: lambda: forward(folded, x).block_until_ready()}
+    torch_eval = w.torch_eval if name in TORCHVISION else w.timm_eval
+    runners = {TORCH: torch_eval(name, batch, size), XLA: lambda: forward(folded, x).block_until_ready()}
     for layout, s in sessions.items():
         runners[ORT[layout]] = partial(s.run, None, {"images": inputs[layout]})
     return runners, agreement, protos["NCHW"], onnx_model(model, variables), inputs["NCHW"]
@@ -115,34 +125,68 @@ def calibration_images(count: int, size: int, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
 
 
-def torch_int8(name: str, variables, calibration: np.ndarray, x: np.ndarray):
-    """PyTorch's own int8 ``name``: ``torchvision.models.quantization`` with our float weights, fused, eager
-    post-training quantization (x86 backend) calibrated on ``calibration`` (normalised as ImageNet's). A
-    runner on the NCHW batch ``x``, and the model."""
+def torch_int8_model(name: str, variables, calibration: np.ndarray):
+    """PyTorch's own int8 ``name`` with our float ``variables``, calibrated on ``calibration`` (normalised as
+    ImageNet's), x86 backend: torchvision's quantizable model (``torchvision.models.quantization``, fused, eager
+    post-training quantization) for resnet18 and resnet50; for any other name timm's model
+    (:func:`~resnet_bottleneck.io.timm.to_timm` weights) through FX graph-mode post-training quantization
+    (``prepare_fx``/``convert_fx`` with ``get_default_qconfig_mapping('x86')``), PyTorch's way for a model
+    without hand-written quant stubs."""
     import warnings
 
-    import torchvision.models.quantization as tq
-
     from resnet_bottleneck.data.transforms import normalize
-    from resnet_bottleneck.io.torchvision import to_torchvision
 
     torch = w._torch()
-    model = getattr(tq, name)(weights=None, quantize=False)
-    state = to_torchvision(variables, name, as_numpy=True)
-    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
-    model.eval()
-    with warnings.catch_warnings():  # torch.ao.quantization's eager API and its observers warn of deprecations
+    torch.backends.quantized.engine = "x86"
+    images = torch.from_numpy(np.ascontiguousarray(normalize(calibration).transpose(0, 3, 1, 2)))
+    with warnings.catch_warnings():  # torch.ao.quantization's APIs and its observers warn of deprecations
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        model.fuse_model()
-        torch.backends.quantized.engine = "x86"
-        model.qconfig = torch.ao.quantization.get_default_qconfig("x86")
-        torch.ao.quantization.prepare(model, inplace=True)
-        images = torch.from_numpy(np.ascontiguousarray(normalize(calibration).transpose(0, 3, 1, 2)))
+        warnings.simplefilter("ignore", FutureWarning)
+        if name in TORCHVISION:
+            import torchvision.models.quantization as tq
+
+            from resnet_bottleneck.io.torchvision import to_torchvision
+
+            model = getattr(tq, name)(weights=None, quantize=False)
+            state = to_torchvision(variables, name, as_numpy=True)
+        else:
+            import timm
+
+            from resnet_bottleneck.io.timm import to_timm
+
+            model = timm.create_model(name, pretrained=False)
+            state = to_timm(variables, name, as_numpy=True)
+        model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+        model.eval()
+        if name in TORCHVISION:
+            model.fuse_model()
+            model.qconfig = torch.ao.quantization.get_default_qconfig("x86")
+            torch.ao.quantization.prepare(model, inplace=True)
+        else:
+            from torch.ao.quantization import get_default_qconfig_mapping
+            from torch.ao.quantization.quantize_fx import prepare_fx
+
+            model = prepare_fx(model, get_default_qconfig_mapping("x86"), (images[:1],))
         with torch.inference_mode():
             for start in range(0, len(images), 8):
                 model(images[start : start + 8])
-        torch.ao.quantization.convert(model, inplace=True)
+        if name in TORCHVISION:
+            torch.ao.quantization.convert(model, inplace=True)
+        else:
+            from torch.ao.quantization.quantize_fx import convert_fx
+
+            model = convert_fx(model)
+    return model
+
+
+def torch_int8(name: str, variables, calibration: np.ndarray, x: np.ndarray):
+    """A runner of :func:`torch_int8_model` on the NCHW batch ``x``."""
+    return _torch_runner(torch_int8_model(name, variables, calibration), x)
+
+
+def _torch_runner(model, x: np.ndarray):
+    torch = w._torch()
     batch = torch.from_numpy(x)
 
     def run():
@@ -152,24 +196,41 @@ def torch_int8(name: str, variables, calibration: np.ndarray, x: np.ndarray):
     return run
 
 
-def precision_contestants(name: str, variables, float_proto, x: np.ndarray, calibration: np.ndarray, tmp: Path):
-    """The int8, OpenVINO and PyTorch int8 runners on the NCHW batch ``x`` (ours from ``float_proto``), and
-    each one's output's max |difference| from our float32 (ONNX Runtime) over its largest logit."""
+def precision_models(name: str, variables, float_proto, calibration: np.ndarray, tmp: Path) -> dict:
+    """Each precision contestant of one model, built once for every batch: label -> a function of an NCHW
+    batch (ours int8 from ``float_proto`` on both runtimes, ours in OpenVINO float32 and bf16, PyTorch's own
+    int8), and ``'float32'``, our float32 on ONNX Runtime (the reference)."""
     from resnet_bottleneck.data import ImageArrays
     from resnet_bottleneck.io.onnx import load_onnx, openvino_bf16
     from resnet_bottleneck.io.quantize import quantize_onnx
 
-    float_path = tmp / "float32.onnx"
+    float_path = tmp / f"{name}-float32.onnx"
     float_path.write_bytes(float_proto.SerializeToString())
     source = ImageArrays(calibration, np.zeros(len(calibration), np.int32), ("",))
-    int8_path = quantize_onnx(float_path, tmp / "int8.onnx", source, images=len(calibration)).path
+    int8_path = quantize_onnx(float_path, tmp / f"{name}-int8.onnx", source, images=len(calibration)).path
     sessions = {INT8[r]: load_onnx(int8_path, runtime=r, threads=cores()).session for r in INT8}
     sessions[OV_F32] = load_onnx(float_path, runtime="openvino", threads=cores()).session
     if openvino_bf16():
         sessions[OV_BF16] = load_onnx(float_path, runtime="openvino", threads=cores(), precision="bf16").session
-    runners = {label: partial(s.run, None, {"images": x}) for label, s in sessions.items()}
-    runners[TORCH_INT8] = torch_int8(name, variables, calibration, x)
-    expected = load_onnx(float_path, runtime="onnxruntime", threads=cores()).session.run(None, {"images": x})[0]
+    sessions["float32"] = load_onnx(float_path, runtime="onnxruntime", threads=cores()).session
+    models = {label: partial(_session_runner, s) for label, s in sessions.items()}
+    models[TORCH_INT8] = torch_int8_model(name, variables, calibration)
+    return models
+
+
+def _session_runner(session, x: np.ndarray):
+    return partial(session.run, None, {"images": x})
+
+
+def precision_contestants(models: dict, x: np.ndarray):
+    """The runners of :func:`precision_models` on the NCHW batch ``x``, and each one's output's max |difference|
+    from our float32 (ONNX Runtime) over its largest logit."""
+    runners = {
+        label: _torch_runner(make, x) if label == TORCH_INT8 else make(x)
+        for label, make in models.items()
+        if label != "float32"
+    }
+    expected = models["float32"](x)()[0]
     scale = np.abs(expected).max()
     outputs = {label: np.asarray(run()[0] if label != TORCH_INT8 else run()) for label, run in runners.items()}
     return runners, {label: float(np.abs(out - expected).max() / scale) for label, out in outputs.items()}
@@ -196,6 +257,12 @@ def option_variants(proto, dynamic, x):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        help=f"family names, each timed with every contestant (default: {' '.join(MODELS)}; also e.g. resnet18 "
+        "and timm's resnet50d)",
+    )
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=7)
@@ -214,54 +281,31 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.write and args.quick:
         parser.error("--quick is a smoke test; it does not --write")
+    unknown = [name for name in args.models or () if name not in rb.list_models()]
+    if unknown:
+        parser.error(f"--models: {', '.join(unknown)} not in resnet_bottleneck.list_models()")
     reused = not SYSTEM_MALLOC and rb.xla.reuse_freed_memory()
     start_load = ", ".join(f"{a:.2f}" for a in os.getloadavg())
-    import tempfile
 
     import onnxruntime
     import torch
 
-    name, size, batches, repeats = "resnet50", args.image_size, args.batches, args.repeats
+    names, size, batches, repeats = args.models or list(MODELS), args.image_size, args.batches, args.repeats
     calibration = args.calibration_images
     if args.quick:
-        name, size, batches, repeats, calibration = "resnet18", 32, [1, 2], 1, 4
+        names, size, batches, repeats, calibration = args.models or ["resnet18"], 32, [1, 2], 1, 4
     calibration = calibration_images(calibration, size)
-    rows, option_rows, agreements, precision_errors = [], [], [], []
-    for batch in batches:
-        runners, agreement, proto, dynamic, x = contestants(name, batch, size)
-        agreements.append(agreement)
-        print(f"batch {batch}: ONNX Runtime vs XLA, max |difference| / max |logit| = {agreement:.1e}", flush=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            variables = random_variables(rb.create_model(name), size)  # contestants' weights (the same seed)
-            more, errors = precision_contestants(name, variables, proto, x, calibration, Path(tmp))
-        runners.update(more)
-        precision_errors.append((batch, errors))
-        print(
-            f"batch {batch}: max |difference| / max |logit| from our float32: "
-            + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()),
-            flush=True,
-        )
-        inner = max(1, 8 // batch)  # about as long a timed call at every batch
-        seconds = interleaved(runners, repeats, inner, pause=args.pause)
-        rows.append((batch, seconds))
-        print(f"batch {batch}: " + "  ".join(f"{k} {v * 1e3:.1f} ms" for k, v in seconds.items()), flush=True)
-        if args.options:
-            variants = interleaved(option_variants(proto, dynamic, x), repeats, inner, pause=args.pause)
-            option_rows.append((batch, variants))
-            print(
-                f"batch {batch} options: " + "  ".join(f"{k} {v * 1e3:.1f} ms" for k, v in variants.items()), flush=True
-            )
-        del runners
-
-    lines = [*table(rows), "", *verdicts(rows, agreements), *options_table(option_rows)]
-    lines += ["", *int8_table(rows), "", *int8_verdicts(rows, precision_errors)]
-    text = "\n".join(lines)
+    sections = []
+    for name in names:
+        print(f"{name}:", flush=True)
+        sections.append(time_model(name, size, batches, repeats, calibration, args))
+    text = "\n\n".join(sections)
     print(text)
     if args.write:
         load = ", ".join(f"{a:.2f}" for a in os.getloadavg())
         write_section(
             "deploy",
-            "Deploy: ResNet-50 inference on CPU, PyTorch vs XLA vs ONNX Runtime and OpenVINO on our export "
+            f"Deploy: {', '.join(names)} inference on CPU, PyTorch vs XLA vs ONNX Runtime and OpenVINO on our export "
             "(float32; bf16 and int8 against PyTorch's own int8)",
             text,
             reused_memory=reused,
@@ -270,9 +314,66 @@ def main(argv=None) -> None:
             f"{len(calibration)} random calibration images for both int8 contestants; load average at the start "
             f"{start_load}, at the end {load}, this run's own threads included)",
             text="Ratios are images/s relative to PyTorch (above 1 is faster). `resnet-bottleneck export IN OUT.onnx "
-            "--image-size 224` writes the graph timed here; `predict --runtime onnxruntime` runs it with these "
-            "session options.",
+            "--image-size 224` writes the graph timed here (`--int8` its int8 form); `predict` runs it with these "
+            "session options. PyTorch's own int8 is torchvision's quantizable model (eager post-training "
+            "quantization) for resnet18 and resnet50, and timm's model through FX graph-mode quantization for "
+            "timm's variants; x86 backend, the same weights and calibration images as ours.",
         )
+
+
+def time_model(name: str, size: int, batches, repeats: int, calibration: np.ndarray, args) -> str:
+    """Every contestant of one model at each batch, interleaved: its section of the report (a heading, the
+    float32 table and verdicts, the options table, the int8 table and verdicts)."""
+    import tempfile
+
+    rows, option_rows, agreements, precision_errors = [], [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        models = None
+        for batch in batches:
+            runners, agreement, proto, dynamic, x = contestants(name, batch, size)
+            agreements.append(agreement)
+            print(f"batch {batch}: ONNX Runtime vs XLA, max |difference| / max |logit| = {agreement:.1e}", flush=True)
+            if models is None:  # quantized once per model; every batch runs the same files
+                variables = random_variables(rb.create_model(name), size)  # contestants' weights (the same seed)
+                models = precision_models(name, variables, proto, calibration, Path(tmp))
+            more, errors = precision_contestants(models, x)
+            runners.update(more)
+            precision_errors.append((batch, errors))
+            print(
+                f"batch {batch}: max |difference| / max |logit| from our float32: "
+                + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()),
+                flush=True,
+            )
+            inner = max(1, 8 // batch)  # about as long a timed call at every batch
+            seconds = interleaved(runners, repeats, inner, pause=args.pause)
+            rows.append((batch, seconds))
+            print(f"batch {batch}: " + "  ".join(f"{k} {v * 1e3:.1f} ms" for k, v in seconds.items()), flush=True)
+            if args.options:
+                variants = interleaved(option_variants(proto, dynamic, x), repeats, inner, pause=args.pause)
+                option_rows.append((batch, variants))
+                print(
+                    f"batch {batch} options: " + "  ".join(f"{k} {v * 1e3:.1f} ms" for k, v in variants.items()),
+                    flush=True,
+                )
+            del runners
+    source = "torchvision" if name in TORCHVISION else "timm"
+    how = (
+        "torchvision's quantizable model, eager post-training quantization"
+        if name in TORCHVISION
+        else "timm's model, FX graph-mode post-training quantization"
+    )
+    lines = [
+        f"### {name}",
+        "",
+        f"PyTorch eager: {source}'s {name}; PyTorch's own int8: {how}, our weights.",
+        "",
+        *table(rows),
+        "",
+        *verdicts(rows, agreements),
+        *options_table(option_rows),
+    ]
+    lines += ["", *int8_table(rows), "", *int8_verdicts(rows, precision_errors)]
+    return "\n".join(lines)
 
 
 def table(rows) -> list[str]:

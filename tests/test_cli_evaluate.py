@@ -263,8 +263,13 @@ def test_evaluate_a_folder_as_torchvision_computes_it(tmp_path):
             "argument OUT: must end in .safetensors, .onnx",
         ),
         (
-            ["evaluate", "--weights", "{tmp}/m.onnx"],
-            "argument --weights: {tmp}/m.onnx is an ONNX file; evaluate it with --runtime onnxruntime",
+            ["evaluate", "--weights", "{tmp}/m.onnx", "--runtime", "jax"],
+            "argument --runtime: jax runs our model files; {tmp}/m.onnx is an ONNX file: evaluate it with "
+            "--runtime auto (the default), onnxruntime or openvino",
+        ),
+        (
+            ["evaluate", "--weights", "{tmp}/m.onnx"],  # --runtime auto: an .onnx file goes to an ONNX runtime
+            "argument --weights: no such ONNX file: {tmp}/m.onnx",
         ),
         (
             ["evaluate", "--weights", "{tmp}/r18.pth", "--runtime", "onnxruntime"],

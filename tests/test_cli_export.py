@@ -183,8 +183,13 @@ def test_export_then_predict_with_onnxruntime(files, tmp_path, capsys):
             "is not an ONNX model ONNX Runtime can run",
         ),
         (
-            ["predict", "{root}/a.png", "--weights", "{root}/garbage.onnx", "--model", "resnet18"],
-            "argument --weights: {root}/garbage.onnx is an ONNX file; run it with --runtime onnxruntime",
+            ["predict", "{root}/a.png", "--weights", "{root}/garbage.onnx", "--model", "resnet18", "--runtime", "jax"],
+            "argument --runtime: jax runs our model files; {root}/garbage.onnx is an ONNX file: run it with "
+            "--runtime auto (the default), onnxruntime or openvino",
+        ),
+        (
+            ["predict", "{root}/a.png", "--weights", "{root}/garbage.onnx"],  # --runtime auto: ONNX Runtime's verdict
+            "argument --weights: {root}/garbage.onnx is not an ONNX model ONNX Runtime can run",
         ),
         (
             ["predict", "{root}/a.png", "--weights", "{root}/r18.pth"],

@@ -1,5 +1,5 @@
 """int8 export (io.quantize) and the OpenVINO runtime (io.onnx.load_onnx): the quantized graph, its metadata,
-both runtimes against each other and against float32 on a trained model (the digits run), bad input."""
+both runtimes against each other and against float32 on a trained model (a 10-epoch digits run), bad input."""
 
 import subprocess
 import sys
@@ -18,15 +18,21 @@ from resnet_bottleneck.inference import held_out_split, training_split
 from resnet_bottleneck.io.onnx import export_onnx, load_onnx, openvino_bf16
 from resnet_bottleneck.io.quantize import CALIBRATION_IMAGES, calibration_summary, quantize_onnx
 
+#: A trained digits run that is cheap enough for the suite: resnet_tiny at 16x16 for 10 epochs (about 98% top-1
+#: on the 359 held-out images; the suite's shared 2-epoch run, about 77%, is too undertrained for the issue's
+#: bounds: its margins are so thin that int8's rounding flips 1-2% of its answers, docs/deploying.md).
+TRAINED = ["--image-size", "16", "--batch-size", "64", "--epochs", "10", "--checkpoint-every", "100", "--keep", "1"]
+
 
 @pytest.fixture(scope="module")
-def digits_files(digits_run, tmp_path_factory):
-    """The digits run exported in float32 (``export``) and quantized on its training images (256, min-max);
-    its held-out images, normalised as the files say, and their labels."""
+def digits_files(tmp_path_factory):
+    """A trained digits run (:data:`TRAINED`) exported in float32 (``export``) and quantized on its training
+    images (256, min-max); its held-out images, normalised as the files say, and their labels."""
     from resnet_bottleneck.cli import main
 
-    run, _ = digits_run
     root = tmp_path_factory.mktemp("int8")
+    run = root / "run"
+    assert main(["train", *TRAINED, "--out", str(run), "--json"]) == 0
     assert main(["export", str(run), str(root / "f32.onnx")]) == 0
     f32 = load_onnx(root / "f32.onnx", runtime="onnxruntime")
     train, description = training_split(f32.metadata)
@@ -83,16 +89,12 @@ def test_int8_metadata_records_the_calibration(digits_files):
 
 
 def test_runtimes_agree_on_the_int8_file_and_with_float32(digits_files):
-    """On the trained digits run's held-out split (359 images): ONNX Runtime and OpenVINO on the int8 file
-    agree with each other, and each with float32.
+    """On a trained digits run's held-out split (359 images; :data:`TRAINED`): ONNX Runtime and OpenVINO on the
+    int8 file agree with each other, and each with float32, within the issue's bounds: top-1 within 0.5 points
+    of float32's (at most one image of 359 net) and top-1 agreement at least 99% (at most 3 images differ).
 
-    Measured on this run (resnet_tiny, 16x16, 2 epochs, 77% top-1): the runtimes agree on 98.3% of top-1,
-    within 0.09 in probability; int8 is within 0.6 (ONNX Runtime) and 1.1 (OpenVINO) points of float32's
-    top-1, agreeing with it on 97.8-98.3% of images. The issue's target (0.5 points, 99%) is not asserted
-    on this run: a barely trained model's margins are too thin. The same model trained 10 epochs (97.8%
-    top-1; too slow for the suite) holds it with room: 0.0 points, 100% agreement, the runtimes 100% and
-    within 0.035 (docs/deploying.md). The bounds below leave room for a re-run and still catch a broken
-    quantizer (an uncalibrated or mis-scaled graph agrees with float32 on few images)."""
+    Measured on this run: both runtimes' int8 top-1 equal to float32's, 100% agreement (docs/deploying.md).
+    A broken quantizer (uncalibrated, mis-scaled) agrees with float32 on few images and fails at once."""
     root, _, x, labels = digits_files
     logits = {
         "f32": load_onnx(root / "f32.onnx", runtime="onnxruntime")(x),
@@ -101,17 +103,18 @@ def test_runtimes_agree_on_the_int8_file_and_with_float32(digits_files):
     }
     top1 = {k: v.argmax(1) for k, v in logits.items()}
     accuracy = {k: float((v == labels).mean()) for k, v in top1.items()}
-    assert (top1["ort"] == top1["ov"]).mean() >= 0.97
-    assert np.abs(_softmax(logits["ort"]) - _softmax(logits["ov"])).max() <= 0.15
+    assert accuracy["f32"] >= 0.95, accuracy  # the trained model this test is about
+    assert (top1["ort"] == top1["ov"]).mean() >= 0.99
+    assert np.abs(_softmax(logits["ort"]) - _softmax(logits["ov"])).max() <= 0.1
     for runtime in ("ort", "ov"):
-        assert (top1[runtime] == top1["f32"]).mean() >= 0.96, runtime
-        assert abs(accuracy[runtime] - accuracy["f32"]) <= 0.02, (runtime, accuracy)
+        assert (top1[runtime] == top1["f32"]).mean() >= 0.99, runtime
+        assert abs(accuracy[runtime] - accuracy["f32"]) <= 0.005, (runtime, accuracy)
 
 
 def test_openvino_f32_equals_onnxruntime_f32_and_bf16_is_asked_for(digits_files):
     """OpenVINO's default here is float32 (asked for explicitly; its own CPU default is bf16 where the CPU has
     it): within 1e-4 of ONNX Runtime's logits' scale. bf16 is used only when asked: further off, but close."""
-    root, _, x, _ = digits_files
+    root, _, x, labels = digits_files
     ort = load_onnx(root / "f32.onnx", runtime="onnxruntime")(x)
     ov = load_onnx(root / "f32.onnx", runtime="openvino", threads=2)
     assert ov.precision == "f32" and ov.runtime == "openvino"
@@ -127,7 +130,9 @@ def test_openvino_f32_equals_onnxruntime_f32_and_bf16_is_asked_for(digits_files)
     assert bf16.precision == "bf16"
     error = np.abs(bf16(x) - ort).max()
     assert 1e-4 * scale < error <= 5e-2 * scale  # bf16's 8-bit mantissa shows, and stays small
-    assert (bf16(x).argmax(1) == ort.argmax(1)).mean() >= 0.97
+    top1 = bf16(x).argmax(1)
+    assert (top1 == ort.argmax(1)).mean() >= 0.99  # the issue's bounds for bf16 too: 99% agreement, 0.5 points
+    assert abs((top1 == labels).mean() - (ort.argmax(1) == labels).mean()) <= 0.005
 
 
 def test_default_runtime_is_openvino_for_int8_only(digits_files):

@@ -21,7 +21,7 @@ import traceback
 
 from .. import __version__, errors
 from . import convert, cost, evaluate, export, forward, predict, serve, train
-from ._common import PROG, UsageError
+from ._common import PROG, UsageError, resolve_runtime
 
 #: The subcommands, in the order ``--help`` lists them; each has ``add_parser(commands)``.
 COMMANDS = (forward, cost, convert, export, predict, evaluate, train, serve)
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (sys.argv[1:] if argv is None else argv):  # no command: the help, as asked for
             parser.print_help(sys.stdout)
             return 0
-        args = parser.parse_args(argv)
+        args = resolve_runtime(parser.parse_args(argv))
         debug = debug or args.debug
         return args.run(args)
     except errors.Error as err:  # bad input, a run that cannot go on, a missing optional dependency

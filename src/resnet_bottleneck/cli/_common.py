@@ -98,12 +98,15 @@ def model_name(text: str) -> str:
 
 def open_model(weights: str, model: str | None, verb: str):
     """``(model, variables, metadata, (image size, mean, std))`` of our model for ``--runtime jax``,
-    preprocessed as its file says; an ``.onnx`` file is pointed to ``--runtime onnxruntime`` (``verb`` it)."""
+    preprocessed as its file says; an ``.onnx`` file is pointed to the runtimes that run it (``verb`` it)."""
     from ..inference import load_model
     from ..io.metadata import preprocessing
 
     if weights.lower().endswith(".onnx"):
-        raise UsageError(f"argument --weights: {weights} is an ONNX file; {verb} it with --runtime onnxruntime")
+        raise UsageError(
+            f"argument --runtime: jax runs our model files; {weights} is an ONNX file: {verb} it with --runtime "
+            "auto (the default), onnxruntime or openvino"
+        )
     with argument("--weights"):
         model, variables, metadata = load_model(weights, model)
         return model, variables, metadata, preprocessing(metadata, weights)
@@ -111,16 +114,20 @@ def open_model(weights: str, model: str | None, verb: str):
 
 #: The ``--runtime`` choices that run an ``.onnx`` file.
 ONNX_RUNTIMES = ("onnxruntime", "openvino")
+#: Every ``--runtime`` choice; ``auto`` (the default) is :func:`runtime_for` the weights.
+RUNTIME_CHOICES = ("auto", "jax", *ONNX_RUNTIMES)
 
 
 def add_runtime_arguments(parser, verb: str) -> None:
-    """``--runtime`` (jax, onnxruntime, openvino) and ``--precision`` (OpenVINO's f32 or bf16), for ``verb``."""
+    """``--runtime`` (auto, jax, onnxruntime, openvino) and ``--precision`` (OpenVINO's f32 or bf16), for
+    ``verb``; ``main`` turns ``auto`` into :func:`runtime_for` ``--weights`` before the command runs."""
     parser.add_argument(
         "--runtime",
-        choices=("jax", *ONNX_RUNTIMES),
-        default="jax",
-        help=f"jax (the default), or onnxruntime or openvino to {verb} an .onnx file from export (an int8 file "
-        "runs faster on openvino: pip install 'resnet-bottleneck[openvino]')",
+        choices=RUNTIME_CHOICES,
+        default="auto",
+        help=f"what to {verb} --weights with. auto (the default): jax for our model files; for an .onnx file from "
+        "export, the runtime measured faster for it on x86 CPUs: openvino for an int8 file where it is installed "
+        "(pip install 'resnet-bottleneck[openvino]'), else onnxruntime",
     )
     parser.add_argument(
         "--precision",
@@ -128,6 +135,25 @@ def add_runtime_arguments(parser, verb: str) -> None:
         help="what --runtime openvino computes float parts in: f32 (the default) or bf16 (CPUs with bfloat16 "
         "arithmetic; faster, about 3 significant digits)",
     )
+
+
+def runtime_for(weights: str | None) -> str:
+    """``--runtime auto``'s choice for ``weights``: an ``.onnx`` file's default runtime
+    (:func:`~resnet_bottleneck.io.onnx.default_runtime`: OpenVINO for int8 where installed, else ONNX Runtime),
+    ``jax`` for anything else (our model files, torchvision's and timm's weights)."""
+    if weights is None or not str(weights).lower().endswith(".onnx"):
+        return "jax"
+    from ..io.onnx import default_runtime, file_metadata
+
+    return default_runtime(file_metadata(weights))
+
+
+def resolve_runtime(args):
+    """``args`` with ``runtime`` ``auto`` replaced by :func:`runtime_for` its ``weights`` (other values and
+    commands without ``--runtime`` unchanged)."""
+    if getattr(args, "runtime", None) == "auto":
+        args.runtime = runtime_for(getattr(args, "weights", None))
+    return args
 
 
 def open_onnx(weights: str, model: str | None, runtime: str = "onnxruntime", precision: str | None = None):

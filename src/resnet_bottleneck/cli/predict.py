@@ -8,9 +8,9 @@ image that cannot be decoded is skipped and the others go on; at the end one lin
 (and counts any others) and the exit status is 2, so a script sees that not every image was
 classified. ``--json`` then lists it with its ``error`` in place of ``top5``.
 
-``--runtime jax`` (the default) runs our model on JAX; ``--runtime onnxruntime`` runs an ``.onnx``
-file from ``export`` (or any image classifier of that shape) with ONNX Runtime, compiling nothing
-with JAX.
+``--runtime auto`` (the default) runs our model files on JAX and an ``.onnx`` file from ``export`` (or any
+image classifier of that shape) on the runtime measured faster for it (OpenVINO for int8 where installed,
+else ONNX Runtime), compiling nothing with JAX; ``--runtime jax|onnxruntime|openvino`` chooses.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def add_parser(commands) -> None:
         "the model file's image size, crop_pct, interpolation and normalisation (torchvision's ImageNet "
         "preprocessing, bilinear 256 then 224, for files that do not say), then the top-5 classes of each "
         "image, named by --labels, else by the weights file's own class names, else by ImageNet's for a "
-        "1,000-class model; otherwise by index. With --runtime "
-        "onnxruntime, an .onnx file from export (its metadata gives the same) or any image classifier with one "
+        "1,000-class model; otherwise by index. It also runs "
+        "an .onnx file from export (its metadata gives the same) or any image classifier with one "
         "[N, 3, H, W] or [N, H, W, 3] float input and one [N, classes] output.",
     )
     parser.add_argument(
@@ -48,7 +48,7 @@ def add_parser(commands) -> None:
         "--weights",
         required=True,
         help="a model file (train's OUT/model.safetensors, export's, convert's), a run directory, or "
-        "torchvision's or timm's weights (.pth, .pt, .safetensors); an .onnx file with --runtime onnxruntime",
+        "torchvision's or timm's weights (.pth, .pt, .safetensors); an .onnx file from export (float32 or int8)",
     )
     parser.add_argument(
         "--model",

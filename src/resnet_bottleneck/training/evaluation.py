@@ -201,3 +201,94 @@ def evaluate_onnx(
         return evaluation(classifier)
     finally:
         evaluation.close()
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """One side of :func:`compare`: ``logits`` of a uint8 NHWC batch (normalised by the model itself, as
+    its file says), and the evaluation transform its images get."""
+
+    logits: object
+    image_size: int
+    crop_pct: float = CROP_FRACTION
+    interpolation: str = "bilinear"
+
+    @property
+    def transform(self) -> tuple:
+        return self.image_size, self.crop_pct, self.interpolation
+
+
+@dataclass
+class Comparison:
+    """Two models' :class:`Scores` on the same images, and on how many of them their top-1 class is the same."""
+
+    first: Scores
+    second: Scores
+    agree: int
+
+    @property
+    def agreement(self) -> float:
+        """The share of images (in [0, 1]) where both models' top-1 class is the same."""
+        return self.agree / max(self.first.count, 1)
+
+
+def jax_logits(model, variables, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """Logits of a uint8 NHWC batch by our ``model`` in eval mode, normalised by ``mean``/``std``; compiled
+    once per batch shape (a :class:`Scorer`'s ``logits``)."""
+    forward = xla.jit(lambda v, x: model.apply(v, normalize(x, tuple(mean), tuple(std)), train=False))
+    return lambda images: np.asarray(forward(variables, images))
+
+
+def onnx_logits(classifier):
+    """Logits of a uint8 NHWC batch by an ``.onnx`` classifier (:func:`~resnet_bottleneck.io.onnx.load_onnx`),
+    normalised by its own ``mean``/``std`` (a :class:`Scorer`'s ``logits``)."""
+    return lambda images: classifier(normalize(images, classifier.mean, classifier.std))
+
+
+def compare(first: Scorer, second: Scorer, source, *, batch_size: int, workers: int = 0) -> Comparison:
+    """Both models' top-1, top-5 and loss on ``source`` and their top-1 agreement, in one pass over its images:
+    each batch goes through both (decoded once where their transforms are the same, else once per transform,
+    in step). Unreadable images are left out of both counts.
+
+    Raises:
+      data.DataError: ``batch_size`` does not fit the source.
+    """
+    transforms = list(dict.fromkeys((first.transform, second.transform)))
+    iterators = [
+        iter(
+            data.evaluation_batches(
+                source, image_size=size, batch_size=batch_size, workers=workers, crop_pct=crop, interpolation=interp
+            )
+        )
+        for size, crop, interp in transforms
+    ]
+    totals: dict[str, list] = {"first": [], "second": []}
+    agree, bad = 0, set()
+    try:
+        for _ in range(data.evaluation_steps(source, batch_size)):
+            batches = {t: private_copy(next(it)) for t, it in zip(transforms, iterators, strict=True)}
+            logits = {}
+            for side, scorer in (("first", first), ("second", second)):
+                batch = batches[scorer.transform]
+                logits[side] = np.asarray(scorer.logits(batch["image"]))
+                totals[side].append(host_sums(logits[side], batch["label"], batch["mask"]))
+            mask = batch["mask"]
+            bad.update(int(i) for i in batch["bad"] if i >= 0)
+            agree += int(np.sum((np.argmax(logits["first"], -1) == np.argmax(logits["second"], -1)) & mask))
+    finally:
+        for it in iterators:
+            it.close()
+    skipped = sorted(source.path(i) for i in bad)
+
+    def scores(side: str) -> Scores:
+        sums = {k: sum(t[k] for t in totals[side]) for k in totals[side][0]}
+        count = max(int(sums["count"]), 1)
+        return Scores(
+            int(sums["correct"]) / count,
+            int(sums["top5"]) / count,
+            float(sums["loss"]) / count,
+            int(sums["count"]),
+            skipped,
+        )
+
+    return Comparison(scores("first"), scores("second"), agree)
