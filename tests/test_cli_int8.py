@@ -161,3 +161,27 @@ def test_openvino_missing_is_one_line(files, tmp_path, capsys, monkeypatch):
     argv = ["predict", str(files / "images" / "0.png"), "--weights", str(tmp_path / "m.onnx"), "--runtime", "openvino"]
     assert main(argv) == 2
     one_line_error(capsys.readouterr().err, "argument --runtime: openvino is needed", "[openvino]")
+
+
+def test_auto_runtime_follows_the_file_and_a_bf16_request(files, tmp_path):
+    """``--runtime auto`` (the default): a float32 .onnx file on ONNX Runtime, or on OpenVINO when bf16 is asked
+    for (only OpenVINO computes in it); an int8 file on OpenVINO; our model files on JAX."""
+    from argparse import Namespace
+
+    from resnet_bottleneck.cli._common import resolve_runtime
+
+    def resolved(weights, precision=None):
+        return resolve_runtime(Namespace(runtime="auto", weights=str(weights), precision=precision)).runtime
+
+    float32, int8 = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    assert main(["export", str(files / "tiny.safetensors"), str(float32)]) == 0
+    assert resolved(float32) == "onnxruntime"
+    assert resolved(float32, "bf16") == "openvino"
+    assert resolved(float32, "f32") == "onnxruntime"
+    assert resolved(files / "tiny.safetensors") == "jax"
+    assert (
+        main(["export", str(files / "tiny.safetensors"), str(int8), "--int8", "--calibration", str(files / "images")])
+        == 0
+    )
+    assert resolved(int8) == "openvino"
+    assert resolve_runtime(Namespace(runtime="onnxruntime", weights=str(int8), precision=None)).runtime == "onnxruntime"

@@ -150,9 +150,12 @@ def runtime_for(weights: str | None) -> str:
 
 def resolve_runtime(args):
     """``args`` with ``runtime`` ``auto`` replaced by :func:`runtime_for` its ``weights`` (other values and
-    commands without ``--runtime`` unchanged)."""
+    commands without ``--runtime`` unchanged); an ``.onnx`` file asked for ``--precision bf16`` runs on
+    OpenVINO, the runtime that computes in bf16."""
     if getattr(args, "runtime", None) == "auto":
         args.runtime = runtime_for(getattr(args, "weights", None))
+        if args.runtime == "onnxruntime" and getattr(args, "precision", None) == "bf16":
+            args.runtime = "openvino"
     return args
 
 
