@@ -332,7 +332,7 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients for the served images/s")
     parser.add_argument("--batch", type=int, default=8, help="the server's --max-batch and the offline batch")
-    parser.add_argument("--max-delay-ms", type=float, default=2.0, help="the server's --max-delay-ms (its default, 2)")
+    parser.add_argument("--max-delay-ms", type=float, default=0.0, help="the server's --max-delay-ms (its default, 0)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the server restarted in each)")
     parser.add_argument("--seconds", type=float, default=20.0, help="the timed window of each concurrent run")
     parser.add_argument("--requests", type=int, default=40, help="one client's timed requests a round")

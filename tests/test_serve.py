@@ -492,7 +492,8 @@ def _length(reply: bytes) -> int:
     "args, fragment",
     [
         (["--host", "10.1.2.3"], "argument --host: must be one of 127.0.0.1, 0.0.0.0, ::"),
-        (["--port", "80"], "argument --port: must be a port from 1024 to 65535; got '80'"),
+        (["--port", "0"], "argument --port: must be a port from 1 to 65535; got '0'"),
+        (["--port", "65536"], "argument --port: must be a port from 1 to 65535; got '65536'"),
         (["--max-body-mb", "0"], "argument --max-body-mb: must be a positive number of megabytes; got '0'"),
         (["--max-delay-ms", "-1"], "argument --max-delay-ms: must be a number of milliseconds"),
         (["--max-batch", "0"], "argument --max-batch: must be a positive integer"),
@@ -541,3 +542,48 @@ def test_importing_the_serve_package_imports_no_server():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_batch_is_what_is_queued_without_waiting_for_company():
+    """serve.api.QueuedBatchLoop: a batch takes what is queued, up to max_batch, and (delay 0) waits for nothing
+    more; with a delay it also takes what arrives within it; an idle worker returns empty; the stop sentinel
+    stops; a request past LitServe's timeout is reported as timed out, not run."""
+    import queue
+    import threading
+    from types import SimpleNamespace
+
+    from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
+
+    from resnet_bottleneck.serve.api import QueuedBatchLoop
+
+    loop = QueuedBatchLoop()
+    loop.IDLE = 0.05
+    started = []
+    loop.put_response = lambda **kw: started.append(kw["uid"])
+    api = SimpleNamespace(max_batch_size=3, batch_timeout=0.0, request_timeout=30)
+    q = queue.Queue()
+
+    def request(uid, age=0.0):
+        q.put(("queue", uid, time.monotonic() - age, f"x{uid}"))
+
+    assert loop.get_batch_requests(api, q, None) == ([], [])  # idle: nothing, after IDLE
+    for uid in range(5):
+        request(uid)
+    t = time.monotonic()
+    payloads, timed_out = loop.get_batch_requests(api, q, None)
+    assert [p[1] for p in payloads] == [0, 1, 2] and timed_out == [] and started == [0, 1, 2]
+    payloads, _ = loop.get_batch_requests(api, q, None)
+    assert [p[1] for p in payloads] == [3, 4] and time.monotonic() - t < 0.5  # no waiting for a third
+    request(5, age=60)  # queued longer than the request timeout
+    request(6)
+    assert loop.get_batch_requests(api, q, None) == ([("queue", 6, "x6")], [("queue", 5)])
+
+    api.batch_timeout = 2.0  # a delay: what arrives within it joins, until the batch is full
+    request(7)
+    threading.Timer(0.1, request, (8,)).start()
+    threading.Timer(0.2, request, (9,)).start()
+    payloads, _ = loop.get_batch_requests(api, q, None)
+    assert [p[1] for p in payloads] == [7, 8, 9]
+    q.put(_SENTINEL_VALUE)
+    with pytest.raises(_StopLoopError):
+        loop.get_batch_requests(api, q, None)

@@ -3,9 +3,9 @@
 Everything ``predict`` takes as ``--weights`` (with ``--model``, ``--runtime``, ``--precision``
 exactly as there) is opened once before the server starts, in a separate process, so bad input is
 one line and exit status 2 before any port is taken; a port in use is refused the same way.
-``--max-delay-ms`` defaults to 2: LitServe's batching loop polls its queue, and with 0 it polls
-without pausing (a CPU core busy while idle), while a couple of milliseconds costs a request at most
-that and lets concurrent requests share a forward pass.
+``--max-delay-ms`` defaults to 0, as Triton's dynamic batching: a batch is what is queued when a
+replica takes its first request (under load, the requests that arrived during the previous forward
+pass), so one client alone never waits for company (``serve.api.QueuedBatchLoop``).
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def _milliseconds(text: str) -> float:
 
 
 def _port(text: str) -> int:
-    if not (text.isascii() and text.isdigit() and 1024 <= int(text) <= 65535):
-        raise argparse.ArgumentTypeError(f"must be a port from 1024 to 65535; got {text!r}")
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"must be a port from 1 to 65535; got {text!r}")
     return int(text)
 
 
@@ -88,8 +88,9 @@ def add_parser(commands) -> None:
     parser.add_argument(
         "--max-delay-ms",
         type=_milliseconds,
-        default=2.0,
-        help="how long a batch waits for more requests to join it, in milliseconds (default 2)",
+        default=0.0,
+        help="how long after its first request a batch that is not full waits for more, in milliseconds "
+        "(default 0: a batch is what is queued; under load, what arrived during the previous forward pass)",
     )
     parser.add_argument(
         "--max-body-mb", type=_megabytes, default=20.0, help="the largest request body, in megabytes (default 20)"

@@ -159,7 +159,7 @@ def build_server(
     info: ModelInfo,
     *,
     max_batch: int = 8,
-    max_delay_ms: float = 2.0,
+    max_delay_ms: float = 0.0,
     max_body_mb: float = 20,
     topk: int = 5,
     workers: int = 1,
@@ -168,7 +168,8 @@ def build_server(
 
     ``load``: picklable, run in each of ``workers`` model processes (see :func:`describe_model`);
     ``info``: its :class:`ModelInfo`. Requests are batched by LitServe: up to ``max_batch`` images per
-    forward pass, those that arrive within ``max_delay_ms`` of a batch's start. Bodies over
+    forward pass: those queued when a replica takes a batch's first request, and those that arrive within
+    ``max_delay_ms`` of it (:class:`~resnet_bottleneck.serve.api.QueuedBatchLoop`). Bodies over
     ``max_body_mb`` megabytes (10^6 bytes) are refused (413); ``topk`` classes answer by default.
 
     Raises:

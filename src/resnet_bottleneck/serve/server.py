@@ -211,8 +211,8 @@ def check_address(host: str, port: int) -> None:
 
     if host not in HOSTS:
         raise SettingError("host", f"must be one of {', '.join(HOSTS)} (the addresses LitServe binds); got {host!r}")
-    if not 1024 <= port <= 65535:
-        raise SettingError("port", f"must be a port from 1024 to 65535; got {port}")
+    if not 1 <= port <= 65535:
+        raise SettingError("port", f"must be a port from 1 to 65535; got {port}")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
