@@ -219,3 +219,20 @@ def randomize_timm(model, seed=1):
             if isinstance(m, torch.nn.Conv2d) and m.bias is not None:
                 m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
     return model.eval()
+
+
+def chromium_flags(profile, *extra: str) -> list[str]:
+    """Headless Debian Chromium's flags for the page's tests and docs screenshot: a fresh profile ``profile`` and
+    no background traffic (this machine's closed network refuses it, many connections at a time)."""
+    return [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        *extra,
+    ]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import random_variables
+from helpers import chromium_flags, random_variables
 
 from resnet_bottleneck import create_model
 from resnet_bottleneck.cli import main
@@ -131,18 +131,7 @@ def browser(tmp_path_factory):
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     profile = tmp_path_factory.mktemp("chromium_profile")
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--window-size=900,1000",
-    ):
+    for flag in chromium_flags(profile, "--window-size=900,1000"):
         options.add_argument(flag)
     chrome = webdriver.Chrome(options=options, service=Service(driver))
     chrome.set_page_load_timeout(WAIT_S)

@@ -23,6 +23,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from helpers import chromium_flags  # noqa: E402  (the page test's browser, the same flags)
 
 
 def _command(*args: str) -> list[str]:
@@ -97,19 +99,7 @@ def main() -> None:
                 time.sleep(0.5)
             options = webdriver.ChromeOptions()
             options.binary_location = "/usr/bin/chromium"
-            for flag in (
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={tmp / 'profile'}",
-                "--window-size=760,900",
-                "--hide-scrollbars",
-            ):
+            for flag in chromium_flags(tmp / "profile", "--window-size=760,900", "--hide-scrollbars"):
                 options.add_argument(flag)
             browser = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
             try:

@@ -34,6 +34,18 @@ class Scores:
     count: int
     skipped: list[str] = field(default_factory=list)  # unreadable images, left out of the count
 
+    @classmethod
+    def from_sums(cls, sums, skipped: list[str]) -> Scores:
+        """The scores of summed ``correct``, ``top5``, ``loss`` and ``count`` (an empty pass scores 0)."""
+        count = max(int(sums["count"]), 1)
+        return cls(
+            int(sums["correct"]) / count,
+            int(sums["top5"]) / count,
+            float(sums["loss"]) / count,
+            int(sums["count"]),
+            skipped,
+        )
+
 
 class Evaluation:
     """Scores over ``source``; one pipeline (and its workers) serves every pass, as the loop evaluates each epoch.
@@ -83,14 +95,7 @@ class Evaluation:
             totals.append(self.step(state, batch if self.sharding is None else put_batch(batch, self.sharding)))
         sums = {k: np.asarray(jax.device_get(sum(t[k] for t in totals))) for k in totals[0]}
         self.seconds += time.perf_counter() - started
-        count = max(int(sums["count"]), 1)
-        return Scores(
-            int(sums["correct"]) / count,
-            int(sums["top5"]) / count,
-            float(sums["loss"]) / count,
-            int(sums["count"]),
-            sorted(self.source.path(i) for i in self.bad),
-        )
+        return Scores.from_sums(sums, sorted(self.source.path(i) for i in self.bad))
 
     def close(self) -> None:
         if self.iterator is not None:
@@ -282,13 +287,6 @@ def compare(first: Scorer, second: Scorer, source, *, batch_size: int, workers: 
 
     def scores(side: str) -> Scores:
         sums = {k: sum(t[k] for t in totals[side]) for k in totals[side][0]}
-        count = max(int(sums["count"]), 1)
-        return Scores(
-            int(sums["correct"]) / count,
-            int(sums["top5"]) / count,
-            float(sums["loss"]) / count,
-            int(sums["count"]),
-            skipped,
-        )
+        return Scores.from_sums(sums, skipped)
 
     return Comparison(scores("first"), scores("second"), agree)
