@@ -90,6 +90,11 @@ def test_runtime_auto_picks_per_file(exported, capsys, monkeypatch):
         )
     }
     assert runtimes == {"model": "jax", "f32": "onnxruntime", "int8": "openvino"}
+    # bf16 asked for a float32 file: OpenVINO computes it, for --weights as for --compare
+    f32 = str(root / "f32.onnx")
+    out = _evaluate(capsys, "--weights", f32, "--precision", "bf16", "--compare", f32, "--compare-precision", "bf16")
+    assert out["runtime"] == out["compare"]["runtime"] == "openvino"
+    assert out["precision"] == out["compare"]["precision"] == "bf16"
     monkeypatch.setitem(sys.modules, "openvino", None)  # not installed
     assert _evaluate(capsys, "--weights", str(root / "int8.onnx"))["runtime"] == "onnxruntime"
 

@@ -353,6 +353,8 @@ BAD_REQUESTS = [
     ("topk-negative", "POST", f"/predictions/{NAME}?topk=-2", "IMAGE", {}, 400, "topk"),
     ("topk-text", "POST", f"/predictions/{NAME}?topk=five", "IMAGE", {}, 400, "topk"),
     ("topk-fraction", "POST", f"/predictions/{NAME}?topk=1.5", "IMAGE", {}, 400, "topk"),
+    ("topk-5000-digits", "POST", f"/predictions/{NAME}?topk={'9' * 5000}", "IMAGE", {}, 400, "topk"),
+    ("length-of-19-digits", "POST", f"/predictions/{NAME}", b"", {"Content-Length": "9" * 19}, 413, "limit"),
 ]
 
 
@@ -393,6 +395,25 @@ def test_a_chunked_body_over_the_limit_is_refused_as_it_streams(server, files):
     assert status == 413 and "limit" in answer["error"]
     assert server.get("/v2/health/ready")[0] == 200
     assert server.predict((files / "a.png").read_bytes())[0] == 200
+
+
+def test_a_client_gone_mid_upload_is_no_error_and_the_server_stays_ready(server, files):
+    """Headers and part of the body, then the connection closed: nothing for the log's tracebacks, still ready."""
+    before = server.output().count("Traceback")
+    for _ in range(3):
+        connection = http.client.HTTPConnection(HOST, server.port, timeout=30)
+        connection.putrequest("POST", f"/predictions/{NAME}")
+        connection.putheader("Content-Length", "100000")
+        connection.endheaders()
+        connection.send(b"\0" * 1000)
+        connection.close()
+    image = (files / "a.png").read_bytes()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and server.get("/v2/health/ready")[0] != 200:
+        time.sleep(0.1)
+    ok, answer = server.predict(image)
+    assert ok == 200 and len(answer["predictions"]) == 5
+    assert server.output().count("Traceback") == before, server.output()
 
 
 def test_onnx_on_onnxruntime_then_sigterm_drains_the_request_in_flight(files, capsys):
@@ -492,8 +513,8 @@ def _length(reply: bytes) -> int:
     "args, fragment",
     [
         (["--host", "10.1.2.3"], "argument --host: must be one of 127.0.0.1, 0.0.0.0, ::"),
-        (["--port", "0"], "argument --port: must be a port from 1 to 65535; got '0'"),
-        (["--port", "65536"], "argument --port: must be a port from 1 to 65535; got '65536'"),
+        (["--port", "80"], "argument --port: must be a port from 1024 to 65535 (LitServe's range); got '80'"),
+        (["--port", "65536"], "argument --port: must be a port from 1024 to 65535 (LitServe's range); got '65536'"),
         (["--max-body-mb", "0"], "argument --max-body-mb: must be a positive number of megabytes; got '0'"),
         (["--max-delay-ms", "-1"], "argument --max-delay-ms: must be a number of milliseconds"),
         (["--max-batch", "0"], "argument --max-batch: must be a positive integer"),

@@ -1,9 +1,10 @@
 """serve's page in a real browser: headless Chromium loads ``/`` from the real server, uploads an image and
 reads the top-5 off the page; they must be what the server's JSON and ``predict`` say for the same file.
 
-Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them); without them the tests fail
-and say so. The screenshots go to ``$RESNET_BOTTLENECK_ARTIFACTS`` when set (CI keeps that folder), else to
-pytest's temporary folder (``serve-page.png``, ``serve-page-error.png``; the path is printed).
+Needs Debian's ``chromium`` and ``chromium-driver`` (``make test`` installs them:
+``tools/install_chromium.sh``); without them the tests fail and say so. The screenshots go to
+``$RESNET_BOTTLENECK_ARTIFACTS`` when set (CI keeps that folder), else to pytest's temporary folder
+(``serve-page.png``, ``serve-page-error.png``; the path is printed).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def _browser_paths() -> tuple[str, str]:
     if missing:
         pytest.fail(
             f"the page test needs headless Chromium: {' and '.join(missing)} not found; install Debian's packages "
-            "(`apt-get install -y chromium chromium-driver`; .ci/run does this when it runs as root or with sudo)",
+            "(`apt-get install -y chromium chromium-driver`; make test does this as root or with sudo)",
             pytrace=False,
         )
     return chromium, driver

@@ -137,25 +137,24 @@ def add_runtime_arguments(parser, verb: str) -> None:
     )
 
 
-def runtime_for(weights: str | None) -> str:
+def runtime_for(weights: str | None, precision: str | None = None) -> str:
     """``--runtime auto``'s choice for ``weights``: an ``.onnx`` file's default runtime
     (:func:`~resnet_bottleneck.io.onnx.default_runtime`: OpenVINO for int8 where installed, else ONNX Runtime),
-    ``jax`` for anything else (our model files, torchvision's and timm's weights)."""
+    OpenVINO for one asked for ``precision`` bf16 (the runtime that computes in it); ``jax`` for anything else
+    (our model files, torchvision's and timm's weights)."""
     if weights is None or not str(weights).lower().endswith(".onnx"):
         return "jax"
     from ..io.onnx import default_runtime, file_metadata
 
-    return default_runtime(file_metadata(weights))
+    runtime = default_runtime(file_metadata(weights))
+    return "openvino" if runtime == "onnxruntime" and precision == "bf16" else runtime
 
 
 def resolve_runtime(args):
-    """``args`` with ``runtime`` ``auto`` replaced by :func:`runtime_for` its ``weights`` (other values and
-    commands without ``--runtime`` unchanged); an ``.onnx`` file asked for ``--precision bf16`` runs on
-    OpenVINO, the runtime that computes in bf16."""
+    """``args`` with ``runtime`` ``auto`` replaced by :func:`runtime_for` its ``weights`` and ``precision``
+    (other values and commands without ``--runtime`` unchanged)."""
     if getattr(args, "runtime", None) == "auto":
-        args.runtime = runtime_for(getattr(args, "weights", None))
-        if args.runtime == "onnxruntime" and getattr(args, "precision", None) == "bf16":
-            args.runtime = "openvino"
+        args.runtime = runtime_for(getattr(args, "weights", None), getattr(args, "precision", None))
     return args
 
 

@@ -195,7 +195,9 @@ def _run(args) -> int:
     )
     other = None
     if args.compare is not None:
-        runtime = runtime_for(args.compare) if args.compare_runtime == "auto" else args.compare_runtime
+        runtime = args.compare_runtime
+        if runtime == "auto":
+            runtime = runtime_for(args.compare, args.compare_precision)
         flags = ("--compare", "--compare-runtime", "--compare-precision")
         other = _open(args.compare, args.model, runtime, args.compare_precision, flags, args.image_size)
         if other.num_classes != side.num_classes:

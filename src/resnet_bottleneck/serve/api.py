@@ -11,7 +11,8 @@ decoded does not fail its batch: it travels as its error message and comes back 
 
 :class:`PredictionSpec` is the HTTP side (in LitServe's API-server processes): it checks the model
 name, ``?topk=`` and the body's size (``Content-Length`` and the bytes as they stream) before anything
-reaches the queue, so a hostile request costs a worker nothing.
+reaches the queue, so a request refused for these costs a worker nothing. An image is decoded in a
+worker; PIL's pixel limit (checked from the header) bounds what one request can cost it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
 from litserve.loops.simple_loops import BatchedLoop
 from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, LoopResponseType, ResponseBufferItem
+from starlette.requests import ClientDisconnect
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +164,8 @@ class ClassifierAPI(ls.LitAPI):
             raise RuntimeError(f"the model changed since it was described: {num_classes} classes at {image_size}")
         self.forward = forward
         self.shapes = jax_buckets(self.max_batch_size) if self.info.runtime == "jax" else ()
-        for size in self.shapes or (1,):
+        # JAX compiles each batch shape; OpenVINO compiles its batch-splitting model on the first batch of two
+        for size in self.shapes or ((1, 2) if self.max_batch_size > 1 else (1,)):
             self.forward(np.zeros((size, image_size, image_size, 3), np.uint8))
         from .metrics import batch_histogram
 
@@ -240,13 +243,14 @@ class PredictionSpec(LitSpec):
         return output
 
     async def predictions(self, model: str, request: Request):
-        started = time.monotonic()
         if model != self.info.name:
             return error(404, f"no model {model!r} here; this server serves {self.info.name!r}")
         topk = request.query_params.get("topk")
         if topk is None:
             topk = self.topk
-        elif not (topk.isascii() and topk.isdigit() and int(topk) > 0):
+        elif not (
+            topk.isascii() and topk.isdigit() and len(topk) <= 9 and int(topk) > 0
+        ):  # int() of 4,300+ digits raises
             return error(400, f"topk must be a positive integer; got {topk!r}")
         else:
             topk = int(topk)
@@ -255,7 +259,7 @@ class PredictionSpec(LitSpec):
             return body
         if not body:
             return error(400, "the request has no image: send its bytes as the body, or a form with it in field 'data'")
-        return await self._answer({"image": body, "topk": topk}, started)
+        return await self._answer({"image": body, "topk": topk})
 
     async def _body(self, request: Request):
         """The image's bytes (the body, or a form's ``data`` file), or the error response: 413 as soon as the
@@ -265,14 +269,17 @@ class PredictionSpec(LitSpec):
         if declared is not None:
             if not (declared.isascii() and declared.isdigit()):
                 return error(400, f"Content-Length must be a number of bytes; got {declared!r}")
-            if int(declared) > limit:
-                return error(413, f"the body's {int(declared)} bytes are more than this server's limit of {limit}")
+            if len(declared) > 18 or int(declared) > limit:  # int() of 4,300+ digits raises
+                return error(413, f"the body's {declared} bytes are more than this server's limit of {limit}")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                return error(413, f"the body is more than this server's limit of {limit} bytes")
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    return error(413, f"the body is more than this server's limit of {limit} bytes")
+                chunks.append(chunk)
+        except ClientDisconnect:  # the client went away mid-upload: nobody reads the answer, nothing to log
+            return error(400, "the client disconnected before the body was complete")
         body = b"".join(chunks)
         if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
             return body
@@ -291,7 +298,7 @@ class PredictionSpec(LitSpec):
         finally:
             await form.close()
 
-    async def _answer(self, payload: dict, started: float):
+    async def _answer(self, payload: dict):
         """Queue ``payload`` for a worker (LitServe's request queue and response buffer) and answer its result."""
         uid = str(uuid.uuid4())
         event = asyncio.Event()
@@ -299,7 +306,8 @@ class PredictionSpec(LitSpec):
         self._server._callback_runner.trigger_event(
             EventTypes.ON_REQUEST.value, active_requests=self._server.active_requests, litserver=self._server
         )
-        self.request_queue.put_nowait((self.response_queue_id, uid, started, payload))
+        # queued now: LitServe's request timeout and --max-delay-ms count from here, not from the upload's start
+        self.request_queue.put_nowait((self.response_queue_id, uid, time.monotonic(), payload))
         await event.wait()
         response, status = self.response_buffer.pop(uid).response
         if status != LitAPIStatus.OK:

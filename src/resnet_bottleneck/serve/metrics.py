@@ -10,7 +10,8 @@ process).
 
 - ``resnet_bottleneck_requests_total{endpoint, code}``: requests answered, by route and status code.
 - ``resnet_bottleneck_request_seconds{endpoint}``: time from the request's arrival to its response.
-- ``resnet_bottleneck_batch_size``: images per forward pass, as LitServe's batching formed them.
+- ``resnet_bottleneck_batch_size``: requests per batch a model worker took (one forward pass for the images
+  among them that decoded), as the dynamic batching formed them.
 - ``resnet_bottleneck_queue_depth``: requests waiting for a worker now.
 """
 
@@ -91,7 +92,7 @@ def batch_histogram(max_batch: int):
 
         _metrics["batch"] = Histogram(
             "resnet_bottleneck_batch_size",
-            "Images per forward pass, as the server's dynamic batching formed them",
+            "Requests per batch a model worker took (one forward pass for those that decoded)",
             buckets=batch_buckets(max_batch),
             registry=_registry(),
         )

@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import threading
 import time
 from importlib import resources
 
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds the API servers get to answer what is in flight after SIGTERM (the whole exit stays under 10).
 GRACE = 7.0
+#: One drain at a time (see ``_Server._perform_graceful_shutdown``).
+_SHUTDOWN = threading.Lock()
 #: The hosts LitServe binds (its ``run`` refuses others).
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")
 
@@ -74,40 +77,45 @@ class _Server(ls.LitServer):
         return super()._start_server(port, num_uvicorn_servers, log_level, sockets, uvicorn_worker_type, **kwargs)
 
     def _perform_graceful_shutdown(self, manager, uvicorn_workers, shutdown_reason="normal"):
-        if self._stopping:  # LitServe's worker monitor may ask again from its thread
-            return
-        self._stopping = True
-        # from here LitServe's monitor thread may find the manager gone: its complaints are expected, not news
-        logging.getLogger("litserve").setLevel(logging.CRITICAL)
-        servers = [
-            w for w in uvicorn_workers.values() if isinstance(w, multiprocessing.process.BaseProcess) and w.is_alive()
-        ]
-        for w in servers:
-            w.terminate()  # SIGTERM: uvicorn stops accepting and finishes the requests in flight
-        # The listening socket is shared by every process forked after it was bound, LitServe's manager too, so
-        # closing the API servers' copies would leave it listening (connections waiting, unanswered, for the
-        # manager to end). shutdown() ends the listening in all of them: new connections are refused from now.
-        # First a moment for uvicorn (it looks for the signal every 0.1 s) to stop accepting on it by itself.
-        time.sleep(0.25)
-        for sock in self._sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-        deadline = time.monotonic() + GRACE + 1
-        for w in servers:
-            w.join(timeout=max(0.0, deadline - time.monotonic()))
-            if w.is_alive():
-                logger.warning("API server %s did not finish in time; killing it", w.name)
+        # LitServe's worker monitor (a thread) and a signal (this thread) may both ask: the first drains, holding
+        # the lock; the second waits for it to finish, then returns
+        with _SHUTDOWN:
+            if self._stopping:
+                return
+            self._stopping = True
+            # from here LitServe's monitor thread may find the manager gone: its complaints are expected, not news
+            logging.getLogger("litserve").setLevel(logging.CRITICAL)
+            servers = [
+                w
+                for w in uvicorn_workers.values()
+                if isinstance(w, multiprocessing.process.BaseProcess) and w.is_alive()
+            ]
+            for w in servers:
+                w.terminate()  # SIGTERM: uvicorn stops accepting and finishes the requests in flight
+            # The listening socket is shared by every process forked after it was bound, LitServe's manager too, so
+            # closing the API servers' copies would leave it listening (connections waiting, unanswered, for the
+            # manager to end). shutdown() ends the listening in all of them: new connections are refused from now.
+            # First a moment for uvicorn (it looks for the signal every 0.1 s) to stop accepting on it by itself.
+            time.sleep(0.25)
+            for sock in self._sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+            deadline = time.monotonic() + GRACE + 1
+            for w in servers:
+                w.join(timeout=max(0.0, deadline - time.monotonic()))
+                if w.is_alive():
+                    logger.warning("API server %s did not finish in time; killing it", w.name)
+                    w.kill()
+                    w.join()
+            self._transport.close(send_sentinel=False)
+            for w in self.inference_workers:  # nothing is in flight any more (they ignore SIGTERM: see ClassifierAPI)
                 w.kill()
+            for w in self.inference_workers:
                 w.join()
-        self._transport.close(send_sentinel=False)
-        for w in self.inference_workers:  # nothing is in flight any more (they ignore SIGTERM: see ClassifierAPI)
-            w.kill()
-        for w in self.inference_workers:
-            w.join()
-        manager.shutdown()
+            manager.shutdown()
 
 
 def ready(status) -> bool:
@@ -213,8 +221,8 @@ def check_address(host: str, port: int) -> None:
 
     if host not in HOSTS:
         raise SettingError("host", f"must be one of {', '.join(HOSTS)} (the addresses LitServe binds); got {host!r}")
-    if not 1 <= port <= 65535:
-        raise SettingError("port", f"must be a port from 1 to 65535; got {port}")
+    if not 1024 <= port <= 65535:  # LitServe's run refuses the others
+        raise SettingError("port", f"must be a port from 1024 to 65535; got {port}")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
