@@ -171,6 +171,9 @@ def test_a_signal_while_the_run_is_set_up_stops_it_before_its_first_step(tmp_pat
 
 
 def signal_while_set_up(tmp_path: Path) -> None:
+    # Python's own handler, as in a terminal: a process started in the background (nohup, `&` in a script) begins
+    # with SIGINT ignored, and Python then leaves it so
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     following = loop._Input.__init__
 
     def interrupted(self, *args, **kwargs):
