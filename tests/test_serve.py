@@ -608,3 +608,13 @@ def test_a_batch_is_what_is_queued_without_waiting_for_company():
     q.put(_SENTINEL_VALUE)
     with pytest.raises(_StopLoopError):
         loop.get_batch_requests(api, q, None)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 0, -1, "20", True])
+def test_build_server_refuses_a_body_limit_that_is_not_a_finite_positive_number(value):
+    """The Python API checks what the command line's --max-body-mb checks (infinity would overflow the byte count)."""
+    from resnet_bottleneck.errors import SettingError
+    from resnet_bottleneck.serve import build_server
+
+    with pytest.raises(SettingError, match="max_body_mb: must be a finite positive number of megabytes"):
+        build_server(None, None, max_body_mb=value)

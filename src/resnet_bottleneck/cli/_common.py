@@ -137,6 +137,21 @@ def add_runtime_arguments(parser, verb: str) -> None:
     )
 
 
+def add_model_arguments(parser, verb: str, weights_help: str) -> None:
+    """``--weights`` (required, ``weights_help``), ``--model``, ``--runtime``/``--precision`` (for ``verb``) and
+    ``--labels``: how ``predict`` and ``serve`` name the classifier they open with :func:`open_classifier`."""
+    parser.add_argument("--weights", required=True, help=weights_help)
+    parser.add_argument(
+        "--model",
+        type=model_name,
+        help="the model name, e.g. resnet50: needed for torchvision's and timm's weights; our files name theirs",
+    )
+    add_runtime_arguments(parser, verb)
+    parser.add_argument(
+        "--labels", help="a text file with one class name per line (overrides the weights' own names and ImageNet's)"
+    )
+
+
 def runtime_for(weights: str | None, precision: str | None = None) -> str:
     """``--runtime auto``'s choice for ``weights``: an ``.onnx`` file's default runtime
     (:func:`~resnet_bottleneck.io.onnx.default_runtime`: OpenVINO for int8 where installed, else ONNX Runtime),

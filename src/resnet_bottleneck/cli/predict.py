@@ -20,10 +20,9 @@ import sys
 
 from ._common import (
     UsageError,
-    add_runtime_arguments,
+    add_model_arguments,
     argument,
     count,
-    model_name,
     open_classifier,
     positive_int,
 )
@@ -44,20 +43,11 @@ def add_parser(commands) -> None:
     parser.add_argument(
         "images", metavar="IMAGE", nargs="+", help="image files, or directories: every image under them, sorted"
     )
-    parser.add_argument(
-        "--weights",
-        required=True,
-        help="a model file (train's OUT/model.safetensors, export's, convert's), a run directory, or "
+    add_model_arguments(
+        parser,
+        "run",
+        "a model file (train's OUT/model.safetensors, export's, convert's), a run directory, or "
         "torchvision's or timm's weights (.pth, .pt, .safetensors); an .onnx file from export (float32 or int8)",
-    )
-    parser.add_argument(
-        "--model",
-        type=model_name,
-        help="the model name, e.g. resnet50: needed for torchvision's and timm's weights; our files name theirs",
-    )
-    add_runtime_arguments(parser, "run")
-    parser.add_argument(
-        "--labels", help="a text file with one class name per line (overrides the weights' own names and ImageNet's)"
     )
     parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
     parser.add_argument(

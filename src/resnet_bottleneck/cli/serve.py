@@ -17,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-from ._common import UsageError, add_runtime_arguments, argument, model_name, open_classifier, positive_int
+from ._common import UsageError, add_model_arguments, argument, open_classifier, positive_int
 
 
 def _megabytes(text: str) -> float:
@@ -57,20 +57,11 @@ def add_parser(commands) -> None:
         "SIGTERM or Ctrl+C stops accepting, answers what is in flight and exits. Needs "
         "pip install 'resnet-bottleneck[serve]'.",
     )
-    parser.add_argument(
-        "--weights",
-        required=True,
-        help="what predict takes: a model file, a run directory, torchvision's or timm's weights (with --model), "
+    add_model_arguments(
+        parser,
+        "serve",
+        "what predict takes: a model file, a run directory, torchvision's or timm's weights (with --model), "
         "or an .onnx file with --runtime onnxruntime or openvino",
-    )
-    parser.add_argument(
-        "--model",
-        type=model_name,
-        help="the model name, e.g. resnet50: needed for torchvision's and timm's weights; our files name theirs",
-    )
-    add_runtime_arguments(parser, "serve")
-    parser.add_argument(
-        "--labels", help="a text file with one class name per line (overrides the weights' own names and ImageNet's)"
     )
     parser.add_argument(
         "--name",

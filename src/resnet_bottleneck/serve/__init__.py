@@ -14,6 +14,7 @@ Importing this package imports none of them.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable
@@ -180,8 +181,8 @@ def build_server(
     workers = _checks.positive_int("workers", workers)
     topk = _checks.positive_int("topk", topk)
     max_delay_ms = _checks.non_negative("max_delay_ms", max_delay_ms)
-    if not _checks.is_number(max_body_mb) or not max_body_mb > 0:
-        raise SettingError("max_body_mb", f"must be a positive number of megabytes; got {max_body_mb!r}")
+    if not _checks.is_number(max_body_mb) or not 0 < max_body_mb < math.inf:
+        raise SettingError("max_body_mb", f"must be a finite positive number of megabytes; got {max_body_mb!r}")
     from .server import build
 
     return build(
